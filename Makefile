@@ -44,7 +44,7 @@ pytest: venv
 # Every check runs even when an earlier one fails, so one CI run reports all failures;
 # the target fails if any of them did.
 test: venv
-	failed=""; \
+	@failed=""; \
 	for check in lint pgtap pytest; do \
 	    echo "==> make $$check"; \
 	    $(MAKE) --no-print-directory $$check || failed="$$failed $$check"; \
@@ -53,7 +53,7 @@ test: venv
 	echo "make test: all checks passed"
 
 bench: venv
-	shopt -s nullglob; benches=(bench/*.py); \
+	@shopt -s nullglob; benches=(bench/*.py); \
 	if [ $${#benches[@]} -eq 0 ]; then echo "bench: no bench/*.py to run" >&2; exit 1; fi; \
 	for bench in "$${benches[@]}"; do echo "==> $$bench"; $(PYTHON) "$$bench"; done
 
