@@ -291,13 +291,20 @@ class PostgresPools:
             existing = self._pools.get(conninfo)
             if existing is not None:
                 return existing
+            # One direct connection first: a refused or rejected connection then fails at
+            # once with the server's reason, instead of as a pool timeout.
+            try:
+                psycopg.connect(conninfo).close()
+            except psycopg.Error as exc:
+                reason = redact(str(exc).strip(), secrets)
+                raise ToolError(f"postgres: cannot connect: {reason}") from None
             max_size = int(os.environ.get("NOETL_PG_POOL_MAX_SIZE") or 4)
             pool = ConnectionPool(conninfo, min_size=1, max_size=max_size, open=False)
             try:
                 pool.open(wait=True, timeout=CONNECT_TIMEOUT_SECONDS)
             except PoolTimeout:
                 pool.close()
-                raise ToolError(_connect_failure(conninfo, secrets)) from None
+                raise ToolError("postgres: cannot connect: the pool timed out") from None
             self._pools[conninfo] = pool
             return pool
 
@@ -306,16 +313,6 @@ class PostgresPools:
             pools, self._pools = list(self._pools.values()), {}
         for pool in pools:
             pool.close()
-
-
-def _connect_failure(conninfo: str, secrets: list[str]) -> str:
-    """Why a pool could not connect: one direct attempt gives the server's reason."""
-    try:
-        with psycopg.connect(conninfo):
-            reason = "timed out"
-    except psycopg.Error as exc:
-        reason = str(exc).strip()
-    return redact(f"postgres: cannot connect: {reason}", secrets)
 
 
 def worker_pools(resources: dict[str, Any]) -> PostgresPools:
