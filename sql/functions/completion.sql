@@ -1,0 +1,199 @@
+-- completion.sql: a worker reports the outcome of a command it claimed.
+
+-- noetl.complete_command(command_id, attempt, result, ctx_set, worker_id)
+--   -> (outcome, route_command_id)
+-- Contract: records `call.done` for the claimed attempt `attempt` and applies what follows
+--   in the same transaction: the step result is stored for later templates, `ctx_set`
+--   (the step's rendered `set` writes to ctx) is merged into the execution, a loop
+--   iteration is counted by its loop, unconditional arcs issue their targets, conditional
+--   arcs create a route command. With `worker_id` that route command is created already
+--   claimed by the caller, which evaluates it at once (no wake-up round trip); its id is
+--   returned. outcome is 'ok', or 'stale' when the command is no longer claimed at that
+--   attempt (it was reaped, retried, cancelled or completed): a stale call changes nothing.
+-- Locks: the command row (FOR UPDATE); through routing, the execution row.
+-- Failure modes: raises no_data_found for an unknown command id.
+create or replace function noetl.complete_command(
+    p_command_id bigint,
+    p_attempt integer,
+    p_result jsonb default null,
+    p_ctx_set jsonb default null,
+    p_worker_id text default null,
+    out outcome text,
+    out route_command_id bigint
+)
+language plpgsql
+as $$
+declare
+    v_cmd noetl.command;
+begin
+    select * into v_cmd from noetl.command as c where c.command_id = p_command_id for update;
+    if not found then
+        raise exception 'command % does not exist', p_command_id using errcode = 'P0002';
+    end if;
+    if v_cmd.status <> 'claimed' or v_cmd.attempt <> p_attempt then
+        outcome := 'stale';
+        return;
+    end if;
+    if v_cmd.kind in ('route', 'loop') then
+        raise exception 'command % is a % command; it is finished by %', p_command_id,
+            v_cmd.kind,
+            case v_cmd.kind when 'route' then 'apply_route' else 'start_loop' end
+            using errcode = '22023';
+    end if;
+
+    update noetl.command as c
+    set status = 'done', finished_at = now()
+    where c.command_id = p_command_id;
+
+    perform noetl.record_event(
+        v_cmd.execution_id, 'call.done', v_cmd.step_name, p_command_id, p_attempt,
+        p_result, null, null, v_cmd.loop_id, v_cmd.iter_index
+    );
+
+    outcome := 'ok';
+    if v_cmd.loop_id is not null then
+        route_command_id := noetl.finish_loop_item(v_cmd, 'done', p_result, p_worker_id);
+        return;
+    end if;
+
+    if p_ctx_set is not null and p_ctx_set <> '{}'::jsonb then
+        update noetl.execution as e
+        set ctx = e.ctx || p_ctx_set
+        where e.execution_id = v_cmd.execution_id;
+    end if;
+
+    perform noetl.store_step_result(
+        v_cmd.execution_id, v_cmd.step_name, p_command_id, p_result
+    );
+    route_command_id := noetl.route_after(v_cmd, 'call.done', null, p_worker_id);
+end;
+$$;
+
+-- noetl.fail_command(command_id, attempt, error, retry_delay_seconds, output, worker_id)
+--   -> (outcome, route_command_id)
+-- Contract: records `call.error` for the claimed attempt. When the caller asks for a retry
+--   (`retry_delay_seconds` not NULL, decided by the step's policy) and attempts remain
+--   (attempt < max_attempts), the same command is re-queued as attempt + 1, due after the
+--   delay, and `command.retried` is written: outcome 'retried'. Otherwise the command
+--   fails (`command.failed`, outcome 'failed'): a loop iteration is counted as failed by
+--   its loop; a step routes through its conditional arcs with event.name 'call.error' or,
+--   with none, fails the execution. 'stale' as in complete_command.
+-- Locks: the command row (FOR UPDATE); through routing, the execution row.
+create or replace function noetl.fail_command(
+    p_command_id bigint,
+    p_attempt integer,
+    p_error text,
+    p_retry_delay_seconds double precision default null,
+    p_output jsonb default null,
+    p_worker_id text default null,
+    out outcome text,
+    out route_command_id bigint
+)
+language plpgsql
+as $$
+declare
+    v_cmd noetl.command;
+begin
+    select * into v_cmd from noetl.command as c where c.command_id = p_command_id for update;
+    if not found then
+        raise exception 'command % does not exist', p_command_id using errcode = 'P0002';
+    end if;
+    if v_cmd.status <> 'claimed' or v_cmd.attempt <> p_attempt then
+        outcome := 'stale';
+        return;
+    end if;
+
+    perform noetl.record_event(
+        v_cmd.execution_id, 'call.error', v_cmd.step_name, p_command_id, p_attempt,
+        p_output, p_error, null, v_cmd.loop_id, v_cmd.iter_index
+    );
+
+    if p_retry_delay_seconds is not null and v_cmd.attempt < v_cmd.max_attempts then
+        update noetl.command as c
+        set status = 'queued',
+            attempt = c.attempt + 1,
+            available_at = now() + make_interval(secs => greatest(p_retry_delay_seconds, 0)),
+            claimed_by = null,
+            claimed_at = null
+        where c.command_id = p_command_id;
+        perform noetl.record_event(
+            v_cmd.execution_id, 'command.retried', v_cmd.step_name, p_command_id,
+            p_attempt + 1, null, null,
+            jsonb_build_object('delay_seconds', p_retry_delay_seconds),
+            v_cmd.loop_id, v_cmd.iter_index
+        );
+        perform pg_notify('noetl_command', '');
+        outcome := 'retried';
+        return;
+    end if;
+
+    perform noetl.fail_command_finally(v_cmd, p_error, p_output);
+    outcome := 'failed';
+    route_command_id := noetl.after_command_failed(v_cmd, p_error, p_output, p_worker_id);
+end;
+$$;
+
+-- noetl.fail_command_finally(command, error, output) -> void
+-- Contract: marks a command failed for good and writes `command.failed`. Shared by
+--   fail_command and the reaper (attempts exhausted). Caller holds the command row lock.
+create or replace function noetl.fail_command_finally(
+    p_cmd noetl.command,
+    p_error text,
+    p_output jsonb
+) returns void
+language plpgsql
+as $$
+begin
+    update noetl.command as c
+    set status = 'failed', finished_at = now()
+    where c.command_id = p_cmd.command_id;
+    perform noetl.record_event(
+        p_cmd.execution_id, 'command.failed', p_cmd.step_name, p_cmd.command_id,
+        p_cmd.attempt, p_output, p_error, null, p_cmd.loop_id, p_cmd.iter_index
+    );
+end;
+$$;
+
+-- noetl.after_command_failed(command, error, output, worker_id) -> route_command_id
+-- Contract: what a definitive failure leads to: a loop iteration is counted by its loop; a
+--   step stores {status: error, error, output} as its result and routes with 'call.error'.
+-- Locks: through routing, the loop or execution row.
+create or replace function noetl.after_command_failed(
+    p_cmd noetl.command,
+    p_error text,
+    p_output jsonb,
+    p_worker_id text
+) returns bigint
+language plpgsql
+as $$
+declare
+    v_error_result jsonb := jsonb_build_object('status', 'error', 'error', p_error)
+        || coalesce(jsonb_build_object('output', p_output), '{}'::jsonb);
+begin
+    if p_cmd.loop_id is not null then
+        return noetl.finish_loop_item(p_cmd, 'failed', v_error_result, p_worker_id);
+    end if;
+    perform noetl.store_step_result(
+        p_cmd.execution_id, p_cmd.step_name, p_cmd.command_id, v_error_result
+    );
+    return noetl.route_after(p_cmd, 'call.error', p_error, p_worker_id);
+end;
+$$;
+
+-- noetl.store_step_result(execution_id, step_name, command_id, result) -> void
+-- Contract: keeps the latest result of a step for later templates (`{{ step.field }}`).
+--   The event log keeps every result; this row is the read model templates use.
+-- Locks: the step_result row.
+create or replace function noetl.store_step_result(
+    p_execution_id bigint,
+    p_step_name text,
+    p_command_id bigint,
+    p_result jsonb
+) returns void
+language sql
+as $$
+    insert into noetl.step_result (execution_id, step_name, result, command_id)
+    values (p_execution_id, p_step_name, p_result, p_command_id)
+    on conflict (execution_id, step_name) do update
+    set result = excluded.result, command_id = excluded.command_id, updated_at = now();
+$$;

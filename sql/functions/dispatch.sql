@@ -1,0 +1,226 @@
+-- dispatch.sql: putting commands on the queue and claiming them.
+
+-- noetl.issue_command(execution_id, command_key, kind, step_name, max_attempts, loop_id,
+--                     iter_index, input, claimed_by) -> command_id | null
+-- Contract: inserts one command and its `command.issued` event in the caller's
+--   transaction. The key is deterministic (it names the cause), so issuing the same key
+--   twice is a no-op that returns NULL. With `claimed_by` the command is created already
+--   claimed by that worker (the route fast path) and no NOTIFY is sent; otherwise
+--   NOTIFY noetl_command is sent (delivered at commit, folded to one per transaction).
+-- Locks: the unique index entry of (execution_id, command_key).
+create or replace function noetl.issue_command(
+    p_execution_id bigint,
+    p_command_key text,
+    p_kind text,
+    p_step_name text,
+    p_max_attempts integer default 1,
+    p_loop_id bigint default null,
+    p_iter_index integer default null,
+    p_input jsonb default null,
+    p_claimed_by text default null
+) returns bigint
+language plpgsql
+as $$
+declare
+    v_command_id bigint;
+begin
+    insert into noetl.command (
+        execution_id, command_key, kind, step_name, max_attempts, loop_id, iter_index,
+        input, status, claimed_by, claimed_at
+    )
+    values (
+        p_execution_id, p_command_key, p_kind, p_step_name, p_max_attempts, p_loop_id,
+        p_iter_index, p_input,
+        case when p_claimed_by is null then 'queued' else 'claimed' end,
+        p_claimed_by,
+        case when p_claimed_by is null then null else now() end
+    )
+    on conflict on constraint command_key_unique do nothing
+    returning command_id into v_command_id;
+
+    if v_command_id is null then
+        return null;
+    end if;
+
+    perform noetl.record_event(
+        p_execution_id, 'command.issued', p_step_name, v_command_id, 1,
+        null, null,
+        jsonb_build_object('kind', p_kind, 'command_key', p_command_key),
+        p_loop_id, p_iter_index
+    );
+    if p_claimed_by is null then
+        perform pg_notify('noetl_command', '');
+    end if;
+    return v_command_id;
+end;
+$$;
+
+-- noetl.issue_step(execution_id, catalog_id, step_name, cause, claimed_by) -> command_id
+-- Contract: issues the command that runs `step_name` once for `cause` (a string naming
+--   what led here, e.g. the source command id). A loop step is issued as a 'loop' command
+--   whose worker renders the collection and calls noetl.start_loop. Returns NULL when the
+--   same cause issued it already.
+-- Locks: as issue_command.
+-- Failure modes: raises when the step is not in the playbook's plan.
+create or replace function noetl.issue_step(
+    p_execution_id bigint,
+    p_catalog_id bigint,
+    p_step_name text,
+    p_cause text
+) returns bigint
+language plpgsql
+as $$
+declare
+    v_step noetl.catalog_step;
+begin
+    select * into v_step
+    from noetl.catalog_step as s
+    where s.catalog_id = p_catalog_id and s.step_name = p_step_name;
+    if not found then
+        raise exception 'execution %: step "%" is not in the playbook', p_execution_id,
+            p_step_name using errcode = '22023';
+    end if;
+
+    return noetl.issue_command(
+        p_execution_id,
+        p_step_name || '@' || p_cause,
+        case when v_step.has_loop then 'loop' else v_step.tool_kind end,
+        p_step_name,
+        case when v_step.has_loop then 1 else v_step.max_attempts end
+    );
+end;
+$$;
+
+-- noetl.command_context(execution_id) -> jsonb
+-- Contract: what templates of a command of this execution may read:
+--   {execution_id, workload, ctx, results: {step_name: result}}.
+-- Locks: none (a plain read at the statement's snapshot).
+create or replace function noetl.command_context(p_execution_id bigint)
+returns jsonb
+language sql
+stable
+as $$
+    select jsonb_build_object(
+        'execution_id', e.execution_id,
+        'path', e.path,
+        'workload', e.workload,
+        'ctx', e.ctx,
+        'results', coalesce(
+            (select jsonb_object_agg(r.step_name, r.result)
+             from noetl.step_result as r
+             where r.execution_id = e.execution_id),
+            '{}'::jsonb
+        )
+    )
+    from noetl.execution as e
+    where e.execution_id = p_execution_id;
+$$;
+
+-- noetl.claim_commands(worker_id, kinds, n) -> setof claimed commands
+-- Contract: claims up to `n` queued commands that are due (available_at <= now()), whose
+--   kind is in `kinds` (NULL: any kind), highest priority then oldest first, marks them
+--   claimed by `worker_id`, writes one `command.claimed` event each, and returns them.
+--   `context` (see command_context) is filled on the first row of each execution in the
+--   batch and NULL on the others: the caller reuses it for that execution's other rows.
+--   Loop iterations carry their item in `item` and the iterator name in `input`.
+-- Locks: FOR UPDATE SKIP LOCKED on the chosen queue rows, so concurrent claimers never
+--   wait on each other and never get the same command.
+create or replace function noetl.claim_commands(
+    p_worker_id text,
+    p_kinds text[] default null,
+    p_n integer default 1
+) returns table (
+    command_id bigint,
+    execution_id bigint,
+    catalog_id bigint,
+    step_name text,
+    kind text,
+    attempt integer,
+    loop_id bigint,
+    iter_index integer,
+    input jsonb,
+    item jsonb,
+    context jsonb
+)
+language plpgsql
+as $$
+begin
+    return query
+    with picked as (
+        select q.command_id
+        from noetl.command as q
+        where q.status = 'queued'
+            and q.available_at <= now()
+            and (p_kinds is null or q.kind = any(p_kinds))
+        order by q.priority desc, q.command_id
+        limit p_n
+        for update skip locked
+    ),
+
+    claimed as (
+        update noetl.command as c
+        set status = 'claimed', claimed_by = p_worker_id, claimed_at = now()
+        from picked
+        where c.command_id = picked.command_id
+        returning c.*
+    ),
+
+    logged as (
+        insert into noetl.event (
+            execution_id, event_type, node_name, command_id, attempt, loop_id, iter_index,
+            meta
+        )
+        select
+            cl.execution_id, 'command.claimed', cl.step_name, cl.command_id, cl.attempt,
+            cl.loop_id, cl.iter_index, jsonb_build_object('worker_id', p_worker_id)
+        from claimed as cl
+    )
+
+    select * from noetl.describe_commands(array(select cl.command_id from claimed as cl));
+end;
+$$;
+
+-- noetl.describe_commands(command_ids) -> rows shaped like claim_commands
+-- Contract: the claim payload of the given commands (ordered by command_id), with the
+--   context on the first row of each execution. Used by claim_commands and by completion
+--   when it creates a route command already claimed by the completing worker.
+-- Locks: none.
+create or replace function noetl.describe_commands(p_command_ids bigint[])
+returns table (
+    command_id bigint,
+    execution_id bigint,
+    catalog_id bigint,
+    step_name text,
+    kind text,
+    attempt integer,
+    loop_id bigint,
+    iter_index integer,
+    input jsonb,
+    item jsonb,
+    context jsonb
+)
+language sql
+stable
+as $$
+    select
+        c.command_id,
+        c.execution_id,
+        e.catalog_id,
+        c.step_name,
+        c.kind,
+        c.attempt,
+        c.loop_id,
+        c.iter_index,
+        c.input,
+        li.item_value,
+        case
+            when row_number() over (partition by c.execution_id order by c.command_id) = 1
+                then noetl.command_context(c.execution_id)
+        end
+    from noetl.command as c
+    inner join noetl.execution as e on c.execution_id = e.execution_id
+    left join noetl.loop_item as li
+        on c.loop_id = li.loop_id and c.iter_index = li.iter_index
+    where c.command_id = any(p_command_ids)
+    order by c.command_id;
+$$;

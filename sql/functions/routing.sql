@@ -1,0 +1,331 @@
+-- routing.sql: what happens after a step finishes, joins, and the end of an execution.
+
+-- noetl.route_after(command, event_name, error, worker_id) -> route_command_id
+-- Contract: applies the step's plan after `event_name` ('call.done', 'call.error' or
+--   'loop.done'). Unconditional arcs ('direct') are applied here, in the caller's
+--   transaction. Conditional arcs ('router') get a route command keyed by the source
+--   command, so it exists once; with `worker_id` it is created claimed by that worker and
+--   its id returned. A 'call.error' with no conditional arcs fails the execution.
+--   Nothing is routed once the execution is no longer RUNNING.
+-- Locks: the execution row (via check_progress).
+create or replace function noetl.route_after(
+    p_cmd noetl.command,
+    p_event text,
+    p_error text,
+    p_worker_id text
+) returns bigint
+language plpgsql
+as $$
+declare
+    v_catalog_id bigint;
+    v_status text;
+    v_step noetl.catalog_step;
+    v_target text;
+    v_route_id bigint;
+begin
+    select e.catalog_id, e.status into v_catalog_id, v_status
+    from noetl.execution as e
+    where e.execution_id = p_cmd.execution_id;
+    if v_status <> 'RUNNING' then
+        return null;
+    end if;
+
+    select * into strict v_step
+    from noetl.catalog_step as s
+    where s.catalog_id = v_catalog_id and s.step_name = p_cmd.step_name;
+
+    if v_step.route_mode = 'router' then
+        v_route_id := noetl.issue_command(
+            p_cmd.execution_id,
+            'route@' || p_cmd.command_id,
+            'route',
+            p_cmd.step_name,
+            1,
+            null,
+            null,
+            jsonb_build_object(
+                'event', p_event, 'source_command_id', p_cmd.command_id, 'error', p_error
+            ),
+            p_worker_id
+        );
+    elsif p_event = 'call.error' then
+        perform noetl.fail_execution(p_cmd.execution_id, p_cmd.step_name, p_error);
+        return null;
+    elsif v_step.route_mode = 'direct' then
+        foreach v_target in array v_step.direct_targets loop
+            perform noetl.arrive(
+                p_cmd.execution_id, v_catalog_id, v_target, p_cmd.command_id, null
+            );
+        end loop;
+    end if;
+
+    perform noetl.check_progress(p_cmd.execution_id, p_cmd.step_name);
+    return case when p_worker_id is null then null else v_route_id end;
+end;
+$$;
+
+-- noetl.arrive(execution_id, catalog_id, target, source_command_id, arc_set) -> void
+-- Contract: an arc from the command `source_command_id` reaches `target`. A plain step is
+--   issued at once (after the arc's `set` writes are merged into ctx) with the cause
+--   "<target>@<source>", so the same arc taken twice issues one command. A join step only
+--   records the arrival; check_progress issues it when no started branch can still reach it.
+-- Locks: the unique keys of command and join_arrival.
+create or replace function noetl.arrive(
+    p_execution_id bigint,
+    p_catalog_id bigint,
+    p_target text,
+    p_source_command_id bigint,
+    p_arc_set jsonb
+) returns void
+language plpgsql
+as $$
+declare
+    v_is_join boolean;
+begin
+    select s.is_join into v_is_join
+    from noetl.catalog_step as s
+    where s.catalog_id = p_catalog_id and s.step_name = p_target;
+    if not found then
+        raise exception 'execution %: arc target "%" is not a step', p_execution_id, p_target
+            using errcode = '22023';
+    end if;
+
+    if v_is_join then
+        insert into noetl.join_arrival (execution_id, step_name, source_command_id, arc_set)
+        values (p_execution_id, p_target, p_source_command_id, p_arc_set)
+        on conflict do nothing;
+        return;
+    end if;
+
+    if p_arc_set is not null and p_arc_set <> '{}'::jsonb then
+        update noetl.execution as e
+        set ctx = e.ctx || p_arc_set
+        where e.execution_id = p_execution_id;
+    end if;
+    perform noetl.issue_step(
+        p_execution_id, p_catalog_id, p_target, p_source_command_id::text
+    );
+end;
+$$;
+
+-- noetl.apply_route(command_id, attempt, targets) -> outcome
+-- Contract: finishes a route command with the arcs its router chose, given as
+--   [{step, set}] in arc order (the router already applied exclusive/inclusive and
+--   rendered each `set`). Each chosen step is issued at most once (keys name the source
+--   command). For a 'call.error' route with no chosen arc the execution fails with the
+--   step's error. Writes `route.applied`. Returns 'ok', or 'stale' like complete_command.
+-- Locks: the route command row (FOR UPDATE), then the execution row.
+create or replace function noetl.apply_route(
+    p_command_id bigint,
+    p_attempt integer,
+    p_targets jsonb
+) returns text
+language plpgsql
+as $$
+declare
+    v_cmd noetl.command;
+    v_catalog_id bigint;
+    v_status text;
+    v_event text;
+    v_source bigint;
+    v_target jsonb;
+begin
+    select * into v_cmd from noetl.command as c where c.command_id = p_command_id for update;
+    if not found then
+        raise exception 'command % does not exist', p_command_id using errcode = 'P0002';
+    end if;
+    if v_cmd.kind <> 'route' then
+        raise exception 'command % is not a route command', p_command_id using errcode = '22023';
+    end if;
+    if v_cmd.status <> 'claimed' or v_cmd.attempt <> p_attempt then
+        return 'stale';
+    end if;
+
+    update noetl.command as c
+    set status = 'done', finished_at = now()
+    where c.command_id = p_command_id;
+
+    v_event := v_cmd.input ->> 'event';
+    v_source := (v_cmd.input ->> 'source_command_id')::bigint;
+    perform noetl.record_event(
+        v_cmd.execution_id, 'route.applied', v_cmd.step_name, p_command_id, p_attempt,
+        null, null,
+        jsonb_build_object('event', v_event, 'targets', coalesce(p_targets, '[]'::jsonb))
+    );
+
+    select e.catalog_id, e.status into v_catalog_id, v_status
+    from noetl.execution as e
+    where e.execution_id = v_cmd.execution_id;
+    if v_status <> 'RUNNING' then
+        return 'ok';
+    end if;
+
+    if v_event = 'call.error' and coalesce(jsonb_array_length(p_targets), 0) = 0 then
+        perform noetl.fail_execution(
+            v_cmd.execution_id, v_cmd.step_name, v_cmd.input ->> 'error'
+        );
+        return 'ok';
+    end if;
+
+    for v_target in select value from jsonb_array_elements(coalesce(p_targets, '[]')) loop
+        perform noetl.arrive(
+            v_cmd.execution_id, v_catalog_id, v_target ->> 'step', v_source,
+            nullif(v_target -> 'set', 'null'::jsonb)
+        );
+    end loop;
+
+    perform noetl.check_progress(v_cmd.execution_id, v_cmd.step_name);
+    return 'ok';
+end;
+$$;
+
+-- noetl.check_progress(execution_id, last_step) -> void
+-- Contract: after any step-level change, issues each join step whose arrivals are in and
+--   which no active command can still reach, then completes the execution when nothing is
+--   active and no arrival waits: `playbook.completed` with the result of `last_step`.
+-- Locks: the execution row (FOR UPDATE). This serialises the "is anything still active?"
+--   question per execution: two branches finishing at once cannot both see the other as
+--   running, because the second re-reads after the first commits.
+create or replace function noetl.check_progress(
+    p_execution_id bigint,
+    p_last_step text
+) returns void
+language plpgsql
+as $$
+declare
+    v_exec noetl.execution;
+    v_join record;
+    v_command_id bigint;
+    v_arc_set jsonb;
+begin
+    select * into v_exec from noetl.execution as e
+    where e.execution_id = p_execution_id
+    for update;
+    if v_exec.status <> 'RUNNING' then
+        return;
+    end if;
+
+    for v_join in
+        select a.step_name, min(a.source_command_id) as first_source
+        from noetl.join_arrival as a
+        where a.execution_id = p_execution_id and a.consumed_by is null
+        group by a.step_name
+    loop
+        continue when exists (
+            select 1
+            from noetl.command as c
+            inner join noetl.catalog_step as s
+                on s.catalog_id = v_exec.catalog_id and c.step_name = s.step_name
+            where c.execution_id = p_execution_id
+                and c.status in ('queued', 'claimed', 'waiting')
+                and v_join.step_name = any(s.reaches)
+        );
+        for v_arc_set in
+            select a.arc_set from noetl.join_arrival as a
+            where a.execution_id = p_execution_id
+                and a.step_name = v_join.step_name
+                and a.consumed_by is null
+                and a.arc_set is not null
+            order by a.source_command_id
+        loop
+            update noetl.execution as e
+            set ctx = e.ctx || v_arc_set
+            where e.execution_id = p_execution_id;
+        end loop;
+        v_command_id := noetl.issue_step(
+            p_execution_id, v_exec.catalog_id, v_join.step_name,
+            'join:' || v_join.first_source
+        );
+        update noetl.join_arrival as a
+        set consumed_by = v_command_id
+        where a.execution_id = p_execution_id
+            and a.step_name = v_join.step_name
+            and a.consumed_by is null;
+    end loop;
+
+    if exists (
+        select 1 from noetl.command as c
+        where c.execution_id = p_execution_id
+            and c.status in ('queued', 'claimed', 'waiting')
+    ) or exists (
+        select 1 from noetl.join_arrival as a
+        where a.execution_id = p_execution_id and a.consumed_by is null
+    ) then
+        return;
+    end if;
+
+    perform noetl.finish_execution(
+        p_execution_id, 'COMPLETED',
+        (select r.result from noetl.step_result as r
+         where r.execution_id = p_execution_id and r.step_name = p_last_step),
+        null, null
+    );
+end;
+$$;
+
+-- noetl.fail_execution(execution_id, step_name, error) -> void
+-- Contract: a step failed and nothing handled it: cancels the execution's queued and
+--   waiting commands and finishes it FAILED with the step and its error. Commands already
+--   claimed finish normally; their outcomes are recorded but route nowhere.
+-- Locks: the execution row, then the cancelled command rows.
+create or replace function noetl.fail_execution(
+    p_execution_id bigint,
+    p_step_name text,
+    p_error text
+) returns void
+language plpgsql
+as $$
+begin
+    perform 1 from noetl.execution as e where e.execution_id = p_execution_id for update;
+    update noetl.command as c
+    set status = 'cancelled', finished_at = now()
+    where c.execution_id = p_execution_id and c.status in ('queued', 'waiting');
+    perform noetl.finish_execution(p_execution_id, 'FAILED', null, p_error, p_step_name);
+end;
+$$;
+
+-- noetl.finish_execution(execution_id, status, result, error, failed_step) -> void
+-- Contract: moves a RUNNING execution to its final status once and writes
+--   playbook.completed / playbook.failed / playbook.cancelled. A finished execution is left
+--   as it is. A child execution then reports to its parent command
+--   (noetl.child_finished).
+-- Locks: the execution row.
+create or replace function noetl.finish_execution(
+    p_execution_id bigint,
+    p_status text,
+    p_result jsonb,
+    p_error text,
+    p_failed_step text
+) returns void
+language plpgsql
+as $$
+declare
+    v_exec noetl.execution;
+begin
+    update noetl.execution as e
+    set status = p_status,
+        result = p_result,
+        error = p_error,
+        failed_step = p_failed_step,
+        finished_at = now(),
+        updated_at = now()
+    where e.execution_id = p_execution_id and e.status = 'RUNNING'
+    returning e.* into v_exec;
+    if not found then
+        return;
+    end if;
+
+    perform noetl.record_event(
+        p_execution_id,
+        'playbook.' || case p_status
+            when 'COMPLETED' then 'completed'
+            when 'FAILED' then 'failed'
+            else 'cancelled'
+        end,
+        p_failed_step, null, null, p_result, p_error
+    );
+    if v_exec.parent_command_id is not null then
+        perform noetl.child_finished(v_exec);
+    end if;
+end;
+$$;

@@ -1,0 +1,32 @@
+"""Shared fixtures: a real PostgreSQL database per test session, migrated.
+
+The server is chosen by `noetl_pg.testdb` (NOETL_TEST_DSN, else 127.0.0.1:5432, else an
+embedded server); each session gets its own database, dropped at the end.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from noetl_pg.migrate import migrate
+from noetl_pg.testdb import create_database, drop_database
+
+
+@pytest.fixture(scope="session")
+def dsn() -> Iterator[str]:
+    """DSN of a migrated database shared by the whole session."""
+    database = create_database()
+    migrate(database)
+    yield database
+    drop_database(database)
+
+
+@pytest.fixture
+def fresh_dsn() -> Iterator[str]:
+    """DSN of a migrated database of this test's own (for tests that count rows globally)."""
+    database = create_database("noetl_fresh")
+    migrate(database)
+    yield database
+    drop_database(database)
