@@ -1,0 +1,107 @@
+"""`noetl credential add|list`: manage named credentials without ever printing a secret.
+
+The encryption key comes from `NOETL_CREDENTIAL_KEY` only (never a command-line option, so
+it does not show up in `ps` or shell history). The CLI entry point supplies the DSN.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import click
+import psycopg
+import yaml
+from rich.console import Console
+from rich.table import Table
+
+from noetl_pg.credentials import (
+    CREDENTIAL_TYPES,
+    CredentialError,
+    list_credentials,
+    parse_credential_data,
+    put_credential,
+)
+
+
+def _read_data(data: str | None, file: Path | None) -> dict[str, Any]:
+    if (data is None) == (file is None):
+        raise click.UsageError("give exactly one of --data JSON or --file PATH")
+    try:
+        if file is not None:
+            text = file.read_text()
+            if file.suffix in (".yaml", ".yml"):
+                value = yaml.safe_load(text)
+                if not isinstance(value, dict):
+                    raise CredentialError(f"{file}: credential data must be a mapping")
+                return value
+            return parse_credential_data(text)
+        assert data is not None
+        return parse_credential_data(data)
+    except json.JSONDecodeError as exc:
+        # Parser messages may quote the input, which may hold a secret: say only where.
+        raise click.BadParameter(
+            f"credential data is not valid JSON (line {exc.lineno}, column {exc.colno})"
+        ) from None
+    except yaml.YAMLError:
+        raise click.BadParameter("credential file is not valid YAML") from None
+    except CredentialError as exc:
+        raise click.BadParameter(str(exc)) from None
+
+
+def credential_group(get_dsn: Callable[[], str]) -> click.Group:
+    """The `credential` command group; `get_dsn` is called when a command needs the database."""
+
+    @click.group("credential")
+    def credential() -> None:
+        """Store and list named credentials (secret fields encrypted at rest)."""
+
+    @credential.command("add")
+    @click.argument("name")
+    @click.option(
+        "--type", "credential_type", required=True, type=click.Choice(CREDENTIAL_TYPES),
+        help="What the credential is for.",
+    )
+    @click.option("--data", help="The fields as a JSON object.")
+    @click.option(
+        "--file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+        help="A JSON or YAML file with the fields.",
+    )
+    def add(name: str, credential_type: str, data: str | None, file: Path | None) -> None:
+        """Add or replace credential NAME."""
+        fields = _read_data(data, file)
+        try:
+            public, secret = put_credential(get_dsn(), name, credential_type, fields)
+        except CredentialError as exc:
+            raise click.ClickException(str(exc)) from None
+        except psycopg.OperationalError:
+            raise click.ClickException("cannot reach the database") from None
+        click.echo(
+            f"stored credential {name} ({credential_type}); "
+            f"public fields: {', '.join(public) or '-'}; "
+            f"encrypted fields: {', '.join(secret) or '-'}"
+        )
+
+    @credential.command("list")
+    def list_() -> None:
+        """List credentials with their non-secret fields."""
+        try:
+            rows = list_credentials(get_dsn())
+        except psycopg.OperationalError:
+            raise click.ClickException("cannot reach the database") from None
+        table = Table(title="credentials")
+        for column in ("name", "type", "public fields", "secret", "updated"):
+            table.add_column(column)
+        for row in rows:
+            table.add_row(
+                row["name"],
+                row["credential_type"],
+                json.dumps(row["public_data"], sort_keys=True),
+                "encrypted" if row["has_secret"] else "-",
+                row["updated_at"].isoformat(timespec="seconds"),
+            )
+        Console().print(table)
+
+    return credential

@@ -1,0 +1,146 @@
+"""Credentials: encrypted at rest, clear errors without the key, redaction, the CLI."""
+
+from __future__ import annotations
+
+import json
+
+import psycopg
+import pytest
+from click.testing import CliRunner
+
+from noetl_pg.cli_credential import credential_group
+from noetl_pg.credentials import (
+    CredentialError,
+    DatabaseCredentialResolver,
+    MappingCredentialResolver,
+    list_credentials,
+    put_credential,
+    redact,
+    split_secret_fields,
+)
+
+KEY = "test-credential-key-42"
+PASSWORD = "Pl41n-p@ss;word"
+
+
+def test_split_secret_fields() -> None:
+    public, secret = split_secret_fields(
+        {
+            "db_host": "h",
+            "db_port": 5432,
+            "db_password": "p",
+            "api_key": "k",
+            "client_secret": "s",
+            "refresh_token": "t",
+            "headers": {"Authorization": "Bearer x"},
+            "access_key_id": "AKIA",
+            "secret_access_key": "sk",
+        }
+    )
+    assert public == {"db_host": "h", "db_port": 5432, "access_key_id": "AKIA"}
+    assert set(secret) == {
+        "db_password", "api_key", "client_secret", "refresh_token", "headers", "secret_access_key",
+    }
+
+
+def test_redact() -> None:
+    text = "connect postgresql://u:Pl41n-p%40ss%3Bword@h/db failed; pw=Pl41n-p@ss;word; tok=abc"
+    assert redact(text, [PASSWORD, "abc", ""]) == (
+        "connect postgresql://u:***@h/db failed; pw=***; tok=***"
+    )
+    assert redact("nothing here", []) == "nothing here"
+
+
+def test_encrypted_at_rest_and_read_back(dsn: str) -> None:
+    put_credential(
+        dsn, "pg_main", "postgres",
+        {"db_host": "db.local", "db_user": "etl", "db_password": PASSWORD}, key=KEY,
+    )
+    with psycopg.connect(dsn) as conn:
+        public, secret = conn.execute(
+            "select public_data, secret_data from noetl.credential where name = 'pg_main'"
+        ).fetchone()
+    assert public == {"db_host": "db.local", "db_user": "etl"}
+    assert PASSWORD.encode() not in bytes(secret)
+    assert b"db_password" not in bytes(secret)
+    resolver = DatabaseCredentialResolver(dsn, KEY)
+    fields = resolver.get("pg_main")
+    assert fields["db_password"] == PASSWORD
+    assert fields["db_host"] == "db.local"
+    assert fields["credential_type"] == "postgres"
+    assert resolver.secret_values() == [PASSWORD]
+
+
+def test_wrong_key_is_clear_and_does_not_leak(dsn: str) -> None:
+    put_credential(dsn, "pg_wrong", "postgres", {"db_password": PASSWORD}, key=KEY)
+    with pytest.raises(CredentialError) as caught:
+        DatabaseCredentialResolver(dsn, "not-the-key").get("pg_wrong")
+    message = str(caught.value)
+    assert "pg_wrong" in message and "wrong key" in message
+    assert "not-the-key" not in message and KEY not in message and PASSWORD not in message
+
+
+def test_missing_key_and_missing_credential(dsn: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("NOETL_CREDENTIAL_KEY", raising=False)
+    put_credential(dsn, "pg_nokey", "postgres", {"db_password": PASSWORD}, key=KEY)
+    with pytest.raises(CredentialError, match="NOETL_CREDENTIAL_KEY"):
+        DatabaseCredentialResolver(dsn).get("pg_nokey")
+    with pytest.raises(CredentialError, match="NOETL_CREDENTIAL_KEY"):
+        put_credential(dsn, "needs_key", "http", {"token": "t"})
+    with pytest.raises(CredentialError, match='"does_not_exist" not found'):
+        DatabaseCredentialResolver(dsn, KEY).get("does_not_exist")
+    # No secret fields: readable without a key.
+    put_credential(dsn, "public_only", "static", {"region": "eu"})
+    assert DatabaseCredentialResolver(dsn).get("public_only")["region"] == "eu"
+
+
+def test_resolver_caches_and_key_from_env(dsn: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("NOETL_CREDENTIAL_KEY", KEY)
+    put_credential(dsn, "api_cached", "http", {"token": "t-1"})
+    resolver = DatabaseCredentialResolver(dsn)
+    assert resolver.get("api_cached")["token"] == "t-1"
+    put_credential(dsn, "api_cached", "http", {"token": "t-2"})
+    assert resolver.get("api_cached")["token"] == "t-1"
+    resolver.clear_cache()
+    assert resolver.get("api_cached")["token"] == "t-2"
+
+
+def test_list_shows_no_secrets(dsn: str) -> None:
+    put_credential(dsn, "api_listed", "bearer", {"token": PASSWORD, "base_url": "x"}, key=KEY)
+    listed = {row["name"]: row for row in list_credentials(dsn)}
+    assert listed["api_listed"]["public_data"] == {"base_url": "x"}
+    assert listed["api_listed"]["has_secret"] is True
+    assert PASSWORD not in json.dumps(list_credentials(dsn), default=str)
+
+
+def test_mapping_resolver() -> None:
+    resolver = MappingCredentialResolver({"a": {"token": "t"}})
+    assert resolver.get("a")["token"] == "t"
+    assert resolver.secret_values() == ["t"]
+    with pytest.raises(CredentialError, match='"b" not found'):
+        resolver.get("b")
+
+
+def test_cli_add_and_list(dsn: str, tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("NOETL_CREDENTIAL_KEY", KEY)
+    group = credential_group(lambda: dsn)
+    runner = CliRunner()
+    added = runner.invoke(
+        group,
+        ["add", "cli_pg", "--type", "postgres", "--data",
+         json.dumps({"db_host": "h", "db_password": PASSWORD})],
+    )
+    assert added.exit_code == 0, added.output
+    assert "db_password" in added.output and PASSWORD not in added.output
+    yaml_file = tmp_path / "api.yaml"
+    yaml_file.write_text(f"token: {PASSWORD}\nbase_url: http://x\n")
+    from_file = runner.invoke(group, ["add", "cli_api", "--type", "http", "--file", str(yaml_file)])
+    assert from_file.exit_code == 0, from_file.output
+    listed = runner.invoke(group, ["list"], terminal_width=200)
+    assert listed.exit_code == 0, listed.output
+    assert "cli_pg" in listed.output and "cli_api" in listed.output
+    assert PASSWORD not in listed.output
+    bad = runner.invoke(group, ["add", "x", "--type", "http", "--data", '{"token": "abc'])
+    assert bad.exit_code != 0 and "abc" not in bad.output
+    both = runner.invoke(group, ["add", "x", "--type", "http"])
+    assert both.exit_code != 0
