@@ -23,6 +23,29 @@ KEY = "test-credential-key-42"
 PASSWORD = "Pl41n-p@ss;word"
 
 
+def _has_pgcrypto(dsn: str) -> bool:
+    with psycopg.connect(dsn) as conn:
+        row = conn.execute("select to_regprocedure('public.pgp_sym_encrypt(text,text,text)')")
+        return row.fetchone()[0] is not None
+
+
+@pytest.fixture
+def crypto_dsn(dsn: str) -> str:
+    """The test database, when its server has pgcrypto (the embedded wheel has none)."""
+    if not _has_pgcrypto(dsn):
+        pytest.skip("this PostgreSQL server has no pgcrypto")
+    return dsn
+
+
+def test_without_pgcrypto_the_error_says_so(dsn: str) -> None:
+    if _has_pgcrypto(dsn):
+        pytest.skip("this PostgreSQL server has pgcrypto")
+    with pytest.raises(CredentialError, match="pgcrypto"):
+        put_credential(dsn, "no_crypto", "http", {"token": PASSWORD}, key=KEY)
+    put_credential(dsn, "no_crypto_public", "static", {"region": "eu"})
+    assert DatabaseCredentialResolver(dsn).get("no_crypto_public")["region"] == "eu"
+
+
 def test_split_secret_fields() -> None:
     public, secret = split_secret_fields(
         {
@@ -51,19 +74,19 @@ def test_redact() -> None:
     assert redact("nothing here", []) == "nothing here"
 
 
-def test_encrypted_at_rest_and_read_back(dsn: str) -> None:
+def test_encrypted_at_rest_and_read_back(crypto_dsn: str) -> None:
     put_credential(
-        dsn, "pg_main", "postgres",
+        crypto_dsn, "pg_main", "postgres",
         {"db_host": "db.local", "db_user": "etl", "db_password": PASSWORD}, key=KEY,
     )
-    with psycopg.connect(dsn) as conn:
+    with psycopg.connect(crypto_dsn) as conn:
         public, secret = conn.execute(
             "select public_data, secret_data from noetl.credential where name = 'pg_main'"
         ).fetchone()
     assert public == {"db_host": "db.local", "db_user": "etl"}
     assert PASSWORD.encode() not in bytes(secret)
     assert b"db_password" not in bytes(secret)
-    resolver = DatabaseCredentialResolver(dsn, KEY)
+    resolver = DatabaseCredentialResolver(crypto_dsn, KEY)
     fields = resolver.get("pg_main")
     assert fields["db_password"] == PASSWORD
     assert fields["db_host"] == "db.local"
@@ -71,46 +94,49 @@ def test_encrypted_at_rest_and_read_back(dsn: str) -> None:
     assert resolver.secret_values() == [PASSWORD]
 
 
-def test_wrong_key_is_clear_and_does_not_leak(dsn: str) -> None:
-    put_credential(dsn, "pg_wrong", "postgres", {"db_password": PASSWORD}, key=KEY)
+def test_wrong_key_is_clear_and_does_not_leak(crypto_dsn: str) -> None:
+    put_credential(crypto_dsn, "pg_wrong", "postgres", {"db_password": PASSWORD}, key=KEY)
     with pytest.raises(CredentialError) as caught:
-        DatabaseCredentialResolver(dsn, "not-the-key").get("pg_wrong")
+        DatabaseCredentialResolver(crypto_dsn, "not-the-key").get("pg_wrong")
     message = str(caught.value)
     assert "pg_wrong" in message and "wrong key" in message
     assert "not-the-key" not in message and KEY not in message and PASSWORD not in message
 
 
-def test_missing_key_and_missing_credential(dsn: str, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_missing_key_and_missing_credential(
+    crypto_dsn: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.delenv("NOETL_CREDENTIAL_KEY", raising=False)
-    put_credential(dsn, "pg_nokey", "postgres", {"db_password": PASSWORD}, key=KEY)
+    put_credential(crypto_dsn, "pg_nokey", "postgres", {"db_password": PASSWORD}, key=KEY)
     with pytest.raises(CredentialError, match="NOETL_CREDENTIAL_KEY"):
-        DatabaseCredentialResolver(dsn).get("pg_nokey")
+        DatabaseCredentialResolver(crypto_dsn).get("pg_nokey")
     with pytest.raises(CredentialError, match="NOETL_CREDENTIAL_KEY"):
-        put_credential(dsn, "needs_key", "http", {"token": "t"})
+        put_credential(crypto_dsn, "needs_key", "http", {"token": "t"})
     with pytest.raises(CredentialError, match='"does_not_exist" not found'):
-        DatabaseCredentialResolver(dsn, KEY).get("does_not_exist")
+        DatabaseCredentialResolver(crypto_dsn, KEY).get("does_not_exist")
     # No secret fields: readable without a key.
-    put_credential(dsn, "public_only", "static", {"region": "eu"})
-    assert DatabaseCredentialResolver(dsn).get("public_only")["region"] == "eu"
+    put_credential(crypto_dsn, "public_only", "static", {"region": "eu"})
+    assert DatabaseCredentialResolver(crypto_dsn).get("public_only")["region"] == "eu"
 
 
-def test_resolver_caches_and_key_from_env(dsn: str, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_resolver_caches_and_key_from_env(crypto_dsn: str, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("NOETL_CREDENTIAL_KEY", KEY)
-    put_credential(dsn, "api_cached", "http", {"token": "t-1"})
-    resolver = DatabaseCredentialResolver(dsn)
+    put_credential(crypto_dsn, "api_cached", "http", {"token": "t-1"})
+    resolver = DatabaseCredentialResolver(crypto_dsn)
     assert resolver.get("api_cached")["token"] == "t-1"
-    put_credential(dsn, "api_cached", "http", {"token": "t-2"})
+    put_credential(crypto_dsn, "api_cached", "http", {"token": "t-2"})
     assert resolver.get("api_cached")["token"] == "t-1"
     resolver.clear_cache()
     assert resolver.get("api_cached")["token"] == "t-2"
 
 
-def test_list_shows_no_secrets(dsn: str) -> None:
-    put_credential(dsn, "api_listed", "bearer", {"token": PASSWORD, "base_url": "x"}, key=KEY)
-    listed = {row["name"]: row for row in list_credentials(dsn)}
+def test_list_shows_no_secrets(crypto_dsn: str) -> None:
+    fields = {"token": PASSWORD, "base_url": "x"}
+    put_credential(crypto_dsn, "api_listed", "bearer", fields, key=KEY)
+    listed = {row["name"]: row for row in list_credentials(crypto_dsn)}
     assert listed["api_listed"]["public_data"] == {"base_url": "x"}
     assert listed["api_listed"]["has_secret"] is True
-    assert PASSWORD not in json.dumps(list_credentials(dsn), default=str)
+    assert PASSWORD not in json.dumps(list_credentials(crypto_dsn), default=str)
 
 
 def test_mapping_resolver() -> None:
@@ -121,9 +147,9 @@ def test_mapping_resolver() -> None:
         resolver.get("b")
 
 
-def test_cli_add_and_list(dsn: str, tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_cli_add_and_list(crypto_dsn: str, tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("NOETL_CREDENTIAL_KEY", KEY)
-    group = credential_group(lambda: dsn)
+    group = credential_group(lambda: crypto_dsn)
     runner = CliRunner()
     added = runner.invoke(
         group,
