@@ -21,14 +21,15 @@ $$;
 
 create table if not exists noetl.credential (
     name text primary key,
-    credential_type text not null
-        check (credential_type in ('postgres', 'http', 's3', 'bearer', 'static', 'generic')),
+    credential_type text not null,
     -- Non-secret fields (host, port, user, region...), readable without the key.
     public_data jsonb not null default '{}'::jsonb check (jsonb_typeof(public_data) = 'object'),
     -- pgp_sym_encrypt of the secret fields as JSON text; null when there are none.
     secret_data bytea,
     created_at timestamptz not null default now(),
-    updated_at timestamptz not null default now()
+    updated_at timestamptz not null default now(),
+    constraint credential_type_known
+    check (credential_type in ('postgres', 'http', 's3', 'bearer', 'static', 'generic'))
 );
 
 comment on table noetl.credential is
