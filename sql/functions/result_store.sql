@@ -10,7 +10,8 @@
 -- result_ref_put: register (or replace) the ref of one result, after its bytes are written.
 -- Returns the ref URI and, when an earlier ref with the same URI pointed at an fs/s3 object,
 -- that object's tier and physical URI so the caller deletes it (its db-tier bytes, if any,
--- are deleted here). Locks: the replaced result_ref row (for update) and its blob rows.
+-- are deleted here). Locks: the replaced result_ref row (for update) and its blob rows; two
+-- writers of the same ref serialize on it, the later one replacing the earlier.
 -- Fails with invalid_parameter_value when step or name is empty or contains '/', and with
 -- check_violation on an unknown tier.
 create or replace function noetl.result_ref_put(
@@ -39,27 +40,38 @@ begin
     end if;
     v_ref := format('noetl://execution/%s/result/%s/%s', p_execution_id, p_step_name, p_result_name);
 
-    select r.* into v_old
-    from noetl.result_ref as r
-    where r.execution_id = p_execution_id and r.ref = v_ref
-    for update;
+    -- Loop: the row seen by the conflict can be deleted (cleanup) before it is locked.
+    loop
+        insert into noetl.result_ref (
+            execution_id, ref, step_name, result_name, store_tier, physical_uri,
+            content_type, bytes_size, sha256, compression, expires_at
+        ) values (
+            p_execution_id, v_ref, p_step_name, p_result_name, p_store_tier, p_physical_uri,
+            p_content_type, p_bytes_size, p_sha256, p_compression, p_expires_at
+        )
+        on conflict on constraint result_ref_ref_key do nothing;
+        exit when found;
 
-    insert into noetl.result_ref as r (
-        execution_id, ref, step_name, result_name, store_tier, physical_uri,
-        content_type, bytes_size, sha256, compression, expires_at
-    ) values (
-        p_execution_id, v_ref, p_step_name, p_result_name, p_store_tier, p_physical_uri,
-        p_content_type, p_bytes_size, p_sha256, p_compression, p_expires_at
-    )
-    on conflict on constraint result_ref_ref_key do update set
-        store_tier = excluded.store_tier,
-        physical_uri = excluded.physical_uri,
-        content_type = excluded.content_type,
-        bytes_size = excluded.bytes_size,
-        sha256 = excluded.sha256,
-        compression = excluded.compression,
-        created_at = now(),
-        expires_at = excluded.expires_at;
+        -- A retry (or a concurrent writer that committed first): lock the row so exactly
+        -- one writer sees, and hands back, each replaced object.
+        select r.* into v_old
+        from noetl.result_ref as r
+        where r.execution_id = p_execution_id and r.ref = v_ref
+        for update;
+        continue when not found;
+
+        update noetl.result_ref as r set
+            store_tier = p_store_tier,
+            physical_uri = p_physical_uri,
+            content_type = p_content_type,
+            bytes_size = p_bytes_size,
+            sha256 = p_sha256,
+            compression = p_compression,
+            created_at = now(),
+            expires_at = p_expires_at
+        where r.execution_id = p_execution_id and r.ref_id = v_old.ref_id;
+        exit;
+    end loop;
 
     if v_old.ref_id is not null and v_old.store_tier = 'db' then
         delete from noetl.result_blob as b
