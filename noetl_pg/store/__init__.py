@@ -239,8 +239,7 @@ class ResultStore:
         holding them (or the database) cannot be reached.
         """
         row = self.get_ref(ref)
-        with self._tier(row.store_tier).open_stream(row.physical_uri) as stream:
-            data = stream.read()
+        data = self._tier(row.store_tier).get(row.physical_uri)
         if len(data) != row.bytes_size or hashlib.sha256(data).hexdigest() != row.sha256:
             raise ResultCorrupt(
                 f"{row.ref}: read {len(data)} bytes from {row.physical_uri}, "

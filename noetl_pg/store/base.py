@@ -10,10 +10,11 @@ from __future__ import annotations
 import hashlib
 import io
 import uuid
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import BinaryIO, Protocol
+from typing import BinaryIO
 
 from noetl_pg.errors import NoetlError
 
@@ -102,14 +103,16 @@ class ResultRef:
         }
 
 
-class Tier(Protocol):
+class Tier(ABC):
     """One storage tier. Every method raises `StoreUnavailable` when the store is gone."""
 
     name: str
 
+    @abstractmethod
     def ensure_ready(self) -> None:
         """Check the store can take a write now (create the bucket or directory if needed)."""
 
+    @abstractmethod
     def put_stream(self, key: ObjectKey, chunks: Iterable[bytes]) -> StoredObject:
         """Write `chunks` in order without holding them all; return where they went.
 
@@ -117,25 +120,26 @@ class Tier(Protocol):
         write leaves no object behind.
         """
 
+    @abstractmethod
     def open_stream(self, physical_uri: str) -> BinaryIO:
         """A read stream of the object; `ResultMissing` when it does not exist."""
 
+    @abstractmethod
     def delete(self, physical_uri: str) -> None:
         """Delete the object; deleting a missing object is not an error."""
 
+    @abstractmethod
     def delete_execution(self, execution_id: int) -> None:
         """Delete every object of the execution, registered or not."""
 
+    def put(self, key: ObjectKey, data: bytes) -> StoredObject:
+        """Write an in-memory value through `put_stream`."""
+        return self.put_stream(key, iter_chunks(data))
 
-def put_bytes(tier: Tier, key: ObjectKey, data: bytes) -> StoredObject:
-    """Write an in-memory value through the tier's streaming write."""
-    return tier.put_stream(key, iter_chunks(data))
-
-
-def read_bytes(tier: Tier, physical_uri: str) -> bytes:
-    """Read a whole object into memory."""
-    with tier.open_stream(physical_uri) as stream:
-        return stream.read()
+    def get(self, physical_uri: str) -> bytes:
+        """Read a whole object into memory through `open_stream`."""
+        with self.open_stream(physical_uri) as stream:
+            return stream.read()
 
 
 def iter_chunks(data: bytes, size: int = CHUNK_SIZE) -> Iterator[bytes]:

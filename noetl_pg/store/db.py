@@ -23,6 +23,7 @@ from noetl_pg.store.base import (
     ResultMissing,
     StoredObject,
     StoreUnavailable,
+    Tier,
     buffered,
     regroup,
 )
@@ -30,7 +31,7 @@ from noetl_pg.store.base import (
 SCHEME = "db://result_blob/"
 
 
-class DbTier:
+class DbTier(Tier):
     """Chunks in PostgreSQL. Every method opens its own connection to `dsn` and raises
     `StoreUnavailable` when the server cannot be reached or the connection breaks."""
 

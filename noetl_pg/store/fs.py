@@ -21,13 +21,14 @@ from noetl_pg.store.base import (
     ResultMissing,
     StoredObject,
     StoreUnavailable,
+    Tier,
 )
 
 ROOT = "noetl-results"
 SCHEME = "fs://"
 
 
-class FsTier:
+class FsTier(Tier):
     """Files under `mount_path`. `StoreUnavailable` when the mount is missing or read-only."""
 
     name = "fs"

@@ -27,6 +27,7 @@ from noetl_pg.store.base import (
     ResultMissing,
     StoredObject,
     StoreUnavailable,
+    Tier,
     buffered,
     regroup,
 )
@@ -36,7 +37,7 @@ PREFIX = "noetl-results"
 MISSING_CODES = {"404", "NoSuchKey", "NoSuchBucket", "NotFound"}
 
 
-class S3Tier:
+class S3Tier(Tier):
     """One bucket on `endpoint_url`. Every method raises `StoreUnavailable` when the endpoint
     cannot be reached or refuses the request, and `ResultMissing` when an object is gone."""
 
