@@ -68,9 +68,23 @@ read = hashlib.sha256()
 with store.open(stored.ref.to_event()) as stream:
     while block := stream.read(1 << 20):
         read.update(block)
+peak_kib = next(int(line.split()[1]) for line in open("/proc/self/status")
+                if line.startswith("VmHWM:"))
 print(json.dumps({"tier": stored.ref.store_tier, "size": stored.ref.bytes_size,
                   "written": written.hexdigest(), "read": read.hexdigest(),
-                  "recorded": stored.ref.sha256}))
+                  "recorded": stored.ref.sha256, "vm_hwm_kib": peak_kib}))
+"""
+
+# Runs the command given in argv and reports its exit code, output and ru_maxrss (KiB) from
+# wait4. A child's ru_maxrss starts from the RSS of the process that forked it, so the
+# worker is forked from this small launcher, not from the test process (hundreds of MB).
+LAUNCHER = """
+import json, os, subprocess, sys
+worker = subprocess.Popen(sys.argv[1:], stdout=subprocess.PIPE, text=True)
+output = worker.stdout.read()
+_, status, usage = os.wait4(worker.pid, 0)
+print(json.dumps({"exit": os.waitstatus_to_exitcode(status), "maxrss_kib": usage.ru_maxrss,
+                  "output": output}))
 """
 
 # Child process of the shared-volume test: `write` stores a result and prints its ref,
@@ -367,21 +381,23 @@ def test_500_mb_streamed_round_trip_in_bounded_memory(
     dsn: str, s3_endpoint: str, tmp_path: Path, tier: str
 ) -> None:
     execution_id = uuid.uuid4().int >> 80
-    worker = subprocess.Popen(
-        [sys.executable, "-c", STREAM_WORKER, dsn, tier, str(execution_id), str(STREAM_BYTES)],
+    worker = [sys.executable, "-c", STREAM_WORKER, dsn, tier, str(execution_id), str(STREAM_BYTES)]
+    launched = subprocess.run(
+        [sys.executable, "-c", LAUNCHER, *worker],
         env=store_env(dsn, tmp_path, s3_endpoint),
         stdout=subprocess.PIPE,
         text=True,
+        check=True,
+        timeout=240,
     )
-    assert worker.stdout is not None
-    output = worker.stdout.read()
-    # wait4 reports the peak RSS of this one child (ru_maxrss is in KiB on Linux).
-    _, status, usage = os.wait4(worker.pid, 0)
-    worker.returncode = os.waitstatus_to_exitcode(status)
-    assert worker.returncode == 0
-    report = json.loads(output)
-    peak_rss = usage.ru_maxrss * 1024
-    print(f"500 MB on {tier}: peak RSS {peak_rss / MIB:.1f} MiB")
+    result = json.loads(launched.stdout)
+    assert result["exit"] == 0
+    report = json.loads(result["output"])
+    peak_rss = result["maxrss_kib"] * 1024
+    print(
+        f"500 MB on {tier}: worker peak RSS {peak_rss / MIB:.1f} MiB "
+        f"(VmHWM {report['vm_hwm_kib'] / 1024:.1f} MiB)"
+    )
     assert report["tier"] == tier and report["size"] == STREAM_BYTES
     assert report["written"] == report["read"] == report["recorded"]
     assert peak_rss < RSS_LIMIT_BYTES
