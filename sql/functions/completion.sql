@@ -155,8 +155,9 @@ end;
 $$;
 
 -- noetl.after_command_failed(command, error, output, worker_id) -> route_command_id
--- Contract: what a definitive failure leads to: a loop iteration is counted by its loop; a
---   step stores {status: error, error, output} as its result and routes with 'call.error'.
+-- Contract: what a definitive failure leads to: a route command that failed (its arcs could
+--   not be evaluated) fails the execution; a loop iteration is counted by its loop; a step
+--   stores {status: error, error, output} as its result and routes with 'call.error'.
 -- Locks: through routing, the loop or execution row.
 create or replace function noetl.after_command_failed(
     p_cmd noetl.command,
@@ -170,6 +171,11 @@ declare
     v_error_result jsonb := jsonb_build_object('status', 'error', 'error', p_error)
         || coalesce(jsonb_build_object('output', p_output), '{}'::jsonb);
 begin
+    if p_cmd.kind = 'route' then
+        -- A route that cannot be evaluated (bad template) must not route again.
+        perform noetl.fail_execution(p_cmd.execution_id, p_cmd.step_name, p_error);
+        return null;
+    end if;
     if p_cmd.loop_id is not null then
         return noetl.finish_loop_item(p_cmd, 'failed', v_error_result, p_worker_id);
     end if;

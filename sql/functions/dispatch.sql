@@ -122,9 +122,9 @@ $$;
 --   claimed by `worker_id`, writes one `command.claimed` event each, and returns them.
 --   `context` (see command_context) is filled on the first row of each execution in the
 --   batch and NULL on the others: the caller reuses it for that execution's other rows.
---   Loop iterations carry their item in `item` and the iterator name in `input`.
--- Locks: FOR UPDATE SKIP LOCKED on the chosen queue rows, so concurrent claimers never
---   wait on each other and never get the same command.
+--   Loop iterations carry their item in `item`.
+-- Locks: FOR UPDATE SKIP LOCKED on the chosen queue rows (in claim_command_ids), so
+--   concurrent claimers never wait on each other and never get the same command.
 create or replace function noetl.claim_commands(
     p_worker_id text,
     p_kinds text[] default null,
@@ -142,42 +142,9 @@ create or replace function noetl.claim_commands(
     item jsonb,
     context jsonb
 )
-language plpgsql
+language sql
 as $$
-begin
-    return query
-    with picked as (
-        select q.command_id
-        from noetl.command as q
-        where q.status = 'queued'
-            and q.available_at <= now()
-            and (p_kinds is null or q.kind = any(p_kinds))
-        order by q.priority desc, q.command_id
-        limit p_n
-        for update skip locked
-    ),
-
-    claimed as (
-        update noetl.command as c
-        set status = 'claimed', claimed_by = p_worker_id, claimed_at = now()
-        from picked
-        where c.command_id = picked.command_id
-        returning c.*
-    ),
-
-    logged as (
-        insert into noetl.event (
-            execution_id, event_type, node_name, command_id, attempt, loop_id, iter_index,
-            meta
-        )
-        select
-            cl.execution_id, 'command.claimed', cl.step_name, cl.command_id, cl.attempt,
-            cl.loop_id, cl.iter_index, jsonb_build_object('worker_id', p_worker_id)
-        from claimed as cl
-    )
-
-    select * from noetl.describe_commands(array(select cl.command_id from claimed as cl));
-end;
+    select * from noetl.describe_commands(noetl.claim_command_ids(p_worker_id, p_kinds, p_n));
 $$;
 
 -- noetl.describe_commands(command_ids) -> rows shaped like claim_commands

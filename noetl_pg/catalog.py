@@ -1,0 +1,46 @@
+"""Registering playbooks: parse and validate in Python, store through noetl.register_playbook."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import psycopg
+
+from noetl_pg import db
+from noetl_pg.dsl import load_playbook
+from noetl_pg.errors import PlaybookError
+
+
+@dataclass(frozen=True)
+class Registered:
+    path: str
+    version: int
+    catalog_id: int
+
+
+def register_text(
+    conn: psycopg.Connection[Any], text: str, *, source: str, default_path: str | None = None
+) -> Registered:
+    """Validate playbook YAML and store it as a new version; nothing is stored on error."""
+    playbook = load_playbook(text, source=source)
+    path = playbook.path or default_path
+    if not path:
+        raise PlaybookError("metadata.path (or metadata.name) is required", playbook=source,
+                            field="metadata.path")
+    row = db.fetch_one(conn, "register_playbook", path=path, content=text,
+                       spec=playbook.to_spec())
+    assert row is not None
+    return Registered(path=path, version=row["version"], catalog_id=row["catalog_id"])
+
+
+def register_file(conn: psycopg.Connection[Any], file: Path) -> Registered:
+    """Register a playbook file; its path defaults to the file path without `.yaml`."""
+    try:
+        text = file.read_text()
+    except OSError as exc:
+        raise PlaybookError(f"cannot read playbook file: {exc.strerror}",
+                            playbook=str(file)) from exc
+    default_path = str(file.with_suffix("")) if not file.is_absolute() else file.stem
+    return register_text(conn, text, source=str(file), default_path=default_path)

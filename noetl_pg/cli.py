@@ -1,0 +1,296 @@
+"""The `noetl` command line. Every command calls the same SQL functions as psql would."""
+
+from __future__ import annotations
+
+import json
+import logging
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import click
+import psycopg
+from rich.console import Console
+from rich.table import Table
+
+from noetl_pg import db
+from noetl_pg.catalog import register_file
+from noetl_pg.cli_credential import credential_group
+from noetl_pg.errors import NoetlError
+from noetl_pg.migrate import migrate
+from noetl_pg.runtime import resolve_dsn, wait_for_execution
+from noetl_pg.worker import Worker
+
+console = Console()
+err_console = Console(stderr=True)
+
+
+def _dsn() -> str:
+    return resolve_dsn()
+
+
+def _fail(message: str) -> None:
+    err_console.print(f"[red]error:[/red] {message}", highlight=False)
+    sys.exit(2)
+
+
+def _json_dump(value: Any) -> str:
+    return json.dumps(value, indent=2, default=str)
+
+
+@click.group()
+@click.option("-v", "--verbose", is_flag=True, help="Log engine activity to stderr.")
+def main(verbose: bool) -> None:
+    """noetl-pg: run NoETL playbooks with PostgreSQL holding the correctness."""
+    logging.basicConfig(
+        level=logging.INFO if verbose else logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+
+
+# --- db ----------------------------------------------------------------------------
+
+
+@main.group("db")
+def db_group() -> None:
+    """Database schema commands."""
+
+
+@db_group.command("migrate")
+def db_migrate() -> None:
+    """Apply pending migrations and (re)create the SQL functions."""
+    dsn = resolve_dsn(migrate_schema=False)
+    applied = migrate(dsn)
+    names = f": {', '.join(applied)}" if applied else ""
+    console.print(f"applied {len(applied)} migration(s){names}")
+
+
+# --- catalog -----------------------------------------------------------------------
+
+
+@main.group("catalog")
+def catalog_group() -> None:
+    """Register and list playbooks."""
+
+
+@catalog_group.command("register")
+@click.argument("files", nargs=-1, required=True, type=click.Path(path_type=Path))
+def catalog_register(files: tuple[Path, ...]) -> None:
+    """Register playbook FILES (each registration adds a version)."""
+    dsn = _dsn()
+    with db.connect(dsn) as conn:
+        for file in files:
+            try:
+                registered = register_file(conn, file)
+            except NoetlError as exc:
+                _fail(str(exc))
+            console.print(f"registered {registered.path} version {registered.version}")
+
+
+@catalog_group.command("list")
+def catalog_list() -> None:
+    """List registered playbooks."""
+    with db.connect(_dsn()) as conn:
+        rows = db.fetch_all(conn, "catalog_list")
+    table = Table("path", "version", "catalog_id", "registered")
+    for row in rows:
+        table.add_row(row["path"], str(row["version"]), str(row["catalog_id"]),
+                      str(row["created_at"]))
+    console.print(table)
+
+
+# --- run / exec --------------------------------------------------------------------
+
+
+def _payload(payload: str | None, sets: tuple[str, ...]) -> dict[str, Any]:
+    value: Any = {}
+    if payload:
+        try:
+            value = json.loads(payload)
+        except json.JSONDecodeError as exc:
+            _fail(f"--payload is not valid JSON: {exc}")
+        if not isinstance(value, dict):
+            _fail("--payload must be a JSON object")
+    for assignment in sets:
+        key, sep, raw = assignment.partition("=")
+        if not sep or not key:
+            _fail(f"--set expects key=value, got {assignment!r}")
+        try:
+            value[key] = json.loads(raw)
+        except json.JSONDecodeError:
+            value[key] = raw
+    return value
+
+
+def _start(conn: psycopg.Connection[Any], target: str, payload: dict[str, Any],
+           version: int | None) -> tuple[str, int]:
+    path = target
+    candidate = Path(target)
+    if candidate.suffix in (".yaml", ".yml") and candidate.exists():
+        try:
+            path = register_file(conn, candidate).path
+        except NoetlError as exc:
+            _fail(str(exc))
+    try:
+        row = db.fetch_one(conn, "start_execution", path=path, payload=payload, version=version)
+    except psycopg.errors.RaiseException as exc:
+        _fail(exc.diag.message_primary or str(exc))
+    except psycopg.Error as exc:
+        _fail(exc.diag.message_primary or str(exc))
+    assert row is not None
+    return path, int(row["execution_id"])
+
+
+@main.command("run")
+@click.argument("target")
+@click.option("--payload", help="JSON object merged over the playbook's workload.")
+@click.option("--set", "sets", multiple=True, help="key=value merged into the payload.")
+@click.option("--version", type=int, help="Run this catalog version instead of the latest.")
+@click.option("--json", "as_json", is_flag=True, help="Print the final execution as JSON.")
+@click.option("--runtime", type=click.Choice(["local", "distributed"]), default="local",
+              show_default=True,
+              help="local: run workers in this process; distributed: wait for external ones.")
+@click.option("--concurrency", default=4, show_default=True, help="In-process worker slots.")
+@click.option("--timeout", type=float, default=None, help="Give up after this many seconds.")
+def run_command(target: str, payload: str | None, sets: tuple[str, ...], version: int | None,
+                as_json: bool, runtime: str, concurrency: int, timeout: float | None) -> None:
+    """Register FILE (or take a catalog PATH), run it to the end and print the result.
+
+    Exit status 0 when the execution COMPLETED, 1 when it FAILED or was CANCELLED.
+    """
+    dsn = _dsn()
+    worker = Worker(dsn, slots=concurrency, poll_interval=0.5) if runtime == "local" else None
+    if worker is not None:
+        worker.start()
+    try:
+        with db.connect(dsn) as conn:
+            path, execution_id = _start(conn, target, _payload(payload, sets), version)
+        if not as_json:
+            console.print(f"execution {execution_id} of {path} started")
+        row = wait_for_execution(dsn, execution_id, timeout=timeout)
+    finally:
+        if worker is not None:
+            worker.stop()
+            worker.join(timeout=30)
+    if as_json:
+        click.echo(_json_dump(row))
+    else:
+        _print_status(dsn, row)
+    sys.exit(0 if row["status"] == "COMPLETED" else 1)
+
+
+@main.command("exec")
+@click.argument("path")
+@click.option("--payload", help="JSON object merged over the playbook's workload.")
+@click.option("--set", "sets", multiple=True, help="key=value merged into the payload.")
+@click.option("--version", type=int)
+def exec_command(path: str, payload: str | None, sets: tuple[str, ...],
+                 version: int | None) -> None:
+    """Start an execution of PATH and print its id (workers do the rest)."""
+    with db.connect(_dsn()) as conn:
+        _, execution_id = _start(conn, path, _payload(payload, sets), version)
+    click.echo(execution_id)
+
+
+# --- status / events / executions --------------------------------------------------
+
+
+def _print_status(dsn: str, row: dict[str, Any]) -> None:
+    color = {"COMPLETED": "green", "FAILED": "red", "RUNNING": "yellow"}.get(row["status"], "")
+    console.print(
+        f"execution {row['execution_id']} [bold {color}]{row['status']}[/] "
+        f"({row['path']} v{row['version']})"
+    )
+    with db.connect(dsn) as conn:
+        steps = db.fetch_all(conn, "execution_steps", execution_id=row["execution_id"])
+    table = Table("step", "commands", "done", "failed", "active", "attempts")
+    for step in steps:
+        table.add_row(step["step_name"], str(step["commands"]), str(step["done"]),
+                      str(step["failed"]), str(step["active"]), str(step["max_attempt"]))
+    console.print(table)
+    if row["error"]:
+        console.print(f"[red]error[/red] in step {row['failed_step']}: {row['error']}",
+                      highlight=False)
+    if row["result"] is not None:
+        console.print("result:", _json_dump(row["result"]), highlight=False)
+
+
+@main.command("status")
+@click.argument("execution_id", type=int)
+@click.option("--json", "as_json", is_flag=True)
+def status_command(execution_id: int, as_json: bool) -> None:
+    """Show one execution: status, steps, result or error."""
+    dsn = _dsn()
+    with db.connect(dsn) as conn:
+        row = db.fetch_one(conn, "execution_status", execution_id=execution_id)
+    if row is None:
+        _fail(f"execution {execution_id} does not exist")
+    assert row is not None
+    if as_json:
+        click.echo(_json_dump(row))
+    else:
+        _print_status(dsn, row)
+
+
+@main.command("events")
+@click.argument("execution_id", type=int)
+@click.option("--json", "as_json", is_flag=True)
+def events_command(execution_id: int, as_json: bool) -> None:
+    """List the event history of an execution."""
+    with db.connect(_dsn()) as conn:
+        rows = db.fetch_all(conn, "execution_events", execution_id=execution_id)
+    if as_json:
+        click.echo(_json_dump(rows))
+        return
+    table = Table("id", "type", "step", "command", "attempt", "iter", "error")
+    for row in rows:
+        table.add_row(str(row["event_id"]), row["event_type"], row["node_name"] or "",
+                      str(row["command_id"] or ""), str(row["attempt"] or ""),
+                      "" if row["iter_index"] is None else str(row["iter_index"]),
+                      (row["error"] or "")[:80])
+    console.print(table)
+
+
+@main.command("executions")
+@click.option("--status", help="RUNNING, COMPLETED, FAILED or CANCELLED")
+@click.option("--path")
+@click.option("--limit", default=50, show_default=True)
+def executions_command(status: str | None, path: str | None, limit: int) -> None:
+    """List recent executions."""
+    with db.connect(_dsn()) as conn:
+        rows = db.fetch_all(conn, "executions_list", status=status, path=path, limit=limit)
+    table = Table("id", "path", "version", "status", "started", "finished")
+    for row in rows:
+        table.add_row(str(row["execution_id"]), row["path"], str(row["version"]),
+                      row["status"], str(row["started_at"]), str(row["finished_at"] or ""))
+    console.print(table)
+
+
+# --- worker ------------------------------------------------------------------------
+
+
+@main.command("worker")
+@click.option("--concurrency", default=4, show_default=True, help="Slots (commands at once).")
+@click.option("--kinds", help="Comma-separated command kinds to serve (default: all).")
+@click.option("--worker-id", help="Stable id for this worker (default: host-pid-random).")
+@click.option("--batch-size", default=16, show_default=True)
+def worker_command(concurrency: int, kinds: str | None, worker_id: str | None,
+                   batch_size: int) -> None:
+    """Serve the command queue until SIGTERM/SIGINT (finishes what it holds first)."""
+    worker = Worker(_dsn(), slots=concurrency, worker_id=worker_id, batch_size=batch_size,
+                    kinds=kinds.split(",") if kinds else None)
+
+    def _stop(signum: int, frame: object) -> None:
+        worker.stop()
+
+    signal.signal(signal.SIGTERM, _stop)
+    signal.signal(signal.SIGINT, _stop)
+    err_console.print(f"worker {worker.worker_id} serving with {concurrency} slots")
+    started = time.monotonic()
+    worker.run_forever()
+    err_console.print(f"worker stopped after {time.monotonic() - started:.1f}s")
+
+
+main.add_command(credential_group(_dsn))

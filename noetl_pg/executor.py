@@ -1,0 +1,257 @@
+"""Run one claimed command and say what happened, as an outcome for finish_and_claim.
+
+This module computes; it never writes engine state. A step command renders its tool
+config, runs the tool (or a pipeline of tasks), applies the policy, renders its `set`
+writes and returns a `done` or `fail` outcome. A loop command renders its collection and
+returns a `loop` outcome. A route command evaluates the step's arcs and returns the chosen
+targets. Secrets are redacted from every error message.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from noetl_pg.dsl import Playbook, Step
+from noetl_pg.errors import NoetlError, TemplateError, ToolError
+from noetl_pg.policy import decide
+from noetl_pg.templating import ResultView, build_context, render_value, truthy
+from noetl_pg.tools.base import Tool, ToolContext
+
+log = logging.getLogger(__name__)
+
+Outcome = dict[str, Any]
+
+
+class CommandRunner:
+    """Turns a claimed command row into an outcome. One per worker, shared by its slots."""
+
+    def __init__(
+        self,
+        tools: Mapping[str, Tool],
+        spec_loader: Callable[[int], Playbook],
+        make_tool_context: Callable[[Mapping[str, Any]], ToolContext],
+        redact: Callable[[str], str] = lambda text: text,
+    ) -> None:
+        self._tools = tools
+        self._spec_loader = spec_loader
+        self._make_tool_context = make_tool_context
+        self._redact = redact
+
+    def run(self, command: Mapping[str, Any], context: Mapping[str, Any]) -> Outcome:
+        playbook = self._spec_loader(command["catalog_id"])
+        step = playbook.step_named(command["step_name"])
+        namespace = self._namespace(command, context, step)
+        base = {"command_id": command["command_id"], "attempt": command["attempt"]}
+        try:
+            if command["kind"] == "route":
+                return {**base, "op": "route", "targets": self._route(step, command, namespace)}
+            if command["kind"] == "loop":
+                return {**base, "op": "loop", **self._loop(step, namespace)}
+            return {**base, **self._step(step, command, namespace)}
+        except NoetlError as exc:
+            message = f"step '{step.step}': {exc}"
+            return {**base, "op": "fail", "error": self._redact(message), "retry_delay": None}
+
+    # --- namespaces ------------------------------------------------------------------
+
+    def _namespace(
+        self, command: Mapping[str, Any], context: Mapping[str, Any], step: Step
+    ) -> dict[str, Any]:
+        namespace = build_context(context)
+        if command.get("loop_id") is not None and step.loop is not None:
+            index = command["iter_index"]
+            total = (command.get("input") or {}).get("loop_total", 0)
+            item = command.get("item")
+            namespace[step.loop.iterator] = item
+            namespace["iter"] = {
+                step.loop.iterator: item,
+                "_index": index,
+                "_first": index == 0,
+                "_last": index == total - 1,
+            }
+            namespace["loop"] = {"index": index, "first": index == 0, "length": total}
+        return namespace
+
+    # --- route -----------------------------------------------------------------------
+
+    def _route(
+        self, step: Step, command: Mapping[str, Any], namespace: dict[str, Any]
+    ) -> list[dict[str, Any]]:
+        event = (command.get("input") or {}).get("event", "call.done")
+        scope = dict(namespace)
+        scope["event"] = {"name": event}
+        own = namespace.get(step.step)
+        if isinstance(own, Mapping):
+            scope["result"] = own
+            if "fanin" in own:
+                scope["fanin"] = own["fanin"]
+        if event == "call.error":
+            error = (command.get("input") or {}).get("error")
+            scope["output"] = {"status": "error", "error": error}
+            scope["error"] = error
+        arcs = step.next.arcs if step.next else []
+        exclusive = step.next is None or step.next.mode == "exclusive"
+        chosen: list[dict[str, Any]] = []
+        for arc in arcs:
+            # An arc without `when` is taken after success, never after an error.
+            matched = event != "call.error" if arc.when is None else truthy(arc.when, scope)
+            if not matched:
+                continue
+            chosen.append({"step": arc.step, "set": _ctx_writes(render_value(arc.set, scope))
+                           if arc.set else None})
+            if exclusive:
+                break
+        return chosen
+
+    # --- loop ------------------------------------------------------------------------
+
+    def _loop(self, step: Step, namespace: dict[str, Any]) -> dict[str, Any]:
+        assert step.loop is not None
+        items = render_value(step.loop.in_, namespace)
+        if isinstance(items, Mapping):
+            items = [{"key": key, "value": value} for key, value in items.items()]
+        if not isinstance(items, list):
+            raise TemplateError(
+                f"loop.in must render to a list, got {type(items).__name__}"
+            )
+        run_spec = step.loop.spec
+        max_in_flight = render_value(run_spec.max_in_flight, namespace)
+        fanout = run_spec.fanout or {}
+        return {
+            "items": items,
+            "loop": {
+                "iterator": step.loop.iterator,
+                "mode": run_spec.mode,
+                "max_in_flight": int(max_in_flight) if max_in_flight else None,
+                "is_fanout": step.loop.is_fanout,
+                "max_shard_retries": int(fanout.get("max_shard_retries", 2)),
+            },
+        }
+
+    # --- step ------------------------------------------------------------------------
+
+    def _step(
+        self, step: Step, command: Mapping[str, Any], namespace: dict[str, Any]
+    ) -> Outcome:
+        tool_context = self._make_tool_context(command)
+        step_input = render_value(step.input, namespace) if step.input else {}
+        if isinstance(step.tool, list):
+            tasks = [task.model_dump(mode="json", exclude_none=True) for task in step.tool]
+        else:
+            assert step.tool is not None
+            tasks = [step.tool.model_dump(mode="json", exclude_none=True)]
+        try:
+            result, decision_error = self._run_tasks(
+                tasks, step_input, namespace, command["attempt"], tool_context,
+                pipeline=isinstance(step.tool, list),
+            )
+        except ToolError as exc:
+            return {"op": "fail", "error": self._redact(f"step '{step.step}': {exc.message}"),
+                    "retry_delay": None, "output": exc.output or None}
+        if decision_error is not None:
+            return decision_error
+        ctx_set: dict[str, Any] = {}
+        if step.set:
+            scope = {**namespace, step.step: _view(result), "result": result,
+                     "output": {"status": "ok", "data": result}}
+            writes = render_value(step.set, scope)
+            ctx_set = _ctx_writes(writes)
+            result = _apply_step_writes(result, writes)
+        return {"op": "done", "result": result, "ctx_set": ctx_set or None}
+
+    def _run_tasks(
+        self,
+        tasks: list[dict[str, Any]],
+        step_input: Mapping[str, Any],
+        namespace: dict[str, Any],
+        attempt: int,
+        tool_context: ToolContext,
+        *,
+        pipeline: bool,
+    ) -> tuple[Any, Outcome | None]:
+        """Run a tool or a pipeline; returns (result, fail outcome or None)."""
+        scope = dict(namespace)
+        result: Any = None
+        position = 0
+        while position < len(tasks):
+            task = tasks[position]
+            name = task.get("name") or f"task_{position + 1}"
+            config = render_value(
+                {key: value for key, value in task.items() if key not in ("spec", "retry")},
+                scope,
+            )
+            if step_input:
+                config["input"] = {**step_input, **(config.get("input") or {})}
+            tool = self._tools.get(str(config.get("kind")))
+            if tool is None:
+                raise ToolError(f"no worker tool for kind '{config.get('kind')}'")
+            error_kind: str | None = None
+            try:
+                result = tool.run(config, tool_context)
+                output = {"status": "ok", "data": result}
+            except ToolError as exc:
+                error_kind = exc.kind
+                output = {"status": "error", "error": exc.message, **exc.output}
+            decision = decide(task, output, scope, attempt, error_kind)
+            _apply_iter_writes(scope, decision.set_writes)
+            if decision.action == "retry":
+                return None, {
+                    "op": "fail", "error": self._redact(str(output.get("error") or "retry")),
+                    "retry_delay": decision.delay_seconds, "output": _output_extra(output),
+                }
+            if decision.action == "fail" or (error_kind is not None and
+                                             decision.action not in ("continue", "jump", "break")):
+                return None, {
+                    "op": "fail", "error": self._redact(str(output.get("error"))),
+                    "retry_delay": None, "output": _output_extra(output),
+                }
+            if pipeline:
+                scope[name] = _view(result)
+            if decision.action == "break":
+                break
+            if decision.action == "jump" and decision.jump_to:
+                names = [t.get("name") for t in tasks]
+                if decision.jump_to not in names:
+                    raise ToolError(f"policy jumps to unknown task '{decision.jump_to}'")
+                position = names.index(decision.jump_to)
+                continue
+            position += 1
+        return result, None
+
+
+def _view(result: Any) -> Any:
+    return ResultView(result) if isinstance(result, dict) else result
+
+
+def _output_extra(output: Mapping[str, Any]) -> dict[str, Any] | None:
+    extra = {key: value for key, value in output.items() if key not in ("status", "error")}
+    return extra or None
+
+
+def _ctx_writes(writes: Mapping[str, Any] | None) -> dict[str, Any]:
+    """`set` keys `ctx.x` (or bare `x`) become ctx writes; `step.*`/`iter.*` are not ctx."""
+    ctx: dict[str, Any] = {}
+    for key, value in (writes or {}).items():
+        if key.startswith("ctx."):
+            ctx[key[4:]] = value
+        elif not key.startswith(("step.", "iter.")):
+            ctx[key] = value
+    return ctx
+
+
+def _apply_step_writes(result: Any, writes: Mapping[str, Any]) -> Any:
+    step_writes = {key[5:]: value for key, value in writes.items() if key.startswith("step.")}
+    if not step_writes:
+        return result
+    merged = dict(result) if isinstance(result, Mapping) else {"data": result}
+    merged.update(step_writes)
+    return merged
+
+
+def _apply_iter_writes(scope: dict[str, Any], writes: Mapping[str, Any]) -> None:
+    """Policy/`set` writes to `iter.*` are visible to later tasks of the same iteration."""
+    iter_writes = {key[5:]: value for key, value in writes.items() if key.startswith("iter.")}
+    if iter_writes:
+        scope["iter"] = {**(scope.get("iter") or {}), **iter_writes}

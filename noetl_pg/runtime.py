@@ -1,0 +1,62 @@
+"""Where the engine's database is, and waiting for executions to finish.
+
+With `NOETL_DSN` set, that server is used. Without it, a private embedded PostgreSQL is
+started under `.pgdata/` and its `noetl` database is used; the server stops when the
+process exits.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import psycopg
+from psycopg import sql
+from psycopg.conninfo import make_conninfo
+
+from noetl_pg import db
+from noetl_pg.embedded import start_embedded
+from noetl_pg.migrate import migrate
+
+TERMINAL_STATUSES = frozenset({"COMPLETED", "FAILED", "CANCELLED"})
+
+
+def resolve_dsn(*, migrate_schema: bool = True) -> str:
+    """The engine DSN (NOETL_DSN, else an embedded server), migrated unless told not to."""
+    dsn = db.dsn_from_env()
+    if dsn is None:
+        server = start_embedded("default")
+        dsn = make_conninfo(server, dbname="noetl")
+        with psycopg.connect(make_conninfo(server, dbname="postgres"), autocommit=True) as conn:
+            exists = conn.execute(
+                "select 1 from pg_database where datname = 'noetl'"
+            ).fetchone()
+            if not exists:
+                conn.execute(sql.SQL("create database {}").format(sql.Identifier("noetl")))
+    if migrate_schema:
+        migrate(dsn)
+    return dsn
+
+
+def wait_for_execution(
+    dsn: str, execution_id: int, *, timeout: float | None = None, poll: float = 0.05,
+    on_poll: Any = None,
+) -> dict[str, Any]:
+    """Block until the execution reaches a terminal status; returns its row.
+
+    Raises TimeoutError after `timeout` seconds. `on_poll(row)` is called on every poll
+    (progress display).
+    """
+    deadline = None if timeout is None else time.monotonic() + timeout
+    with db.connect(dsn) as conn:
+        while True:
+            row = db.fetch_one(conn, "execution_status", execution_id=execution_id)
+            if row is None:
+                raise LookupError(f"execution {execution_id} does not exist")
+            if on_poll is not None:
+                on_poll(row)
+            if row["status"] in TERMINAL_STATUSES:
+                return row
+            if deadline is not None and time.monotonic() > deadline:
+                raise TimeoutError(f"execution {execution_id} still {row['status']}")
+            time.sleep(poll)

@@ -1,0 +1,295 @@
+"""The worker daemon: claim commands, run them, report outcomes. It never routes.
+
+Threads: `slots` slot threads, each with its own connection, loop "claim a batch, run it,
+finish it and claim the next batch in one transaction" (noetl.finish_and_claim), and wait
+when the queue is empty; a listener thread LISTENs on `noetl_command` and wakes idle
+slots; a heartbeat thread proves the worker alive (one row, whatever it holds) and runs
+the reaper. If NOTIFY is lost (reconnect, restart) slots still poll every
+`poll_interval` seconds, so nothing waits forever.
+
+On a broken connection a slot reconnects with backoff and sends its outcomes again: an
+outcome that had committed is then refused as stale, so a retry never applies twice.
+`stop()` (SIGTERM) lets each slot finish the batch it holds, claims nothing more, and
+releases anything still claimed.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import psycopg
+from psycopg.types.json import Jsonb
+
+from noetl_pg import db
+from noetl_pg.dsl import Playbook
+from noetl_pg.executor import CommandRunner, Outcome
+from noetl_pg.tools import create_tools
+from noetl_pg.tools.base import CredentialResolver, Tool, ToolContext
+
+log = logging.getLogger(__name__)
+
+
+class SpecCache:
+    """catalog_id -> Playbook. Catalog rows never change, so entries never expire."""
+
+    def __init__(self) -> None:
+        self._specs: dict[int, Playbook] = {}
+        self._lock = threading.Lock()
+
+    def get(self, conn: psycopg.Connection[Any], catalog_id: int) -> Playbook:
+        playbook = self._specs.get(catalog_id)
+        if playbook is None:
+            row = db.fetch_one(conn, "catalog_spec", catalog_id=catalog_id)
+            if row is None:
+                raise LookupError(f"catalog row {catalog_id} does not exist")
+            playbook = Playbook.model_validate(row["spec"])
+            with self._lock:
+                self._specs[catalog_id] = playbook
+        return playbook
+
+
+class Worker:
+    """A pool of slots serving the command queue of the database at `dsn`."""
+
+    def __init__(
+        self,
+        dsn: str,
+        *,
+        slots: int = 4,
+        kinds: list[str] | None = None,
+        worker_id: str | None = None,
+        batch_size: int = 16,
+        poll_interval: float = 1.0,
+        heartbeat_interval: float = 5.0,
+        credentials: CredentialResolver | None = None,
+        redact: Callable[[str], str] | None = None,
+        housekeeping: Callable[[psycopg.Connection[Any]], None] | None = None,
+    ) -> None:
+        self.dsn = dsn
+        self.slots = slots
+        self.kinds = kinds
+        self.worker_id = worker_id or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+        self.batch_size = batch_size
+        self.poll_interval = poll_interval
+        self.heartbeat_interval = heartbeat_interval
+        self._credentials = credentials
+        self._redact = redact or (lambda text: text)
+        self._housekeeping = housekeeping
+        self._tools: dict[str, Tool] = create_tools()
+        self._resources: dict[str, Any] = {}
+        self._specs = SpecCache()
+        self._stopping = threading.Event()
+        self._wake = threading.Condition()
+        self._wake_generation = 0
+        self._threads: list[threading.Thread] = []
+
+    # --- lifecycle -------------------------------------------------------------------
+
+    def start(self) -> None:
+        with db.connect(self.dsn) as conn:
+            db.fetch_one(conn, "register_worker", worker_id=self.worker_id,
+                         hostname=socket.gethostname(), pid=os.getpid(), slots=self.slots,
+                         kinds=self.kinds)
+        targets: list[tuple[str, Callable[[], None]]] = [
+            ("listener", self._listen), ("heartbeat", self._heartbeat)
+        ]
+        targets += [(f"slot-{index}", self._slot) for index in range(self.slots)]
+        for name, target in targets:
+            thread = threading.Thread(target=target, name=f"noetl-{name}", daemon=True)
+            thread.start()
+            self._threads.append(thread)
+        log.info("worker %s started with %d slots", self.worker_id, self.slots)
+
+    def stop(self) -> None:
+        """Ask every thread to finish what it holds; returns at once (see `join`)."""
+        self._stopping.set()
+        self._wake_all()
+
+    def join(self, timeout: float | None = None) -> None:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        for thread in self._threads:
+            remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
+            thread.join(remaining)
+        try:
+            with db.connect(self.dsn) as conn:
+                row = db.fetch_one(conn, "stop_worker", worker_id=self.worker_id)
+                if row and row["released"]:
+                    log.info("released %d claimed commands", row["released"])
+        except psycopg.Error as exc:
+            log.warning("could not release claims on stop: %s", exc)
+        for resource in self._resources.values():
+            close = getattr(resource, "close", None)
+            if callable(close):
+                close()
+
+    def run_forever(self) -> None:
+        self.start()
+        try:
+            while not self._stopping.wait(0.5):
+                pass
+        finally:
+            self.join()
+
+    # --- wake-ups --------------------------------------------------------------------
+
+    def _wake_all(self) -> None:
+        with self._wake:
+            self._wake_generation += 1
+            self._wake.notify_all()
+
+    def _wait_for_work(self, seen_generation: int) -> None:
+        with self._wake:
+            if self._wake_generation == seen_generation and not self._stopping.is_set():
+                self._wake.wait(self.poll_interval)
+
+    def _listen(self) -> None:
+        backoff = 0.1
+        while not self._stopping.is_set():
+            try:
+                with psycopg.connect(self.dsn, autocommit=True) as conn:
+                    conn.execute("listen noetl_command")
+                    backoff = 0.1
+                    # Anything notified while we were not listening is picked up now.
+                    self._wake_all()
+                    while not self._stopping.is_set():
+                        for _ in conn.notifies(timeout=0.5, stop_after=1):
+                            self._wake_all()
+            except psycopg.OperationalError as exc:
+                log.warning("listener lost its connection (%s); retrying in %.1fs", exc, backoff)
+                self._stopping.wait(backoff)
+                backoff = min(backoff * 2, 5.0)
+
+    def _heartbeat(self) -> None:
+        while not self._stopping.wait(self.heartbeat_interval):
+            try:
+                with db.connect(self.dsn) as conn:
+                    db.fetch_one(conn, "worker_heartbeat", worker_id=self.worker_id)
+                    if self._housekeeping is not None:
+                        self._housekeeping(conn)
+            except psycopg.Error as exc:
+                log.warning("heartbeat failed: %s", exc)
+
+    # --- slots -----------------------------------------------------------------------
+
+    def _slot(self) -> None:
+        backoff = 0.1
+        pending: list[Outcome] = []
+        while True:
+            try:
+                with db.connect(self.dsn) as conn:
+                    backoff = 0.1
+                    runner = self._runner(conn)
+                    pending = self._serve(conn, runner, pending)
+                    return
+            except psycopg.OperationalError as exc:
+                if self._stopping.is_set() and not pending:
+                    return
+                log.warning("slot lost its connection (%s); retrying in %.1fs", exc, backoff)
+                time.sleep(backoff)
+                backoff = min(backoff * 2, 5.0)
+
+    def _runner(self, conn: psycopg.Connection[Any]) -> CommandRunner:
+        return CommandRunner(
+            self._tools,
+            lambda catalog_id: self._specs.get(conn, catalog_id),
+            self._tool_context,
+            self._redact,
+        )
+
+    def _serve(
+        self, conn: psycopg.Connection[Any], runner: CommandRunner, pending: list[Outcome]
+    ) -> list[Outcome]:
+        """Claim, run and finish until stopped. Outcomes not yet sent are kept in `pending`
+        (the caller's list survives a reconnect) and sent first on the next connection."""
+        rows: list[dict[str, Any]] = []
+        if pending:
+            rows = self._finish(conn, pending)
+            pending.clear()
+        while True:
+            if not rows:
+                if self._stopping.is_set():
+                    return pending
+                generation = self._wake_generation
+                rows = db.fetch_all(conn, "claim_commands", worker_id=self.worker_id,
+                                    kinds=self.kinds, n=self.batch_size)
+                if not rows:
+                    self._wait_for_work(generation)
+                    continue
+            outcomes = self._run_batch(runner, rows)
+            pending[:] = outcomes
+            rows = self._finish(conn, outcomes)
+            pending.clear()
+
+    def _run_batch(self, runner: CommandRunner, rows: list[dict[str, Any]]) -> list[Outcome]:
+        # claim rows carry the context on the first row of each execution only.
+        contexts: dict[int, Mapping[str, Any]] = {}
+        outcomes: list[Outcome] = []
+        for row in rows:
+            if row["context"] is not None:
+                contexts[row["execution_id"]] = row["context"]
+            outcomes.append(self._run_one(runner, row, contexts[row["execution_id"]]))
+        return outcomes
+
+    def _run_one(
+        self, runner: CommandRunner, row: Mapping[str, Any], context: Mapping[str, Any]
+    ) -> Outcome:
+        try:
+            return runner.run(row, context)
+        except Exception as exc:  # a bug or an unexpected library error: fail the command
+            log.exception("command %s failed unexpectedly", row["command_id"])
+            return {"op": "fail", "command_id": row["command_id"], "attempt": row["attempt"],
+                    "error": self._redact(f"step '{row['step_name']}': internal error: {exc}"),
+                    "retry_delay": None}
+
+    def _finish(
+        self, conn: psycopg.Connection[Any], outcomes: list[Outcome]
+    ) -> list[dict[str, Any]]:
+        claim_n = 0 if self._stopping.is_set() else self.batch_size
+        try:
+            return db.fetch_all(conn, "finish_and_claim", worker_id=self.worker_id,
+                                outcomes=Jsonb(outcomes), kinds=self.kinds, n=claim_n)
+        except psycopg.OperationalError:
+            raise
+        except psycopg.Error as exc:
+            log.warning("batch of %d outcomes failed (%s); applying one by one",
+                        len(outcomes), exc)
+        rows: list[dict[str, Any]] = []
+        for outcome in outcomes:
+            rows += self._finish_one(conn, outcome)
+        if claim_n:
+            rows += db.fetch_all(conn, "claim_commands", worker_id=self.worker_id,
+                                 kinds=self.kinds, n=claim_n)
+        return rows
+
+    def _finish_one(self, conn: psycopg.Connection[Any], outcome: Outcome) -> list[dict[str, Any]]:
+        try:
+            return db.fetch_all(conn, "finish_and_claim", worker_id=self.worker_id,
+                                outcomes=Jsonb([outcome]), kinds=self.kinds, n=0)
+        except psycopg.OperationalError:
+            raise
+        except psycopg.Error as exc:
+            # The outcome itself cannot be applied (e.g. a loop collection the database
+            # rejects): record it as the command's failure so the run does not hang.
+            failure = {"op": "fail", "command_id": outcome["command_id"],
+                       "attempt": outcome["attempt"], "retry_delay": None,
+                       "error": self._redact(str(exc.diag.message_primary or exc))}
+            return db.fetch_all(conn, "finish_and_claim", worker_id=self.worker_id,
+                                outcomes=Jsonb([failure]), kinds=self.kinds, n=0)
+
+    def _tool_context(self, command: Mapping[str, Any]) -> ToolContext:
+        return ToolContext(
+            execution_id=command["execution_id"],
+            step=command["step_name"],
+            command_id=command["command_id"],
+            attempt=command["attempt"],
+            dsn=self.dsn,
+            credentials=self._credentials,
+            worker_resources=self._resources,
+        )

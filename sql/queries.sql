@@ -1,0 +1,77 @@
+-- The statements noetl-pg's Python code runs, each under a `-- name: <name>` header with a
+-- one-line description. Python calls them by name (noetl_pg.db.query); it never builds SQL.
+
+-- name: register_playbook
+-- Store a new version of a playbook; returns catalog_id, version.
+select catalog_id, version from noetl.register_playbook(%(path)s, %(content)s, %(spec)s);
+
+-- name: start_execution
+-- Start a run of a registered playbook; returns execution_id.
+select noetl.start_execution(%(path)s, %(payload)s, %(version)s) as execution_id;
+
+-- name: catalog_list
+-- Registered playbooks, newest version of each path first.
+select path, version, catalog_id, created_at
+from noetl.catalog
+order by path, version desc;
+
+-- name: catalog_spec
+-- The canonical spec of one catalog row (workers cache it per catalog_id).
+select spec from noetl.catalog where catalog_id = %(catalog_id)s;
+
+-- name: claim_commands
+-- Claim up to n due commands of the given kinds.
+select * from noetl.claim_commands(%(worker_id)s, %(kinds)s, %(n)s);
+
+-- name: finish_and_claim
+-- Apply finished outcomes and claim the next commands, in one transaction.
+select * from noetl.finish_and_claim(%(worker_id)s, %(outcomes)s, %(kinds)s, %(n)s);
+
+-- name: register_worker
+-- Add or refresh this worker's registry row.
+select noetl.register_worker(%(worker_id)s, %(hostname)s, %(pid)s, %(slots)s, %(kinds)s);
+
+-- name: worker_heartbeat
+-- Prove this worker (and so all its claims) alive.
+select noetl.worker_heartbeat(%(worker_id)s) as alive;
+
+-- name: stop_worker
+-- Leave cleanly: release claims that never reached an outcome.
+select noetl.stop_worker(%(worker_id)s) as released;
+
+-- name: execution_status
+-- One execution's row (status, result, error, state), without scanning events.
+select execution_id, path, version, status, result, error, failed_step, state,
+    started_at, finished_at, parent_execution_id
+from noetl.execution
+where execution_id = %(execution_id)s;
+
+-- name: execution_steps
+-- Per-step command summary of one execution (for `noetl status`).
+select step_name,
+    count(*) filter (where kind <> 'route') as commands,
+    count(*) filter (where status = 'done' and kind <> 'route') as done,
+    count(*) filter (where status = 'failed') as failed,
+    count(*) filter (where status in ('queued', 'claimed', 'waiting')) as active,
+    max(attempt) as max_attempt
+from noetl.command
+where execution_id = %(execution_id)s
+group by step_name
+order by min(command_id);
+
+-- name: execution_events
+-- The event history of one execution in order.
+select event_id, event_type, node_name, command_id, attempt, loop_id, iter_index, meta,
+    result, error, created_at
+from noetl.event
+where execution_id = %(execution_id)s
+order by event_id;
+
+-- name: executions_list
+-- Recent executions, optionally filtered by status and path.
+select execution_id, path, version, status, started_at, finished_at
+from noetl.execution
+where (%(status)s::text is null or status = %(status)s::text)
+    and (%(path)s::text is null or path = %(path)s::text)
+order by execution_id desc
+limit %(limit)s;
