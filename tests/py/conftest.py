@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
+from engine_harness import Engine
 
 from noetl_pg.migrate import migrate
 from noetl_pg.testdb import create_database, drop_database
@@ -30,3 +31,17 @@ def fresh_dsn() -> Iterator[str]:
     migrate(database)
     yield database
     drop_database(database)
+
+
+@pytest.fixture(scope="session")
+def engine(dsn: str) -> Iterator[Engine]:
+    """The session database with one in-process worker (4 slots) serving it."""
+    harness = Engine(dsn)
+    with harness.worker(slots=4):
+        yield harness
+
+
+@pytest.fixture
+def fresh_engine(fresh_dsn: str) -> Engine:
+    """A database of this test's own, with no worker: start one with `engine.worker()`."""
+    return Engine(fresh_dsn)
