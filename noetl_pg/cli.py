@@ -260,7 +260,7 @@ def events_command(execution_id: int, as_json: bool) -> None:
 def executions_command(status: str | None, path: str | None, limit: int) -> None:
     """List recent executions."""
     with db.connect(_dsn()) as conn:
-        rows = db.fetch_all(conn, "executions_list", status=status, path=path, limit=limit)
+        rows = db.fetch_all(conn, "executions_list", status=status, path=path, row_limit=limit)
     table = Table("id", "path", "version", "status", "started", "finished")
     for row in rows:
         table.add_row(str(row["execution_id"]), row["path"], str(row["version"]),

@@ -1,6 +1,6 @@
-"""Database access: connections and the named queries of `sql/queries.sql`.
+"""Database access: connections and the named queries of `sql/queries/engine.sql`.
 
-Python never assembles SQL: every statement lives in `sql/queries.sql` under a
+Python never assembles SQL: every statement lives in `sql/queries/engine.sql` under a
 `-- name: <name>` header and is run by name. On a broken connection psycopg raises
 `psycopg.OperationalError`; callers that must survive it (the worker) reconnect.
 """
@@ -17,7 +17,7 @@ import psycopg
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
-QUERIES_FILE = Path(__file__).resolve().parent.parent / "sql" / "queries.sql"
+QUERIES_FILE = Path(__file__).resolve().parent.parent / "sql" / "queries" / "engine.sql"
 _HEADER = re.compile(r"^-- name: (?P<name>\w+)\s*$", re.MULTILINE)
 
 

@@ -3,7 +3,10 @@
 
 -- name: register_playbook
 -- Store a new version of a playbook; returns catalog_id, version.
-select catalog_id, version from noetl.register_playbook(%(path)s, %(content)s, %(spec)s);
+select
+    catalog_id,
+    version
+from noetl.register_playbook(%(path)s, %(content)s, %(spec)s);
 
 -- name: start_execution
 -- Start a run of a registered playbook; returns execution_id.
@@ -11,13 +14,18 @@ select noetl.start_execution(%(path)s, %(payload)s, %(version)s) as execution_id
 
 -- name: catalog_list
 -- Registered playbooks, newest version of each path first.
-select path, version, catalog_id, created_at
+select
+    path,
+    version,
+    catalog_id,
+    created_at
 from noetl.catalog
-order by path, version desc;
+order by path asc, version desc;
 
 -- name: catalog_spec
 -- The canonical spec of one catalog row (workers cache it per catalog_id).
-select spec from noetl.catalog where catalog_id = %(catalog_id)s;
+select spec from noetl.catalog
+where catalog_id = %(catalog_id)s;
 
 -- name: claim_commands
 -- Claim up to n due commands of the given kinds.
@@ -41,14 +49,25 @@ select noetl.stop_worker(%(worker_id)s) as released;
 
 -- name: execution_status
 -- One execution's row (status, result, error, state), without scanning events.
-select execution_id, path, version, status, result, error, failed_step, state,
-    started_at, finished_at, parent_execution_id
+select
+    execution_id,
+    path,
+    version,
+    status,
+    result,
+    error,
+    failed_step,
+    state,
+    started_at,
+    finished_at,
+    parent_execution_id
 from noetl.execution
 where execution_id = %(execution_id)s;
 
 -- name: execution_steps
 -- Per-step command summary of one execution (for `noetl status`).
-select step_name,
+select
+    step_name,
     count(*) filter (where kind <> 'route') as commands,
     count(*) filter (where status = 'done' and kind <> 'route') as done,
     count(*) filter (where status = 'failed') as failed,
@@ -61,17 +80,34 @@ order by min(command_id);
 
 -- name: execution_events
 -- The event history of one execution in order.
-select event_id, event_type, node_name, command_id, attempt, loop_id, iter_index, meta,
-    result, error, created_at
+select
+    event_id,
+    event_type,
+    node_name,
+    command_id,
+    attempt,
+    loop_id,
+    iter_index,
+    meta,
+    result,
+    error,
+    created_at
 from noetl.event
 where execution_id = %(execution_id)s
 order by event_id;
 
 -- name: executions_list
 -- Recent executions, optionally filtered by status and path.
-select execution_id, path, version, status, started_at, finished_at
+select
+    execution_id,
+    path,
+    version,
+    status,
+    started_at,
+    finished_at
 from noetl.execution
-where (%(status)s::text is null or status = %(status)s::text)
+where
+    (%(status)s::text is null or status = %(status)s::text)
     and (%(path)s::text is null or path = %(path)s::text)
 order by execution_id desc
-limit %(limit)s;
+limit %(row_limit)s;
