@@ -4,7 +4,7 @@ begin;
 select plan(24);
 
 create temporary table spec_fixture as
-select  -- noqa: LT09 (one multi-line JSON literal)
+select  -- noqa: LT09
     '{"entry_step": "a", "workload": {"x": 1}, "workflow": [
       {"step": "a", "tool": {"kind": "noop"},
        "plan": {"kind": "noop", "route_mode": "direct", "direct_targets": ["b"],
