@@ -294,3 +294,7 @@ def worker_command(concurrency: int, kinds: str | None, worker_id: str | None,
 
 
 main.add_command(credential_group(_dsn))
+
+
+if __name__ == "__main__":
+    main()
