@@ -234,6 +234,24 @@ def status_command(execution_id: int, as_json: bool) -> None:
         _print_status(dsn, row)
 
 
+@main.command("cancel")
+@click.argument("execution_id", type=int)
+@click.option("--reason", default="cancelled by request", show_default=True)
+def cancel_command(execution_id: int, reason: str) -> None:
+    """Cancel a running execution and its child executions."""
+    with db.connect(_dsn()) as conn:
+        try:
+            row = db.fetch_one(conn, "cancel_execution", execution_id=execution_id,
+                               reason=reason)
+        except psycopg.Error as exc:
+            _fail(exc.diag.message_primary or str(exc))
+    assert row is not None
+    if row["cancelled"]:
+        console.print(f"cancelled {row['cancelled']} execution(s)")
+    else:
+        console.print(f"execution {execution_id} had already finished; nothing to cancel")
+
+
 @main.command("events")
 @click.argument("execution_id", type=int)
 @click.option("--json", "as_json", is_flag=True)

@@ -3,9 +3,12 @@
 Threads: `slots` slot threads, each with its own connection, loop "claim a batch, run it,
 finish it and claim the next batch in one transaction" (noetl.finish_and_claim), and wait
 when the queue is empty; a listener thread LISTENs on `noetl_command` and wakes idle
-slots; a heartbeat thread proves the worker alive (one row, whatever it holds) and runs
-the reaper. If NOTIFY is lost (reconnect, restart) slots still poll every
-`poll_interval` seconds, so nothing waits forever.
+slots, and on `noetl_cancel` to skip claimed commands of cancelled executions; a heartbeat
+thread proves the worker alive every `heartbeat_interval` seconds
+(NOETL_WORKER_HEARTBEAT_SECONDS, one row write whatever it holds) and runs the reaper
+(noetl.reap_stale_claims with NOETL_COMMAND_HEARTBEAT_TIMEOUT_SECONDS; concurrent daemons
+skip it under an advisory lock). If NOTIFY is lost (reconnect, restart) slots still poll
+every `poll_interval` seconds, so nothing waits forever.
 
 On a broken connection a slot reconnects with backoff and sends its outcomes again: an
 outcome that had committed is then refused as stale, so a retry never applies twice.
@@ -34,6 +37,23 @@ from noetl_pg.tools import create_tools
 from noetl_pg.tools.base import CredentialResolver, Tool, ToolContext
 
 log = logging.getLogger(__name__)
+
+DEFAULT_HEARTBEAT_SECONDS = 5.0
+DEFAULT_CLAIM_TIMEOUT_SECONDS = 300.0
+
+
+def _seconds_from_env(name: str, default: float) -> float:
+    """A positive number of seconds from the environment; ValueError names a bad value."""
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ValueError(f"{name}={raw!r} is not a number of seconds") from None
+    if value <= 0:
+        raise ValueError(f"{name}={raw!r} must be greater than 0")
+    return value
 
 
 class SpecCache:
@@ -67,7 +87,8 @@ class Worker:
         worker_id: str | None = None,
         batch_size: int = 16,
         poll_interval: float = 1.0,
-        heartbeat_interval: float = 5.0,
+        heartbeat_interval: float | None = None,
+        claim_timeout: float | None = None,
         credentials: CredentialResolver | None = None,
         redact: Callable[[str], str] | None = None,
         housekeeping: Callable[[psycopg.Connection[Any]], None] | None = None,
@@ -78,7 +99,11 @@ class Worker:
         self.worker_id = worker_id or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
         self.batch_size = batch_size
         self.poll_interval = poll_interval
-        self.heartbeat_interval = heartbeat_interval
+        self.heartbeat_interval = heartbeat_interval or _seconds_from_env(
+            "NOETL_WORKER_HEARTBEAT_SECONDS", DEFAULT_HEARTBEAT_SECONDS)
+        # Claims of a worker silent for this long are taken back by the reaper.
+        self.claim_timeout = claim_timeout or _seconds_from_env(
+            "NOETL_COMMAND_HEARTBEAT_TIMEOUT_SECONDS", DEFAULT_CLAIM_TIMEOUT_SECONDS)
         self._credentials = credentials
         self._redact = redact or (lambda text: text)
         self._housekeeping = housekeeping
@@ -89,14 +114,14 @@ class Worker:
         self._wake = threading.Condition()
         self._wake_generation = 0
         self._threads: list[threading.Thread] = []
+        # Executions cancelled while this worker runs (from NOTIFY noetl_cancel).
+        self._cancelled: set[int] = set()
 
     # --- lifecycle -------------------------------------------------------------------
 
     def start(self) -> None:
         with db.connect(self.dsn) as conn:
-            db.fetch_one(conn, "register_worker", worker_id=self.worker_id,
-                         hostname=socket.gethostname(), pid=os.getpid(), slots=self.slots,
-                         kinds=self.kinds)
+            self._register(conn)
         targets: list[tuple[str, Callable[[], None]]] = [
             ("listener", self._listen), ("heartbeat", self._heartbeat)
         ]
@@ -106,6 +131,11 @@ class Worker:
             thread.start()
             self._threads.append(thread)
         log.info("worker %s started with %d slots", self.worker_id, self.slots)
+
+    def _register(self, conn: psycopg.Connection[Any]) -> None:
+        db.fetch_one(conn, "register_worker", worker_id=self.worker_id,
+                     hostname=socket.gethostname(), pid=os.getpid(), slots=self.slots,
+                     kinds=self.kinds)
 
     def stop(self) -> None:
         """Ask every thread to finish what it holds; returns at once (see `join`)."""
@@ -155,26 +185,44 @@ class Worker:
             try:
                 with psycopg.connect(self.dsn, autocommit=True) as conn:
                     conn.execute("listen noetl_command")
+                    conn.execute("listen noetl_cancel")
                     backoff = 0.1
                     # Anything notified while we were not listening is picked up now.
                     self._wake_all()
                     while not self._stopping.is_set():
-                        for _ in conn.notifies(timeout=0.5, stop_after=1):
-                            self._wake_all()
+                        for notify in conn.notifies(timeout=0.5, stop_after=1):
+                            if notify.channel == "noetl_cancel" and notify.payload.isdigit():
+                                self._cancelled.add(int(notify.payload))
+                            else:
+                                self._wake_all()
             except psycopg.OperationalError as exc:
                 log.warning("listener lost its connection (%s); retrying in %.1fs", exc, backoff)
                 self._stopping.wait(backoff)
                 backoff = min(backoff * 2, 5.0)
 
     def _heartbeat(self) -> None:
+        """Heartbeat, then reap, every interval, on one connection (reopened when lost)."""
+        conn: psycopg.Connection[Any] | None = None
         while not self._stopping.wait(self.heartbeat_interval):
             try:
-                with db.connect(self.dsn) as conn:
-                    db.fetch_one(conn, "worker_heartbeat", worker_id=self.worker_id)
-                    if self._housekeeping is not None:
-                        self._housekeeping(conn)
+                if conn is None or conn.closed:
+                    conn = db.connect(self.dsn)
+                row = db.fetch_one(conn, "worker_heartbeat", worker_id=self.worker_id)
+                if row is not None and not row["alive"]:
+                    # Our row was removed: register again so our claims count as alive.
+                    self._register(conn)
+                row = db.fetch_one(conn, "reap_stale_claims", timeout_seconds=self.claim_timeout)
+                if row is not None and row["reaped"]:
+                    log.warning("reaper took back %d stale claims", row["reaped"])
+                if self._housekeeping is not None:
+                    self._housekeeping(conn)
             except psycopg.Error as exc:
                 log.warning("heartbeat failed: %s", exc)
+                if conn is not None:
+                    conn.close()
+                conn = None
+        if conn is not None:
+            conn.close()
 
     # --- slots -----------------------------------------------------------------------
 
@@ -234,6 +282,9 @@ class Worker:
         for row in rows:
             if row["context"] is not None:
                 contexts[row["execution_id"]] = row["context"]
+            if row["execution_id"] in self._cancelled:
+                # cancel_execution already cancelled the command; any outcome would be stale.
+                continue
             outcomes.append(self._run_one(runner, row, contexts[row["execution_id"]]))
         return outcomes
 

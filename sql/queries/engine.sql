@@ -111,3 +111,11 @@ where
     and (%(path)s::text is null or path = %(path)s::text)
 order by execution_id desc
 limit %(row_limit)s;
+
+-- name: reap_stale_claims
+-- Take back claims of workers silent for timeout_seconds (a no-op while another daemon reaps).
+select noetl.reap_stale_claims(%(timeout_seconds)s) as reaped;
+
+-- name: cancel_execution
+-- Cancel an execution and its running children; returns how many were cancelled.
+select noetl.cancel_execution(%(execution_id)s, %(reason)s) as cancelled;

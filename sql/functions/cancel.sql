@@ -1,0 +1,56 @@
+-- cancel.sql: stopping an execution and everything it started.
+
+-- noetl.cancel_execution(execution_id, reason) -> integer
+-- Contract: cancels a RUNNING execution and, recursively, its RUNNING child executions
+--   (execution.parent_execution_id). For each: every queued, waiting or claimed command
+--   becomes 'cancelled' (a claimed one is told to stop with NOTIFY noetl_cancel, payload
+--   the execution id; whatever its worker reports later is refused as stale, so nothing
+--   routes), running loops are marked cancelled, and the execution finishes CANCELLED
+--   with `playbook.cancelled` (error: the reason). Returns how many
+--   executions it cancelled: 0 when the execution had already finished (a no-op).
+-- Locks: each execution row (FOR UPDATE), parent before child, then its command rows.
+-- Failure modes: raises no_data_found naming the id when the execution does not exist.
+create or replace function noetl.cancel_execution(
+    p_execution_id bigint,
+    p_reason text default 'cancelled by request'
+) returns integer
+language plpgsql
+as $$
+declare
+    v_status text;
+    v_child bigint;
+    v_cancelled integer := 0;
+begin
+    select e.status into v_status
+    from noetl.execution as e
+    where e.execution_id = p_execution_id
+    for update;
+    if not found then
+        raise exception 'execution % does not exist', p_execution_id using errcode = 'P0002';
+    end if;
+
+    if v_status = 'RUNNING' then
+        update noetl.command as c
+        set status = 'cancelled', finished_at = now()
+        where c.execution_id = p_execution_id
+            and c.status in ('queued', 'claimed', 'waiting');
+        update noetl.loop as l
+        set status = 'cancelled'
+        where l.execution_id = p_execution_id and l.status = 'running';
+
+        perform noetl.finish_execution(p_execution_id, 'CANCELLED', null, p_reason, null);
+        perform pg_notify('noetl_cancel', p_execution_id::text);
+        v_cancelled := 1;
+    end if;
+
+    for v_child in
+        select e.execution_id
+        from noetl.execution as e
+        where e.parent_execution_id = p_execution_id and e.status = 'RUNNING'
+        order by e.execution_id
+    loop
+        v_cancelled := v_cancelled + noetl.cancel_execution(v_child, p_reason);
+    end loop;
+    return v_cancelled;
+end;
+$$;
