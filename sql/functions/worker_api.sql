@@ -62,7 +62,8 @@ $$;
 --     {op: route, command_id, attempt, targets}                -> apply_route
 --     {op: loop,  command_id, attempt, items, loop}            -> start_loop
 --   then up to `n` commands are claimed. Returns (like claim_commands) the route commands
---   created claimed by this worker while finishing, then the newly claimed commands.
+--   created claimed by this worker while finishing (only when `kinds` is NULL or has
+--   'route'; otherwise they are queued for a router), then the newly claimed commands.
 --   A stale outcome is skipped (its function returns 'stale'). If any outcome raises, the
 --   whole call rolls back and the caller retries the outcomes one by one.
 -- Locks: those of the functions it calls; the queue rows with SKIP LOCKED.
@@ -92,6 +93,10 @@ declare
     v_routes bigint[] := '{}';
     v_id bigint;
     v_attempt integer;
+    -- A worker that does not serve 'route' commands is not handed one pre-claimed.
+    v_router text := case
+        when p_kinds is null or 'route' = any(p_kinds) then p_worker_id
+    end;
 begin
     for v_outcome in select value from jsonb_array_elements(coalesce(p_outcomes, '[]')) loop
         v_id := (v_outcome ->> 'command_id')::bigint;
@@ -102,20 +107,20 @@ begin
                 select r.route_command_id into v_route
                 from noetl.complete_command(
                     v_id, v_attempt, v_outcome -> 'result',
-                    nullif(v_outcome -> 'ctx_set', 'null'::jsonb), p_worker_id
+                    nullif(v_outcome -> 'ctx_set', 'null'::jsonb), v_router
                 ) as r;
             when 'fail' then
                 select r.route_command_id into v_route
                 from noetl.fail_command(
                     v_id, v_attempt, v_outcome ->> 'error',
                     (v_outcome ->> 'retry_delay')::double precision,
-                    nullif(v_outcome -> 'output', 'null'::jsonb), p_worker_id
+                    nullif(v_outcome -> 'output', 'null'::jsonb), v_router
                 ) as r;
             when 'route' then
                 perform noetl.apply_route(v_id, v_attempt, v_outcome -> 'targets');
             when 'loop' then
                 v_route := noetl.start_loop(
-                    v_id, v_attempt, v_outcome -> 'items', v_outcome -> 'loop', p_worker_id
+                    v_id, v_attempt, v_outcome -> 'items', v_outcome -> 'loop', v_router
                 );
             else
                 raise exception 'unknown outcome op "%"', v_outcome ->> 'op'
