@@ -1,0 +1,267 @@
+-- projection.sql: execution.state, folded asynchronously from the event log per shard.
+--
+-- Order and completeness. Events are folded in (tx_id, event_id) order, and only events
+-- whose tx_id is below the xmin of the folding transaction's snapshot: every transaction
+-- with an older id has finished, so no event can still appear before the checkpoint. An
+-- event committed after a later-numbered one (a transaction holding a low event_id commits
+-- late) is simply folded when its transaction leaves the snapshot: the checkpoint is the
+-- (tx_id, event_id) of the last folded event, never a bare event_id.
+--
+-- Idempotence. state.position holds the (tx_id, event_id) of the last event folded into
+-- that execution; fold_event ignores events at or before it. Re-folding events (after a
+-- reshard, or a rebuild stored while the projector was behind) leaves the state unchanged,
+-- and rebuild_execution_state, folding the same events in the same order, gives exactly
+-- the live value.
+--
+-- State shape:
+--   {status, started, finished, error, failed_step, events, position: [tx_id, event_id],
+--    last_event: {id, type, step, at},
+--    steps: {name: {status, started, finished, attempts, runs, command_id, error}},
+--    loop: {step: {loop_id, total, done, failed, completed}},
+--    fanout: {step: {total_shards, done, failed, retries, status}}}
+-- Step status: queued -> running -> (retrying -> running)* -> done | failed.
+
+-- noetl.fold_iteration(state, event) -> state
+-- Contract: counts one loop-iteration event (iter_index set) into state.loop/state.fanout
+--   of its step, when it belongs to the step's current loop (same loop_id). Plain loops
+--   count call.done and command.failed; fan-out loops count their shard outcomes
+--   (loop.shard.done, loop.shard.failed; a failed shard that is retried counts as a retry).
+--   Counters only add, so events of one loop fold to the same counts in any order.
+-- Locks: none (pure).
+create or replace function noetl.fold_iteration(
+    p_state jsonb,
+    p_event noetl.projection_event
+) returns jsonb
+language plpgsql
+immutable
+as $$
+declare
+    v_name text := p_event.node_name;
+    v_loop jsonb := p_state -> 'loop' -> p_event.node_name;
+    v_fanout jsonb := p_state -> 'fanout' -> p_event.node_name;
+    v_counter text;
+begin
+    if v_loop is null or (v_loop ->> 'loop_id')::bigint is distinct from p_event.loop_id then
+        return p_state;
+    end if;
+    if v_fanout is null then
+        v_counter := case p_event.event_type
+            when 'call.done' then 'done'
+            when 'command.failed' then 'failed'
+        end;
+    else
+        v_counter := case
+            when p_event.event_type = 'loop.shard.done' then 'done'
+            when p_event.event_type <> 'loop.shard.failed' then null
+            when coalesce((p_event.meta ->> 'retry')::boolean, false) then 'retries'
+            else 'failed'
+        end;
+    end if;
+    if v_counter is null then
+        return p_state;
+    end if;
+    if v_counter <> 'retries' then
+        p_state := jsonb_set(
+            p_state, array['loop', v_name, v_counter],
+            to_jsonb(coalesce((v_loop ->> v_counter)::integer, 0) + 1)
+        );
+    end if;
+    if v_fanout is not null then
+        p_state := jsonb_set(
+            p_state, array['fanout', v_name, v_counter],
+            to_jsonb(coalesce((v_fanout ->> v_counter)::integer, 0) + 1)
+        );
+    end if;
+    return p_state;
+end;
+$$;
+
+-- noetl.fold_step(state, event) -> state
+-- Contract: applies one step-level event (node_name set, iter_index NULL) to
+--   state.steps[node_name], and loop starts/ends to state.loop and state.fanout. A step's
+--   current command is the latest non-route command issued for it; events of other
+--   commands (its route commands, an earlier activation) leave the step as it is.
+-- Locks: none (pure).
+create or replace function noetl.fold_step(
+    p_state jsonb,
+    p_event noetl.projection_event
+) returns jsonb
+language plpgsql
+immutable
+as $$
+declare
+    v_name text := p_event.node_name;
+    v_step jsonb := coalesce(p_state -> 'steps' -> p_event.node_name, '{}');
+    v_status text := v_step ->> 'status';
+    v_attempts integer := greatest(
+        coalesce((v_step ->> 'attempts')::integer, 0), coalesce(p_event.attempt, 0)
+    );
+    v_at jsonb := to_jsonb(p_event.created_at);
+begin
+    if p_event.event_type = 'command.issued' then
+        if p_event.meta ->> 'kind' = 'route'
+            or p_event.command_id <= coalesce((v_step ->> 'command_id')::bigint, 0) then
+            return p_state;
+        end if;
+        v_step := v_step || jsonb_build_object(
+            'status', 'queued', 'command_id', p_event.command_id, 'attempts', 0,
+            'runs', coalesce((v_step ->> 'runs')::integer, 0) + 1,
+            'started', coalesce(v_step -> 'started', v_at), 'finished', null
+        );
+    elsif p_event.command_id is distinct from (v_step ->> 'command_id')::bigint then
+        return p_state;
+    elsif p_event.event_type = 'command.claimed' then
+        v_step := v_step || jsonb_build_object('attempts', v_attempts);
+        if v_status in ('queued', 'retrying') then
+            v_step := v_step || jsonb_build_object('status', 'running');
+        end if;
+    elsif p_event.event_type = 'call.error' then
+        v_step := v_step || jsonb_build_object(
+            'attempts', v_attempts, 'error', left(p_event.error, 500)
+        );
+    elsif p_event.event_type = 'command.retried' then
+        if v_status not in ('done', 'failed') then
+            v_step := v_step || jsonb_build_object('status', 'retrying');
+        end if;
+    elsif p_event.event_type = 'command.reaped' then
+        if v_status = 'running' then
+            v_step := v_step || jsonb_build_object('status', 'queued');
+        end if;
+    elsif p_event.event_type in ('call.done', 'loop.done') then
+        v_step := v_step || jsonb_build_object(
+            'status', 'done', 'finished', v_at, 'attempts', v_attempts
+        );
+    elsif p_event.event_type = 'command.failed' then
+        v_step := v_step || jsonb_build_object(
+            'status', 'failed', 'finished', v_at, 'attempts', v_attempts,
+            'error', left(p_event.error, 500)
+        );
+    elsif p_event.event_type in ('loop.started', 'loop.fanout.started') then
+        v_step := v_step || jsonb_build_object('status', 'running', 'attempts', v_attempts);
+        p_state := jsonb_set(
+            p_state || jsonb_build_object('loop', coalesce(p_state -> 'loop', '{}')),
+            array['loop', v_name],
+            jsonb_build_object(
+                'loop_id', p_event.loop_id,
+                'total', (p_event.meta ->> 'collection_size')::integer,
+                'done', 0, 'failed', 0, 'completed', false
+            )
+        );
+        if p_event.event_type = 'loop.fanout.started' then
+            p_state := jsonb_set(
+                p_state || jsonb_build_object('fanout', coalesce(p_state -> 'fanout', '{}')),
+                array['fanout', v_name],
+                jsonb_build_object(
+                    'total_shards', (p_event.meta ->> 'total_shards')::integer,
+                    'done', 0, 'failed', 0, 'retries', 0, 'status', 'running'
+                )
+            );
+        end if;
+    elsif p_event.event_type = 'loop.fanin.completed' then
+        if p_state -> 'fanout' -> v_name is not null then
+            p_state := jsonb_set(
+                p_state, array['fanout', v_name, 'status'], to_jsonb(p_event.meta ->> 'status')
+            );
+        end if;
+        return p_state;
+    else
+        return p_state;
+    end if;
+
+    if p_event.event_type = 'loop.done'
+        and (p_state #>> array['loop', v_name, 'loop_id'])::bigint = p_event.loop_id then
+        p_state := jsonb_set(p_state, array['loop', v_name, 'completed'], 'true');
+    end if;
+    return jsonb_set(
+        p_state || jsonb_build_object('steps', coalesce(p_state -> 'steps', '{}')),
+        array['steps', v_name], v_step
+    );
+end;
+$$;
+
+-- noetl.fold_event(state, event) -> state
+-- Contract: the projection's one step: folds one event into an execution's state. Events
+--   at or before state.position are ignored, so folding is idempotent.
+-- Locks: none (pure).
+create or replace function noetl.fold_event(
+    p_state jsonb,
+    p_event noetl.projection_event
+) returns jsonb
+language plpgsql
+immutable
+as $$
+declare
+    v_state jsonb := coalesce(p_state, '{}');
+    v_tx numeric := p_event.tx_id::text::numeric;
+    v_type text := p_event.event_type;
+    v_at jsonb := to_jsonb(p_event.created_at);
+begin
+    if v_state ? 'position'
+        and ((v_state #>> '{position,0}')::numeric, (v_state #>> '{position,1}')::bigint)
+        >= (v_tx, p_event.event_id) then
+        return v_state;
+    end if;
+    v_state := v_state || jsonb_build_object(
+        'position', jsonb_build_array(v_tx, p_event.event_id),
+        'events', coalesce((v_state ->> 'events')::bigint, 0) + 1
+    );
+    if p_event.event_id > coalesce((v_state #>> '{last_event,id}')::bigint, 0) then
+        v_state := v_state || jsonb_build_object('last_event', jsonb_build_object(
+            'id', p_event.event_id, 'type', v_type, 'step', p_event.node_name, 'at', v_at
+        ));
+    end if;
+
+    if v_type = 'playbook.started' then
+        return v_state || jsonb_build_object(
+            'status', coalesce(v_state ->> 'status', 'RUNNING'), 'started', v_at
+        );
+    elsif v_type in ('playbook.completed', 'playbook.failed', 'playbook.cancelled') then
+        return v_state || jsonb_build_object(
+            'status', upper(split_part(v_type, '.', 2)), 'finished', v_at,
+            'error', left(p_event.error, 500), 'failed_step', p_event.node_name
+        );
+    elsif p_event.node_name is null then
+        return v_state;
+    elsif p_event.iter_index is not null then
+        return noetl.fold_iteration(v_state, p_event);
+    end if;
+    return noetl.fold_step(v_state, p_event);
+end;
+$$;
+
+-- noetl.rebuild_execution_state(execution_id, store) -> state
+-- Contract: recomputes an execution's state from its events with the live fold (same
+--   events, same order: those below the snapshot's xmin, by (tx_id, event_id)). With
+--   `store` the result replaces execution.state (the projector then skips what it folded).
+--   Returns '{}' for an execution without events.
+-- Locks: with `store`, the execution row (FOR UPDATE).
+create or replace function noetl.rebuild_execution_state(
+    p_execution_id bigint,
+    p_store boolean default false
+) returns jsonb
+language plpgsql
+as $$
+declare
+    v_xmin xid8 := pg_snapshot_xmin(pg_current_snapshot());
+    v_state jsonb := '{}';
+    v_event noetl.projection_event;
+begin
+    if p_store then
+        perform 1 from noetl.execution as x where x.execution_id = p_execution_id for update;
+    end if;
+    for v_event in
+        select e.event_id, e.tx_id, e.event_type, e.node_name, e.command_id, e.loop_id,
+            e.iter_index, e.attempt, e.meta, left(e.error, 500), e.created_at
+        from noetl.event as e
+        where e.execution_id = p_execution_id and e.tx_id < v_xmin
+        order by e.tx_id, e.event_id
+    loop
+        v_state := noetl.fold_event(v_state, v_event);
+    end loop;
+    if p_store then
+        update noetl.execution as x set state = v_state
+        where x.execution_id = p_execution_id;
+    end if;
+    return v_state;
+end;
+$$;

@@ -1,0 +1,302 @@
+-- projector.sql: who folds which shard, and how far behind it is. Shards are
+-- execution_id % shard_count; a projector holds a shard through a lease in
+-- noetl.projection_shard and folds it with project_shard (the fold is projection.sql).
+
+-- noetl.claim_projection_shards(owner, lease_seconds) -> setof shard
+-- Contract: the projector heartbeat. Records `owner` as live, renews its leases, then
+--   balances: its share is ceil(shards / live projectors); below it, it takes free shards
+--   and shards whose lease expired (a dead peer's); above it, it releases the excess for
+--   the others to take. Returns the shards `owner` holds after the call.
+-- Locks: shard rows, FOR UPDATE SKIP LOCKED (a shard being folded is never taken).
+create or replace function noetl.claim_projection_shards(
+    p_owner text,
+    p_lease_seconds double precision
+) returns setof integer
+language plpgsql
+as $$
+declare
+    v_lease interval := make_interval(secs => p_lease_seconds);
+    v_live integer;
+    v_share integer;
+    v_held integer;
+begin
+    insert into noetl.projector as p (owner, seen_at) values (p_owner, now())
+    on conflict (owner) do update set seen_at = excluded.seen_at;
+    delete from noetl.projector as p where p.seen_at < now() - 10 * v_lease;
+
+    select count(*) into v_live from noetl.projector as p where p.seen_at > now() - v_lease;
+    select ceil(count(*)::numeric / greatest(v_live, 1)) into v_share
+    from noetl.projection_shard;
+
+    update noetl.projection_shard as s set lease_expires_at = now() + v_lease
+    where s.owner = p_owner;
+    get diagnostics v_held = row_count;
+
+    if v_held > v_share then
+        update noetl.projection_shard as s set owner = null, lease_expires_at = null
+        where s.shard in (
+            select o.shard from noetl.projection_shard as o
+            where o.owner = p_owner
+            order by o.shard desc
+            limit v_held - v_share
+            for update skip locked
+        );
+    elsif v_held < v_share then
+        update noetl.projection_shard as s
+        set owner = p_owner, lease_expires_at = now() + v_lease
+        where s.shard in (
+            select f.shard from noetl.projection_shard as f
+            where f.owner is null or f.lease_expires_at < now()
+            order by f.shard
+            limit v_share - v_held
+            for update skip locked
+        );
+    end if;
+
+    return query
+    select s.shard from noetl.projection_shard as s where s.owner = p_owner order by s.shard;
+end;
+$$;
+
+-- noetl.release_projection_shards(owner) -> integer
+-- Contract: a projector's clean exit: gives up its leases at once (peers need not wait for
+--   them to expire) and forgets the projector. Returns the number of shards released.
+-- Locks: the owner's shard rows (waits for a fold in progress on them).
+create or replace function noetl.release_projection_shards(p_owner text)
+returns integer
+language plpgsql
+as $$
+declare
+    v_released integer;
+begin
+    update noetl.projection_shard as s set owner = null, lease_expires_at = null
+    where s.owner = p_owner;
+    get diagnostics v_released = row_count;
+    delete from noetl.projector as p where p.owner = p_owner;
+    return v_released;
+end;
+$$;
+
+-- noetl.project_shard(shard, owner, batch_limit) -> (owned, folded, executions, has_more)
+-- Contract: folds the next events of one shard (at most batch_limit, in (tx_id, event_id)
+--   order after the checkpoint, only tx_id < snapshot xmin) into execution.state with one
+--   UPDATE per execution, and moves the checkpoint to the last folded event, all in the
+--   caller's transaction. owned = false (nothing done) when `owner` does not hold the lease.
+--   An execution row locked by the engine is not waited for: the batch stops before that
+--   execution's first event and has_more says to come back. With nothing to fold, the
+--   checkpoint moves to (xmin, 0) at most once a second, so idle shards read no old events.
+-- Locks: the shard row (FOR UPDATE: one fold per shard at a time), then the batch's
+--   execution rows (FOR UPDATE SKIP LOCKED, in execution_id order). Never waits on the
+--   engine, so it cannot deadlock with it.
+create or replace function noetl.project_shard(
+    p_shard integer,
+    p_owner text,
+    p_batch_limit integer default 5000
+) returns table (owned boolean, folded integer, executions integer, has_more boolean)
+language plpgsql
+as $$
+declare
+    v_shard noetl.projection_shard;
+    v_xmin xid8 := pg_snapshot_xmin(pg_current_snapshot());
+    v_execution_ids bigint[];
+    v_tx_ids xid8[];
+    v_event_ids bigint[];
+    v_blocked bigint[];
+    v_count integer;
+    v_current bigint;
+    v_state jsonb;
+    v_row record;
+begin
+    select * into v_shard from noetl.projection_shard as s where s.shard = p_shard for update;
+    if not found or v_shard.owner is distinct from p_owner
+        or v_shard.lease_expires_at < now() then
+        return query select false, 0, 0, false;
+        return;
+    end if;
+
+    select array_agg(b.execution_id order by b.tx_id, b.event_id),
+        array_agg(b.tx_id order by b.tx_id, b.event_id),
+        array_agg(b.event_id order by b.tx_id, b.event_id)
+    into v_execution_ids, v_tx_ids, v_event_ids
+    from (
+        select e.execution_id, e.tx_id, e.event_id
+        from noetl.event as e
+        where (e.tx_id, e.event_id) > (v_shard.checkpoint_tx_id, v_shard.checkpoint_event_id)
+            and e.tx_id < v_xmin
+            and e.execution_id % v_shard.shard_count = p_shard
+        order by e.tx_id, e.event_id
+        limit p_batch_limit
+    ) as b;
+
+    if v_execution_ids is null then
+        if v_xmin > v_shard.checkpoint_tx_id
+            and coalesce(v_shard.folded_at < now() - interval '1 second', true) then
+            update noetl.projection_shard as s
+            set checkpoint_tx_id = v_xmin, checkpoint_event_id = 0, folded_at = now()
+            where s.shard = p_shard;
+        end if;
+        return query select true, 0, 0, false;
+        return;
+    end if;
+
+    -- Executions the engine holds right now: fold only the events before the first of them.
+    with batch_execution as (
+        select distinct u.id from unnest(v_execution_ids) as u (id)
+    ),
+
+    locked as (
+        select x.execution_id
+        from noetl.execution as x
+        where x.execution_id in (select be.id from batch_execution as be)
+        order by x.execution_id
+        for update skip locked
+    )
+
+    select array_agg(x.execution_id) into v_blocked
+    from noetl.execution as x
+    where x.execution_id in (select be.id from batch_execution as be)
+        and x.execution_id not in (select l.execution_id from locked as l);
+
+    v_count := cardinality(v_execution_ids);
+    if v_blocked is not null then
+        v_count := coalesce((
+            select min(u.ordinality) - 1
+            from unnest(v_execution_ids) with ordinality as u (id, ordinality)
+            where u.id = any(v_blocked)
+        ), v_count);
+        if v_count = 0 then
+            return query select true, 0, 0, true;
+            return;
+        end if;
+    end if;
+
+    executions := 0;
+    for v_row in
+        select e.execution_id,
+            row(
+                e.event_id, e.tx_id, e.event_type, e.node_name, e.command_id, e.loop_id,
+                e.iter_index, e.attempt, e.meta, left(e.error, 500), e.created_at
+            )::noetl.projection_event as event
+        from noetl.event as e
+        where (e.tx_id, e.event_id) > (v_shard.checkpoint_tx_id, v_shard.checkpoint_event_id)
+            and (e.tx_id, e.event_id) <= (v_tx_ids[v_count], v_event_ids[v_count])
+            and e.execution_id % v_shard.shard_count = p_shard
+        order by e.execution_id, e.tx_id, e.event_id
+    loop
+        if v_row.execution_id is distinct from v_current then
+            if v_state is not null then
+                update noetl.execution as x set state = v_state
+                where x.execution_id = v_current;
+                executions := executions + 1;
+            end if;
+            v_current := v_row.execution_id;
+            select x.state into v_state from noetl.execution as x
+            where x.execution_id = v_current;
+        end if;
+        if v_state is not null then
+            v_state := noetl.fold_event(v_state, v_row.event);
+        end if;
+    end loop;
+    if v_state is not null then
+        update noetl.execution as x set state = v_state where x.execution_id = v_current;
+        executions := executions + 1;
+    end if;
+
+    update noetl.projection_shard as s
+    set checkpoint_tx_id = v_tx_ids[v_count],
+        checkpoint_event_id = v_event_ids[v_count],
+        folded_events = s.folded_events + v_count,
+        folded_at = now()
+    where s.shard = p_shard;
+
+    owned := true;
+    folded := v_count;
+    has_more := v_count < cardinality(v_execution_ids) or v_count = p_batch_limit;
+    return next;
+end;
+$$;
+
+-- noetl.set_projection_shard_count(n) -> integer
+-- Contract: re-shards the projection into n shards (no-op when already n). Every new
+--   shard starts from the oldest checkpoint of the old ones: events after it that some
+--   old shard had folded are folded again, which the fold ignores (state.position).
+--   Leases are dropped; projectors claim the new shards on their next heartbeat.
+-- Locks: the shard table (EXCLUSIVE: waits for folds in progress, blocks new ones).
+create or replace function noetl.set_projection_shard_count(p_count integer)
+returns integer
+language plpgsql
+as $$
+declare
+    v_oldest noetl.projection_shard;
+begin
+    if p_count is null or p_count < 1 then
+        raise exception 'shard count must be at least 1, got %', p_count using errcode = '22023';
+    end if;
+    lock table noetl.projection_shard in exclusive mode;
+    if (select count(*) from noetl.projection_shard where shard_count = p_count) = p_count then
+        return p_count;
+    end if;
+    select * into v_oldest from noetl.projection_shard as s
+    order by s.checkpoint_tx_id, s.checkpoint_event_id
+    limit 1;
+    delete from noetl.projection_shard;
+    insert into noetl.projection_shard (shard, shard_count, checkpoint_tx_id, checkpoint_event_id)
+    select shard_number, p_count, coalesce(v_oldest.checkpoint_tx_id, '0'::xid8),
+        coalesce(v_oldest.checkpoint_event_id, 0)
+    from generate_series(0, p_count - 1) as shard_number;
+    return p_count;
+end;
+$$;
+
+-- noetl.projection_shard_lag(shard) -> (oldest_pending_event_id, oldest_pending_at,
+--   seconds_behind)
+-- Contract: how far a shard's projection is behind: the first committed event after its
+--   checkpoint and its age (0 when nothing committed waits). One index probe.
+-- Locks: none.
+create or replace function noetl.projection_shard_lag(p_shard noetl.projection_shard)
+returns table (
+    oldest_pending_event_id bigint, oldest_pending_at timestamptz, seconds_behind double precision
+)
+language sql
+stable
+as $$
+    select pending.event_id, pending.created_at,
+        coalesce(extract(epoch from clock_timestamp() - pending.created_at), 0)::double precision
+    from (select 1) as one
+    left join lateral (
+        select e.event_id, e.created_at
+        from noetl.event as e
+        where (e.tx_id, e.event_id) > (p_shard.checkpoint_tx_id, p_shard.checkpoint_event_id)
+            and e.execution_id % p_shard.shard_count = p_shard.shard
+        order by e.tx_id, e.event_id
+        limit 1
+    ) as pending on true;
+$$;
+
+-- noetl.projection_lag: per shard, its owner and lease, its checkpoint, the newest event
+-- (committed, after the checkpoint) still to fold, how many wait, and seconds behind.
+create or replace view noetl.projection_lag as
+select
+    s.shard,
+    s.shard_count,
+    s.owner,
+    s.lease_expires_at,
+    s.checkpoint_tx_id,
+    s.checkpoint_event_id,
+    s.folded_events,
+    s.folded_at,
+    lag.oldest_pending_event_id,
+    tail.newest_event_id,
+    lag.seconds_behind,
+    coalesce(tail.pending_events, 0) as pending_events
+from noetl.projection_shard as s
+cross join lateral noetl.projection_shard_lag(s) as lag
+left join lateral (
+    select
+        max(e.event_id) as newest_event_id,
+        count(*) as pending_events
+    from noetl.event as e
+    where
+        (e.tx_id, e.event_id) > (s.checkpoint_tx_id, s.checkpoint_event_id)
+        and e.execution_id % s.shard_count = s.shard
+) as tail on true;
