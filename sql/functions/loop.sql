@@ -1,17 +1,25 @@
 -- loop.sql: loops and fan-out, counted in SQL. The loop row is the one place that decides
 -- how many iterations are in flight and when the loop closes; every change to it happens
--- under its row lock in the same transaction as the event that moves it.
+-- under its row lock in the same transaction as the events that move it.
+--
+-- Items are issued in index order, so the items issued so far are exactly those with
+-- iter_index < loop.issued, and the in-flight count is issued - done - failed (checked by
+-- the table constraint loop_in_flight_bound). A loop_item stays 'pending' until its
+-- iteration is counted 'done' or 'failed'; its command is found by (loop_id, iter_index).
+
+drop function if exists noetl.issue_loop_items(noetl.loop, integer);
 
 -- noetl.start_loop(command_id, attempt, items, loop_spec, worker_id) -> route_command_id
 -- Contract: finishes the claimed 'loop' command of a loop step: stores every item of the
 --   rendered collection as a loop_item row (one bulk insert), writes `loop.started`
 --   (or `loop.fanout.started`) with loop_id and collection_size, puts the loop command in
 --   'waiting' (it stays active until the loop closes) and issues the first
---   min(max_in_flight, total) iterations. An empty collection closes the loop at once.
+--   min(max_in_flight, total) iterations (max_in_flight is 1 for a sequential loop).
+--   An empty collection closes the loop at once.
 --   loop_spec: {iterator, mode, max_in_flight, is_fanout, max_shard_retries}.
 --   Returns a claimed route command when an empty loop routes through conditional arcs.
 --   A stale attempt changes nothing and returns NULL.
--- Locks: the loop command row, then the new loop row.
+-- Locks: the loop command row; the new loop row is created with its counters final.
 -- Failure modes: raises (naming the step) when items is not a JSON array.
 create or replace function noetl.start_loop(
     p_command_id bigint,
@@ -26,7 +34,9 @@ declare
     v_cmd noetl.command;
     v_loop noetl.loop;
     v_total integer;
+    v_mode text := coalesce(p_loop_spec ->> 'mode', 'sequential');
     v_fanout boolean := coalesce((p_loop_spec ->> 'is_fanout')::boolean, false);
+    v_max_in_flight integer;
 begin
     select * into v_cmd from noetl.command as c where c.command_id = p_command_id for update;
     if not found then
@@ -43,20 +53,22 @@ begin
             coalesce(jsonb_typeof(p_items), 'null') using errcode = '22023';
     end if;
     v_total := jsonb_array_length(p_items);
+    v_max_in_flight := case
+        when v_mode = 'sequential' then 1
+        else greatest(coalesce((p_loop_spec ->> 'max_in_flight')::integer, 10), 1)
+    end;
 
     insert into noetl.loop (
-        execution_id, step_name, command_id, iterator, mode, max_in_flight, total,
+        execution_id, step_name, command_id, iterator, mode, max_in_flight, total, issued,
         is_fanout, max_shard_retries
     )
     values (
         v_cmd.execution_id, v_cmd.step_name, v_cmd.command_id,
         coalesce(p_loop_spec ->> 'iterator', 'item'),
-        coalesce(p_loop_spec ->> 'mode', 'sequential'),
-        case
-            when coalesce(p_loop_spec ->> 'mode', 'sequential') = 'sequential' then 1
-            else greatest(coalesce((p_loop_spec ->> 'max_in_flight')::integer, 10), 1)
-        end,
+        v_mode,
+        v_max_in_flight,
         v_total,
+        least(v_max_in_flight, v_total),
         v_fanout,
         case when v_fanout
             then coalesce((p_loop_spec ->> 'max_shard_retries')::integer, 2) else 0 end
@@ -84,70 +96,128 @@ begin
     if v_total = 0 then
         return noetl.close_loop(v_loop.loop_id, p_worker_id);
     end if;
-    perform noetl.issue_loop_items(v_loop, v_loop.max_in_flight);
+    perform noetl.issue_loop_items(v_loop, 0, v_loop.issued);
     return null;
 end;
 $$;
 
--- noetl.issue_loop_items(loop, n) -> integer
--- Contract: issues the next `n` pending items of the loop (lowest index first) as
---   iteration commands keyed "iter:<loop_id>:<index>" and counts them in loop.issued.
---   The caller guarantees the bound: issued - done - failed stays <= max_in_flight.
--- Locks: the caller holds the loop row; the chosen loop_item rows (FOR UPDATE).
-create or replace function noetl.issue_loop_items(p_loop noetl.loop, p_n integer)
-returns integer
+-- noetl.issue_loop_items(loop, from_index, n) -> integer
+-- Contract: issues the iterations with iter_index in [from_index, from_index + n) as
+--   commands keyed "iter:<loop_id>:<index>" (a key issued before is skipped), with one
+--   `command.issued` event each and one NOTIFY; returns how many were new. Does not touch
+--   the loop row: the caller counts them in loop.issued in its own update.
+-- Locks: the caller holds the loop row; the unique keys of the new commands.
+create or replace function noetl.issue_loop_items(
+    p_loop noetl.loop,
+    p_from integer,
+    p_n integer
+) returns integer
 language plpgsql
 as $$
 declare
-    v_step noetl.catalog_step;
-    v_item record;
-    v_issued integer := 0;
-    v_command_id bigint;
+    v_kind text;
+    v_max_attempts integer;
+    v_issued integer;
 begin
-    select s.* into strict v_step
+    if p_n <= 0 then
+        return 0;
+    end if;
+    select s.tool_kind, s.max_attempts into strict v_kind, v_max_attempts
     from noetl.catalog_step as s
     inner join noetl.execution as e on s.catalog_id = e.catalog_id
     where e.execution_id = p_loop.execution_id and s.step_name = p_loop.step_name;
 
-    for v_item in
-        select li.iter_index
-        from noetl.loop_item as li
-        where li.loop_id = p_loop.loop_id and li.status = 'pending'
-        order by li.iter_index
-        limit p_n
-        for update
-    loop
-        v_command_id := noetl.issue_command(
+    with issued as (
+        insert into noetl.command (
+            execution_id, command_key, kind, step_name, max_attempts, loop_id, iter_index,
+            input
+        )
+        select
             p_loop.execution_id,
-            'iter:' || p_loop.loop_id || ':' || v_item.iter_index,
-            v_step.tool_kind,
+            'iter:' || p_loop.loop_id || ':' || items.iter_index,
+            v_kind,
             p_loop.step_name,
-            v_step.max_attempts,
+            v_max_attempts,
             p_loop.loop_id,
-            v_item.iter_index,
+            items.iter_index,
             jsonb_build_object('loop_total', p_loop.total)
-        );
-        update noetl.loop_item as li
-        set status = 'issued', command_id = v_command_id
-        where li.loop_id = p_loop.loop_id and li.iter_index = v_item.iter_index;
-        v_issued := v_issued + 1;
-    end loop;
+        from generate_series(p_from, p_from + p_n - 1) as items (iter_index)
+        order by items.iter_index
+        on conflict on constraint command_key_unique do nothing
+        returning command_id, command_key, iter_index
+    ),
 
+    logged as (
+        insert into noetl.event (
+            execution_id, event_type, node_name, command_id, attempt, meta, loop_id,
+            iter_index
+        )
+        select
+            p_loop.execution_id, 'command.issued', p_loop.step_name, issued.command_id, 1,
+            jsonb_build_object('kind', v_kind, 'command_key', issued.command_key),
+            p_loop.loop_id, issued.iter_index
+        from issued
+    )
+
+    select count(*) into v_issued from issued;
     if v_issued > 0 then
-        update noetl.loop as l set issued = l.issued + v_issued where l.loop_id = p_loop.loop_id;
+        perform pg_notify('noetl_command', '');
     end if;
     return v_issued;
 end;
 $$;
 
+-- noetl.advance_loop(loop_id, done, failed, worker_id) -> route_command_id
+-- Contract: counts `done` and `failed` finished iterations of a running loop (their items
+--   are already stored), issues as many pending items as the bound now allows
+--   (max_in_flight - in flight, at most the pending ones) and writes the counters in one
+--   update. The call that brings done + failed to total closes the loop (close_loop).
+--   A loop that is no longer running is left as it is.
+-- Locks: the loop row (FOR UPDATE): counts of one loop are applied one transaction at a
+--   time, so exactly one transaction sees the last iteration.
+create or replace function noetl.advance_loop(
+    p_loop_id bigint,
+    p_done integer,
+    p_failed integer,
+    p_worker_id text
+) returns bigint
+language plpgsql
+as $$
+declare
+    v_loop noetl.loop;
+    v_next integer;
+begin
+    select * into v_loop from noetl.loop as l where l.loop_id = p_loop_id for update;
+    if not found or v_loop.status <> 'running' then
+        return null;
+    end if;
+    v_loop.done := v_loop.done + p_done;
+    v_loop.failed := v_loop.failed + p_failed;
+    v_next := greatest(least(
+        v_loop.max_in_flight - (v_loop.issued - v_loop.done - v_loop.failed),
+        v_loop.total - v_loop.issued
+    ), 0);
+    perform noetl.issue_loop_items(v_loop, v_loop.issued, v_next);
+
+    update noetl.loop as l
+    set done = v_loop.done, failed = v_loop.failed, issued = v_loop.issued + v_next
+    where l.loop_id = p_loop_id;
+
+    if v_loop.done + v_loop.failed >= v_loop.total then
+        return noetl.close_loop(p_loop_id, p_worker_id);
+    end if;
+    return null;
+end;
+$$;
+
 -- noetl.finish_loop_item(command, status, result, worker_id) -> route_command_id
--- Contract: counts one finished iteration ('done' or 'failed') of its loop. A failed shard
---   of a fan-out loop with retries left is re-queued on the same command and shard key
---   (`loop.shard.failed`, `command.retried`) instead of being counted. Otherwise the
---   counter moves, the next pending item is issued (keeping the in-flight bound), and the
---   iteration that makes done + failed = total closes the loop (close_loop).
--- Locks: the loop row (FOR UPDATE): iterations of one loop finish one at a time, so
---   exactly one transaction sees the last one.
+-- Contract: one finished iteration ('done' or 'failed') of its loop, for a caller that
+--   holds the command row. A failed shard of a fan-out loop with retries left is
+--   re-queued on the same command and shard key (`loop.shard.failed` with retry true,
+--   `command.retried`) instead of being counted. Otherwise the item stores its status and
+--   result, a fan-out writes `loop.shard.done` / `loop.shard.failed`, and advance_loop
+--   counts it.
+-- Locks: the loop_item row; the loop row (advance_loop).
 create or replace function noetl.finish_loop_item(
     p_cmd noetl.command,
     p_status text,
@@ -158,66 +228,153 @@ language plpgsql
 as $$
 declare
     v_loop noetl.loop;
-    v_item noetl.loop_item;
+    v_shard_attempts integer;
 begin
-    select * into v_loop from noetl.loop as l where l.loop_id = p_cmd.loop_id for update;
+    select * into v_loop from noetl.loop as l where l.loop_id = p_cmd.loop_id;
     if v_loop.status <> 'running' then
         return null;
     end if;
 
-    select * into v_item from noetl.loop_item as li
-    where li.loop_id = p_cmd.loop_id and li.iter_index = p_cmd.iter_index;
-
-    if p_status = 'failed' and v_loop.is_fanout
-        and v_item.shard_attempts < v_loop.max_shard_retries then
+    if p_status = 'failed' and v_loop.is_fanout then
         update noetl.loop_item as li
         set shard_attempts = li.shard_attempts + 1
-        where li.loop_id = p_cmd.loop_id and li.iter_index = p_cmd.iter_index;
-        update noetl.command as c
-        set status = 'queued', attempt = c.attempt + 1, available_at = now(),
-            claimed_by = null, claimed_at = null, finished_at = null
-        where c.command_id = p_cmd.command_id;
-        perform noetl.record_event(
-            p_cmd.execution_id, 'loop.shard.failed', p_cmd.step_name, p_cmd.command_id,
-            p_cmd.attempt, null, p_result ->> 'error',
-            jsonb_build_object('shard_id', p_cmd.iter_index, 'retry', true),
-            p_cmd.loop_id, p_cmd.iter_index
-        );
-        perform noetl.record_event(
-            p_cmd.execution_id, 'command.retried', p_cmd.step_name, p_cmd.command_id,
-            p_cmd.attempt + 1, null, null, jsonb_build_object('reason', 'shard retry'),
-            p_cmd.loop_id, p_cmd.iter_index
-        );
-        perform pg_notify('noetl_command', '');
-        return null;
+        where li.loop_id = p_cmd.loop_id and li.iter_index = p_cmd.iter_index
+            and li.shard_attempts < v_loop.max_shard_retries
+        returning li.shard_attempts into v_shard_attempts;
+        if found then
+            update noetl.command as c
+            set status = 'queued', attempt = c.attempt + 1, available_at = now(),
+                claimed_by = null, claimed_at = null, finished_at = null
+            where c.command_id = p_cmd.command_id;
+            perform noetl.record_event(
+                p_cmd.execution_id, 'loop.shard.failed', p_cmd.step_name, p_cmd.command_id,
+                p_cmd.attempt, null, p_result ->> 'error',
+                jsonb_build_object(
+                    'shard_id', p_cmd.iter_index, 'retry', true,
+                    'shard_retry', v_shard_attempts
+                ),
+                p_cmd.loop_id, p_cmd.iter_index
+            );
+            perform noetl.record_event(
+                p_cmd.execution_id, 'command.retried', p_cmd.step_name, p_cmd.command_id,
+                p_cmd.attempt + 1, null, null, jsonb_build_object('reason', 'shard retry'),
+                p_cmd.loop_id, p_cmd.iter_index
+            );
+            perform pg_notify('noetl_command', '');
+            return null;
+        end if;
     end if;
 
     update noetl.loop_item as li
     set status = p_status, result = p_result
     where li.loop_id = p_cmd.loop_id and li.iter_index = p_cmd.iter_index;
 
-    update noetl.loop as l
-    set done = l.done + (p_status = 'done')::integer,
-        failed = l.failed + (p_status = 'failed')::integer
-    where l.loop_id = p_cmd.loop_id
-    returning * into v_loop;
-
     if v_loop.is_fanout then
         perform noetl.record_event(
             p_cmd.execution_id,
             case p_status when 'done' then 'loop.shard.done' else 'loop.shard.failed' end,
             p_cmd.step_name, p_cmd.command_id, p_cmd.attempt, null, p_result ->> 'error',
-            jsonb_build_object('shard_id', p_cmd.iter_index), p_cmd.loop_id, p_cmd.iter_index
+            jsonb_build_object('shard_id', p_cmd.iter_index, 'retry', false),
+            p_cmd.loop_id, p_cmd.iter_index
         );
     end if;
 
-    if v_loop.done + v_loop.failed >= v_loop.total then
-        return noetl.close_loop(v_loop.loop_id, p_worker_id);
-    end if;
-    if v_loop.issued < v_loop.total then
-        perform noetl.issue_loop_items(v_loop, 1);
-    end if;
-    return null;
+    return noetl.advance_loop(
+        p_cmd.loop_id, (p_status = 'done')::integer, (p_status = 'failed')::integer,
+        p_worker_id
+    );
+end;
+$$;
+
+-- noetl.finish_loop_iterations(worker_id, outcomes) -> (handled, route_ids)
+-- Contract: the set-based fast path of finish_and_claim for the `done` outcomes of loop
+--   iterations ({op: done, command_id, attempt, result}); other outcomes are ignored.
+--   Each iteration still claimed at that attempt is marked done with its `call.done`
+--   event (and `loop.shard.done` in a fan-out) and its item result, in one statement;
+--   then each loop touched is counted once (advance_loop), in loop_id order. Returns the
+--   command ids it completed (the caller skips those outcomes; a stale one is not among
+--   them and gets the usual treatment) and the claimed route commands of loops it closed.
+-- Locks: the completed command rows (UPDATE), their loop_item rows, then each loop row
+--   in loop_id order (so two batches touching the same loops cannot deadlock on them).
+create or replace function noetl.finish_loop_iterations(
+    p_worker_id text,
+    p_outcomes jsonb,
+    out handled bigint[],
+    out route_ids bigint[]
+)
+language plpgsql
+as $$
+declare
+    v_loop_ids bigint[];
+    v_count record;
+    v_route bigint;
+begin
+    route_ids := '{}';
+    with outcome as (
+        select
+            (o.value ->> 'command_id')::bigint as command_id,
+            (o.value ->> 'attempt')::integer as attempt,
+            o.value -> 'result' as result
+        from jsonb_array_elements(coalesce(p_outcomes, '[]')) as o (value)
+        where o.value ->> 'op' = 'done'
+    ),
+
+    finished as (
+        update noetl.command as c
+        set status = 'done', finished_at = now()
+        from outcome
+        where c.command_id = outcome.command_id
+            and c.attempt = outcome.attempt
+            and c.status = 'claimed'
+            and c.loop_id is not null
+        returning
+            c.command_id, c.execution_id, c.step_name, c.loop_id, c.iter_index, c.attempt,
+            outcome.result
+    ),
+
+    logged as (
+        insert into noetl.event (
+            execution_id, event_type, node_name, command_id, attempt, result, meta,
+            loop_id, iter_index
+        )
+        select
+            f.execution_id, 'call.done', f.step_name, f.command_id, f.attempt, f.result,
+            null, f.loop_id, f.iter_index
+        from finished as f
+        union all
+        select
+            f.execution_id, 'loop.shard.done', f.step_name, f.command_id, f.attempt, null,
+            jsonb_build_object('shard_id', f.iter_index, 'retry', false),
+            f.loop_id, f.iter_index
+        from finished as f
+        inner join noetl.loop as l on f.loop_id = l.loop_id
+        where l.is_fanout
+    ),
+
+    stored as (
+        update noetl.loop_item as li
+        set status = 'done', result = f.result
+        from finished as f
+        where li.loop_id = f.loop_id and li.iter_index = f.iter_index
+    )
+
+    select
+        coalesce(array_agg(f.command_id), '{}'),
+        coalesce(array_agg(f.loop_id), '{}')
+    into handled, v_loop_ids
+    from finished as f;
+
+    for v_count in
+        select u.loop_id, count(*)::integer as n
+        from unnest(v_loop_ids) as u (loop_id)
+        group by u.loop_id
+        order by u.loop_id
+    loop
+        v_route := noetl.advance_loop(v_count.loop_id, v_count.n, 0, p_worker_id);
+        if v_route is not null then
+            route_ids := route_ids || v_route;
+        end if;
+    end loop;
 end;
 $$;
 
