@@ -17,6 +17,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from noetl_pg.errors import PlaybookError
+from noetl_pg.policy import DEFAULT_RULE_ATTEMPTS
 
 # Kinds a step may name. The worker's registry (noetl_pg.tools) must cover these; the DSL
 # knows them so a typo is caught at registration, not when a worker claims the step.
@@ -199,7 +200,7 @@ def _max_attempts(step: Step) -> int:
         for rule in rules or []:
             then = (rule.get("then") or (rule.get("else") or {}).get("then") or {})
             if then.get("do") == "retry":
-                attempts = max(attempts, int(then.get("attempts", 3)))
+                attempts = max(attempts, int(then.get("attempts", DEFAULT_RULE_ATTEMPTS)))
     return attempts
 
 

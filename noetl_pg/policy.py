@@ -3,7 +3,10 @@
 Rules are evaluated in order against `output = {status, data, error, http: {status}}`; the
 first whose `when` holds (or the `else` rule) decides `do: continue|retry|fail|break|jump`.
 The older `retry: {max_attempts, retry_on, backoff, delay}` is a retry rule on errors of
-the listed kinds. The database still enforces the attempt budget (command.max_attempts).
+the listed kinds (`timeout` is a ToolTimeout, `error` any other tool error). A retry rule
+stops retrying after its own `attempts` (default 3; `max_attempts` for the older form) and
+then fails the attempt; the database still enforces the step-wide budget
+(command.max_attempts, the largest of the step's rules).
 """
 
 from __future__ import annotations
@@ -13,6 +16,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from noetl_pg.templating import render_value, truthy
+
+# Attempts of a `do: retry` rule without `attempts` (dsl._max_attempts uses the same).
+DEFAULT_RULE_ATTEMPTS = 3
 
 
 @dataclass(frozen=True)
@@ -55,7 +61,8 @@ def decide(
     if error_kind is None:
         return Decision("continue")
     legacy = tool_spec.get("retry")
-    if legacy and error_kind in legacy.get("retry_on", ["error", "timeout"]):
+    if (legacy and error_kind in legacy.get("retry_on", ["error", "timeout"])
+            and attempt < int(legacy.get("max_attempts", 1))):
         return Decision(
             "retry",
             retry_delay(float(legacy.get("delay", 0.0)), legacy.get("backoff", "none"), attempt),
@@ -67,6 +74,8 @@ def _decision_from(then: Mapping[str, Any], scope: Mapping[str, Any], attempt: i
     action = str(then.get("do", "continue"))
     writes = render_value(dict(then.get("set") or {}), scope)
     delay = 0.0
+    if action == "retry" and attempt >= int(then.get("attempts", DEFAULT_RULE_ATTEMPTS)):
+        return Decision("fail", set_writes=writes)
     if action == "retry":
         delay = retry_delay(float(then.get("delay", 0.0)), then.get("backoff", "none"), attempt)
     return Decision(action, delay, then.get("to"), writes)
