@@ -5,6 +5,13 @@ value (list, dict, number, bool). Any other template renders to a string, and a 
 that reads as `true`/`false`, a number or a JSON object/array is coerced back, as the DSL
 says. Undefined variables raise `TemplateError` naming the variable (`default()` still
 works). Compiled templates are cached: a loop renders the same config thousands of times.
+
+Stored results (a step result too large for an event is a ref to the result store) are
+seen transparently: `{{ fetch.rows }}` loads the step's stored value the first time a
+template of the command names `fetch` (LazyResult), and a list of refs inside an inline
+result (a loop's `results`) loads each element when it is read (ResultList).
+`{{ fetch_ref }}` is the ref itself, never loaded: its dict in a single-expression
+template, its `noetl://` URI inside text (see build_context).
 """
 
 from __future__ import annotations
@@ -13,12 +20,15 @@ import json
 import re
 from collections.abc import Mapping
 from functools import lru_cache
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from jinja2 import StrictUndefined, TemplateSyntaxError, UndefinedError
+from jinja2 import StrictUndefined, TemplateSyntaxError, UndefinedError, meta
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
-from noetl_pg.errors import TemplateError
+from noetl_pg.errors import NoetlError, TemplateError
+
+if TYPE_CHECKING:
+    from noetl_pg.tools.base import ResultAccess
 
 _SINGLE_EXPRESSION = re.compile(r"^\s*\{\{(?P<expr>(?:(?!\{\{|\}\}|\{%).)*)\}\}\s*$", re.DOTALL)
 _NUMBER = re.compile(r"^-?\d+(\.\d+)?([eE][-+]?\d+)?$")
@@ -37,6 +47,58 @@ class ResultView(dict):
         raise AttributeError(name)
 
 
+class RefDict(dict):
+    """A ref dict as templates see it: inside text it renders as its `noetl://` URI."""
+
+    def __str__(self) -> str:
+        return str(self["result_ref"])
+
+
+class LazyResult:
+    """A step result held by the result store. It is loaded when a template that names it
+    is rendered (render_string), at most once per command (CommandResults caches it)."""
+
+    __slots__ = ("_results", "ref")
+
+    def __init__(self, ref: Mapping[str, Any], results: ResultAccess) -> None:
+        self.ref = ref
+        self._results = results
+
+    def load(self) -> Any:
+        return _view(self._results.resolve(self.ref))
+
+    def __repr__(self) -> str:
+        return f"LazyResult({self.ref.get('result_ref')!r})"
+
+
+class ResultList(list):
+    """A list whose ref elements (loop iterations stored by reference) load when read.
+
+    len() never loads; indexing loads one element, iterating loads them one by one. As JSON
+    (an outcome, `tojson`) the list is what is stored: the refs, not the values.
+    """
+
+    def __init__(self, items: list[Any], results: ResultAccess) -> None:
+        super().__init__(items)
+        self._results = results
+
+    def __getitem__(self, index: Any) -> Any:
+        item = super().__getitem__(index)
+        if isinstance(index, slice):
+            return ResultList(item, self._results)
+        return self._load(item)
+
+    def __iter__(self) -> Any:
+        return (self._load(item) for item in super().__iter__())
+
+    def _load(self, item: Any) -> Any:
+        return _view(self._results.resolve(item)) if self._results.is_ref(item) else item
+
+
+def _view(value: Any) -> Any:
+    return ResultView(value) if isinstance(value, dict) else value
+
+
 def is_template(value: Any) -> bool:
     return isinstance(value, str) and ("{{" in value or "{%" in value)
 
@@ -51,11 +113,25 @@ def _compiled_template(source: str) -> Any:
     return _ENV.from_string(source)
 
 
+@lru_cache(maxsize=4096)
+def _names(source: str) -> frozenset[str]:
+    """The top-level variables a template reads."""
+    return frozenset(meta.find_undeclared_variables(_ENV.parse(source)))
+
+
+def _load_named(source: str, context: Mapping[str, Any]) -> Mapping[str, Any]:
+    """`context` with the stored results this template names loaded (others stay lazy)."""
+    loaded = {name: value.load() for name in _names(source)
+              if isinstance(value := context.get(name), LazyResult)}
+    return {**context, **loaded} if loaded else context
+
+
 def render_string(source: str, context: Mapping[str, Any]) -> Any:
     """Render one template string; see the module docstring for the value it yields."""
     if not is_template(source):
         return source
     try:
+        context = _load_named(source, context)
         match = _SINGLE_EXPRESSION.match(source)
         if match:
             value = _compiled_expression(match.group("expr").strip())(**context)
@@ -67,7 +143,7 @@ def render_string(source: str, context: Mapping[str, Any]) -> Any:
         raise TemplateError(f"undefined variable: {exc.message} in {source!r}") from exc
     except TemplateSyntaxError as exc:
         raise TemplateError(f"template syntax error: {exc.message} in {source!r}") from exc
-    except TemplateError:
+    except NoetlError:
         raise
     except Exception as exc:  # a filter or expression raised: report it, don't crash
         raise TemplateError(f"template failed: {exc} in {source!r}") from exc
@@ -107,11 +183,16 @@ def _coerce(text: str) -> Any:
     return text
 
 
-def build_context(claim_context: Mapping[str, Any]) -> dict[str, Any]:
+def build_context(
+    claim_context: Mapping[str, Any], results: ResultAccess | None = None
+) -> dict[str, Any]:
     """The template namespace of a command from noetl.command_context's JSON.
 
     Workload keys are bare and under `workload`; ctx writes under `ctx` and bare (they win
-    over workload); step results by step name, each a ResultView.
+    over workload); step results by step name, each a ResultView. With `results` (the
+    command's store access), a stored step result is a LazyResult, a list of refs in a
+    result is a ResultList, and `<step>_ref` is the step's ref (a RefDict; the result itself
+    when it is inline) unless a workload key, ctx key or step already has that name.
     """
     workload = dict(claim_context.get("workload") or {})
     ctx = dict(claim_context.get("ctx") or {})
@@ -119,6 +200,28 @@ def build_context(claim_context: Mapping[str, Any]) -> dict[str, Any]:
     namespace["workload"] = workload
     namespace["ctx"] = {**workload, **ctx}
     namespace["execution_id"] = claim_context.get("execution_id")
-    for step_name, result in (claim_context.get("results") or {}).items():
-        namespace[step_name] = ResultView(result) if isinstance(result, dict) else result
+    step_results = claim_context.get("results") or {}
+    for step_name, result in step_results.items():
+        namespace[step_name] = _step_view(result, results)
+    if results is not None:
+        for step_name, result in step_results.items():
+            ref_name = f"{step_name}_ref"
+            if ref_name not in namespace:
+                namespace[ref_name] = (RefDict(result) if results.is_ref(result)
+                                       else namespace[step_name])
     return namespace
+
+
+def _step_view(result: Any, results: ResultAccess | None) -> Any:
+    if results is None:
+        return _view(result)
+    if results.is_ref(result):
+        return LazyResult(result, results)
+    if isinstance(result, dict):
+        return ResultView({
+            key: ResultList(value, results)
+            if isinstance(value, list) and any(results.is_ref(item) for item in value)
+            else value
+            for key, value in result.items()
+        })
+    return result

@@ -23,6 +23,7 @@ import os
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
+from pathlib import Path
 from typing import Any, BinaryIO
 
 import psycopg
@@ -252,6 +253,14 @@ class ResultStore:
         the digest is not checked, and a store lost mid-read raises from `read`."""
         row = self.get_ref(ref)
         return self._tier(row.store_tier).open_stream(row.physical_uri)
+
+    def local_path(self, ref: RefLike) -> Path | None:
+        """The file holding the bytes of an fs/pvc ref on this host, for tools that read
+        files in place (DuckDB's read_parquet); None for refs on other tiers (use `open`).
+        Raises like `get_ref`, and `StoreUnavailable` when the fs tier is not configured."""
+        row = self.get_ref(ref)
+        tier = self._tier(row.store_tier)
+        return tier.local_path(row.physical_uri) if isinstance(tier, FsTier) else None
 
     def get_ref(self, ref: RefLike) -> ResultRef:
         """The ref row; `ResultMissing` when it does not exist (never stored, or cleaned up)."""

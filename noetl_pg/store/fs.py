@@ -103,6 +103,11 @@ class FsTier(Tier):
         except OSError as exc:
             raise StoreUnavailable(self.name, f"cannot delete {folder}: {exc}") from exc
 
+    def local_path(self, physical_uri: str) -> Path:
+        """Where the object of `physical_uri` is on this host (readable in place by tools
+        such as DuckDB). `ValueError` when the URI is not an fs URI."""
+        return self._path(physical_uri)
+
     def _path(self, physical_uri: str) -> Path:
         if not physical_uri.startswith(SCHEME + ROOT + "/") or "/../" in physical_uri:
             raise ValueError(f"not an fs physical URI: {physical_uri!r}")

@@ -8,15 +8,46 @@ touch engine tables and never decide routing.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Protocol
+
+from noetl_pg.errors import ToolError
 
 
 class CredentialResolver(Protocol):
     """Looks up a named credential's decrypted fields (never logged, never stored in events)."""
 
     def get(self, name: str) -> Mapping[str, Any]: ...
+
+
+class ResultAccess(Protocol):
+    """One command's access to stored results (see noetl_pg.results.CommandResults).
+
+    A ref is a ref dict (`{result_ref, store_tier, ...}`) or its `noetl://` URI. Store errors
+    (`noetl_pg.store.StoreError`: missing, corrupt, unavailable) propagate to the caller."""
+
+    def is_ref(self, value: Any) -> bool: ...
+
+    def resolve(self, ref: Any) -> Any: ...
+
+    def local_path(self, ref: Any) -> str: ...
+
+
+REF_URI = re.compile(r"noetl://execution/\d+/result/[^\s'\"]+")
+
+
+def localize_refs(text: str, context: ToolContext, kind: str) -> str:
+    """`text` (SQL) with every `noetl://execution/...` ref URI replaced by a local file path
+    holding its bytes: fs/pvc refs are read in place, others are copied to a temporary file
+    removed when the command ends. A ToolError when refs appear and no store is attached."""
+    if "noetl://" not in text:
+        return text
+    results = context.results
+    if results is None:
+        raise ToolError(f"{kind}: result refs in the script but no result store is attached")
+    return REF_URI.sub(lambda match: results.local_path(match.group(0)), text)
 
 
 @dataclass(frozen=True)
@@ -32,6 +63,8 @@ class ToolContext:
     # Per-worker shared objects (an HTTP client, connection pools), keyed by tool kind.
     worker_resources: dict[str, Any] = field(default_factory=dict)
     timeout_seconds: float | None = None
+    # Stored results of this execution: resolve refs, or get a ref's bytes as a local file.
+    results: ResultAccess | None = None
 
 
 class Tool(Protocol):

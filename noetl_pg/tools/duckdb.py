@@ -26,7 +26,7 @@ from typing import Any, ClassVar
 import duckdb
 
 from noetl_pg.errors import ToolError, ToolTimeout
-from noetl_pg.tools.base import ToolContext
+from noetl_pg.tools.base import ToolContext, localize_refs
 from noetl_pg.tools.postgres import script_params, script_result, script_text, statement_result
 
 COUNT_STATEMENT_TYPES = frozenset(
@@ -57,7 +57,7 @@ class DuckdbTool:
     kind: ClassVar[str] = "duckdb"
 
     def run(self, config: Mapping[str, Any], context: ToolContext) -> Any:
-        sql = script_text(config, self.kind)
+        sql = localize_refs(script_text(config, self.kind), context, self.kind)
         params = script_params(config, self.kind)
         database = str(config.get("database") or ":memory:")
         timeout = config.get("timeout") or context.timeout_seconds

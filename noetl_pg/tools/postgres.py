@@ -45,7 +45,7 @@ from psycopg_pool import ConnectionPool, PoolTimeout
 
 from noetl_pg.credentials import redact, secret_values
 from noetl_pg.errors import ToolError, ToolTimeout
-from noetl_pg.tools.base import ToolContext
+from noetl_pg.tools.base import ToolContext, localize_refs
 
 CONNECT_TIMEOUT_SECONDS = 10
 PLACEHOLDER_CHARS = frozenset("sbt")
@@ -332,7 +332,7 @@ class PostgresTool:
     kind: ClassVar[str] = "postgres"
 
     def run(self, config: Mapping[str, Any], context: ToolContext) -> Any:
-        statements = split_sql(script_text(config, self.kind))
+        statements = split_sql(localize_refs(script_text(config, self.kind), context, self.kind))
         params = script_params(config, self.kind)
         fields = _credential_fields(config.get("auth"), context)
         secrets = secret_values(fields)

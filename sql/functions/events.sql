@@ -3,6 +3,7 @@
 -- noetl.record_event(execution_id, event_type, node_name, command_id, attempt, result,
 --                    error, meta, loop_id, iter_index) -> event_id
 -- Contract: appends one row to noetl.event and returns its id. Never updates or deletes.
+--   When `result` is a stored result's ref dict, its URI also goes to event.result_ref.
 --   Also the door workers use for events that change no state (heartbeats, call.partial).
 -- Locks: none beyond the insert.
 -- Failure modes: a NULL execution_id or event_type raises not_null_violation.
@@ -24,12 +25,12 @@ declare
     v_event_id bigint;
 begin
     insert into noetl.event (
-        execution_id, event_type, node_name, command_id, attempt, result, error, meta,
-        loop_id, iter_index
+        execution_id, event_type, node_name, command_id, attempt, result, result_ref,
+        error, meta, loop_id, iter_index
     )
     values (
         p_execution_id, p_event_type, p_node_name, p_command_id, p_attempt, p_result,
-        p_error, p_meta, p_loop_id, p_iter_index
+        noetl.result_ref_of(p_result), p_error, p_meta, p_loop_id, p_iter_index
     )
     returning event_id into v_event_id;
     return v_event_id;

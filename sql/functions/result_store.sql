@@ -210,3 +210,46 @@ begin
     select d.execution_id, d.store_tier, d.physical_uri from deleted as d;
 end;
 $$;
+
+-- result_ref_of: the ref URI of a value that is a ref dict (what an event carries in place
+-- of a stored result: {result_ref, store_tier, bytes_size, sha256, content_type}), else
+-- NULL. record_event uses it to fill noetl.event.result_ref. Locks: none.
+create or replace function noetl.result_ref_of(p_value jsonb) returns text
+language sql
+immutable
+as $$
+    select case
+        when jsonb_typeof(p_value) = 'object'
+            and p_value ?& array['result_ref', 'store_tier', 'sha256']
+            and (p_value ->> 'result_ref') like 'noetl://execution/%'
+            then p_value ->> 'result_ref'
+    end;
+$$;
+
+-- record_store_fallbacks: warning events for results that reached a lower tier than the
+-- first one tried. `p_fallbacks` is a JSON array of {command_id, attempt, fallbacks: [{
+-- tier_from, tier_to, error, result_ref}]}; one `result.store.fallback` event per step
+-- down, with the fallback as meta. Only for commands still claimed at that attempt, so an
+-- outcome sent again after a lost acknowledgement (stale) writes nothing twice. The worker
+-- calls it in the transaction of finish_and_claim. Returns how many events it wrote.
+-- Locks: none (reads the command rows).
+create or replace function noetl.record_store_fallbacks(p_fallbacks jsonb) returns integer
+language sql
+as $$
+    with written as (
+        select
+            noetl.record_event(
+                c.execution_id, 'result.store.fallback', c.step_name, c.command_id,
+                c.attempt, null, null, f.value, c.loop_id, c.iter_index
+            ) as event_id
+        from jsonb_array_elements(coalesce(p_fallbacks, '[]'::jsonb)) as o (value)
+        inner join noetl.command as c
+            on
+                c.command_id = (o.value ->> 'command_id')::bigint
+                and c.attempt = (o.value ->> 'attempt')::integer
+                and c.status = 'claimed'
+        cross join jsonb_array_elements(o.value -> 'fallbacks') as f (value)
+    )
+
+    select count(*)::integer from written;
+$$;
