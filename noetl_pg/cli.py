@@ -21,7 +21,7 @@ from noetl_pg.cli_credential import credential_group
 from noetl_pg.errors import NoetlError
 from noetl_pg.migrate import migrate
 from noetl_pg.runtime import resolve_dsn, wait_for_execution
-from noetl_pg.worker import Worker
+from noetl_pg.worker import build_worker
 
 console = Console()
 err_console = Console(stderr=True)
@@ -161,7 +161,8 @@ def run_command(target: str, payload: str | None, sets: tuple[str, ...], version
     Exit status 0 when the execution COMPLETED, 1 when it FAILED or was CANCELLED.
     """
     dsn = _dsn()
-    worker = Worker(dsn, slots=concurrency, poll_interval=0.5) if runtime == "local" else None
+    worker = build_worker(dsn, slots=concurrency, poll_interval=0.5) if runtime == "local" \
+        else None
     if worker is not None:
         worker.start()
     try:
@@ -297,7 +298,7 @@ def executions_command(status: str | None, path: str | None, limit: int) -> None
 def worker_command(concurrency: int, kinds: str | None, worker_id: str | None,
                    batch_size: int) -> None:
     """Serve the command queue until SIGTERM/SIGINT (finishes what it holds first)."""
-    worker = Worker(_dsn(), slots=concurrency, worker_id=worker_id, batch_size=batch_size,
+    worker = build_worker(_dsn(), slots=concurrency, worker_id=worker_id, batch_size=batch_size,
                     kinds=kinds.split(",") if kinds else None)
 
     def _stop(signum: int, frame: object) -> None:

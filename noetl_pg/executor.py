@@ -4,20 +4,27 @@ This module computes; it never writes engine state. A step command renders its t
 config, runs the tool (or a pipeline of tasks), applies the policy, renders its `set`
 writes and returns a `done` or `fail` outcome. A loop command renders its collection and
 returns a `loop` outcome. A route command evaluates the step's arcs and returns the chosen
-targets. Secrets are redacted from every error message.
+targets. A `playbook` step returns an `await_child` outcome: the database parks the
+command and starts the child (sql/functions/child.sql). Secrets (credential secrets the
+worker has read, keychain values) are redacted from every error, result, ctx write and
+child payload before they leave the worker.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Callable, Mapping
 from typing import Any
 
 from noetl_pg.dsl import Playbook, Step
 from noetl_pg.errors import NoetlError, TemplateError, ToolError
+from noetl_pg.keychain import Keychain, SecretRedactor
 from noetl_pg.policy import decide
 from noetl_pg.templating import ResultView, build_context, render_value, truthy
-from noetl_pg.tools.base import Tool, ToolContext
+from noetl_pg.tools.base import CredentialResolver, Tool, ToolContext
+from noetl_pg.tools.playbook import ChildRequest
+from noetl_pg.tools.workbook import resolve_task
 
 log = logging.getLogger(__name__)
 
@@ -33,33 +40,51 @@ class CommandRunner:
         spec_loader: Callable[[int], Playbook],
         make_tool_context: Callable[[Mapping[str, Any]], ToolContext],
         redact: Callable[[str], str] = lambda text: text,
+        credentials: CredentialResolver | None = None,
     ) -> None:
         self._tools = tools
         self._spec_loader = spec_loader
         self._make_tool_context = make_tool_context
         self._redact = redact
+        self._credentials = credentials
 
     def run(self, command: Mapping[str, Any], context: Mapping[str, Any]) -> Outcome:
         playbook = self._spec_loader(command["catalog_id"])
         step = playbook.step_named(command["step_name"])
-        namespace = self._namespace(command, context, step)
+        namespace = self._namespace(command, context, step, playbook)
         base = {"command_id": command["command_id"], "attempt": command["attempt"]}
         try:
             if command["kind"] == "route":
                 return {**base, "op": "route", "targets": self._route(step, command, namespace)}
             if command["kind"] == "loop":
                 return {**base, "op": "loop", **self._loop(step, namespace)}
-            return {**base, **self._step(step, command, namespace)}
+            return {**base, **self._scrub(self._step(step, command, namespace, playbook))}
         except NoetlError as exc:
             message = f"step '{step.step}': {exc}"
             return {**base, "op": "fail", "error": self._redact(message), "retry_delay": None}
 
+    def _scrub(self, outcome: Outcome) -> Outcome:
+        """Redact known secrets from what a step outcome stores (results reach events)."""
+        if not isinstance(self._redact, SecretRedactor):
+            return outcome
+        for key in ("result", "ctx_set", "output", "payload"):
+            if outcome.get(key) is not None:
+                outcome[key] = self._redact.redact_value(outcome[key])
+        return outcome
+
     # --- namespaces ------------------------------------------------------------------
 
     def _namespace(
-        self, command: Mapping[str, Any], context: Mapping[str, Any], step: Step
+        self, command: Mapping[str, Any], context: Mapping[str, Any], step: Step,
+        playbook: Playbook,
     ) -> dict[str, Any]:
         namespace = build_context(context)
+        keychain = (playbook.model_extra or {}).get("keychain")
+        if keychain:
+            namespace["keychain"] = Keychain(
+                keychain, self._credentials, dict(namespace),
+                self._redact if isinstance(self._redact, SecretRedactor) else None,
+            )
         if command.get("loop_id") is not None and step.loop is not None:
             index = command["iter_index"]
             total = (command.get("input") or {}).get("loop_total", 0)
@@ -133,7 +158,8 @@ class CommandRunner:
     # --- step ------------------------------------------------------------------------
 
     def _step(
-        self, step: Step, command: Mapping[str, Any], namespace: dict[str, Any]
+        self, step: Step, command: Mapping[str, Any], namespace: dict[str, Any],
+        playbook: Playbook,
     ) -> Outcome:
         tool_context = self._make_tool_context(command)
         step_input = render_value(step.input, namespace) if step.input else {}
@@ -145,7 +171,7 @@ class CommandRunner:
         try:
             result, decision_error = self._run_tasks(
                 tasks, step_input, namespace, command["attempt"], tool_context,
-                pipeline=isinstance(step.tool, list),
+                pipeline=isinstance(step.tool, list), workbook=playbook.workbook,
             )
         except ToolError as exc:
             return {"op": "fail", "error": self._redact(f"step '{step.step}': {exc.message}"),
@@ -170,8 +196,9 @@ class CommandRunner:
         tool_context: ToolContext,
         *,
         pipeline: bool,
+        workbook: list[dict[str, Any]],
     ) -> tuple[Any, Outcome | None]:
-        """Run a tool or a pipeline; returns (result, fail outcome or None)."""
+        """Run a tool or a pipeline; returns (result, fail or await_child outcome or None)."""
         scope = dict(namespace)
         result: Any = None
         position = 0
@@ -187,9 +214,18 @@ class CommandRunner:
             tool = self._tools.get(str(config.get("kind")))
             if tool is None:
                 raise ToolError(f"no worker tool for kind '{config.get('kind')}'")
+            options = {k: v for k, v in (task.get("spec") or {}).items() if k != "policy"}
+            if options:
+                config["spec"] = options
             error_kind: str | None = None
             try:
-                result = tool.run(config, tool_context)
+                if config.get("kind") == "workbook":
+                    config = resolve_task(workbook, config, scope)
+                result = tool.run(config, _with_timeout(tool_context, options.get("timeout")))
+                if isinstance(result, ChildRequest):
+                    if pipeline:
+                        raise ToolError("a playbook task must be the only tool of its step")
+                    return None, self._await_child(result, task, scope, attempt)
                 output = {"status": "ok", "data": result}
             except ToolError as exc:
                 error_kind = exc.kind
@@ -219,6 +255,33 @@ class CommandRunner:
                 continue
             position += 1
         return result, None
+
+
+    def _await_child(
+        self, request: ChildRequest, task: Mapping[str, Any], scope: Mapping[str, Any],
+        attempt: int,
+    ) -> Outcome:
+        """The await_child outcome; the retry delay is what policy says for a failed child."""
+        failed = {"status": "error", "error": "child playbook failed"}
+        decision = decide(task, failed, scope, attempt, "error")
+        return {
+            "op": "await_child", "path": request.path, "version": request.version,
+            "payload": request.payload, "return_step": request.return_step,
+            "retry_delay": decision.delay_seconds if decision.action == "retry" else None,
+        }
+
+
+def _with_timeout(context: ToolContext, timeout: Any) -> ToolContext:
+    """`spec.timeout` (seconds, or {read: N}) as the tool's time budget."""
+    if isinstance(timeout, Mapping):
+        timeout = timeout.get("read") or timeout.get("total") or timeout.get("seconds")
+    if timeout is None or isinstance(timeout, bool):
+        return context
+    try:
+        seconds = float(timeout)
+    except (TypeError, ValueError):
+        raise ToolError(f"spec.timeout must be a number of seconds, got {timeout!r}") from None
+    return dataclasses.replace(context, timeout_seconds=seconds)
 
 
 def _view(result: Any) -> Any:

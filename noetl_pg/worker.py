@@ -31,8 +31,10 @@ import psycopg
 from psycopg.types.json import Jsonb
 
 from noetl_pg import db
+from noetl_pg.credentials import DatabaseCredentialResolver
 from noetl_pg.dsl import Playbook
 from noetl_pg.executor import CommandRunner, Outcome
+from noetl_pg.keychain import RedactingFilter, SecretRedactor
 from noetl_pg.tools import create_tools
 from noetl_pg.tools.base import CredentialResolver, Tool, ToolContext
 
@@ -249,6 +251,7 @@ class Worker:
             lambda catalog_id: self._specs.get(conn, catalog_id),
             self._tool_context,
             self._redact,
+            self._credentials,
         )
 
     def _serve(
@@ -344,3 +347,16 @@ class Worker:
             credentials=self._credentials,
             worker_resources=self._resources,
         )
+
+
+def build_worker(dsn: str, **options: Any) -> Worker:
+    """A Worker wired for production: credentials read from `noetl.credential` (key from
+    NOETL_CREDENTIAL_KEY) and one redactor for every secret they hand out or a keychain
+    resolves, applied to outcomes (executor) and to every log record of this process.
+    Used by `noetl run` and `noetl worker`; `options` are Worker's keyword options."""
+    resolver = DatabaseCredentialResolver(dsn)
+    redactor = SecretRedactor(resolver)
+    log_filter = RedactingFilter(redactor)
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(log_filter)
+    return Worker(dsn, credentials=resolver, redact=redactor, **options)

@@ -3,15 +3,29 @@
 from __future__ import annotations
 
 from noetl_pg.tools.base import Tool
+from noetl_pg.tools.duckdb import DuckdbTool
+from noetl_pg.tools.http import HttpTool
 from noetl_pg.tools.noop import NoopTool
+from noetl_pg.tools.playbook import PlaybookTool
+from noetl_pg.tools.postgres import PostgresTool
 from noetl_pg.tools.python import PythonTool
+from noetl_pg.tools.workbook import WorkbookTool
 
 TOOL_CLASSES: dict[str, type[Tool]] = {
     PythonTool.kind: PythonTool,
     NoopTool.kind: NoopTool,
+    HttpTool.kind: HttpTool,
+    PostgresTool.kind: PostgresTool,
+    DuckdbTool.kind: DuckdbTool,
+    PlaybookTool.kind: PlaybookTool,
 }
 
 
 def create_tools() -> dict[str, Tool]:
-    """One instance of each tool for a worker (tools keep no per-command state)."""
-    return {kind: tool_class() for kind, tool_class in TOOL_CLASSES.items()}
+    """One instance of each tool for a worker (tools keep no per-command state).
+
+    `workbook` dispatches to the others, so it is built with the finished registry.
+    """
+    tools: dict[str, Tool] = {kind: tool_class() for kind, tool_class in TOOL_CLASSES.items()}
+    tools[WorkbookTool.kind] = WorkbookTool(tools)
+    return tools

@@ -61,6 +61,8 @@ $$;
 --     {op: fail,  command_id, attempt, error, retry_delay, output} -> fail_command
 --     {op: route, command_id, attempt, targets}                -> apply_route
 --     {op: loop,  command_id, attempt, items, loop}            -> start_loop
+--     {op: await_child, command_id, attempt, path, version, payload, return_step,
+--      retry_delay}                                          -> await_child (child.sql)
 --   then up to `n` commands are claimed. Returns (like claim_commands) the route commands
 --   created claimed by this worker while finishing (only when `kinds` is NULL or has
 --   'route'; otherwise they are queued for a router), then the newly claimed commands.
@@ -122,6 +124,15 @@ begin
                 v_route := noetl.start_loop(
                     v_id, v_attempt, v_outcome -> 'items', v_outcome -> 'loop', v_router
                 );
+            when 'await_child' then
+                select r.route_command_id into v_route
+                from noetl.await_child(
+                    v_id, v_attempt, v_outcome ->> 'path',
+                    (v_outcome ->> 'version')::integer,
+                    coalesce(nullif(v_outcome -> 'payload', 'null'::jsonb), '{}'::jsonb),
+                    v_outcome ->> 'return_step',
+                    (v_outcome ->> 'retry_delay')::double precision, v_router
+                ) as r;
             else
                 raise exception 'unknown outcome op "%"', v_outcome ->> 'op'
                     using errcode = '22023';

@@ -1,0 +1,56 @@
+"""Per-call overhead of `kind: python` in each isolation mode (median of N calls).
+
+    .venv/bin/python bench/python_isolation.py [calls]
+
+Runs a trivial snippet (`result = x + 1`) through PythonTool, inline (in this process)
+and process (warm executor subprocess from the pool: one pipe round trip plus JSON),
+after a warm-up, and prints the median, p90 and mean microseconds per call of each.
+"""
+
+from __future__ import annotations
+
+import statistics
+import sys
+import time
+
+from noetl_pg.tools.base import ToolContext
+from noetl_pg.tools.python import Executor, PythonTool, worker_pool
+
+SNIPPET = "result = x + 1"
+
+
+def measure(mode: str, calls: int, resources: dict) -> list[float]:
+    tool = PythonTool()
+    context = ToolContext(execution_id=1, step="bench", command_id=1, attempt=1, dsn="",
+                          worker_resources=resources)
+    config = {"code": SNIPPET, "input": {"x": 1}, "spec": {"isolation": mode}}
+    for _ in range(50):
+        tool.run(config, context)
+    timings = []
+    for _ in range(calls):
+        started = time.perf_counter()
+        tool.run(config, context)
+        timings.append((time.perf_counter() - started) * 1e6)
+    return timings
+
+
+def main() -> None:
+    calls = int(sys.argv[1]) if len(sys.argv) > 1 else 2000
+    resources: dict = {}
+    try:
+        for mode in ("inline", "process"):
+            timings = sorted(measure(mode, calls, resources))
+            print(f"{mode:8s} median {statistics.median(timings):8.1f} us"
+                  f"  p90 {timings[int(len(timings) * 0.9)]:8.1f} us"
+                  f"  mean {statistics.fmean(timings):8.1f} us  ({calls} calls)")
+    finally:
+        worker_pool(resources).close()
+    started = time.perf_counter()
+    executor = Executor()
+    executor.call({"code": "result = 1", "input": {}, "libs": {}}, 30)
+    print(f"cold executor start + first call: {(time.perf_counter() - started) * 1e3:.1f} ms")
+    executor.kill()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,158 @@
+-- child.sql: `kind: playbook` steps. The parent command waits for its child execution in
+-- status 'waiting' (still active for completion and join checks) and holds no worker slot;
+-- the child's end completes or fails it through the same functions a worker calls.
+--
+-- Child executions are found by execution.parent_execution_id (indexed) and
+-- execution.parent_command_id. What the parent command waits for is kept in
+-- command.input -> 'child': {execution_id, return_step, retry_delay}.
+--
+-- Lock order: a finishing child holds its own execution row, then takes the parent
+-- command row, then (through routing) the parent execution row: the same order as
+-- complete_command (command, then execution). A cancellation that walks from a parent to
+-- its children should finish or lock the children before it locks the parent's rows, or
+-- accept that PostgreSQL may abort one side as a deadlock (the worker retries it).
+
+
+-- noetl.await_child(command_id, attempt, path, version, payload, return_step,
+--                   retry_delay, worker_id) -> (outcome, route_command_id)
+-- Contract: a worker ran a `playbook` step and hands it over: in one transaction the
+--   claimed command moves to 'waiting' (claimed_by cleared: no slot, no heartbeat
+--   needed), command.input.child records what it waits for, and the child execution
+--   starts linked to it (parent_execution_id, parent_command_id). `retry_delay` is what
+--   the step's retry policy says for a failed child (NULL: do not retry). outcome is 'ok'
+--   (route_command_id NULL), 'stale' (the attempt is no longer claimed: nothing changes),
+--   or 'failed' when the child cannot start (unknown path or version, bad payload): the
+--   command then fails through fail_command with that error, and route_command_id is what
+--   fail_command returned.
+-- Locks: the parent command row (FOR UPDATE); the child's new rows.
+create or replace function noetl.await_child(
+    p_command_id bigint,
+    p_attempt integer,
+    p_path text,
+    p_version integer,
+    p_payload jsonb,
+    p_return_step text,
+    p_retry_delay double precision,
+    p_worker_id text,
+    out outcome text,
+    out route_command_id bigint
+)
+language plpgsql
+as $$
+declare
+    v_cmd noetl.command;
+    v_child_id bigint;
+    v_error text;
+begin
+    select * into v_cmd from noetl.command as c where c.command_id = p_command_id for update;
+    if not found then
+        raise exception 'command % does not exist', p_command_id using errcode = 'P0002';
+    end if;
+    if v_cmd.status <> 'claimed' or v_cmd.attempt <> p_attempt then
+        outcome := 'stale';
+        return;
+    end if;
+
+    begin
+        v_child_id := noetl.start_execution_from(
+            p_path, p_payload, p_version, v_cmd.execution_id, p_command_id
+        );
+    exception
+        when sqlstate 'P0002' or sqlstate '22023' or sqlstate '54000' then
+            get stacked diagnostics v_error = message_text;
+    end;
+    if v_child_id is null then
+        select f.outcome, f.route_command_id into outcome, route_command_id
+        from noetl.fail_command(
+            p_command_id, p_attempt,
+            format('step ''%s'': child playbook cannot start: %s', v_cmd.step_name, v_error),
+            null, null, p_worker_id
+        ) as f;
+        return;
+    end if;
+
+    update noetl.command as c
+    set status = 'waiting',
+        claimed_by = null,
+        input = coalesce(c.input, '{}'::jsonb) || jsonb_build_object(
+            'child', jsonb_build_object(
+                'execution_id', v_child_id,
+                'return_step', p_return_step,
+                'retry_delay', p_retry_delay
+            )
+        )
+    where c.command_id = p_command_id;
+    outcome := 'ok';
+end;
+$$;
+
+-- noetl.child_finished(child execution row) -> void
+-- Contract: called by finish_execution when an execution with a parent command reaches
+--   its final status. If the parent command is still waiting for this very child, it is
+--   handed back to the completion path at its current attempt:
+--   COMPLETED -> complete_command with the child's result (or the step_result of
+--   `return_step`, NULL when that step never ran): the parent step's result is stored, a
+--   loop iteration is counted by its loop, and the step routes;
+--   FAILED / CANCELLED -> fail_command with an error naming the child, its status and
+--   its error: with a retry_delay and attempts left the parent command is re-queued
+--   (its next attempt starts a fresh child), otherwise it fails and routes 'call.error'.
+--   A parent command that is no longer waiting for this child (cancelled, failed with its
+--   execution, or retried with a newer child) is left alone.
+-- Locks: the parent command row (FOR UPDATE), then what complete_command or fail_command
+--   lock (the loop row, the parent execution row). The caller holds the child execution
+--   row (see the lock order at the top of this file).
+create or replace function noetl.child_finished(p_child noetl.execution) returns void
+language plpgsql
+as $$
+declare
+    v_cmd noetl.command;
+    v_waiting jsonb;
+    v_result jsonb;
+begin
+    select * into v_cmd from noetl.command as c
+    where c.command_id = p_child.parent_command_id
+    for update;
+    if not found then
+        return;
+    end if;
+    v_waiting := v_cmd.input -> 'child';
+    if v_cmd.status <> 'waiting'
+        or (v_waiting ->> 'execution_id')::bigint is distinct from p_child.execution_id then
+        return;
+    end if;
+
+    -- Claimed for the length of this transaction only: the completion functions accept
+    -- exactly a claimed command at its attempt, which makes a second report a no-op.
+    update noetl.command as c
+    set status = 'claimed', claimed_by = 'child:' || p_child.execution_id
+    where c.command_id = v_cmd.command_id;
+
+    if p_child.status = 'COMPLETED' then
+        v_result := p_child.result;
+        if v_waiting ->> 'return_step' is not null then
+            select r.result into v_result
+            from noetl.step_result as r
+            where r.execution_id = p_child.execution_id
+                and r.step_name = v_waiting ->> 'return_step';
+        end if;
+        perform noetl.complete_command(v_cmd.command_id, v_cmd.attempt, v_result, null, null);
+        return;
+    end if;
+
+    perform noetl.fail_command(
+        v_cmd.command_id,
+        v_cmd.attempt,
+        format(
+            'step ''%s'': child playbook %s (execution %s) %s%s', v_cmd.step_name,
+            p_child.path, p_child.execution_id, lower(p_child.status),
+            coalesce(' in step ''' || p_child.failed_step || '''', '')
+            || coalesce(': ' || p_child.error, '')
+        ),
+        (v_waiting ->> 'retry_delay')::double precision,
+        jsonb_build_object(
+            'child_execution_id', p_child.execution_id, 'child_status', p_child.status
+        ),
+        null
+    );
+end;
+$$;
