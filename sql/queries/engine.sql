@@ -119,3 +119,45 @@ select noetl.reap_stale_claims(%(timeout_seconds)s) as reaped;
 -- name: cancel_execution
 -- Cancel an execution and its running children; returns how many were cancelled.
 select noetl.cancel_execution(%(execution_id)s, %(reason)s) as cancelled;
+
+-- name: claim_projection_shards
+-- Projector heartbeat: renew leases, take free or expired shards, rebalance; held shards.
+select shard from noetl.claim_projection_shards(%(owner)s, %(lease_seconds)s) as shard;
+
+-- name: project_shard
+-- Fold the next batch of one shard's events into execution.state (owned, folded, ...).
+select * from noetl.project_shard(%(shard)s, %(owner)s, %(batch_limit)s);
+
+-- name: release_projection_shards
+-- A projector's clean exit: give up its leases at once.
+select noetl.release_projection_shards(%(owner)s) as released;
+
+-- name: set_projection_shard_count
+-- Re-shard the projection (no-op when the count is unchanged).
+select noetl.set_projection_shard_count(%(count)s) as shard_count;
+
+-- name: execution_progress
+-- One execution's row with its projected state and its shard's projection lag.
+select
+    x.execution_id,
+    x.path,
+    x.version,
+    x.status,
+    x.result,
+    x.error,
+    x.failed_step,
+    x.state,
+    x.started_at,
+    x.finished_at,
+    s.shard,
+    s.owner as projector,
+    lag.seconds_behind as projection_seconds_behind
+from noetl.execution as x
+inner join noetl.projection_shard as s on mod(x.execution_id, s.shard_count) = s.shard
+cross join lateral noetl.projection_shard_lag(s) as lag
+where x.execution_id = %(execution_id)s; -- noqa: RF02
+
+-- name: projection_lag
+-- Per shard: owner, checkpoint, events waiting and seconds behind.
+select * from noetl.projection_lag
+order by shard;
