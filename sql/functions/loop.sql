@@ -334,17 +334,17 @@ begin
 
     logged as (
         insert into noetl.event (
-            execution_id, event_type, node_name, command_id, attempt, result, meta,
-            loop_id, iter_index
+            execution_id, event_type, node_name, command_id, attempt, result, result_ref,
+            meta, loop_id, iter_index
         )
         select
             f.execution_id, 'call.done', f.step_name, f.command_id, f.attempt, f.result,
-            null, f.loop_id, f.iter_index
+            noetl.result_ref_of(f.result), null, f.loop_id, f.iter_index
         from finished as f
         union all
         select
             f.execution_id, 'loop.shard.done', f.step_name, f.command_id, f.attempt, null,
-            jsonb_build_object('shard_id', f.iter_index, 'retry', false),
+            null, jsonb_build_object('shard_id', f.iter_index, 'retry', false),
             f.loop_id, f.iter_index
         from finished as f
         inner join noetl.loop as l on f.loop_id = l.loop_id
