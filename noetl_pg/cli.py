@@ -18,9 +18,11 @@ from rich.table import Table
 from noetl_pg import db
 from noetl_pg.catalog import register_file
 from noetl_pg.cli_credential import credential_group
+from noetl_pg.cli_status import follow, print_status, register_status_commands
 from noetl_pg.errors import NoetlError
 from noetl_pg.migrate import migrate
-from noetl_pg.runtime import resolve_dsn, wait_for_execution
+from noetl_pg.projection import Projector
+from noetl_pg.runtime import resolve_dsn
 from noetl_pg.worker import build_worker
 
 console = Console()
@@ -163,22 +165,27 @@ def run_command(target: str, payload: str | None, sets: tuple[str, ...], version
     dsn = _dsn()
     worker = build_worker(dsn, slots=concurrency, poll_interval=0.5) if runtime == "local" \
         else None
-    if worker is not None:
+    projector = Projector(dsn) if runtime == "local" else None
+    if worker is not None and projector is not None:
         worker.start()
+        projector.start()
     try:
         with db.connect(dsn) as conn:
             path, execution_id = _start(conn, target, _payload(payload, sets), version)
         if not as_json:
             console.print(f"execution {execution_id} of {path} started")
-        row = wait_for_execution(dsn, execution_id, timeout=timeout)
+        row = follow(dsn, execution_id, show=not as_json and sys.stdout.isatty(),
+                     timeout=timeout)
     finally:
-        if worker is not None:
+        if worker is not None and projector is not None:
             worker.stop()
+            projector.stop()
             worker.join(timeout=30)
+            projector.join(timeout=30)
     if as_json:
         click.echo(_json_dump(row))
     else:
-        _print_status(dsn, row)
+        print_status(row)
     sys.exit(0 if row["status"] == "COMPLETED" else 1)
 
 
@@ -195,44 +202,7 @@ def exec_command(path: str, payload: str | None, sets: tuple[str, ...],
     click.echo(execution_id)
 
 
-# --- status / events / executions --------------------------------------------------
-
-
-def _print_status(dsn: str, row: dict[str, Any]) -> None:
-    color = {"COMPLETED": "green", "FAILED": "red", "RUNNING": "yellow"}.get(row["status"], "")
-    console.print(
-        f"execution {row['execution_id']} [bold {color}]{row['status']}[/] "
-        f"({row['path']} v{row['version']})"
-    )
-    with db.connect(dsn) as conn:
-        steps = db.fetch_all(conn, "execution_steps", execution_id=row["execution_id"])
-    table = Table("step", "commands", "done", "failed", "active", "attempts")
-    for step in steps:
-        table.add_row(step["step_name"], str(step["commands"]), str(step["done"]),
-                      str(step["failed"]), str(step["active"]), str(step["max_attempt"]))
-    console.print(table)
-    if row["error"]:
-        console.print(f"[red]error[/red] in step {row['failed_step']}: {row['error']}",
-                      highlight=False)
-    if row["result"] is not None:
-        console.print("result:", _json_dump(row["result"]), highlight=False)
-
-
-@main.command("status")
-@click.argument("execution_id", type=int)
-@click.option("--json", "as_json", is_flag=True)
-def status_command(execution_id: int, as_json: bool) -> None:
-    """Show one execution: status, steps, result or error."""
-    dsn = _dsn()
-    with db.connect(dsn) as conn:
-        row = db.fetch_one(conn, "execution_status", execution_id=execution_id)
-    if row is None:
-        _fail(f"execution {execution_id} does not exist")
-    assert row is not None
-    if as_json:
-        click.echo(_json_dump(row))
-    else:
-        _print_status(dsn, row)
+# --- cancel / events --------------------------------------------------------------
 
 
 @main.command("cancel")
@@ -272,21 +242,6 @@ def events_command(execution_id: int, as_json: bool) -> None:
     console.print(table)
 
 
-@main.command("executions")
-@click.option("--status", help="RUNNING, COMPLETED, FAILED or CANCELLED")
-@click.option("--path")
-@click.option("--limit", default=50, show_default=True)
-def executions_command(status: str | None, path: str | None, limit: int) -> None:
-    """List recent executions."""
-    with db.connect(_dsn()) as conn:
-        rows = db.fetch_all(conn, "executions_list", status=status, path=path, row_limit=limit)
-    table = Table("id", "path", "version", "status", "started", "finished")
-    for row in rows:
-        table.add_row(str(row["execution_id"]), row["path"], str(row["version"]),
-                      row["status"], str(row["started_at"]), str(row["finished_at"] or ""))
-    console.print(table)
-
-
 # --- worker ------------------------------------------------------------------------
 
 
@@ -313,6 +268,7 @@ def worker_command(concurrency: int, kinds: str | None, worker_id: str | None,
 
 
 main.add_command(credential_group(_dsn))
+register_status_commands(main, _dsn)
 
 
 if __name__ == "__main__":

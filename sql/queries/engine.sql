@@ -149,6 +149,7 @@ select
     x.state,
     x.started_at,
     x.finished_at,
+    x.parent_execution_id,
     s.shard,
     s.owner as projector,
     lag.seconds_behind as projection_seconds_behind
