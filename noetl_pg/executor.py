@@ -21,7 +21,9 @@ from noetl_pg.dsl import Playbook, Step
 from noetl_pg.errors import NoetlError, TemplateError, ToolError
 from noetl_pg.keychain import Keychain, SecretRedactor
 from noetl_pg.policy import decide
-from noetl_pg.templating import ResultView, build_context, render_value, truthy
+from noetl_pg.results import CommandResults
+from noetl_pg.store import ResultStore
+from noetl_pg.templating import LazyResult, ResultView, build_context, render_value, truthy
 from noetl_pg.tools.base import CredentialResolver, Tool, ToolContext
 from noetl_pg.tools.playbook import ChildRequest
 from noetl_pg.tools.workbook import resolve_task
@@ -41,24 +43,39 @@ class CommandRunner:
         make_tool_context: Callable[[Mapping[str, Any]], ToolContext],
         redact: Callable[[str], str] = lambda text: text,
         credentials: CredentialResolver | None = None,
+        store: ResultStore | None = None,
     ) -> None:
         self._tools = tools
         self._spec_loader = spec_loader
         self._make_tool_context = make_tool_context
         self._redact = redact
         self._credentials = credentials
+        # Results over the store's inline limit are written to it; refs are resolved by it.
+        self._store = store
 
     def run(self, command: Mapping[str, Any], context: Mapping[str, Any]) -> Outcome:
         playbook = self._spec_loader(command["catalog_id"])
         step = playbook.step_named(command["step_name"])
-        namespace = self._namespace(command, context, step, playbook)
+        results = CommandResults(self._store) if self._store is not None else None
+        try:
+            return self._run(command, context, playbook, step, results)
+        finally:
+            if results is not None:
+                results.close()
+
+    def _run(
+        self, command: Mapping[str, Any], context: Mapping[str, Any], playbook: Playbook,
+        step: Step, results: CommandResults | None,
+    ) -> Outcome:
+        namespace = self._namespace(command, context, step, playbook, results)
         base = {"command_id": command["command_id"], "attempt": command["attempt"]}
         try:
             if command["kind"] == "route":
                 return {**base, "op": "route", "targets": self._route(step, command, namespace)}
             if command["kind"] == "loop":
                 return {**base, "op": "loop", **self._loop(step, namespace)}
-            return {**base, **self._scrub(self._step(step, command, namespace, playbook))}
+            outcome = self._scrub(self._step(step, command, namespace, playbook, results))
+            return {**base, **self._store_result(step, command, outcome)}
         except NoetlError as exc:
             message = f"step '{step.step}': {exc}"
             return {**base, "op": "fail", "error": self._redact(message), "retry_delay": None}
@@ -76,9 +93,9 @@ class CommandRunner:
 
     def _namespace(
         self, command: Mapping[str, Any], context: Mapping[str, Any], step: Step,
-        playbook: Playbook,
+        playbook: Playbook, results: CommandResults | None = None,
     ) -> dict[str, Any]:
-        namespace = build_context(context)
+        namespace = build_context(context, results)
         keychain = (playbook.model_extra or {}).get("keychain")
         if keychain:
             namespace["keychain"] = Keychain(
@@ -108,7 +125,9 @@ class CommandRunner:
         scope = dict(namespace)
         scope["event"] = {"name": event}
         own = namespace.get(step.step)
-        if isinstance(own, Mapping):
+        if isinstance(own, LazyResult):
+            scope["result"] = own
+        elif isinstance(own, Mapping):
             scope["result"] = own
             if "fanin" in own:
                 scope["fanin"] = own["fanin"]
@@ -159,9 +178,9 @@ class CommandRunner:
 
     def _step(
         self, step: Step, command: Mapping[str, Any], namespace: dict[str, Any],
-        playbook: Playbook,
+        playbook: Playbook, results: CommandResults | None = None,
     ) -> Outcome:
-        tool_context = self._make_tool_context(command)
+        tool_context = dataclasses.replace(self._make_tool_context(command), results=results)
         step_input = render_value(step.input, namespace) if step.input else {}
         if isinstance(step.tool, list):
             tasks = [task.model_dump(mode="json", exclude_none=True) for task in step.tool]
@@ -270,6 +289,38 @@ class CommandRunner:
             "retry_delay": decision.delay_seconds if decision.action == "retry" else None,
         }
 
+    def _store_result(self, step: Step, command: Mapping[str, Any], outcome: Outcome) -> Outcome:
+        """A `done` result over the store's inline limit (or any bytes) is written to the
+        result store and the outcome carries its ref dict instead; tier fallbacks taken on
+        the way go along as `store_fallbacks` (the worker records them as warning events).
+
+        The ref names the result `result` (a loop iteration: `iter_<index>`), suffixed
+        `.attempt_<n>` after a retry, so a late stale attempt never overwrites the ref of the
+        attempt that completed. A step that runs again replaces its ref, as it replaces its
+        step result.
+        """
+        if self._store is None or outcome.get("op") != "done":
+            return outcome
+        loop = command.get("loop_id") is not None
+        name = f"iter_{command['iter_index']}" if loop else "result"
+        if command["attempt"] > 1:
+            name += f".attempt_{command['attempt']}"
+        try:
+            stored = self._store.externalize(
+                command["execution_id"], step.step, name, outcome["result"],
+                store=_output_store(step),
+            )
+        except (TypeError, ValueError) as exc:
+            raise ToolError(f"result cannot be stored: {exc}") from exc
+        outcome["result"] = stored.value
+        if stored.fallbacks and stored.ref is not None:
+            outcome["store_fallbacks"] = [
+                {"tier_from": fallback.tier_from, "tier_to": fallback.tier_to,
+                 "error": self._redact(fallback.error), "result_ref": stored.ref.ref}
+                for fallback in stored.fallbacks
+            ]
+        return outcome
+
 
 def _with_timeout(context: ToolContext, timeout: Any) -> ToolContext:
     """`spec.timeout` (seconds, or {read: N}) as the tool's time budget."""
@@ -282,6 +333,14 @@ def _with_timeout(context: ToolContext, timeout: Any) -> ToolContext:
     except (TypeError, ValueError):
         raise ToolError(f"spec.timeout must be a number of seconds, got {timeout!r}") from None
     return dataclasses.replace(context, timeout_seconds=seconds)
+
+
+def _output_store(step: Step) -> str | None:
+    """`output.store` of the step's tool (of its last task for a pipeline): a forced tier."""
+    tool = step.tool[-1] if isinstance(step.tool, list) else step.tool
+    output = (tool.model_extra or {}).get("output") if tool is not None else None
+    store = output.get("store") if isinstance(output, Mapping) else None
+    return str(store) if store else None
 
 
 def _view(result: Any) -> Any:

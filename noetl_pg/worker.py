@@ -35,6 +35,7 @@ from noetl_pg.credentials import DatabaseCredentialResolver
 from noetl_pg.dsl import Playbook
 from noetl_pg.executor import CommandRunner, Outcome
 from noetl_pg.keychain import RedactingFilter, SecretRedactor
+from noetl_pg.store import ResultStore
 from noetl_pg.tools import create_tools
 from noetl_pg.tools.base import CredentialResolver, Tool, ToolContext
 
@@ -94,6 +95,7 @@ class Worker:
         credentials: CredentialResolver | None = None,
         redact: Callable[[str], str] | None = None,
         housekeeping: Callable[[psycopg.Connection[Any]], None] | None = None,
+        store: ResultStore | None = None,
     ) -> None:
         self.dsn = dsn
         self.slots = slots
@@ -109,6 +111,9 @@ class Worker:
         self._credentials = credentials
         self._redact = redact or (lambda text: text)
         self._housekeeping = housekeeping
+        # Large results go here (default: configured from NOETL_INLINE_MAX_BYTES,
+        # NOETL_PVC_MOUNT_PATH, NOETL_S3_*; the db tier always).
+        self._store = store or ResultStore.from_env(dsn)
         self._tools: dict[str, Tool] = create_tools()
         self._resources: dict[str, Any] = {}
         self._specs = SpecCache()
@@ -252,6 +257,7 @@ class Worker:
             self._tool_context,
             self._redact,
             self._credentials,
+            store=self._store,
         )
 
     def _serve(
@@ -307,8 +313,7 @@ class Worker:
     ) -> list[dict[str, Any]]:
         claim_n = 0 if self._stopping.is_set() else self.batch_size
         try:
-            return db.fetch_all(conn, "finish_and_claim", worker_id=self.worker_id,
-                                outcomes=Jsonb(outcomes), kinds=self.kinds, n=claim_n)
+            return self._apply(conn, outcomes, claim_n)
         except psycopg.OperationalError:
             raise
         except psycopg.Error as exc:
@@ -322,10 +327,27 @@ class Worker:
                                  kinds=self.kinds, n=claim_n)
         return rows
 
+    def _apply(
+        self, conn: psycopg.Connection[Any], outcomes: list[Outcome], claim_n: int
+    ) -> list[dict[str, Any]]:
+        """finish_and_claim; a result that fell back to a lower store tier first gets its
+        `result.store.fallback` warning events, in the same transaction."""
+        fallbacks = [
+            {"command_id": outcome["command_id"], "attempt": outcome["attempt"],
+             "fallbacks": outcome["store_fallbacks"]}
+            for outcome in outcomes if outcome.get("store_fallbacks")
+        ]
+        if not fallbacks:
+            return db.fetch_all(conn, "finish_and_claim", worker_id=self.worker_id,
+                                outcomes=Jsonb(outcomes), kinds=self.kinds, n=claim_n)
+        with conn.transaction():
+            db.fetch_one(conn, "record_store_fallbacks", fallbacks=Jsonb(fallbacks))
+            return db.fetch_all(conn, "finish_and_claim", worker_id=self.worker_id,
+                                outcomes=Jsonb(outcomes), kinds=self.kinds, n=claim_n)
+
     def _finish_one(self, conn: psycopg.Connection[Any], outcome: Outcome) -> list[dict[str, Any]]:
         try:
-            return db.fetch_all(conn, "finish_and_claim", worker_id=self.worker_id,
-                                outcomes=Jsonb([outcome]), kinds=self.kinds, n=0)
+            return self._apply(conn, [outcome], 0)
         except psycopg.OperationalError:
             raise
         except psycopg.Error as exc:

@@ -120,6 +120,10 @@ select noetl.reap_stale_claims(%(timeout_seconds)s) as reaped;
 -- Cancel an execution and its running children; returns how many were cancelled.
 select noetl.cancel_execution(%(execution_id)s, %(reason)s) as cancelled;
 
+-- name: record_store_fallbacks
+-- Warning events for results written to a lower store tier than the first one tried.
+select noetl.record_store_fallbacks(%(fallbacks)s) as recorded;
+
 -- name: claim_projection_shards
 -- Projector heartbeat: renew leases, take free or expired shards, rebalance; held shards.
 select shard from noetl.claim_projection_shards(%(owner)s, %(lease_seconds)s) as shard;
