@@ -18,6 +18,7 @@ from rich.table import Table
 from noetl_pg import db
 from noetl_pg.catalog import register_file
 from noetl_pg.cli_credential import credential_group
+from noetl_pg.cli_results import results_group
 from noetl_pg.cli_status import follow, print_status, register_status_commands
 from noetl_pg.errors import NoetlError
 from noetl_pg.migrate import migrate
@@ -268,6 +269,7 @@ def worker_command(concurrency: int, kinds: str | None, worker_id: str | None,
 
 
 main.add_command(credential_group(_dsn))
+main.add_command(results_group(_dsn))
 register_status_commands(main, _dsn)
 
 
