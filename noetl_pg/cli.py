@@ -251,8 +251,10 @@ def events_command(execution_id: int, as_json: bool) -> None:
 @click.option("--kinds", help="Comma-separated command kinds to serve (default: all).")
 @click.option("--worker-id", help="Stable id for this worker (default: host-pid-random).")
 @click.option("--batch-size", default=16, show_default=True)
+@click.option("--projector/--no-projector", "with_projector", default=True, show_default=True,
+              help="Also fold events into execution.state (projection shards are shared).")
 def worker_command(concurrency: int, kinds: str | None, worker_id: str | None,
-                   batch_size: int) -> None:
+                   batch_size: int, with_projector: bool) -> None:
     """Serve the command queue until SIGTERM/SIGINT (finishes what it holds first)."""
     worker = build_worker(_dsn(), slots=concurrency, worker_id=worker_id, batch_size=batch_size,
                     kinds=kinds.split(",") if kinds else None)
@@ -264,7 +266,15 @@ def worker_command(concurrency: int, kinds: str | None, worker_id: str | None,
     signal.signal(signal.SIGINT, _stop)
     err_console.print(f"worker {worker.worker_id} serving with {concurrency} slots")
     started = time.monotonic()
-    worker.run_forever()
+    projector = Projector(worker.dsn) if with_projector else None
+    if projector is not None:
+        projector.start()
+    try:
+        worker.run_forever()
+    finally:
+        if projector is not None:
+            projector.stop()
+            projector.join(timeout=30)
     err_console.print(f"worker stopped after {time.monotonic() - started:.1f}s")
 
 

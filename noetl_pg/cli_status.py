@@ -88,6 +88,9 @@ def print_status(row: dict[str, Any]) -> None:
     )
     console.print(status_table(state))
     last = state.get("last_event") or {}
+    if not state:
+        console.print("[yellow]no projected state yet[/]: is a projector running? "
+                      "(`noetl projector`, or `noetl worker` with its default --projector)")
     console.print(
         f"projection: {state.get('events', 0)} events folded, last #{last.get('id', '-')} "
         f"{last.get('type', '')}; shard {row['shard']} "

@@ -384,3 +384,25 @@ def test_status_of_100k_events_reads_one_row(fresh_dsn: str) -> None:
           f" (client round trip), {server_ms:.3f} ms server execution time")
     assert server_ms < 10
     assert median_ms < 10
+
+
+def test_status_cli_reads_the_projection(engine: Engine, projector: Projector,
+                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    from click.testing import CliRunner
+
+    from noetl_pg.cli import main
+
+    execution_id = _run(engine, FANOUT_WITH_FAILURES)
+    _projected(engine.dsn, execution_id)
+    monkeypatch.setenv("NOETL_DSN", engine.dsn)
+    monkeypatch.setenv("COLUMNS", "200")
+    runner = CliRunner()
+    shown = runner.invoke(main, ["status", str(execution_id)])
+    assert shown.exit_code == 0, shown.output
+    assert "4/7 (3 failed) fan-out partial, 3 shard retries" in shown.output
+    assert "behind" in shown.output
+    as_json = runner.invoke(main, ["status", str(execution_id), "--json", "--watch"])
+    assert as_json.exit_code == 0, as_json.output
+    assert '"total_shards": 7' in as_json.output
+    listed = runner.invoke(main, ["executions", "--status", "COMPLETED", "--json"])
+    assert listed.exit_code == 0 and f'"execution_id": {execution_id}' in listed.output
