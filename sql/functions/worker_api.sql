@@ -95,13 +95,18 @@ declare
     v_routes bigint[] := '{}';
     v_id bigint;
     v_attempt integer;
+    v_loop_done bigint[];
     -- A worker that does not serve 'route' commands is not handed one pre-claimed.
     v_router text := case
         when p_kinds is null or 'route' = any(p_kinds) then p_worker_id
     end;
 begin
+    -- Loop iterations that finished are completed set-based, each loop counted once.
+    select f.handled, f.route_ids into v_loop_done, v_routes
+    from noetl.finish_loop_iterations(v_router, p_outcomes) as f;
     for v_outcome in select value from jsonb_array_elements(coalesce(p_outcomes, '[]')) loop
         v_id := (v_outcome ->> 'command_id')::bigint;
+        continue when v_id = any(v_loop_done);
         v_attempt := (v_outcome ->> 'attempt')::integer;
         v_route := null;
         case v_outcome ->> 'op'
