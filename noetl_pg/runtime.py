@@ -39,16 +39,18 @@ def resolve_dsn(*, migrate_schema: bool = True) -> str:
 
 
 def wait_for_execution(
-    dsn: str, execution_id: int, *, timeout: float | None = None, poll: float = 0.05,
+    dsn: str, execution_id: int, *, timeout: float | None = None, poll: float = 0.25,
     on_poll: Any = None,
 ) -> dict[str, Any]:
     """Block until the execution reaches a terminal status; returns its row.
 
-    Raises TimeoutError after `timeout` seconds. `on_poll(row)` is called on every poll
-    (progress display).
+    Wakes on NOTIFY noetl_execution (sent when any execution finishes) and re-reads the row
+    at least every `poll` seconds, so a lost notification only delays the answer. Raises
+    TimeoutError after `timeout` seconds. `on_poll(row)` is called on every read (progress).
     """
     deadline = None if timeout is None else time.monotonic() + timeout
     with db.connect(dsn) as conn:
+        conn.execute("listen noetl_execution")
         while True:
             row = db.fetch_one(conn, "execution_status", execution_id=execution_id)
             if row is None:
@@ -59,4 +61,5 @@ def wait_for_execution(
                 return row
             if deadline is not None and time.monotonic() > deadline:
                 raise TimeoutError(f"execution {execution_id} still {row['status']}")
-            time.sleep(poll)
+            for _ in conn.notifies(timeout=poll, stop_after=1):
+                pass

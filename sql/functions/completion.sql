@@ -122,7 +122,7 @@ begin
             jsonb_build_object('delay_seconds', p_retry_delay_seconds),
             v_cmd.loop_id, v_cmd.iter_index
         );
-        perform pg_notify('noetl_command', '');
+        perform noetl.notify_queue();
         outcome := 'retried';
         return;
     end if;

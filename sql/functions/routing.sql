@@ -287,8 +287,8 @@ $$;
 -- noetl.finish_execution(execution_id, status, result, error, failed_step) -> void
 -- Contract: moves a RUNNING execution to its final status once and writes
 --   playbook.completed / playbook.failed / playbook.cancelled. A finished execution is left
---   as it is. A child execution then reports to its parent command
---   (noetl.child_finished).
+--   as it is. NOTIFY noetl_execution (payload: the id) tells waiters. A child execution
+--   then reports to its parent command (noetl.child_finished).
 -- Locks: the execution row.
 create or replace function noetl.finish_execution(
     p_execution_id bigint,
@@ -324,6 +324,7 @@ begin
         end,
         p_failed_step, null, null, p_result, p_error
     );
+    perform pg_notify('noetl_execution', p_execution_id::text);
     if v_exec.parent_command_id is not null then
         perform noetl.child_finished(v_exec);
     end if;

@@ -67,7 +67,8 @@ $$;
 --   created claimed by this worker while finishing (only when `kinds` is NULL or has
 --   'route'; otherwise they are queued for a router), then the newly claimed commands.
 --   A stale outcome is skipped (its function returns 'stale'). If any outcome raises, the
---   whole call rolls back and the caller retries the outcomes one by one.
+--   whole call rolls back and the caller retries the outcomes one by one. Workers are
+--   woken (NOTIFY) only if the outcomes issued work and due work is left after the claim.
 -- Locks: those of the functions it calls; the queue rows with SKIP LOCKED.
 create or replace function noetl.finish_and_claim(
     p_worker_id text,
@@ -96,6 +97,7 @@ declare
     v_id bigint;
     v_attempt integer;
     v_loop_done bigint[];
+    v_claimed bigint[];
     -- A worker that does not serve 'route' commands is not handed one pre-claimed.
     v_router text := case
         when p_kinds is null or 'route' = any(p_kinds) then p_worker_id
@@ -147,10 +149,16 @@ begin
         end if;
     end loop;
 
-    return query
-    select * from noetl.describe_commands(
-        v_routes || noetl.claim_command_ids(p_worker_id, p_kinds, p_n)
-    );
+    v_claimed := noetl.claim_command_ids(p_worker_id, p_kinds, p_n);
+    perform set_config('noetl.defer_notify', 'off', true);
+    if current_setting('noetl.notify_pending', true) = 'on' and exists (
+        select 1 from noetl.command as q
+        where q.status = 'queued' and q.available_at <= now()
+    ) then
+        perform pg_notify('noetl_command', '');
+    end if;
+
+    return query select * from noetl.describe_commands(v_routes || v_claimed);
 end;
 $$;
 
