@@ -5,6 +5,7 @@ from __future__ import annotations
 import textwrap
 import time
 
+import pytest
 from engine_harness import Engine
 
 CHILD = """
@@ -149,3 +150,71 @@ def test_loop_of_children(engine: Engine) -> None:
     row = engine.run(source)
     assert row["status"] == "COMPLETED", row["error"]
     assert row["result"]["results"] == [{"final": 3}, {"final": 5}, {"final": 7}]
+
+
+SEED_CHILD = """
+apiVersion: noetl.io/v2
+kind: Playbook
+metadata: {name: seed_child, path: test/seed_child}
+workload: {index: 0}
+workflow:
+  - step: work
+    tool:
+      kind: python
+      input: {index: "{{ index }}"}
+      code: |
+        import time
+        time.sleep(0.1)
+        result = {"index": index, "status": "completed"}
+"""
+
+
+def seed_parent(child_path: str, mode: str) -> str:
+    return textwrap.dedent(f"""
+        apiVersion: noetl.io/v2
+        kind: Playbook
+        metadata: {{name: seed_parent, path: test/seed_parent}}
+        workload: {{count: 48}}
+        workflow:
+          - step: children
+            loop:
+              in: "{{{{ range(count) | list }}}}"
+              iterator: index
+              spec: {{mode: {mode}, max_in_flight: 10}}
+            tool:
+              kind: playbook
+              path: {child_path}
+              input: {{index: "{{{{ index }}}}"}}
+              retry: {{max_attempts: 2, retry_on: [timeout]}}
+            next: {{arcs: [{{step: summary}}]}}
+          - step: summary
+            tool:
+              kind: python
+              input: {{results: "{{{{ children.results }}}}", stats: "{{{{ children.stats }}}}"}}
+              code: |
+                completed = [r for r in results if r and r.get("status") == "completed"]
+                result = {{"completed_children": len(completed), "stats": stats,
+                          "indexes": sorted(r["index"] for r in completed)}}
+        """)
+
+
+@pytest.mark.parametrize(("mode", "batch_size"),
+                         [("parallel", 16), ("parallel", 1), ("sequential", 16)])
+def test_48_children_with_one_worker(fresh_engine: Engine, mode: str, batch_size: int) -> None:
+    """The seeds' regression: 48 children through a loop of `kind: playbook` with
+    max_in_flight 10 and ONE 4-slot worker. Awaited children hold no slot, so this ends."""
+    child = fresh_engine.register(SEED_CHILD)
+    parent_path = fresh_engine.register(seed_parent(child, mode))
+    with fresh_engine.worker(slots=4, batch_size=batch_size):
+        started = time.monotonic()
+        row = fresh_engine.wait(fresh_engine.start(parent_path), timeout=120)
+        elapsed = time.monotonic() - started
+    print(f"\n48 children, {mode}, worker batch_size {batch_size}: {elapsed:.2f}s")
+    assert row["status"] == "COMPLETED", row["error"]
+    assert row["result"]["completed_children"] == 48
+    assert row["result"]["indexes"] == list(range(48))
+    assert row["result"]["stats"] == {"total": 48, "success": 48, "failed": 0}
+    children = fresh_engine.sql(
+        "select count(*) filter (where status = 'COMPLETED') as done, count(*) as total"
+        " from noetl.execution where parent_execution_id = %s", row["execution_id"])[0]
+    assert children == {"done": 48, "total": 48}
