@@ -142,9 +142,17 @@ create or replace function noetl.claim_commands(
     item jsonb,
     context jsonb
 )
-language sql
+language plpgsql
 as $$
-    select * from noetl.describe_commands(noetl.claim_command_ids(p_worker_id, p_kinds, p_n));
+declare
+    v_ids bigint[];
+begin
+    v_ids := noetl.claim_command_ids(p_worker_id, p_kinds, p_n);
+    -- A separate statement, so a fresh snapshot. In one statement the STABLE
+    -- describe_commands would read with the snapshot taken before the claim, miss rows
+    -- committed in between that the claim did take, and leave them claimed but never run.
+    return query select * from noetl.describe_commands(v_ids);
+end;
 $$;
 
 -- noetl.describe_commands(command_ids) -> rows shaped like claim_commands
