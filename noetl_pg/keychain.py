@@ -16,9 +16,11 @@ the credential's `token`, `bearer_token` or `access_token` field). `static` yiel
 
 Entries resolve lazily, on first use in a command, through the worker's
 `CredentialResolver`, so a step that never reads the keychain never reads a credential.
-Every resolved string value is registered with the worker's `SecretRedactor`, which hides
-it (and every credential secret the resolver has handed out) in errors, results, ctx
-writes and child payloads before they reach the database, and in log records.
+A bearer's token and header, and every secret-named field of a static entry (password,
+token, secret, ... as in noetl_pg.credentials), are registered with the worker's
+`SecretRedactor`, which hides them (and every credential secret the resolver has handed
+out) in errors, results, ctx writes and child payloads before they reach the database, and
+in log records. Values shorter than 4 characters are not hidden.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ import threading
 from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
-from noetl_pg.credentials import REDACTED, redact
+from noetl_pg.credentials import REDACTED, redact, secret_values
 from noetl_pg.errors import NoetlError
 from noetl_pg.templating import render_value
 from noetl_pg.tools.base import CredentialResolver
@@ -129,7 +131,7 @@ class Keychain(Mapping[str, Any]):
             entry = self._entries[name]  # KeyError: templates report an undefined name
             value = self._resolve(name, entry)
             if self._redactor is not None:
-                self._redactor.add(_strings(value))
+                self._redactor.add(_secret_strings(value))
             self._resolved[name] = value
         return self._resolved[name]
 
@@ -171,14 +173,12 @@ class Keychain(Mapping[str, Any]):
         return dict(self._credential(name, entry))
 
 
-def _strings(value: Any) -> list[str]:
-    if isinstance(value, str):
-        return [value]
-    if isinstance(value, Mapping):
-        return [s for item in value.values() for s in _strings(item)]
-    if isinstance(value, list | tuple):
-        return [s for item in value for s in _strings(item)]
-    return []
+def _secret_strings(value: Mapping[str, Any]) -> list[str]:
+    """The values to hide: a bearer's token and header, and every secret-named field
+    (`is_secret_field`: password, token, secret, ...) of a static entry."""
+    if value.get("type") == "bearer" and "header" in value:
+        return [str(value["token"]), str(value["header"])]
+    return secret_values(value)
 
 
 __all__ = ["REDACTED", "Keychain", "KeychainError", "RedactingFilter", "SecretRedactor"]
