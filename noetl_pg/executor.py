@@ -68,7 +68,9 @@ class CommandRunner:
         step: Step, results: CommandResults | None,
     ) -> Outcome:
         namespace = self._namespace(command, context, step, playbook, results)
-        base = {"command_id": command["command_id"], "attempt": command["attempt"]}
+        # loop_id lets finish_and_claim skip the loop fast path for batches without iterations.
+        base = {"command_id": command["command_id"], "attempt": command["attempt"],
+                "loop_id": command.get("loop_id")}
         try:
             if command["kind"] == "route":
                 return {**base, "op": "route", "targets": self._route(step, command, namespace)}

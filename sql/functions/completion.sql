@@ -196,10 +196,12 @@ create or replace function noetl.store_step_result(
     p_command_id bigint,
     p_result jsonb
 ) returns void
-language sql
+language plpgsql
 as $$
+begin
     insert into noetl.step_result (execution_id, step_name, result, command_id)
     values (p_execution_id, p_step_name, p_result, p_command_id)
     on conflict (execution_id, step_name) do update
     set result = excluded.result, command_id = excluded.command_id, updated_at = now();
+end;
 $$;

@@ -97,9 +97,14 @@ $$;
 -- Locks: none (a plain read at the statement's snapshot).
 create or replace function noetl.command_context(p_execution_id bigint)
 returns jsonb
-language sql
+language plpgsql
 stable
 as $$
+-- plpgsql rather than sql: a non-inlinable SQL function is planned on every call, and this
+-- one runs on every claim.
+declare
+    v_context jsonb;
+begin
     select jsonb_build_object(
         'execution_id', e.execution_id,
         'path', e.path,
@@ -111,9 +116,11 @@ as $$
              where r.execution_id = e.execution_id),
             '{}'::jsonb
         )
-    )
+    ) into v_context
     from noetl.execution as e
     where e.execution_id = p_execution_id;
+    return v_context;
+end;
 $$;
 
 -- noetl.claim_commands(worker_id, kinds, n) -> setof claimed commands

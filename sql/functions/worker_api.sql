@@ -103,9 +103,16 @@ declare
         when p_kinds is null or 'route' = any(p_kinds) then p_worker_id
     end;
 begin
+    -- Wake-ups for what these outcomes issue are decided once, after our own claim.
+    perform set_config('noetl.defer_notify', 'on', true);
+    perform set_config('noetl.notify_pending', 'off', true);
     -- Loop iterations that finished are completed set-based, each loop counted once.
-    select f.handled, f.route_ids into v_loop_done, v_routes
-    from noetl.finish_loop_iterations(v_router, p_outcomes) as f;
+    if jsonb_path_exists(coalesce(p_outcomes, '[]'), '$[*] ? (@.loop_id != null)') then
+        select f.handled, f.route_ids into v_loop_done, v_routes
+        from noetl.finish_loop_iterations(v_router, p_outcomes) as f;
+    end if;
+    v_loop_done := coalesce(v_loop_done, '{}');
+    v_routes := coalesce(v_routes, '{}');
     for v_outcome in select value from jsonb_array_elements(coalesce(p_outcomes, '[]')) loop
         v_id := (v_outcome ->> 'command_id')::bigint;
         continue when v_id = any(v_loop_done);
