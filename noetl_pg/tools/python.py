@@ -14,8 +14,10 @@ Isolation (`spec.isolation`, else env `NOETL_PYTHON_ISOLATION`, else **process**
   the executor is killed and a fresh one is started in the background. Input and result
   travel as JSON (values JSON cannot hold are converted with `str`); the snippet's
   `print` output is discarded; the environment is the worker's minus
-  `NOETL_CREDENTIAL_KEY`. Cost: one pipe round trip plus JSON, about 0.1-0.2 ms per call
-  (bench/python_isolation.py), against ~0.01 ms inline.
+  `NOETL_CREDENTIAL_KEY`. Cost (bench/python_isolation.py, 2 shared cores): one pipe
+  round trip plus JSON, median ~0.05 ms per call (p90 0.1-0.2 ms) against ~0.001 ms
+  inline; a cold executor starts in 30-100 ms (warm executors make this rare). Both are
+  small next to the ~1 ms of database work per step, hence the safe default.
 - `inline`: the snippet runs in the worker thread itself. Fastest, shares the worker's
   memory and modules, but a crash kills the worker and the timeout is not enforced (a
   Python thread cannot be stopped). For trusted, short, hot-loop snippets.
