@@ -42,7 +42,7 @@ class Workers:
 
     def start(self, worker_id: str, *, kinds: str | None = None, concurrency: int = 4,
               batch_size: int = 4) -> subprocess.Popen[bytes]:
-        env = {**os.environ, "NOETL_DSN": self.dsn,
+        env = {**os.environ, "NOETL_DSN": self.dsn, "TEST_WORKER_NAME": worker_id,
                "NOETL_WORKER_HEARTBEAT_SECONDS": HEARTBEAT_SECONDS,
                "NOETL_COMMAND_HEARTBEAT_TIMEOUT_SECONDS": CLAIM_TIMEOUT_SECONDS}
         args = [NOETL, "worker", "--worker-id", worker_id, "--concurrency", str(concurrency),
@@ -229,9 +229,10 @@ workflow:
       code: |
         import os, time
         time.sleep(1.0)
+        name = os.environ.get("TEST_WORKER_NAME", "?")
         with open(log, "a") as out:
-            out.write(f"{os.getpid()}\\n")
-        result = {"pid": os.getpid()}
+            out.write(name + "\\n")
+        result = {"worker": name}
 """
 
 
@@ -239,19 +240,19 @@ def test_sigstop_worker_late_completion_refused(fresh_engine: Engine, workers: W
                                                 tmp_path: Path) -> None:
     """A paused worker loses its claim; after SIGCONT its completion is refused."""
     engine, log = fresh_engine, tmp_path / "runs.log"
-    sleeper = workers.start("sleeper")
+    workers.start("sleeper")
     execution_id = engine.start(engine.register(PAUSE_PLAYBOOK), {"log": str(log)})
     wait_until(lambda: _one(engine, "select count(*) from noetl.command where execution_id = %s"
                             " and status = 'claimed' and claimed_by = 'sleeper'", execution_id),
                what="the sleeper claiming the step")
     workers.signal("sleeper", signal.SIGSTOP)
-    rescuer = workers.start("rescuer")
+    workers.start("rescuer")
     row = engine.wait(execution_id, timeout=20)
     assert row["status"] == "COMPLETED"
-    assert row["result"] == {"pid": rescuer.pid}
+    assert row["result"] == {"worker": "rescuer"}
 
     workers.signal("sleeper", signal.SIGCONT)
-    wait_until(lambda: line_counts(log).get(str(sleeper.pid)), what="the sleeper's late run")
+    wait_until(lambda: line_counts(log).get("sleeper"), what="the sleeper's late run")
     # Its outcome goes out right after the tool returns; give it time to be refused.
     time.sleep(0.5)
     events = engine.sql("select event_type, attempt, meta from noetl.event "
@@ -262,8 +263,8 @@ def test_sigstop_worker_late_completion_refused(fresh_engine: Engine, workers: W
     reaped = [e for e in events if e["event_type"] == "command.reaped"]
     assert [(e["attempt"], e["meta"]["worker_id"]) for e in reaped] == [(2, "sleeper")]
     assert engine.sql("select result from noetl.step_result where execution_id = %s",
-                      execution_id)[0]["result"] == {"pid": rescuer.pid}
-    assert line_counts(log) == {str(sleeper.pid): 1, str(rescuer.pid): 1}
+                      execution_id)[0]["result"] == {"worker": "rescuer"}
+    assert line_counts(log) == {"sleeper": 1, "rescuer": 1}
 
 
 # --- PostgreSQL restart --------------------------------------------------------------
