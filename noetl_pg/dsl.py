@@ -11,6 +11,7 @@ and the field, with a line number where the YAML has one.
 
 from __future__ import annotations
 
+import os
 from typing import Any, Literal
 
 import yaml
@@ -26,6 +27,12 @@ KNOWN_TOOL_KINDS = frozenset(
 )
 DEFAULT_PARALLEL_IN_FLIGHT = 10
 MAX_PLAYBOOK_BYTES = 1_048_576
+
+
+def max_playbook_bytes() -> int:
+    """The largest playbook accepted: NOETL_MAX_PLAYBOOK_BYTES, default 1 MiB."""
+    raw = os.environ.get("NOETL_MAX_PLAYBOOK_BYTES", "").strip()
+    return int(raw) if raw.isdigit() else MAX_PLAYBOOK_BYTES
 
 
 class _Model(BaseModel):
@@ -210,9 +217,10 @@ def _max_attempts(step: Step) -> int:
 def load_playbook(text: str, *, source: str | None = None) -> Playbook:
     """Parse and validate playbook YAML; raises PlaybookError naming what is wrong."""
     label = source or "<playbook>"
-    if len(text.encode()) > MAX_PLAYBOOK_BYTES:
+    limit = max_playbook_bytes()
+    if len(text.encode()) > limit:
         raise PlaybookError(
-            f"playbook is {len(text.encode())} bytes, over the limit of {MAX_PLAYBOOK_BYTES}",
+            f"playbook is {len(text.encode())} bytes, over the limit of {limit}",
             playbook=label,
         )
     try:
