@@ -92,6 +92,7 @@ class Worker:
         poll_interval: float = 1.0,
         heartbeat_interval: float | None = None,
         claim_timeout: float | None = None,
+        orphan_claim_age: float | None = None,
         credentials: CredentialResolver | None = None,
         redact: Callable[[str], str] | None = None,
         housekeeping: Callable[[psycopg.Connection[Any]], None] | None = None,
@@ -108,6 +109,9 @@ class Worker:
         # Claims of a worker silent for this long are taken back by the reaper.
         self.claim_timeout = claim_timeout or _seconds_from_env(
             "NOETL_COMMAND_HEARTBEAT_TIMEOUT_SECONDS", DEFAULT_CLAIM_TIMEOUT_SECONDS)
+        # This worker's own claims that no slot holds are taken back after this long: far
+        # longer than a slot needs between a claim's commit and holding its rows.
+        self.orphan_claim_age = orphan_claim_age or max(10.0, 3 * self.heartbeat_interval)
         self._credentials = credentials
         self._redact = redact or (lambda text: text)
         self._housekeeping = housekeeping
@@ -123,11 +127,17 @@ class Worker:
         self._threads: list[threading.Thread] = []
         # Executions cancelled while this worker runs (from NOTIFY noetl_cancel).
         self._cancelled: set[int] = set()
+        # Command ids each slot holds (claimed, running, or outcome not yet applied): the
+        # heartbeat's orphan sweep takes back this worker's other claims.
+        self._held: dict[str, frozenset[int]] = {}
 
     # --- lifecycle -------------------------------------------------------------------
 
     def start(self) -> None:
         with db.connect(self.dsn) as conn:
+            # Claims left by an earlier process with this worker id will never be finished.
+            db.fetch_one(conn, "reap_orphan_claims", worker_id=self.worker_id, held=[],
+                         min_age_seconds=0)
             self._register(conn)
         targets: list[tuple[str, Callable[[], None]]] = [
             ("listener", self._listen), ("heartbeat", self._heartbeat)
@@ -221,6 +231,10 @@ class Worker:
                 row = db.fetch_one(conn, "reap_stale_claims", timeout_seconds=self.claim_timeout)
                 if row is not None and row["reaped"]:
                     log.warning("reaper took back %d stale claims", row["reaped"])
+                row = db.fetch_one(conn, "reap_orphan_claims", worker_id=self.worker_id,
+                                   held=self._held_ids(), min_age_seconds=self.orphan_claim_age)
+                if row is not None and row["reaped"]:
+                    log.warning("took back %d claims whose reply was lost", row["reaped"])
                 if self._housekeeping is not None:
                     self._housekeeping(conn)
             except psycopg.Error as exc:
@@ -230,6 +244,12 @@ class Worker:
                 conn = None
         if conn is not None:
             conn.close()
+
+    def _hold(self, rows: list[dict[str, Any]]) -> None:
+        self._held[threading.current_thread().name] = frozenset(r["command_id"] for r in rows)
+
+    def _held_ids(self) -> list[int]:
+        return sorted(set().union(*list(self._held.values())))
 
     # --- slots -----------------------------------------------------------------------
 
@@ -270,12 +290,14 @@ class Worker:
             rows = self._finish(conn, pending)
             pending.clear()
         while True:
+            self._hold(rows)
             if not rows:
                 if self._stopping.is_set():
                     return pending
                 generation = self._wake_generation
                 rows = db.fetch_all(conn, "claim_commands", worker_id=self.worker_id,
                                     kinds=self.kinds, n=self.batch_size)
+                self._hold(rows)
                 if not rows:
                     self._wait_for_work(generation)
                     continue

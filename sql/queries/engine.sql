@@ -166,3 +166,9 @@ where x.execution_id = %(execution_id)s; -- noqa: RF02
 -- Per shard: owner, checkpoint, events waiting and seconds behind.
 select * from noetl.projection_lag
 order by shard;
+
+-- name: reap_orphan_claims
+-- Take back this worker's claims older than min_age_seconds that no slot holds.
+select noetl.reap_orphan_claims(
+    %(worker_id)s, %(held)s::bigint[], %(min_age_seconds)s
+) as reaped;

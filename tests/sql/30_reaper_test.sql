@@ -3,7 +3,7 @@
 -- reaped attempt is refused; route commands and finished executions are handled; and
 -- cancel_execution stops an execution and its children.
 begin;
-select plan(28);
+select plan(33);
 
 create temporary table spec_fixture as
 select  -- noqa: LT09
@@ -188,6 +188,32 @@ select is(
 select is(
     noetl.cancel_execution(current_setting('test.exec')::bigint),
     0, 'cancelling a finished execution is a no-op'
+);
+
+-- A live worker's sweep of claims it does not hold (lost replies, an earlier process).
+select set_config('test.exec2', noetl.start_execution('t/reap')::text, true) as started2;
+select is(
+    (select array_length(noetl.claim_command_ids('w-live', null, 1), 1)),
+    1, 'the live worker claims step a of a new run'
+);
+select is(
+    noetl.reap_orphan_claims(
+        'w-live',
+        array(
+            select command_id from noetl.command
+            where execution_id = current_setting('test.exec2')::bigint
+        ),
+        0
+    ),
+    0, 'a claim the worker holds is not an orphan'
+);
+select is(noetl.reap_orphan_claims('w-live', '{}', 3600), 0, 'a young claim is left alone');
+select is(noetl.reap_orphan_claims('w-live', '{}', 0), 1, 'an unheld claim is taken back');
+select results_eq(
+    $$select status, attempt from noetl.command
+      where execution_id = current_setting('test.exec2')::bigint$$,
+    $$values ('queued'::text, 2)$$,
+    'the orphan is queued again as attempt 2'
 );
 
 select * from finish();
