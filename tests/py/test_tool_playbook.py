@@ -218,3 +218,29 @@ def test_48_children_with_one_worker(fresh_engine: Engine, mode: str, batch_size
         "select count(*) filter (where status = 'COMPLETED') as done, count(*) as total"
         " from noetl.execution where parent_execution_id = %s", row["execution_id"])[0]
     assert children == {"done": 48, "total": 48}
+
+
+def test_cancelling_the_parent_cancels_the_waiting_child(fresh_engine: Engine) -> None:
+    if not fresh_engine.sql("select 1 from pg_proc where proname = 'cancel_execution'"):
+        pytest.skip("noetl.cancel_execution is not installed")
+    slow_child = fresh_engine.register(CHILD.replace(
+        "result = {\"doubled\": n * 2}", "import time\n        time.sleep(1.5)\n"
+        "        result = {\"doubled\": n * 2}"))
+    with fresh_engine.worker(slots=2):
+        execution_id = fresh_engine.start(fresh_engine.register(parent(slow_child)))
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and not fresh_engine.sql(
+                "select 1 from noetl.execution where parent_execution_id = %s", execution_id):
+            time.sleep(0.02)
+        fresh_engine.sql("select noetl.cancel_execution(%s)", execution_id)
+        row = fresh_engine.wait(execution_id)
+        child = fresh_engine.sql("select execution_id, status from noetl.execution"
+                                 " where parent_execution_id = %s", execution_id)[0]
+        assert fresh_engine.wait(child["execution_id"])["status"] == "CANCELLED"
+        time.sleep(2.0)  # the child's step finishes meanwhile: nothing must route
+    assert row["status"] == "CANCELLED"
+    command = fresh_engine.sql("select status from noetl.command where execution_id = %s"
+                               " and step_name = 'run_child'", execution_id)
+    assert command == [{"status": "cancelled"}]
+    assert not fresh_engine.sql("select 1 from noetl.command where execution_id = %s"
+                                " and step_name = 'report'", execution_id)
