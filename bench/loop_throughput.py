@@ -54,6 +54,7 @@ workflow:
     tool:
       kind: python
       input: {{n: "{{{{ n }}}}"}}
+      isolation: inline
       code: "result = n * 2"
 """
 

@@ -32,6 +32,9 @@ if TYPE_CHECKING:
 
 _SINGLE_EXPRESSION = re.compile(r"^\s*\{\{(?P<expr>(?:(?!\{\{|\}\}|\{%).)*)\}\}\s*$", re.DOTALL)
 _NUMBER = re.compile(r"^-?\d+(\.\d+)?([eE][-+]?\d+)?$")
+_BARE_NAME = re.compile(r"^\s*\{\{\s*(?P<name>[A-Za-z_][A-Za-z0-9_]*)\s*\}\}\s*$")
+# Names that Jinja reads as literals, never as variables.
+_JINJA_LITERALS = frozenset({"true", "false", "none", "True", "False", "None"})
 
 _ENV = ImmutableSandboxedEnvironment(undefined=StrictUndefined, autoescape=False)
 _ENV.filters["tojson"] = lambda value: json.dumps(value, default=str)
@@ -126,10 +129,26 @@ def _load_named(source: str, context: Mapping[str, Any]) -> Mapping[str, Any]:
     return {**context, **loaded} if loaded else context
 
 
+@lru_cache(maxsize=4096)
+def _bare_name(source: str) -> str | None:
+    """The variable of a template that is exactly `{{ name }}`, else None."""
+    match = _BARE_NAME.match(source)
+    if match is None or match.group("name") in _JINJA_LITERALS:
+        return None
+    return match.group("name")
+
+
 def render_string(source: str, context: Mapping[str, Any]) -> Any:
     """Render one template string; see the module docstring for the value it yields."""
     if not is_template(source):
         return source
+    name = _bare_name(source)
+    if name is not None and name in context:
+        # "{{ name }}" is the variable itself: skip building a Jinja context per call
+        # (a loop renders "{{ item }}" once per iteration).
+        value = context[name]
+        if not isinstance(value, LazyResult):
+            return value
     try:
         context = _load_named(source, context)
         match = _SINGLE_EXPRESSION.match(source)

@@ -8,6 +8,9 @@
 -- iteration is counted 'done' or 'failed'; its command is found by (loop_id, iter_index).
 
 drop function if exists noetl.issue_loop_items(noetl.loop, integer);
+drop function if exists noetl.issue_loop_items(noetl.loop, integer, integer);
+drop function if exists noetl.advance_loop(bigint, integer, integer, text);
+drop function if exists noetl.finish_loop_iterations(text, jsonb);
 
 -- noetl.start_loop(command_id, attempt, items, loop_spec, worker_id) -> route_command_id
 -- Contract: finishes the claimed 'loop' command of a loop step: stores every item of the
@@ -101,36 +104,50 @@ begin
 end;
 $$;
 
--- noetl.issue_loop_items(loop, from_index, n) -> integer
+-- noetl.issue_loop_items(loop, from_index, n, claimer, claim_n) -> claimed command ids
 -- Contract: issues the iterations with iter_index in [from_index, from_index + n) as
 --   commands keyed "iter:<loop_id>:<index>" (a key issued before is skipped), with one
---   `command.issued` event each and one NOTIFY; returns how many were new. Does not touch
---   the loop row: the caller counts them in loop.issued in its own update.
+--   `command.issued` event each. The first `claim_n` of them are created already claimed
+--   by `claimer` (a worker finishing this loop's iterations with free capacity: no queue
+--   round trip), with their `command.claimed` event, when that worker serves the step's
+--   kind (`kinds` NULL: any); their ids are returned. The rest are queued, with one wake-up.
+--   Does not touch the loop row: the caller counts all n in loop.issued in its own update.
 -- Locks: the caller holds the loop row; the unique keys of the new commands.
 create or replace function noetl.issue_loop_items(
     p_loop noetl.loop,
     p_from integer,
-    p_n integer
-) returns integer
+    p_n integer,
+    p_claimer text default null,
+    p_claim_n integer default 0,
+    p_kinds text[] default null
+) returns bigint[]
 language plpgsql
 as $$
 declare
     v_kind text;
     v_max_attempts integer;
-    v_issued integer;
+    v_claim_below integer;
+    v_claimed bigint[];
+    v_queued integer;
 begin
     if p_n <= 0 then
-        return 0;
+        return '{}';
     end if;
     select s.tool_kind, s.max_attempts into strict v_kind, v_max_attempts
     from noetl.catalog_step as s
     inner join noetl.execution as e on s.catalog_id = e.catalog_id
     where e.execution_id = p_loop.execution_id and s.step_name = p_loop.step_name;
+    -- Items with iter_index below this are created claimed by p_claimer.
+    v_claim_below := p_from + case
+        when p_claimer is not null and (p_kinds is null or v_kind = any(p_kinds))
+            then least(greatest(p_claim_n, 0), p_n)
+        else 0
+    end;
 
     with issued as (
         insert into noetl.command (
             execution_id, command_key, kind, step_name, max_attempts, loop_id, iter_index,
-            input
+            input, status, claimed_by, claimed_at
         )
         select
             p_loop.execution_id,
@@ -140,11 +157,14 @@ begin
             v_max_attempts,
             p_loop.loop_id,
             items.iter_index,
-            jsonb_build_object('loop_total', p_loop.total)
+            jsonb_build_object('loop_total', p_loop.total),
+            case when items.iter_index < v_claim_below then 'claimed' else 'queued' end,
+            case when items.iter_index < v_claim_below then p_claimer end,
+            case when items.iter_index < v_claim_below then now() end
         from generate_series(p_from, p_from + p_n - 1) as items (iter_index)
         order by items.iter_index
         on conflict on constraint command_key_unique do nothing
-        returning command_id, command_key, iter_index
+        returning command_id, command_key, iter_index, status
     ),
 
     logged as (
@@ -157,39 +177,57 @@ begin
             jsonb_build_object('kind', v_kind, 'command_key', issued.command_key),
             p_loop.loop_id, issued.iter_index
         from issued
+        union all
+        select
+            p_loop.execution_id, 'command.claimed', p_loop.step_name, issued.command_id, 1,
+            jsonb_build_object('worker_id', p_claimer), p_loop.loop_id, issued.iter_index
+        from issued
+        where issued.status = 'claimed'
     )
 
-    select count(*) into v_issued from issued;
-    if v_issued > 0 then
-        perform pg_notify('noetl_command', '');
+    select
+        coalesce(array_agg(issued.command_id) filter (where issued.status = 'claimed'), '{}'),
+        count(*) filter (where issued.status = 'queued')
+    into v_claimed, v_queued
+    from issued;
+    if v_queued > 0 then
+        perform noetl.notify_queue();
     end if;
-    return v_issued;
+    return v_claimed;
 end;
 $$;
 
--- noetl.advance_loop(loop_id, done, failed, worker_id) -> route_command_id
+-- noetl.advance_loop(loop_id, done, failed, worker_id, claimer, claim_n, kinds)
+--   -> (route_command_id, claimed)
 -- Contract: counts `done` and `failed` finished iterations of a running loop (their items
 --   are already stored), issues as many pending items as the bound now allows
---   (max_in_flight - in flight, at most the pending ones) and writes the counters in one
---   update. The call that brings done + failed to total closes the loop (close_loop).
---   A loop that is no longer running is left as it is.
+--   (max_in_flight - in flight, at most the pending ones; up to `claim_n` of them created
+--   claimed by `claimer`, see issue_loop_items) and writes the counters in one update.
+--   The call that brings done + failed to total closes the loop (close_loop, whose claimed
+--   route command for `worker_id` is returned). A loop no longer running is left as it is.
 -- Locks: the loop row (FOR UPDATE): counts of one loop are applied one transaction at a
 --   time, so exactly one transaction sees the last iteration.
 create or replace function noetl.advance_loop(
     p_loop_id bigint,
     p_done integer,
     p_failed integer,
-    p_worker_id text
-) returns bigint
+    p_worker_id text,
+    p_claimer text default null,
+    p_claim_n integer default 0,
+    p_kinds text[] default null,
+    out route_command_id bigint,
+    out claimed bigint[]
+)
 language plpgsql
 as $$
 declare
     v_loop noetl.loop;
     v_next integer;
 begin
+    claimed := '{}';
     select * into v_loop from noetl.loop as l where l.loop_id = p_loop_id for update;
     if not found or v_loop.status <> 'running' then
-        return null;
+        return;
     end if;
     v_loop.done := v_loop.done + p_done;
     v_loop.failed := v_loop.failed + p_failed;
@@ -197,119 +235,52 @@ begin
         v_loop.max_in_flight - (v_loop.issued - v_loop.done - v_loop.failed),
         v_loop.total - v_loop.issued
     ), 0);
-    perform noetl.issue_loop_items(v_loop, v_loop.issued, v_next);
+    claimed := noetl.issue_loop_items(
+        v_loop, v_loop.issued, v_next, p_claimer, p_claim_n, p_kinds
+    );
 
     update noetl.loop as l
     set done = v_loop.done, failed = v_loop.failed, issued = v_loop.issued + v_next
     where l.loop_id = p_loop_id;
 
     if v_loop.done + v_loop.failed >= v_loop.total then
-        return noetl.close_loop(p_loop_id, p_worker_id);
+        route_command_id := noetl.close_loop(p_loop_id, p_worker_id);
     end if;
-    return null;
 end;
 $$;
 
--- noetl.finish_loop_item(command, status, result, worker_id) -> route_command_id
--- Contract: one finished iteration ('done' or 'failed') of its loop, for a caller that
---   holds the command row. A failed shard of a fan-out loop with retries left is
---   re-queued on the same command and shard key (`loop.shard.failed` with retry true,
---   `command.retried`) instead of being counted. Otherwise the item stores its status and
---   result, a fan-out writes `loop.shard.done` / `loop.shard.failed`, and advance_loop
---   counts it.
--- Locks: the loop_item row; the loop row (advance_loop).
-create or replace function noetl.finish_loop_item(
-    p_cmd noetl.command,
-    p_status text,
-    p_result jsonb,
-    p_worker_id text
-) returns bigint
-language plpgsql
-as $$
-declare
-    v_loop noetl.loop;
-    v_shard_attempts integer;
-begin
-    select * into v_loop from noetl.loop as l where l.loop_id = p_cmd.loop_id;
-    if v_loop.status <> 'running' then
-        return null;
-    end if;
-
-    if p_status = 'failed' and v_loop.is_fanout then
-        update noetl.loop_item as li
-        set shard_attempts = li.shard_attempts + 1
-        where li.loop_id = p_cmd.loop_id and li.iter_index = p_cmd.iter_index
-            and li.shard_attempts < v_loop.max_shard_retries
-        returning li.shard_attempts into v_shard_attempts;
-        if found then
-            update noetl.command as c
-            set status = 'queued', attempt = c.attempt + 1, available_at = now(),
-                claimed_by = null, claimed_at = null, finished_at = null
-            where c.command_id = p_cmd.command_id;
-            perform noetl.record_event(
-                p_cmd.execution_id, 'loop.shard.failed', p_cmd.step_name, p_cmd.command_id,
-                p_cmd.attempt, null, p_result ->> 'error',
-                jsonb_build_object(
-                    'shard_id', p_cmd.iter_index, 'retry', true,
-                    'shard_retry', v_shard_attempts
-                ),
-                p_cmd.loop_id, p_cmd.iter_index
-            );
-            perform noetl.record_event(
-                p_cmd.execution_id, 'command.retried', p_cmd.step_name, p_cmd.command_id,
-                p_cmd.attempt + 1, null, null, jsonb_build_object('reason', 'shard retry'),
-                p_cmd.loop_id, p_cmd.iter_index
-            );
-            perform pg_notify('noetl_command', '');
-            return null;
-        end if;
-    end if;
-
-    update noetl.loop_item as li
-    set status = p_status, result = p_result
-    where li.loop_id = p_cmd.loop_id and li.iter_index = p_cmd.iter_index;
-
-    if v_loop.is_fanout then
-        perform noetl.record_event(
-            p_cmd.execution_id,
-            case p_status when 'done' then 'loop.shard.done' else 'loop.shard.failed' end,
-            p_cmd.step_name, p_cmd.command_id, p_cmd.attempt, null, p_result ->> 'error',
-            jsonb_build_object('shard_id', p_cmd.iter_index, 'retry', false),
-            p_cmd.loop_id, p_cmd.iter_index
-        );
-    end if;
-
-    return noetl.advance_loop(
-        p_cmd.loop_id, (p_status = 'done')::integer, (p_status = 'failed')::integer,
-        p_worker_id
-    );
-end;
-$$;
-
--- noetl.finish_loop_iterations(worker_id, outcomes) -> (handled, route_ids)
+-- noetl.finish_loop_iterations(router, outcomes, worker_id, kinds, claim_n)
+--   -> (handled, route_ids, claimed)
 -- Contract: the set-based fast path of finish_and_claim for the `done` outcomes of loop
 --   iterations ({op: done, command_id, attempt, result}); other outcomes are ignored.
 --   Each iteration still claimed at that attempt is marked done with its `call.done`
 --   event (and `loop.shard.done` in a fan-out) and its item result, in one statement;
 --   then each loop touched is counted once (advance_loop), in loop_id order. Returns the
 --   command ids it completed (the caller skips those outcomes; a stale one is not among
---   them and gets the usual treatment) and the claimed route commands of loops it closed.
+--   them and gets the usual treatment), the route commands of loops it closed (claimed by
+--   `router`, when not NULL) and the next iterations it issued already claimed by
+--   `worker_id` (at most `claim_n` in all, of `kinds`), which the caller claims no more.
 -- Locks: the completed command rows (UPDATE), their loop_item rows, then each loop row
 --   in loop_id order (so two batches touching the same loops cannot deadlock on them).
 create or replace function noetl.finish_loop_iterations(
-    p_worker_id text,
+    p_router text,
     p_outcomes jsonb,
+    p_worker_id text default null,
+    p_kinds text[] default null,
+    p_claim_n integer default 0,
     out handled bigint[],
-    out route_ids bigint[]
+    out route_ids bigint[],
+    out claimed bigint[]
 )
 language plpgsql
 as $$
 declare
     v_loop_ids bigint[];
     v_count record;
-    v_route bigint;
+    v_advanced record;
 begin
     route_ids := '{}';
+    claimed := '{}';
     with outcome as (
         select
             (o.value ->> 'command_id')::bigint as command_id,
@@ -370,80 +341,14 @@ begin
         group by u.loop_id
         order by u.loop_id
     loop
-        v_route := noetl.advance_loop(v_count.loop_id, v_count.n, 0, p_worker_id);
-        if v_route is not null then
-            route_ids := route_ids || v_route;
-        end if;
-    end loop;
-end;
-$$;
-
--- noetl.close_loop(loop_id, worker_id) -> route_command_id
--- Contract: closes a running loop exactly once: the step result becomes
---   {results: [every iteration in index order], stats: {total, success, failed}} (plus
---   fanin: {status: complete|partial, done, failed, total} for a fan-out), `loop.done`
---   (and `loop.fanin.completed`) is written with loop_id and collection_size, the loop
---   command is done, and the step routes with event 'loop.done'.
--- Locks: the loop row (the status guard makes a second close a no-op).
-create or replace function noetl.close_loop(p_loop_id bigint, p_worker_id text)
-returns bigint
-language plpgsql
-as $$
-declare
-    v_loop noetl.loop;
-    v_cmd noetl.command;
-    v_stats jsonb;
-    v_result jsonb;
-begin
-    update noetl.loop as l
-    set status = 'done', finished_at = now()
-    where l.loop_id = p_loop_id and l.status = 'running'
-    returning * into v_loop;
-    if not found then
-        return null;
-    end if;
-
-    v_stats := jsonb_build_object(
-        'total', v_loop.total, 'success', v_loop.done, 'failed', v_loop.failed
-    );
-    v_result := jsonb_build_object(
-        'results',
-        coalesce(
-            (select jsonb_agg(li.result order by li.iter_index)
-             from noetl.loop_item as li where li.loop_id = p_loop_id),
-            '[]'::jsonb
-        ),
-        'stats', v_stats
-    );
-    if v_loop.is_fanout then
-        v_result := v_result || jsonb_build_object('fanin', jsonb_build_object(
-            'status', case when v_loop.failed = 0 then 'complete' else 'partial' end,
-            'done', v_loop.done, 'failed', v_loop.failed, 'total', v_loop.total
-        ));
-        perform noetl.record_event(
-            v_loop.execution_id, 'loop.fanin.completed', v_loop.step_name, v_loop.command_id,
-            null, null, null, jsonb_build_object(
-                'loop_id', p_loop_id, 'collection_size', v_loop.total
-            ) || (v_result -> 'fanin'),
-            p_loop_id
+        select * into v_advanced from noetl.advance_loop(
+            v_count.loop_id, v_count.n, 0, p_router, p_worker_id,
+            coalesce(p_claim_n, 0) - cardinality(claimed), p_kinds
         );
-    end if;
-    perform noetl.record_event(
-        v_loop.execution_id, 'loop.done', v_loop.step_name, v_loop.command_id, null, null,
-        null,
-        jsonb_build_object('loop_id', p_loop_id, 'collection_size', v_loop.total)
-        || jsonb_build_object('stats', v_stats),
-        p_loop_id
-    );
-
-    update noetl.command as c
-    set status = 'done', finished_at = now()
-    where c.command_id = v_loop.command_id
-    returning * into v_cmd;
-
-    perform noetl.store_step_result(
-        v_loop.execution_id, v_loop.step_name, v_loop.command_id, v_result
-    );
-    return noetl.route_after(v_cmd, 'loop.done', null, p_worker_id);
+        if v_advanced.route_command_id is not null then
+            route_ids := route_ids || v_advanced.route_command_id;
+        end if;
+        claimed := claimed || v_advanced.claimed;
+    end loop;
 end;
 $$;

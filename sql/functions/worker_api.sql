@@ -65,7 +65,8 @@ $$;
 --      retry_delay}                                          -> await_child (child.sql)
 --   then up to `n` commands are claimed. Returns (like claim_commands) the route commands
 --   created claimed by this worker while finishing (only when `kinds` is NULL or has
---   'route'; otherwise they are queued for a router), then the newly claimed commands.
+--   'route'; otherwise they are queued for a router), then the newly claimed commands
+--   (loop iterations issued by these outcomes are created claimed, within `n`).
 --   A stale outcome is skipped (its function returns 'stale'). If any outcome raises, the
 --   whole call rolls back and the caller retries the outcomes one by one. Workers are
 --   woken (NOTIFY) only if the outcomes issued work and due work is left after the claim.
@@ -98,6 +99,7 @@ declare
     v_attempt integer;
     v_loop_done bigint[];
     v_claimed bigint[];
+    v_loop_claimed bigint[];
     -- A worker that does not serve 'route' commands is not handed one pre-claimed.
     v_router text := case
         when p_kinds is null or 'route' = any(p_kinds) then p_worker_id
@@ -108,11 +110,14 @@ begin
     perform set_config('noetl.notify_pending', 'off', true);
     -- Loop iterations that finished are completed set-based, each loop counted once.
     if jsonb_path_exists(coalesce(p_outcomes, '[]'), '$[*] ? (@.loop_id != null)') then
-        select f.handled, f.route_ids into v_loop_done, v_routes
-        from noetl.finish_loop_iterations(v_router, p_outcomes) as f;
+        select f.handled, f.route_ids, f.claimed into v_loop_done, v_routes, v_loop_claimed
+        from noetl.finish_loop_iterations(
+            v_router, p_outcomes, p_worker_id, p_kinds, p_n
+        ) as f;
     end if;
     v_loop_done := coalesce(v_loop_done, '{}');
     v_routes := coalesce(v_routes, '{}');
+    v_loop_claimed := coalesce(v_loop_claimed, '{}');
     for v_outcome in select value from jsonb_array_elements(coalesce(p_outcomes, '[]')) loop
         v_id := (v_outcome ->> 'command_id')::bigint;
         continue when v_id = any(v_loop_done);
@@ -156,7 +161,10 @@ begin
         end if;
     end loop;
 
-    v_claimed := noetl.claim_command_ids(p_worker_id, p_kinds, p_n);
+    -- Next iterations the loops issued already claimed by us count against p_n.
+    v_claimed := v_loop_claimed || noetl.claim_command_ids(
+        p_worker_id, p_kinds, p_n - cardinality(v_loop_claimed)
+    );
     perform set_config('noetl.defer_notify', 'off', true);
     if current_setting('noetl.notify_pending', true) = 'on' and exists (
         select 1 from noetl.command as q

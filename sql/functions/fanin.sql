@@ -1,0 +1,149 @@
+-- fanin.sql: the end of a loop. Iterations finished one at a time (failures, fan-out
+-- shard retries) and the close of a loop: its result in index order and, for a fan-out,
+-- the fan-in. The batched path for iterations that succeeded is in loop.sql.
+
+-- noetl.finish_loop_item(command, status, result, worker_id) -> route_command_id
+-- Contract: one finished iteration ('done' or 'failed') of its loop, for a caller that
+--   holds the command row. A failed shard of a fan-out loop with retries left is
+--   re-queued on the same command and shard key (`loop.shard.failed` with retry true,
+--   `command.retried`) instead of being counted. Otherwise the item stores its status and
+--   result, a fan-out writes `loop.shard.done` / `loop.shard.failed`, and advance_loop
+--   counts it.
+-- Locks: the loop_item row; the loop row (advance_loop).
+create or replace function noetl.finish_loop_item(
+    p_cmd noetl.command,
+    p_status text,
+    p_result jsonb,
+    p_worker_id text
+) returns bigint
+language plpgsql
+as $$
+declare
+    v_loop noetl.loop;
+    v_shard_attempts integer;
+begin
+    select * into v_loop from noetl.loop as l where l.loop_id = p_cmd.loop_id;
+    if v_loop.status <> 'running' then
+        return null;
+    end if;
+
+    if p_status = 'failed' and v_loop.is_fanout then
+        update noetl.loop_item as li
+        set shard_attempts = li.shard_attempts + 1
+        where li.loop_id = p_cmd.loop_id and li.iter_index = p_cmd.iter_index
+            and li.shard_attempts < v_loop.max_shard_retries
+        returning li.shard_attempts into v_shard_attempts;
+        if found then
+            update noetl.command as c
+            set status = 'queued', attempt = c.attempt + 1, available_at = now(),
+                claimed_by = null, claimed_at = null, finished_at = null
+            where c.command_id = p_cmd.command_id;
+            perform noetl.record_event(
+                p_cmd.execution_id, 'loop.shard.failed', p_cmd.step_name, p_cmd.command_id,
+                p_cmd.attempt, null, p_result ->> 'error',
+                jsonb_build_object(
+                    'shard_id', p_cmd.iter_index, 'retry', true,
+                    'shard_retry', v_shard_attempts
+                ),
+                p_cmd.loop_id, p_cmd.iter_index
+            );
+            perform noetl.record_event(
+                p_cmd.execution_id, 'command.retried', p_cmd.step_name, p_cmd.command_id,
+                p_cmd.attempt + 1, null, null, jsonb_build_object('reason', 'shard retry'),
+                p_cmd.loop_id, p_cmd.iter_index
+            );
+            perform noetl.notify_queue();
+            return null;
+        end if;
+    end if;
+
+    update noetl.loop_item as li
+    set status = p_status, result = p_result
+    where li.loop_id = p_cmd.loop_id and li.iter_index = p_cmd.iter_index;
+
+    if v_loop.is_fanout then
+        perform noetl.record_event(
+            p_cmd.execution_id,
+            case p_status when 'done' then 'loop.shard.done' else 'loop.shard.failed' end,
+            p_cmd.step_name, p_cmd.command_id, p_cmd.attempt, null, p_result ->> 'error',
+            jsonb_build_object('shard_id', p_cmd.iter_index, 'retry', false),
+            p_cmd.loop_id, p_cmd.iter_index
+        );
+    end if;
+
+    return (noetl.advance_loop(
+        p_cmd.loop_id, (p_status = 'done')::integer, (p_status = 'failed')::integer,
+        p_worker_id
+    )).route_command_id;
+end;
+$$;
+
+-- noetl.close_loop(loop_id, worker_id) -> route_command_id
+-- Contract: closes a running loop exactly once: the step result becomes
+--   {results: [every iteration in index order], stats: {total, success, failed}} (plus
+--   fanin: {status: complete|partial, done, failed, total} for a fan-out), `loop.done`
+--   (and `loop.fanin.completed`) is written with loop_id and collection_size, the loop
+--   command is done, and the step routes with event 'loop.done'.
+-- Locks: the loop row (the status guard makes a second close a no-op).
+create or replace function noetl.close_loop(p_loop_id bigint, p_worker_id text)
+returns bigint
+language plpgsql
+as $$
+declare
+    v_loop noetl.loop;
+    v_cmd noetl.command;
+    v_stats jsonb;
+    v_result jsonb;
+begin
+    update noetl.loop as l
+    set status = 'done', finished_at = now()
+    where l.loop_id = p_loop_id and l.status = 'running'
+    returning * into v_loop;
+    if not found then
+        return null;
+    end if;
+
+    v_stats := jsonb_build_object(
+        'total', v_loop.total, 'success', v_loop.done, 'failed', v_loop.failed
+    );
+    v_result := jsonb_build_object(
+        'results',
+        coalesce(
+            (select jsonb_agg(li.result order by li.iter_index)
+             from noetl.loop_item as li where li.loop_id = p_loop_id),
+            '[]'::jsonb
+        ),
+        'stats', v_stats
+    );
+    if v_loop.is_fanout then
+        v_result := v_result || jsonb_build_object('fanin', jsonb_build_object(
+            'status', case when v_loop.failed = 0 then 'complete' else 'partial' end,
+            'done', v_loop.done, 'failed', v_loop.failed, 'total', v_loop.total
+        ));
+        perform noetl.record_event(
+            v_loop.execution_id, 'loop.fanin.completed', v_loop.step_name, v_loop.command_id,
+            null, null, null, jsonb_build_object(
+                'loop_id', p_loop_id, 'collection_size', v_loop.total
+            ) || (v_result -> 'fanin'),
+            p_loop_id
+        );
+    end if;
+    perform noetl.record_event(
+        v_loop.execution_id, 'loop.done', v_loop.step_name, v_loop.command_id, null, null,
+        null,
+        jsonb_build_object('loop_id', p_loop_id, 'collection_size', v_loop.total)
+        || jsonb_build_object('stats', v_stats),
+        p_loop_id
+    );
+
+    update noetl.command as c
+    set status = 'done', finished_at = now()
+    where c.command_id = v_loop.command_id
+    returning * into v_cmd;
+
+    perform noetl.store_step_result(
+        v_loop.execution_id, v_loop.step_name, v_loop.command_id, v_result
+    );
+    return noetl.route_after(v_cmd, 'loop.done', null, p_worker_id);
+end;
+$$;
