@@ -10,7 +10,11 @@ per configuration is the median of:
   - transactions per iteration: the database's pg_stat_database.xact_commit delta over
     the run (workers are stopped first, which flushes their statistics) / items, minus
     this script's own polling transactions.
-Prints a table and writes bench/results/loop_throughput.json.
+Each worker process runs `--slots` slots claiming `--batch-size` commands per round trip
+(default 2 x 25: two slots cover the loop's width, so one slot runs its Python while the
+other is in the database; more slots only queue up on the loop's counter row).
+The python step runs `isolation: inline` (bench/python_isolation.py measures the
+subprocess mode). Prints a table and writes bench/results/loop_throughput.json.
 
 Usage: .venv/bin/python bench/loop_throughput.py [--items N] [--width W] [--runs R]
        [--processes 1,2] [--slots S] [--batch-size B]
@@ -153,8 +157,8 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--width", type=int, default=50)
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--processes", default="1,2")
-    parser.add_argument("--slots", type=int, default=4)
-    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--slots", type=int, default=2)
+    parser.add_argument("--batch-size", type=int, default=25)
     args = parser.parse_args(argv)
 
     dsn = create_database("noetl_bench")

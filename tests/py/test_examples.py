@@ -15,6 +15,9 @@ EXPECTED_RESULTS: dict[str, Any] = {
     "branching.yaml": {"handled": "big", "route": "big", "fee": 2.5},
     "fanout_join.yaml": {"total": 110, "parts": [20, 100, -10]},
     "legacy_case.yaml": {},
+    "loop_fanout.yaml": {"status": "partial", "done": 5, "failed": 1,
+                         "covered": ["eu-west", "eu-north", "us-east", "us-west", "ap-south"]},
+    "loop_pipeline.yaml": {"total": 23.5, "big": [1, 2, 3], "consistent": True},
 }
 
 
