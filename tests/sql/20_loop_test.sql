@@ -3,7 +3,7 @@
 -- with a hand-written spec: `work` loops over python iterations, then `after` (noop).
 
 begin;
-select plan(36);
+select plan(41);
 
 select lives_ok(
     $$select * from noetl.register_playbook('tap/loop', '', '{
@@ -304,6 +304,65 @@ select is(
         )) as f
     ),
     0, 'replaying the batch completes nothing'
+);
+
+-- A worker finishing iterations with free claim capacity gets the next ones claimed.
+create temp table t_pre as
+select pg_temp.loop_over(
+    '[1, 2, 3, 4, 5]', '{"iterator": "x", "mode": "parallel", "max_in_flight": 2}'
+) as loop_id;
+create temp table t_pre_claim as
+select c.* from pg_temp.claim(array['python']) as c, t_pre
+where c.loop_id = t_pre.loop_id;
+select is(
+    (
+        select cardinality(f.claimed)
+        from noetl.finish_loop_iterations('tap', (
+            select
+                jsonb_agg(jsonb_build_object(
+                    'op', 'done', 'command_id', c.command_id, 'attempt', c.attempt,
+                    'result', 0
+                ))
+            from t_pre_claim as c
+            where c.iter_index = 0
+        ), 'tap', array['python'], 5) as f
+    ),
+    1, 'the freed slot is issued already claimed by the finishing worker'
+);
+select is(
+    (
+        select array_agg(c.status || ':' || c.claimed_by order by c.iter_index)
+        from noetl.command as c, t_pre
+        where c.loop_id = t_pre.loop_id and c.status <> 'done'
+    ),
+    array['claimed:tap', 'claimed:tap'], 'in flight are claimed, none queued past the bound'
+);
+
+-- Retries and reaped claims re-queue the same command: counters and bound unchanged.
+update noetl.command as c set max_attempts = 3
+from t_pre
+where c.loop_id = t_pre.loop_id;
+select is(
+    (
+        select array_agg(r.outcome)
+        from noetl.command as c, t_pre,
+            noetl.fail_command(c.command_id, c.attempt, 'flaky', 0) as r
+        where c.loop_id = t_pre.loop_id and c.iter_index = 1
+    ),
+    array['retried'], 'a policy retry re-queues the iteration'
+);
+select lives_ok(
+    $$select noetl.reap_command(c.command_id, 'test')
+      from noetl.command as c, t_pre
+      where c.loop_id = t_pre.loop_id and c.iter_index = 2$$,
+    'a claim can be reaped'
+);
+select is(
+    (
+        select array[l.issued, l.done, l.failed, pg_temp.active(l.loop_id)]
+        from t_pre, pg_temp.loop_row(t_pre.loop_id) as l
+    ),
+    array[3, 1, 0, 2]::bigint[], 'after a retry and a reap: same counters, still 2 in flight'
 );
 
 -- Fan-out: a failed shard is retried on the same command, then counted failed.
