@@ -17,7 +17,7 @@ The python step runs `isolation: inline` (bench/python_isolation.py measures the
 subprocess mode). Prints a table and writes bench/results/loop_throughput.json.
 
 Usage: .venv/bin/python bench/loop_throughput.py [--items N] [--width W] [--runs R]
-       [--processes 1,2] [--slots S] [--batch-size B]
+       [--processes 1,2] [--slots S] [--batch-size B] [--cold]
 """
 
 from __future__ import annotations
@@ -159,12 +159,15 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--processes", default="1,2")
     parser.add_argument("--slots", type=int, default=2)
     parser.add_argument("--batch-size", type=int, default=25)
+    parser.add_argument("--cold", action="store_true",
+                        help="skip the warm-up run and ANALYZE (a brand-new database)")
     args = parser.parse_args(argv)
 
     dsn = create_database("noetl_bench")
     summary: dict[str, Any] = {
         "items": args.items, "max_in_flight": args.width, "runs": args.runs,
-        "slots": args.slots, "batch_size": args.batch_size, "configurations": [],
+        "slots": args.slots, "batch_size": args.batch_size, "warmed": not args.cold,
+        "configurations": [],
     }
     try:
         migrate(dsn)
@@ -172,9 +175,10 @@ def main(argv: list[str]) -> int:
             path = "bench/loop_throughput"
             register_text(conn, PLAYBOOK.format(items=args.items, width=args.width),
                           source=path)
-        run_once(dsn, path, 1, args.items, args.slots, args.batch_size)
-        with db.connect(dsn) as conn:
-            conn.execute("analyze")
+        if not args.cold:
+            run_once(dsn, path, 1, args.items, args.slots, args.batch_size)
+            with db.connect(dsn) as conn:
+                conn.execute("analyze")
         for processes in (int(value) for value in args.processes.split(",")):
             runs = [run_once(dsn, path, processes, args.items, args.slots, args.batch_size)
                     for _ in range(args.runs)]
