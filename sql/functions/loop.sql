@@ -204,7 +204,9 @@ $$;
 --   (max_in_flight - in flight, at most the pending ones; up to `claim_n` of them created
 --   claimed by `claimer`, see issue_loop_items) and writes the counters in one update.
 --   The call that brings done + failed to total closes the loop (close_loop, whose claimed
---   route command for `worker_id` is returned). A loop no longer running is left as it is.
+--   route command for `worker_id` is returned). A loop no longer running is left as it is;
+--   a loop whose execution is no longer RUNNING counts and becomes 'cancelled' (nothing
+--   more is issued for a failed or cancelled run).
 -- Locks: the loop row (FOR UPDATE): counts of one loop are applied one transaction at a
 --   time, so exactly one transaction sees the last iteration.
 create or replace function noetl.advance_loop(
@@ -231,6 +233,17 @@ begin
     end if;
     v_loop.done := v_loop.done + p_done;
     v_loop.failed := v_loop.failed + p_failed;
+    if not exists (
+        select 1 from noetl.execution as e
+        where e.execution_id = v_loop.execution_id and e.status = 'RUNNING'
+    ) then
+        -- The execution failed or was cancelled: count, issue nothing more, stop here.
+        update noetl.loop as l
+        set done = v_loop.done, failed = v_loop.failed, status = 'cancelled',
+            finished_at = now()
+        where l.loop_id = p_loop_id;
+        return;
+    end if;
     v_next := greatest(least(
         v_loop.max_in_flight - (v_loop.issued - v_loop.done - v_loop.failed),
         v_loop.total - v_loop.issued

@@ -3,7 +3,7 @@
 -- with a hand-written spec: `work` loops over python iterations, then `after` (noop).
 
 begin;
-select plan(41);
+select plan(44);
 
 select lives_ok(
     $$select * from noetl.register_playbook('tap/loop', '', '{
@@ -363,6 +363,34 @@ select is(
         from t_pre, pg_temp.loop_row(t_pre.loop_id) as l
     ),
     array[3, 1, 0, 2]::bigint[], 'after a retry and a reap: same counters, still 2 in flight'
+);
+
+-- A failed execution issues no more iterations: its loop counts and is cancelled.
+create temp table t_fail as
+select pg_temp.loop_over(
+    '[1, 2, 3, 4]', '{"iterator": "x", "mode": "parallel", "max_in_flight": 1}'
+) as loop_id;
+create temp table t_fail_claim as
+select c.* from pg_temp.claim(array['python']) as c, t_fail
+where c.loop_id = t_fail.loop_id;
+select lives_ok(
+    $$select noetl.fail_execution(l.execution_id, 'other', 'boom')
+      from noetl.loop as l, t_fail where l.loop_id = t_fail.loop_id$$,
+    'the execution fails mid-loop'
+);
+select is(
+    (
+        select r.outcome
+        from t_fail_claim as c, noetl.complete_command(c.command_id, c.attempt, '1') as r
+    ),
+    'ok', 'the iteration that was running still completes'
+);
+select is(
+    (
+        select (l.status, l.issued, l.done)::text
+        from t_fail, pg_temp.loop_row(t_fail.loop_id) as l
+    ),
+    '(cancelled,1,1)', 'nothing more is issued and the loop is cancelled'
 );
 
 -- Fan-out: a failed shard is retried on the same command, then counted failed.
