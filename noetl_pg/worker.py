@@ -78,6 +78,29 @@ class SpecCache:
         return playbook
 
 
+class ClaimSizer:
+    """How many commands one slot claims at a time: batching only while work is fast.
+
+    A slot runs its batch one command after another, so a batch of slow commands (an HTTP
+    call, a child playbook) would keep queued work away from idle slots and other
+    workers. The size starts at 1, doubles after each batch whose commands took at most
+    `FAST_SECONDS` each on average, up to `limit`, and drops back to 1 after a slow batch.
+    Fast loops still claim (and complete) in batches, which is where batching pays.
+    """
+
+    FAST_SECONDS = 0.005
+
+    def __init__(self, limit: int) -> None:
+        self.limit = max(1, limit)
+        self.size = 1
+
+    def observe(self, commands: int, seconds: float) -> None:
+        if commands and seconds / commands <= self.FAST_SECONDS:
+            self.size = min(self.size * 2, self.limit)
+        else:
+            self.size = 1
+
+
 class Worker:
     """A pool of slots serving the command queue of the database at `dsn`."""
 
@@ -269,6 +292,15 @@ class Worker:
                 log.warning("slot lost its connection (%s); retrying in %.1fs", exc, backoff)
                 time.sleep(backoff)
                 backoff = min(backoff * 2, 5.0)
+            except Exception:
+                # A bug must not silently leave the worker with fewer slots: log it and
+                # serve again. Claims this slot held are taken back by the orphan sweep.
+                if self._stopping.is_set():
+                    return
+                log.exception("slot failed unexpectedly; restarting it in %.1fs", backoff)
+                pending = []
+                time.sleep(backoff)
+                backoff = min(backoff * 2, 5.0)
 
     def _runner(self, conn: psycopg.Connection[Any]) -> CommandRunner:
         return CommandRunner(
@@ -285,9 +317,10 @@ class Worker:
     ) -> list[Outcome]:
         """Claim, run and finish until stopped. Outcomes not yet sent are kept in `pending`
         (the caller's list survives a reconnect) and sent first on the next connection."""
+        sizer = ClaimSizer(self.batch_size)
         rows: list[dict[str, Any]] = []
         if pending:
-            rows = self._finish(conn, pending)
+            rows = self._finish(conn, pending, sizer.size)
             pending.clear()
         while True:
             self._hold(rows)
@@ -296,14 +329,16 @@ class Worker:
                     return pending
                 generation = self._wake_generation
                 rows = db.fetch_all(conn, "claim_commands", worker_id=self.worker_id,
-                                    kinds=self.kinds, n=self.batch_size)
+                                    kinds=self.kinds, n=sizer.size)
                 self._hold(rows)
                 if not rows:
                     self._wait_for_work(generation)
                     continue
+            started = time.monotonic()
             outcomes = self._run_batch(runner, rows)
+            sizer.observe(len(rows), time.monotonic() - started)
             pending[:] = outcomes
-            rows = self._finish(conn, outcomes)
+            rows = self._finish(conn, outcomes, sizer.size)
             pending.clear()
 
     def _run_batch(self, runner: CommandRunner, rows: list[dict[str, Any]]) -> list[Outcome]:
@@ -331,9 +366,9 @@ class Worker:
                     "retry_delay": None}
 
     def _finish(
-        self, conn: psycopg.Connection[Any], outcomes: list[Outcome]
+        self, conn: psycopg.Connection[Any], outcomes: list[Outcome], claim_size: int
     ) -> list[dict[str, Any]]:
-        claim_n = 0 if self._stopping.is_set() else self.batch_size
+        claim_n = 0 if self._stopping.is_set() else claim_size
         try:
             return self._apply(conn, outcomes, claim_n)
         except psycopg.OperationalError:
