@@ -59,6 +59,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--runs", type=int, default=60)
     parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--projector", action="store_true",
+                        help="let the worker process also run the projector (off the "
+                             "critical path, but it shares the two cores)")
     args = parser.parse_args()
 
     dsn = create_database("noetl_bench")
@@ -68,7 +71,8 @@ def main() -> None:
         with db.connect(dsn) as conn:
             register_text(conn, chain_playbook(args.steps), source="bench/chain")
         worker = subprocess.Popen(
-            [sys.executable, "-m", "noetl_pg.cli", "worker", "--concurrency", "2"],
+            [sys.executable, "-m", "noetl_pg.cli", "worker", "--concurrency", "2",
+             *([] if args.projector else ["--no-projector"])],
             env={**os.environ, "NOETL_DSN": dsn}, stderr=subprocess.DEVNULL,
         )
         end_to_end: list[float] = []
@@ -94,6 +98,7 @@ def main() -> None:
                          itertools.pairwise(done_times)]
         report = {
             "runs": args.runs,
+            "projector_in_worker": args.projector,
             "steps": args.steps,
             "end_to_end_ms": {"median": statistics.median(end_to_end),
                               "p95": percentile(end_to_end, 0.95)},
