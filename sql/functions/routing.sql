@@ -265,9 +265,11 @@ $$;
 
 -- noetl.fail_execution(execution_id, step_name, error) -> void
 -- Contract: a step failed and nothing handled it: cancels the execution's queued and
---   waiting commands and finishes it FAILED with the step and its error. Commands already
---   claimed finish normally; their outcomes are recorded but route nowhere.
--- Locks: the execution row, then the cancelled command rows.
+--   waiting commands, finishes it FAILED with the step and its error, and cancels its
+--   running child executions (noetl.cancel_execution). Commands already claimed finish
+--   normally; their outcomes are recorded but route nowhere.
+-- Locks: the execution row, then the cancelled command rows, then each child (parent
+--   before child, as cancel_execution).
 create or replace function noetl.fail_execution(
     p_execution_id bigint,
     p_step_name text,
@@ -275,19 +277,33 @@ create or replace function noetl.fail_execution(
 ) returns void
 language plpgsql
 as $$
+declare
+    v_child bigint;
 begin
     perform 1 from noetl.execution as e where e.execution_id = p_execution_id for update;
     update noetl.command as c
     set status = 'cancelled', finished_at = now()
     where c.execution_id = p_execution_id and c.status in ('queued', 'waiting');
     perform noetl.finish_execution(p_execution_id, 'FAILED', null, p_error, p_step_name);
+    -- Children awaited by the commands just cancelled would run on for nothing.
+    for v_child in
+        select e.execution_id from noetl.execution as e
+        where e.parent_execution_id = p_execution_id and e.status = 'RUNNING'
+        order by e.execution_id
+    loop
+        perform noetl.cancel_execution(
+            v_child, 'parent execution ' || p_execution_id || ' failed'
+        );
+    end loop;
 end;
 $$;
 
 -- noetl.finish_execution(execution_id, status, result, error, failed_step) -> void
 -- Contract: moves a RUNNING execution to its final status once and writes
 --   playbook.completed / playbook.failed / playbook.cancelled. A finished execution is left
---   as it is. NOTIFY noetl_execution (payload: the id) tells waiters. A child execution
+--   as it is. The event carries the result when it is at most 4 KB (else its size, the
+--   result itself staying in execution.result). NOTIFY noetl_execution (payload: the id)
+--   tells waiters. A child execution
 --   then reports to its parent command (noetl.child_finished).
 -- Locks: the execution row.
 create or replace function noetl.finish_execution(
@@ -315,6 +331,8 @@ begin
         return;
     end if;
 
+    -- The event keeps the result only while it is small: a loop's aggregate of thousands
+    -- of results stays in execution.result (and step_result), not in the event log.
     perform noetl.record_event(
         p_execution_id,
         'playbook.' || case p_status
@@ -322,7 +340,13 @@ begin
             when 'FAILED' then 'failed'
             else 'cancelled'
         end,
-        p_failed_step, null, null, p_result, p_error
+        p_failed_step, null, null,
+        case when octet_length(p_result::text) <= 4096 then p_result end,
+        p_error,
+        case when octet_length(p_result::text) > 4096 then jsonb_build_object(
+            'result_bytes', octet_length(p_result::text),
+            'result_in', 'noetl.execution.result'
+        ) end
     );
     perform pg_notify('noetl_execution', p_execution_id::text);
     if v_exec.parent_command_id is not null then
