@@ -26,11 +26,8 @@ as $$
 declare
     v_cmd noetl.command;
 begin
-    select * into v_cmd from noetl.command as c where c.command_id = p_command_id for update;
-    if not found then
-        raise exception 'command % does not exist', p_command_id using errcode = 'P0002';
-    end if;
-    if v_cmd.status <> 'claimed' or v_cmd.attempt <> p_attempt then
+    v_cmd := noetl.lock_claimed_command(p_command_id, p_attempt);
+    if v_cmd.command_id is null then
         outcome := 'stale';
         return;
     end if;
@@ -94,11 +91,8 @@ as $$
 declare
     v_cmd noetl.command;
 begin
-    select * into v_cmd from noetl.command as c where c.command_id = p_command_id for update;
-    if not found then
-        raise exception 'command % does not exist', p_command_id using errcode = 'P0002';
-    end if;
-    if v_cmd.status <> 'claimed' or v_cmd.attempt <> p_attempt then
+    v_cmd := noetl.lock_claimed_command(p_command_id, p_attempt);
+    if v_cmd.command_id is null then
         outcome := 'stale';
         return;
     end if;
@@ -203,5 +197,38 @@ begin
     values (p_execution_id, p_step_name, p_result, p_command_id)
     on conflict (execution_id, step_name) do update
     set result = excluded.result, command_id = excluded.command_id, updated_at = now();
+end;
+$$;
+
+-- noetl.lock_claimed_command(command_id, attempt, kind) -> noetl.command
+-- Contract: the fencing check every outcome goes through. Locks the command row and
+--   returns it when it is claimed at `attempt`; returns NULL (the caller reports 'stale')
+--   when it is not: reaped, retried, cancelled or finished meanwhile. With `kind`, a
+--   command of another kind is an error (a route command finished as a loop, say).
+-- Locks: the command row (FOR UPDATE).
+-- Failure modes: raises no_data_found (P0002) naming an unknown command id, and 22023
+--   for a kind mismatch.
+create or replace function noetl.lock_claimed_command(
+    p_command_id bigint,
+    p_attempt integer,
+    p_kind text default null
+) returns noetl.command
+language plpgsql
+as $$
+declare
+    v_cmd noetl.command;
+begin
+    select * into v_cmd from noetl.command as c where c.command_id = p_command_id for update;
+    if not found then
+        raise exception 'command % does not exist', p_command_id using errcode = 'P0002';
+    end if;
+    if p_kind is not null and v_cmd.kind <> p_kind then
+        raise exception 'command % is not a % command', p_command_id, p_kind
+            using errcode = '22023';
+    end if;
+    if v_cmd.status <> 'claimed' or v_cmd.attempt <> p_attempt then
+        return null;
+    end if;
+    return v_cmd;
 end;
 $$;

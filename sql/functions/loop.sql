@@ -41,14 +41,8 @@ declare
     v_fanout boolean := coalesce((p_loop_spec ->> 'is_fanout')::boolean, false);
     v_max_in_flight integer;
 begin
-    select * into v_cmd from noetl.command as c where c.command_id = p_command_id for update;
-    if not found then
-        raise exception 'command % does not exist', p_command_id using errcode = 'P0002';
-    end if;
-    if v_cmd.kind <> 'loop' then
-        raise exception 'command % is not a loop command', p_command_id using errcode = '22023';
-    end if;
-    if v_cmd.status <> 'claimed' or v_cmd.attempt <> p_attempt then
+    v_cmd := noetl.lock_claimed_command(p_command_id, p_attempt, 'loop');
+    if v_cmd.command_id is null then
         return null;
     end if;
     if jsonb_typeof(p_items) is distinct from 'array' then

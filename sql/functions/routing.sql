@@ -130,14 +130,8 @@ declare
     v_source bigint;
     v_target jsonb;
 begin
-    select * into v_cmd from noetl.command as c where c.command_id = p_command_id for update;
-    if not found then
-        raise exception 'command % does not exist', p_command_id using errcode = 'P0002';
-    end if;
-    if v_cmd.kind <> 'route' then
-        raise exception 'command % is not a route command', p_command_id using errcode = '22023';
-    end if;
-    if v_cmd.status <> 'claimed' or v_cmd.attempt <> p_attempt then
+    v_cmd := noetl.lock_claimed_command(p_command_id, p_attempt, 'route');
+    if v_cmd.command_id is null then
         return 'stale';
     end if;
 
