@@ -3,7 +3,8 @@
 Threads: `slots` slot threads, each with its own connection, loop "claim a batch, run it,
 finish it and claim the next batch in one transaction" (noetl.finish_and_claim), and wait
 when the queue is empty; a listener thread LISTENs on `noetl_command` and wakes idle
-slots, and on `noetl_cancel` to skip claimed commands of cancelled executions; a heartbeat
+slots, and on `noetl_cancel` to skip claimed commands of cancelled executions and set the
+cancel flag of their running ones (ToolContext.cancelled); a heartbeat
 thread proves the worker alive every `heartbeat_interval` seconds
 (NOETL_WORKER_HEARTBEAT_SECONDS, one row write whatever it holds) and runs the reaper
 (noetl.reap_stale_claims with NOETL_COMMAND_HEARTBEAT_TIMEOUT_SECONDS; concurrent daemons
@@ -150,6 +151,9 @@ class Worker:
         self._threads: list[threading.Thread] = []
         # Executions cancelled while this worker runs (from NOTIFY noetl_cancel).
         self._cancelled: set[int] = set()
+        # command_id -> (execution_id, flag set on cancel) for commands running now.
+        self._running: dict[int, tuple[int, threading.Event]] = {}
+        self._running_lock = threading.Lock()
         # Command ids each slot holds (claimed, running, or outcome not yet applied): the
         # heartbeat's orphan sweep takes back this worker's other claims.
         self._held: dict[str, frozenset[int]] = {}
@@ -232,7 +236,7 @@ class Worker:
                     while not self._stopping.is_set():
                         for notify in conn.notifies(timeout=0.5, stop_after=1):
                             if notify.channel == "noetl_cancel" and notify.payload.isdigit():
-                                self._cancelled.add(int(notify.payload))
+                                self._cancel_running(int(notify.payload))
                             else:
                                 self._wake_all()
             except psycopg.OperationalError as exc:
@@ -364,6 +368,9 @@ class Worker:
             return {"op": "fail", "command_id": row["command_id"], "attempt": row["attempt"],
                     "error": self._redact(f"step '{row['step_name']}': internal error: {exc}"),
                     "retry_delay": None}
+        finally:
+            with self._running_lock:
+                self._running.pop(row["command_id"], None)
 
     def _finish(
         self, conn: psycopg.Connection[Any], outcomes: list[Outcome], claim_size: int
@@ -416,8 +423,20 @@ class Worker:
             return db.fetch_all(conn, "finish_and_claim", worker_id=self.worker_id,
                                 outcomes=Jsonb([failure]), kinds=self.kinds, n=0)
 
+    def _cancel_running(self, execution_id: int) -> None:
+        """NOTIFY noetl_cancel: skip what is not started, stop what is running."""
+        self._cancelled.add(execution_id)
+        with self._running_lock:
+            for running_execution, flag in self._running.values():
+                if running_execution == execution_id:
+                    flag.set()
+
     def _tool_context(self, command: Mapping[str, Any]) -> ToolContext:
+        flag = threading.Event()
+        with self._running_lock:
+            self._running[command["command_id"]] = (command["execution_id"], flag)
         return ToolContext(
+            cancelled=flag,
             execution_id=command["execution_id"],
             step=command["step_name"],
             command_id=command["command_id"],

@@ -9,6 +9,7 @@ touch engine tables and never decide routing.
 from __future__ import annotations
 
 import re
+import threading
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Protocol
@@ -65,6 +66,9 @@ class ToolContext:
     timeout_seconds: float | None = None
     # Stored results of this execution: resolve refs, or get a ref's bytes as a local file.
     results: ResultAccess | None = None
+    # Set when the execution is cancelled while the tool runs: a tool that waits (a python
+    # executor, say) should stop; its outcome would be refused as stale anyway.
+    cancelled: threading.Event | None = None
 
 
 class Tool(Protocol):

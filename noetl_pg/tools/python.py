@@ -68,6 +68,14 @@ class ExecutorTimeout(Exception):
     """The executor did not answer within the time budget."""
 
 
+class ExecutorCancelled(Exception):
+    """The execution was cancelled while the executor ran its snippet."""
+
+
+# How often a waiting call looks at its cancel flag.
+CANCEL_CHECK_SECONDS = 0.1
+
+
 class Executor:
     """One warm executor subprocess. Used by one thread at a time (the pool hands it out)."""
 
@@ -80,8 +88,12 @@ class Executor:
         )
         self.calls = 0
 
-    def call(self, request: Mapping[str, Any], timeout: float | None) -> dict[str, Any]:
-        """Send one request and wait for its reply; raises ExecutorDied / ExecutorTimeout."""
+    def call(
+        self, request: Mapping[str, Any], timeout: float | None,
+        cancelled: threading.Event | None = None,
+    ) -> dict[str, Any]:
+        """Send one request and wait for its reply; raises ExecutorDied / ExecutorTimeout /
+        ExecutorCancelled (when `cancelled` is set while it waits)."""
         assert self.process.stdin is not None and self.process.stdout is not None
         self.calls += 1
         deadline = None if timeout is None else time.monotonic() + timeout
@@ -95,9 +107,16 @@ class Executor:
             remaining = None if deadline is None else deadline - time.monotonic()
             if remaining is not None and remaining <= 0:
                 raise ExecutorTimeout()
-            ready, _, _ = select.select([fd], [], [], remaining)
+            wait = remaining
+            if cancelled is not None:
+                wait = CANCEL_CHECK_SECONDS if wait is None else min(wait, CANCEL_CHECK_SECONDS)
+            ready, _, _ = select.select([fd], [], [], wait)
+            if cancelled is not None and cancelled.is_set():
+                raise ExecutorCancelled()
             if not ready:
-                raise ExecutorTimeout()
+                if deadline is not None and time.monotonic() >= deadline:
+                    raise ExecutorTimeout()
+                continue
             chunk = os.read(fd, 1 << 16)
             if not chunk:
                 raise ExecutorDied(self.process.wait())
@@ -129,11 +148,14 @@ class ExecutorPool:
         for _ in range(warm):
             self._replace_in_background()
 
-    def run(self, request: Mapping[str, Any], timeout: float | None) -> dict[str, Any]:
+    def run(
+        self, request: Mapping[str, Any], timeout: float | None,
+        cancelled: threading.Event | None = None,
+    ) -> dict[str, Any]:
         executor = self._acquire()
         try:
-            reply = executor.call(request, timeout)
-        except (ExecutorDied, ExecutorTimeout):
+            reply = executor.call(request, timeout, cancelled)
+        except (ExecutorDied, ExecutorTimeout, ExecutorCancelled):
             executor.kill()
             self._replace_in_background()
             raise
@@ -226,9 +248,12 @@ class PythonTool:
         timeout = timeout_seconds(context)
         request = {"code": code, "input": inputs, "libs": libs}
         try:
-            reply = worker_pool(context.worker_resources).run(request, timeout)
+            reply = worker_pool(context.worker_resources).run(request, timeout,
+                                                              context.cancelled)
         except ExecutorTimeout:
             raise ToolTimeout(f"python step timed out after {timeout:g}s") from None
+        except ExecutorCancelled:
+            raise ToolError("python step stopped: the execution was cancelled") from None
         except ExecutorDied as exc:
             code_text = exc.returncode
             if code_text is not None and code_text < 0:

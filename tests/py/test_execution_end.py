@@ -3,6 +3,7 @@ cancels the child executions its waiting commands were awaiting."""
 
 from __future__ import annotations
 
+import time
 import uuid
 
 from engine_harness import Engine
@@ -70,3 +71,35 @@ workflow:
         row["execution_id"],
     )
     assert [child["status"] for child in children] == ["CANCELLED"]
+
+
+def test_cancel_stops_a_running_python_step_and_frees_its_slot(fresh_engine: Engine) -> None:
+    """With one slot, a second run can only finish if the cancelled 30 s step was stopped."""
+    sleeper = fresh_engine.register("""
+metadata: {path: test/sleeper}
+workflow:
+  - step: nap
+    tool: {kind: python, code: "import time\\ntime.sleep(30)\\nresult = 1"}
+""")
+    quick = fresh_engine.register("""
+metadata: {path: test/quick}
+workflow:
+  - step: hop
+    tool: {kind: python, code: "result = 2"}
+""")
+    with fresh_engine.worker(slots=1):
+        sleeping = fresh_engine.start(sleeper)
+        deadline = time.monotonic() + 10
+        while not fresh_engine.sql(
+            "select 1 from noetl.command where execution_id = %s and status = 'claimed'",
+            sleeping,
+        ):
+            assert time.monotonic() < deadline, "the sleeping step was never claimed"
+            time.sleep(0.05)
+        time.sleep(0.3)  # the executor is inside time.sleep now
+        fresh_engine.sql("select noetl.cancel_execution(%s)", sleeping)
+        started = time.monotonic()
+        row = fresh_engine.wait(fresh_engine.start(quick), timeout=10)
+        assert row["status"] == "COMPLETED"
+        assert time.monotonic() - started < 10
+    assert fresh_engine.wait(sleeping)["status"] == "CANCELLED"
