@@ -174,11 +174,15 @@ class ResultStore:
         (a step's `output.store`). Raises `TypeError` for values JSON cannot encode, and
         `StoreUnavailable` only when every tier of the chain, db included, failed.
         """
-        if not isinstance(value, bytes | bytearray):
-            encoded = _encode_json(value)
-            if len(encoded) <= self.inline_max_bytes:
+        if isinstance(value, bytes | bytearray):
+            data, content_type = bytes(value), BINARY_CONTENT_TYPE
+        else:
+            data, content_type = _encode_json(value), JSON_CONTENT_TYPE
+            if len(data) <= self.inline_max_bytes:
                 return Externalized(value)
-        stored = self.put(execution_id, step, name, value, store=store, expires_at=expires_at)
+        # The value is already encoded: store those bytes rather than encode it again.
+        stored = self._put_bytes(execution_id, step, name, data, content_type, store,
+                                 expires_at)
         return Externalized(stored.ref.to_event(), stored.ref, stored.fallbacks)
 
     def put(
@@ -196,6 +200,19 @@ class ResultStore:
             data, content_type = bytes(value), BINARY_CONTENT_TYPE
         else:
             data, content_type = _encode_json(value), JSON_CONTENT_TYPE
+        return self._put_bytes(execution_id, step, name, data, content_type, store,
+                               expires_at)
+
+    def _put_bytes(
+        self,
+        execution_id: int,
+        step: str,
+        name: str,
+        data: bytes,
+        content_type: str,
+        store: str | None,
+        expires_at: datetime | None,
+    ) -> Stored:
         return self._store(
             ObjectKey(execution_id, _segment(step), _segment(name)),
             lambda: iter_chunks(data),
