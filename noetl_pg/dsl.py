@@ -12,6 +12,7 @@ and the field, with a line number where the YAML has one.
 from __future__ import annotations
 
 import os
+from functools import cached_property
 from typing import Any, Literal
 
 import yaml
@@ -110,6 +111,13 @@ class Step(_Model):
     loop: LoopSpec | None = None
     set: dict[str, Any] | None = None
     next: NextSpec | None = None
+
+    @cached_property
+    def task_configs(self) -> tuple[dict[str, Any], ...]:
+        """The tool (one task) or pipeline tasks as plain JSON, computed once per step:
+        a loop runs the same step thousands of times. Callers must not mutate them."""
+        tools = self.tool if isinstance(self.tool, list) else [self.tool] if self.tool else []
+        return tuple(task.model_dump(mode="json", exclude_none=True) for task in tools)
 
 
 class Playbook(_Model):

@@ -184,14 +184,9 @@ class CommandRunner:
     ) -> Outcome:
         tool_context = dataclasses.replace(self._make_tool_context(command), results=results)
         step_input = render_value(step.input, namespace) if step.input else {}
-        if isinstance(step.tool, list):
-            tasks = [task.model_dump(mode="json", exclude_none=True) for task in step.tool]
-        else:
-            assert step.tool is not None
-            tasks = [step.tool.model_dump(mode="json", exclude_none=True)]
         try:
             result, decision_error = self._run_tasks(
-                tasks, step_input, namespace, command["attempt"], tool_context,
+                list(step.task_configs), step_input, namespace, command["attempt"], tool_context,
                 pipeline=isinstance(step.tool, list), workbook=playbook.workbook,
             )
         except ToolError as exc:
