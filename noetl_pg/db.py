@@ -1,7 +1,8 @@
-"""Database access: connections and the named queries of `sql/queries/engine.sql`.
+"""Database access: connections and the named queries of `sql/queries/*.sql`.
 
-Python never assembles SQL: every statement lives in `sql/queries/engine.sql` under a
-`-- name: <name>` header and is run by name. On a broken connection psycopg raises
+Python never assembles SQL: every statement lives in a file of `sql/queries/` (one file per
+concern, `engine.sql` for the worker's hot path) under a `-- name: <name>` header and is run
+by name; a name defined in two files is an error. On a broken connection psycopg raises
 `psycopg.OperationalError`; callers that must survive it (the worker) reconnect.
 """
 
@@ -17,21 +18,25 @@ import psycopg
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
-QUERIES_FILE = Path(__file__).resolve().parent.parent / "sql" / "queries" / "engine.sql"
+QUERIES_DIR = Path(__file__).resolve().parent.parent / "sql" / "queries"
 _HEADER = re.compile(r"^-- name: (?P<name>\w+)\s*$", re.MULTILINE)
 
 
 @cache
 def _queries() -> dict[str, str]:
-    text = QUERIES_FILE.read_text()
-    parts = _HEADER.split(text)
     named: dict[str, str] = {}
-    # parts = [preamble, name1, body1, name2, body2, ...]
-    for name, body in zip(parts[1::2], parts[2::2], strict=True):
-        statement = "\n".join(
-            line for line in body.strip().splitlines() if not line.startswith("--")
-        ).strip()
-        named[name] = statement.rstrip(";")
+    origin: dict[str, str] = {}
+    for path in sorted(QUERIES_DIR.glob("*.sql")):
+        parts = _HEADER.split(path.read_text())
+        # parts = [preamble, name1, body1, name2, body2, ...]
+        for name, body in zip(parts[1::2], parts[2::2], strict=True):
+            if name in named:
+                raise KeyError(f"query {name!r} is defined in {origin[name]} and {path.name}")
+            statement = "\n".join(
+                line for line in body.strip().splitlines() if not line.startswith("--")
+            ).strip()
+            named[name] = statement.rstrip(";")
+            origin[name] = path.name
     return named
 
 
@@ -40,7 +45,7 @@ def query(name: str) -> str:
     try:
         return _queries()[name]
     except KeyError:
-        raise KeyError(f"no query named {name!r} in {QUERIES_FILE}") from None
+        raise KeyError(f"no query named {name!r} in {QUERIES_DIR}") from None
 
 
 def connect(dsn: str, *, autocommit: bool = True) -> psycopg.Connection[dict[str, Any]]:
