@@ -1,9 +1,11 @@
 """The playbook language: pydantic models, YAML loading, normalisation and the routing plan.
 
-`load_playbook(text)` turns YAML into a validated `Playbook`, normalising the older forms
-of `../shared/DSL.md` (case/when/then, list and string `next`, `mode: async`,
-`concurrency`, `tool.args`, `payload` on playbook tools, `when: true`) into the canonical
-form. `Playbook.to_spec()` is the JSON stored in `noetl.catalog.spec`: the canonical
+`load_playbook(text)` turns YAML into a validated `Playbook`. Every key is first checked
+against what this engine runs (noetl_pg.dsl_keys: run it or refuse it), then the older
+forms (case/when/then with `then` as a dict or a list of actions, `else` branches, list
+and string `next`, conditional `next` lists, `mode: async`, `concurrency`, `tool.args`,
+`payload` on playbook tools, `when: true`) are normalised into the canonical form.
+`Playbook.to_spec()` is the JSON stored in `noetl.catalog.spec`: the canonical
 playbook plus, on each step, the `plan` that the SQL router reads (see
 sql/functions/catalog.sql). Every error is a `PlaybookError` naming the playbook, the step
 and the field, with a line number where the YAML has one.
@@ -16,16 +18,14 @@ from functools import cached_property
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from noetl_pg import router
+from noetl_pg.dsl_keys import Path, check_document, is_branch, key_lines
 from noetl_pg.errors import PlaybookError
 from noetl_pg.policy import DEFAULT_RULE_ATTEMPTS
+from noetl_pg.tools import tool_config_keys
 
-# Kinds a step may name. The worker's registry (noetl_pg.tools) must cover these; the DSL
-# knows them so a typo is caught at registration, not when a worker claims the step.
-KNOWN_TOOL_KINDS = frozenset(
-    {"python", "noop", "http", "postgres", "duckdb", "playbook", "workbook"}
-)
 DEFAULT_PARALLEL_IN_FLIGHT = 10
 MAX_PLAYBOOK_BYTES = 1_048_576
 
@@ -37,8 +37,9 @@ def max_playbook_bytes() -> int:
 
 
 class _Model(BaseModel):
-    # Unknown keys are kept: NoETL playbooks carry fields we pass through untouched.
-    model_config = ConfigDict(extra="allow", populate_by_name=True)
+    # dsl_keys refused every key we do not run before these models see the document; a key
+    # that got past it and has no field here is a bug, so it is an error, not dropped.
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
 
 
 class RetrySpec(_Model):
@@ -49,23 +50,18 @@ class RetrySpec(_Model):
 
 
 class ToolSpec(_Model):
+    # The kind's own keys (url, code, ...) are extra; dsl_keys checked them per kind.
+    model_config = ConfigDict(extra="allow", populate_by_name=True)
+
     kind: str
     name: str | None = None
     retry: RetrySpec | None = None
 
-    @field_validator("kind")
-    @classmethod
-    def _known_kind(cls, kind: str) -> str:
-        if kind not in KNOWN_TOOL_KINDS:
-            raise ValueError(
-                f"unknown tool kind '{kind}' (known: {', '.join(sorted(KNOWN_TOOL_KINDS))})"
-            )
-        return kind
-
 
 class LoopRunSpec(_Model):
     mode: Literal["sequential", "parallel"] = "sequential"
-    max_in_flight: int | None = Field(None, ge=1)
+    # An integer, or a template rendered when the loop starts (executor._loop checks it).
+    max_in_flight: int | str | None = None
     policy: dict[str, Any] | None = None
     loop_mode: str | None = None
     fanout: dict[str, Any] | None = None
@@ -81,17 +77,33 @@ class LoopSpec(_Model):
         policy_exec = (self.spec.policy or {}).get("exec")
         return policy_exec == "distributed" or self.spec.loop_mode == "fanout"
 
+    @field_validator("spec")
+    @classmethod
+    def _bound_is_positive(cls, spec: LoopRunSpec) -> LoopRunSpec:
+        bound = spec.max_in_flight
+        if isinstance(bound, bool) or (isinstance(bound, int) and bound < 1):
+            raise ValueError(f"max_in_flight must be an integer >= 1, got {bound!r}")
+        if isinstance(bound, str) and "{{" not in bound:
+            raise ValueError(f"max_in_flight must be an integer >= 1 or a template, "
+                             f"got {bound!r}")
+        return spec
+
     @property
     def in_flight_bound(self) -> int:
+        """The static bound (a templated one is known when the loop starts)."""
         if self.spec.mode == "sequential":
             return 1
-        return self.spec.max_in_flight or DEFAULT_PARALLEL_IN_FLIGHT
+        bound = self.spec.max_in_flight
+        return bound if isinstance(bound, int) else DEFAULT_PARALLEL_IN_FLIGHT
 
 
 class Arc(_Model):
     step: str
     when: str | None = None
     set: dict[str, Any] | None = None
+    # The older case/when/then branch this arc came from: one branch is one choice (see
+    # noetl_pg.router). None for canonical arcs.
+    group: int | None = None
 
 
 class NextSpec(_Model):
@@ -106,6 +118,7 @@ class NextSpec(_Model):
 class Step(_Model):
     step: str
     desc: str | None = None
+    description: str | None = None
     tool: ToolSpec | list[ToolSpec] | None = None
     input: dict[str, Any] | None = None
     loop: LoopSpec | None = None
@@ -119,6 +132,14 @@ class Step(_Model):
         tools = self.tool if isinstance(self.tool, list) else [self.tool] if self.tool else []
         return tuple(task.model_dump(mode="json", exclude_none=True) for task in tools)
 
+    @model_validator(mode="before")
+    @classmethod
+    def _drop_plan(cls, data: Any) -> Any:
+        # A stored spec carries the plan to_spec derived; it is rebuilt, never read back.
+        if isinstance(data, dict) and "plan" in data:
+            data = {key: value for key, value in data.items() if key != "plan"}
+        return data
+
 
 class Playbook(_Model):
     apiVersion: str = "noetl.io/v2"
@@ -128,6 +149,15 @@ class Playbook(_Model):
     workbook: list[dict[str, Any]] = Field(default_factory=list)
     workflow: list[Step]
     executor: dict[str, Any] | None = None
+    keychain: list[dict[str, Any]] | dict[str, Any] | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _drop_entry_step(cls, data: Any) -> Any:
+        # A stored spec carries the entry_step to_spec derived (the property below).
+        if isinstance(data, dict) and "entry_step" in data:
+            data = {key: value for key, value in data.items() if key != "entry_step"}
+        return data
 
     @property
     def path(self) -> str:
@@ -160,27 +190,23 @@ def build_plans(playbook: Playbook) -> dict[str, dict[str, Any]]:
         step.step: [arc.step for arc in (step.next.arcs if step.next else [])]
         for step in playbook.workflow
     }
-    sources: dict[str, set[str]] = {name: set() for name in successors}
-    for source, targets in successors.items():
-        for target in targets:
-            sources[target].add(source)
+    joins = router.join_steps(successors)
 
     plans: dict[str, dict[str, Any]] = {}
     for step in playbook.workflow:
         arcs = step.next.arcs if step.next else []
+        direct = router.direct_targets(arcs, step.next.mode if step.next else "exclusive")
         if not arcs:
             route_mode, direct_targets = "none", []
-        elif all(arc.when is None and not arc.set for arc in arcs):
-            route_mode = "direct"
-            exclusive = step.next is not None and step.next.mode == "exclusive"
-            direct_targets = [arcs[0].step] if exclusive else [arc.step for arc in arcs]
+        elif direct is not None:
+            route_mode, direct_targets = "direct", direct
         else:
             route_mode, direct_targets = "router", []
         plans[step.step] = {
             "kind": _plan_kind(step),
             "route_mode": route_mode,
             "direct_targets": direct_targets,
-            "is_join": len(sources[step.step]) > 1,
+            "is_join": step.step in joins,
             "has_loop": step.loop is not None,
             "reaches": sorted(_reachable(step.step, successors)),
             "max_attempts": _max_attempts(step),
@@ -247,11 +273,13 @@ def load_playbook(text: str, *, source: str | None = None) -> Playbook:
         raise PlaybookError("a playbook must be a YAML mapping", playbook=label)
     metadata = document.get("metadata") or {}
     label = source or str(metadata.get("path") or metadata.get("name") or label)
-    step_lines = _step_lines(root_node)
+    lines = key_lines(root_node)
     workflow = document.get("workflow")
     if not isinstance(workflow, list) or not workflow:
         raise PlaybookError("workflow must be a non-empty list of steps", playbook=label,
-                            field="workflow")
+                            field="workflow", line=lines.get(("workflow",)))
+    step_lines = [lines.get(("workflow", index)) for index in range(len(workflow))]
+    check_document(document, lines, label, tool_config_keys())
     document = dict(document)
     document["workflow"] = [
         _normalise_step(raw, index, label, step_lines) for index, raw in enumerate(workflow)
@@ -259,21 +287,13 @@ def load_playbook(text: str, *, source: str | None = None) -> Playbook:
     try:
         playbook = Playbook.model_validate(document)
     except ValidationError as exc:
-        raise _validation_error(exc, document, label, step_lines) from exc
+        raise _validation_error(exc, document, label, lines) from exc
     _check_graph(playbook, label, step_lines)
     return playbook
 
 
-def _step_lines(root: yaml.Node | None) -> list[int]:
-    if not isinstance(root, yaml.MappingNode):
-        return []
-    for key, value in root.value:
-        if key.value == "workflow" and isinstance(value, yaml.SequenceNode):
-            return [item.start_mark.line + 1 for item in value.value]
-    return []
-
-
-def _normalise_step(raw: Any, index: int, label: str, lines: list[int]) -> dict[str, Any]:
+def _normalise_step(raw: Any, index: int, label: str,
+                    lines: list[int | None]) -> dict[str, Any]:
     line = lines[index] if index < len(lines) else None
     if not isinstance(raw, dict):
         raise PlaybookError("a step must be a mapping", playbook=label,
@@ -332,35 +352,55 @@ def _normalise_loop(loop: dict[str, Any]) -> dict[str, Any]:
 
 
 def _arcs_from(next_value: Any, case_value: Any) -> dict[str, Any] | None:
-    """Canonical `next: {spec, arcs}` from every accepted form."""
+    """Canonical `next: {spec, arcs}` from every accepted form (dsl_keys checked them)."""
     if next_value is None and case_value is None:
         return None
     if isinstance(next_value, dict) and "arcs" in next_value:
         result = dict(next_value)
         result["arcs"] = [_arc(arc) for arc in next_value.get("arcs") or []]
         return result
+    if isinstance(next_value, str | dict):
+        return {"spec": {"mode": "exclusive"}, "arcs": [_arc(next_value)]}
+    branches = case_value
+    if isinstance(next_value, list):
+        if not next_value or not all(is_branch(item) for item in next_value):
+            # The older list form starts every listed step, as NoETL did.
+            return {"spec": {"mode": "inclusive"}, "arcs": [_arc(arc) for arc in next_value]}
+        branches = next_value
     arcs: list[dict[str, Any]] = []
-    mode = "exclusive"
-    if isinstance(next_value, str):
-        arcs.append({"step": next_value})
-    elif isinstance(next_value, list):
-        # The older list form starts every listed step, as NoETL did.
-        mode = "inclusive"
-        arcs.extend(_arc(arc) for arc in next_value)
-    elif isinstance(next_value, dict):
-        arcs.append(_arc(next_value))
-    for branch in case_value or []:
-        when = branch.get("when") if isinstance(branch, dict) else None
-        then = (branch.get("then") if isinstance(branch, dict) else None) or {}
-        targets = then.get("next") if isinstance(then, dict) else None
-        if isinstance(targets, str | dict):
-            targets = [targets]
-        for target in targets or []:
-            arc = _arc(target)
-            if when is not None and arc.get("when") is None:
-                arc["when"] = when
-            arcs.append(_arc(arc))
-    return {"spec": {"mode": mode}, "arcs": arcs}
+    for group, branch in enumerate(branches or []):
+        otherwise = "else" in branch
+        then = branch["else"] if otherwise else branch["then"]
+        writes, targets = _branch_actions(then)
+        for target in targets:
+            arc: dict[str, Any] = {"step": target}
+            if not otherwise:
+                arc["when"] = branch["when"]
+            if writes:
+                arc["set"] = writes
+            arcs.append({**_arc(arc), "group": group})
+    # Branches are tried in order and the first that holds is taken (NoETL's case).
+    return {"spec": {"mode": "exclusive"}, "arcs": arcs}
+
+
+def _branch_actions(then: Any) -> tuple[dict[str, Any], list[str]]:
+    """The `set` writes and the target steps of a branch's `then`: a dict of actions
+    (`{next, set}`), a list of actions, a list of `{step}` targets, or `{then: ...}`."""
+    if isinstance(then, dict) and set(then) == {"then"}:
+        then = then["then"]
+    writes: dict[str, Any] = {}
+    targets: list[str] = []
+    for action in then if isinstance(then, list) else [then]:
+        if isinstance(action, str):
+            targets.append(action)
+            continue
+        if "step" in action:
+            targets.append(action["step"])
+        writes.update(action.get("set") or {})
+        chosen = action.get("next")
+        for target in chosen if isinstance(chosen, list) else [chosen] if chosen else []:
+            targets.append(target if isinstance(target, str) else target["step"])
+    return writes, targets
 
 
 def _arc(arc: Any) -> dict[str, Any]:
@@ -378,18 +418,22 @@ def _arc(arc: Any) -> dict[str, Any]:
 
 
 def _validation_error(
-    exc: ValidationError, document: dict[str, Any], label: str, lines: list[int]
+    exc: ValidationError, document: dict[str, Any], label: str, lines: dict[Path, int]
 ) -> PlaybookError:
     first = exc.errors()[0]
-    location = [str(part) for part in first["loc"]]
+    location = [part if isinstance(part, int) else str(part) for part in first["loc"]]
     step_name = None
+    field_path = ".".join(map(str, location))
+    if len(location) >= 2 and location[0] == "workflow" and isinstance(location[1], int):
+        step_name = document["workflow"][location[1]].get("step")
+        field_path = ".".join(map(str, location[2:])) or "step"
+    # The line of the deepest key of the location that the YAML has (a normalised key
+    # may not be in it: then its parent's).
     line = None
-    field_path = ".".join(location)
-    if len(location) >= 2 and location[0] == "workflow" and location[1].isdigit():
-        index = int(location[1])
-        step_name = document["workflow"][index].get("step")
-        line = lines[index] if index < len(lines) else None
-        field_path = ".".join(location[2:]) or "step"
+    for end in range(len(location), 0, -1):
+        line = lines.get(tuple(location[:end]))
+        if line is not None:
+            break
     message = first["msg"].removeprefix("Value error, ")
     return PlaybookError(message, playbook=label, step=step_name, field=field_path, line=line)
 

@@ -22,8 +22,9 @@ from noetl_pg.errors import NoetlError, TemplateError, ToolError
 from noetl_pg.keychain import Keychain, SecretRedactor
 from noetl_pg.policy import decide
 from noetl_pg.results import CommandResults
+from noetl_pg.router import choose, route_scope
 from noetl_pg.store import ResultStore
-from noetl_pg.templating import LazyResult, ResultView, build_context, render_value, truthy
+from noetl_pg.templating import ResultView, build_context, render_value
 from noetl_pg.tools.base import CredentialResolver, Tool, ToolContext
 from noetl_pg.tools.playbook import ChildRequest
 from noetl_pg.tools.workbook import resolve_task
@@ -98,7 +99,17 @@ class CommandRunner:
         playbook: Playbook, results: CommandResults | None = None,
     ) -> dict[str, Any]:
         namespace = build_context(context, results)
-        keychain = (playbook.model_extra or {}).get("keychain")
+        execution_id = namespace.get("execution_id")
+        # NoETL's job namespace: the execution is the job (job.uuid, job.id are its id).
+        namespace.setdefault("job", {
+            "execution_id": execution_id, "uuid": str(execution_id), "id": str(execution_id),
+            "path": playbook.path,
+        })
+        for other in playbook.workflow:
+            # A step that has not run (yet, or on this branch) is none, so
+            # `{{ a.x if a else b.x }}` works; a name that is no step stays undefined.
+            namespace.setdefault(other.step, None)
+        keychain = playbook.keychain
         if keychain:
             namespace["keychain"] = Keychain(
                 keychain, self._credentials, dict(namespace),
@@ -115,7 +126,9 @@ class CommandRunner:
                 "_first": index == 0,
                 "_last": index == total - 1,
             }
-            namespace["loop"] = {"index": index, "first": index == 0, "length": total}
+            namespace["loop"] = {"index": index, "first": index == 0, "length": total,
+                                 "last": index == total - 1}
+            namespace["loop_index"] = index
         return namespace
 
     # --- route -----------------------------------------------------------------------
@@ -123,33 +136,13 @@ class CommandRunner:
     def _route(
         self, step: Step, command: Mapping[str, Any], namespace: dict[str, Any]
     ) -> list[dict[str, Any]]:
-        event = (command.get("input") or {}).get("event", "call.done")
-        scope = dict(namespace)
-        scope["event"] = {"name": event}
-        own = namespace.get(step.step)
-        if isinstance(own, LazyResult):
-            scope["result"] = own
-        elif isinstance(own, Mapping):
-            scope["result"] = own
-            if "fanin" in own:
-                scope["fanin"] = own["fanin"]
-        if event == "call.error":
-            error = (command.get("input") or {}).get("error")
-            scope["output"] = {"status": "error", "error": error}
-            scope["error"] = error
+        command_input = command.get("input") or {}
+        event = command_input.get("event", "call.done")
+        scope = route_scope(namespace, step.step, event, command_input.get("error"))
         arcs = step.next.arcs if step.next else []
-        exclusive = step.next is None or step.next.mode == "exclusive"
-        chosen: list[dict[str, Any]] = []
-        for arc in arcs:
-            # An arc without `when` is taken after success, never after an error.
-            matched = event != "call.error" if arc.when is None else truthy(arc.when, scope)
-            if not matched:
-                continue
-            chosen.append({"step": arc.step, "set": _ctx_writes(render_value(arc.set, scope))
-                           if arc.set else None})
-            if exclusive:
-                break
-        return chosen
+        chosen = choose(arcs, step.next.mode if step.next else "exclusive", event, scope)
+        return [{"step": target["step"], "set": _ctx_writes(target["set"])
+                 if target["set"] else None} for target in chosen]
 
     # --- loop ------------------------------------------------------------------------
 
@@ -163,14 +156,14 @@ class CommandRunner:
                 f"loop.in must render to a list, got {type(items).__name__}"
             )
         run_spec = step.loop.spec
-        max_in_flight = render_value(run_spec.max_in_flight, namespace)
+        max_in_flight = _in_flight_bound(render_value(run_spec.max_in_flight, namespace))
         fanout = run_spec.fanout or {}
         return {
             "items": items,
             "loop": {
                 "iterator": step.loop.iterator,
                 "mode": run_spec.mode,
-                "max_in_flight": int(max_in_flight) if max_in_flight else None,
+                "max_in_flight": max_in_flight,
                 "is_fanout": step.loop.is_fanout,
                 "max_shard_retries": int(fanout.get("max_shard_retries", 2)),
             },
@@ -184,22 +177,24 @@ class CommandRunner:
     ) -> Outcome:
         tool_context = dataclasses.replace(self._make_tool_context(command), results=results)
         step_input = render_value(step.input, namespace) if step.input else {}
+        task_ctx: dict[str, Any] = {}
         try:
             result, decision_error = self._run_tasks(
                 list(step.task_configs), step_input, namespace, command["attempt"], tool_context,
                 pipeline=isinstance(step.tool, list), workbook=playbook.workbook,
+                task_ctx=task_ctx,
             )
         except ToolError as exc:
             return {"op": "fail", "error": self._redact(f"step '{step.step}': {exc.message}"),
                     "retry_delay": None, "output": exc.output or None}
         if decision_error is not None:
             return decision_error
-        ctx_set: dict[str, Any] = {}
+        ctx_set: dict[str, Any] = dict(task_ctx)
         if step.set:
             scope = {**namespace, step.step: _view(result), "result": result,
                      "output": {"status": "ok", "data": result}}
             writes = render_value(step.set, scope)
-            ctx_set = _ctx_writes(writes)
+            ctx_set.update(_ctx_writes(writes))
             result = _apply_step_writes(result, writes)
         return {"op": "done", "result": result, "ctx_set": ctx_set or None}
 
@@ -213,16 +208,23 @@ class CommandRunner:
         *,
         pipeline: bool,
         workbook: list[dict[str, Any]],
+        task_ctx: dict[str, Any] | None = None,
     ) -> tuple[Any, Outcome | None]:
-        """Run a tool or a pipeline; returns (result, fail or await_child outcome or None)."""
+        """Run a tool or a pipeline; returns (result, fail or await_child outcome or None).
+        Tasks' own `set` ctx writes are added to `task_ctx`."""
         scope = dict(namespace)
+        if pipeline:
+            scope.update(_attempt=attempt, _prev=None, _task=None)
+            if scope.get("results") is None:
+                scope["results"] = {}
         result: Any = None
         position = 0
         while position < len(tasks):
             task = tasks[position]
             name = task.get("name") or f"task_{position + 1}"
             config = render_value(
-                {key: value for key, value in task.items() if key not in ("spec", "retry")},
+                {key: value for key, value in task.items()
+                 if key not in ("spec", "retry", "set")},
                 scope,
             )
             if step_input:
@@ -261,6 +263,9 @@ class CommandRunner:
                 }
             if pipeline:
                 scope[name] = _view(result)
+                _pipeline_envelope(scope, name, result)
+            if task.get("set"):
+                _apply_task_set(task["set"], scope, output, task_ctx)
             if decision.action == "break":
                 break
             if decision.action == "jump" and decision.jump_to:
@@ -319,6 +324,18 @@ class CommandRunner:
         return outcome
 
 
+def _in_flight_bound(value: Any) -> int | None:
+    """loop.spec.max_in_flight as rendered when the loop starts: None or an integer >= 1."""
+    if value is None:
+        return None
+    if isinstance(value, str) and value.strip().isdigit():
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise TemplateError(f"loop.spec.max_in_flight must render to an integer >= 1, "
+                            f"got {value!r}")
+    return value
+
+
 def _with_timeout(context: ToolContext, timeout: Any) -> ToolContext:
     """`spec.timeout` (seconds, or {read: N}) as the tool's time budget."""
     if isinstance(timeout, Mapping):
@@ -367,6 +384,29 @@ def _apply_step_writes(result: Any, writes: Mapping[str, Any]) -> Any:
     merged = dict(result) if isinstance(result, Mapping) else {"data": result}
     merged.update(step_writes)
     return merged
+
+
+def _pipeline_envelope(scope: dict[str, Any], name: str, result: Any) -> None:
+    """NoETL's pipeline names after a task: `_prev` (its result), `_task` (its name) and
+    `results.<task>` (every task so far), beside the task's own name."""
+    scope["_prev"] = _view(result)
+    scope["_task"] = name
+    if isinstance(scope.get("results"), dict):
+        scope["results"] = {**scope["results"], name: _view(result)}
+
+
+def _apply_task_set(writes: Mapping[str, Any], scope: dict[str, Any], output: Mapping[str, Any],
+                    task_ctx: dict[str, Any] | None) -> None:
+    """A task's own `set`, rendered after it ran with `output` in scope: `iter.*` and
+    `ctx.*` writes are visible to later tasks; ctx writes also go to the execution."""
+    rendered = render_value(dict(writes), {**scope, "output": dict(output)})
+    _apply_iter_writes(scope, rendered)
+    ctx = _ctx_writes(rendered)
+    if ctx:
+        scope["ctx"] = {**(scope.get("ctx") or {}), **ctx}
+        scope.update(ctx)
+        if task_ctx is not None:
+            task_ctx.update(ctx)
 
 
 def _apply_iter_writes(scope: dict[str, Any], writes: Mapping[str, Any]) -> None:

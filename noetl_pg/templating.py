@@ -36,7 +36,22 @@ _BARE_NAME = re.compile(r"^\s*\{\{\s*(?P<name>[A-Za-z_][A-Za-z0-9_]*)\s*\}\}\s*$
 # Names that Jinja reads as literals, never as variables.
 _JINJA_LITERALS = frozenset({"true", "false", "none", "True", "False", "None"})
 
-_ENV = ImmutableSandboxedEnvironment(undefined=StrictUndefined, autoescape=False)
+
+
+class _Environment(ImmutableSandboxedEnvironment):
+    """`{{ x.name }}` on a mapping is the mapping's key `name` when it has one, before any
+    Python attribute: a result with `items` or `keys` is data, not dict methods."""
+
+    def getattr(self, obj: Any, attribute: str) -> Any:
+        if isinstance(obj, Mapping):
+            try:
+                return obj[attribute]
+            except (KeyError, TypeError):
+                pass
+        return super().getattr(obj, attribute)
+
+
+_ENV = _Environment(undefined=StrictUndefined, autoescape=False)
 _ENV.filters["tojson"] = lambda value: json.dumps(value, default=str)
 _ENV.filters["to_json"] = _ENV.filters["tojson"]
 
@@ -48,6 +63,38 @@ class ResultView(dict):
         if name == "data" and "data" not in self:
             return self
         raise AttributeError(name)
+
+
+class ErrorView(dict):
+    """`output.error` as templates see it: NoETL's error object (kind, retryable, code,
+    status_code, message) that reads as its message inside text (`"failed: {{ error }}"`)."""
+
+    def __str__(self) -> str:
+        return str(self.get("message") or "")
+
+
+# HTTP statuses a retry can cure, as NoETL classifies them (429 and every 5xx).
+def _retryable_status(status: Any) -> bool:
+    return isinstance(status, int) and (status == 429 or status >= 500)
+
+
+def error_view(message: Any, output: Mapping[str, Any] | None = None,
+               kind: str | None = None) -> ErrorView:
+    """The error object of a failed tool from its message and the tool's error output
+    (`http.status` for http). `kind`: `timeout`, `http` or `tool_error` unless given."""
+    if isinstance(message, Mapping):
+        return ErrorView(message)
+    http = (output or {}).get("http")
+    status = http.get("status") if isinstance(http, Mapping) else None
+    if kind is None:
+        kind = "timeout" if "timed out" in str(message) else "http" if status else "tool_error"
+    return ErrorView({
+        "kind": kind,
+        "retryable": kind == "timeout" or _retryable_status(status),
+        "code": f"HTTP_{status}" if status else kind.upper(),
+        "status_code": status,
+        "message": str(message or ""),
+    })
 
 
 class RefDict(dict):
@@ -124,9 +171,22 @@ def _names(source: str) -> frozenset[str]:
 
 def _load_named(source: str, context: Mapping[str, Any]) -> Mapping[str, Any]:
     """`context` with the stored results this template names loaded (others stay lazy)."""
-    loaded = {name: value.load() for name in _names(source)
-              if isinstance(value := context.get(name), LazyResult)}
+    loaded = {name: _loaded(value) for name in _names(source)
+              if _holds_lazy(value := context.get(name))}
     return {**context, **loaded} if loaded else context
+
+
+def _holds_lazy(value: Any) -> bool:
+    """A stored result, or a plain scope dict (a route's `output`) holding one."""
+    return isinstance(value, LazyResult) or (
+        type(value) is dict and any(isinstance(item, LazyResult) for item in value.values()))
+
+
+def _loaded(value: Any) -> Any:
+    if isinstance(value, LazyResult):
+        return value.load()
+    return {key: item.load() if isinstance(item, LazyResult) else item
+            for key, item in value.items()}
 
 
 @lru_cache(maxsize=4096)

@@ -21,6 +21,18 @@ TOOL_CLASSES: dict[str, type[Tool]] = {
 }
 
 
+ALL_TOOL_CLASSES: tuple[type[Tool], ...] = (*TOOL_CLASSES.values(), WorkbookTool)
+
+
+def tool_config_keys() -> dict[str, tuple[frozenset[str], frozenset[str]]]:
+    """kind -> (its `tool:` keys, its `tool.spec` keys): what registration accepts."""
+    return {
+        tool_class.kind: (tool_class.config_keys,
+                          getattr(tool_class, "spec_keys", frozenset()))
+        for tool_class in ALL_TOOL_CLASSES
+    }
+
+
 def create_tools() -> dict[str, Tool]:
     """One instance of each tool for a worker (tools keep no per-command state).
 

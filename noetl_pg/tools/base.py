@@ -75,5 +75,9 @@ class Tool(Protocol):
     """One tool kind. `kind` is the value of `tool.kind` in a playbook."""
 
     kind: ClassVar[str]
+    # The keys of its `tool:` block this kind reads beyond those of every task (kind, name,
+    # input, spec, ...: noetl_pg.dsl_keys.ACCEPTED["task"]); a playbook naming any other key
+    # is refused at registration. `spec_keys`, if declared, adds keys of `tool.spec`.
+    config_keys: ClassVar[frozenset[str]]
 
     def run(self, config: Mapping[str, Any], context: ToolContext) -> Any: ...

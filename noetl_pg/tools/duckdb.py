@@ -55,6 +55,8 @@ class DuckdbTool:
     """Run a SQL script in DuckDB; see the module docstring."""
 
     kind: ClassVar[str] = "duckdb"
+    config_keys: ClassVar[frozenset[str]] = frozenset(
+        {"database", "query", "command", "params", "timeout"})
 
     def run(self, config: Mapping[str, Any], context: ToolContext) -> Any:
         sql = localize_refs(script_text(config, self.kind), context, self.kind)

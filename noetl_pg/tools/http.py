@@ -155,6 +155,9 @@ class HttpTool:
     """One HTTP request; see the module docstring for keys and result."""
 
     kind: ClassVar[str] = "http"
+    config_keys: ClassVar[frozenset[str]] = frozenset({
+        "method", "url", "endpoint", "headers", "params", "payload", "json", "body", "timeout",
+        "auth", "follow_redirects"})
 
     def run(self, config: Mapping[str, Any], context: ToolContext) -> Any:
         url = config.get("url") or config.get("endpoint")

@@ -10,6 +10,7 @@ from noetl_pg.tools.base import ToolContext
 
 class NoopTool:
     kind: ClassVar[str] = "noop"
+    config_keys: ClassVar[frozenset[str]] = frozenset()
 
     def run(self, config: Mapping[str, Any], context: ToolContext) -> Any:
         return {}

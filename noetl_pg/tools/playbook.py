@@ -48,6 +48,7 @@ class PlaybookTool:
     """Validates a child request; see the module docstring."""
 
     kind: ClassVar[str] = "playbook"
+    config_keys: ClassVar[frozenset[str]] = frozenset({"path", "version", "payload", "return_step"})
 
     def run(self, config: Mapping[str, Any], context: ToolContext) -> ChildRequest:
         path = config.get("path")

@@ -330,6 +330,8 @@ class PostgresTool:
     """Run a SQL script in one transaction; see the module docstring."""
 
     kind: ClassVar[str] = "postgres"
+    config_keys: ClassVar[frozenset[str]] = frozenset(
+        {"auth", "command", "query", "params", "timeout"})
 
     def run(self, config: Mapping[str, Any], context: ToolContext) -> Any:
         statements = split_sql(localize_refs(script_text(config, self.kind), context, self.kind))

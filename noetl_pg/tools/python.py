@@ -236,6 +236,8 @@ class PythonTool:
     """Run a snippet inline or in an executor subprocess; see the module docstring."""
 
     kind: ClassVar[str] = "python"
+    config_keys: ClassVar[frozenset[str]] = frozenset({"code", "libs", "isolation"})
+    spec_keys: ClassVar[frozenset[str]] = frozenset({"isolation"})
 
     def run(self, config: Mapping[str, Any], context: ToolContext) -> Any:
         code = config.get("code")

@@ -54,6 +54,7 @@ class WorkbookTool:
     """Runs a resolved workbook task with the worker's tool of that kind."""
 
     kind: ClassVar[str] = "workbook"
+    config_keys: ClassVar[frozenset[str]] = frozenset()
 
     def __init__(self, tools: Mapping[str, Tool]) -> None:
         self._tools = tools

@@ -159,7 +159,7 @@ workflow:
         policy:
           rules:
             - when: "{{ output.status == 'error' }}"
-              then: {do: continue, set: {ctx.note: "{{ output.error }}"}}
+              then: {do: continue, set: {iter.note: "{{ output.error }}"}}
     next: strict
   - step: strict
     tool:
