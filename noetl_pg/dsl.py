@@ -21,7 +21,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from noetl_pg import router
-from noetl_pg.dsl_keys import Path, check_document, is_branch, key_lines
+from noetl_pg.dsl_keys import STORE_TIERS, Path, check_document, is_branch, key_lines
 from noetl_pg.errors import PlaybookError
 from noetl_pg.policy import DEFAULT_RULE_ATTEMPTS
 from noetl_pg.tools import tool_config_keys
@@ -331,6 +331,12 @@ def _normalise_tool(tool: Any) -> Any:
         tool["input"] = tool.pop("args")
     if tool.get("kind") == "playbook" and "payload" in tool and "input" not in tool:
         tool["input"] = tool.pop("payload")
+    output = tool.get("output")
+    if isinstance(output, dict) and "store" in output:
+        store = output["store"]
+        tier = STORE_TIERS[store.get("kind", "auto") if isinstance(store, dict) else store]
+        output = {key: value for key, value in output.items() if key != "store"}
+        tool["output"] = {**output, "store": tier} if tier else output
     return tool
 
 

@@ -40,6 +40,7 @@ ACCEPTED: dict[str, frozenset[str]] = {
     "task.spec": frozenset({"timeout", "policy"}),
     "task.retry": frozenset({"max_attempts", "retry_on", "backoff", "delay"}),
     "task.output": frozenset({"store"}),
+    "task.output.store": frozenset({"kind"}),
     "policy": frozenset({"rules", "mode"}),
     "policy.rule": frozenset({"when", "then", "else"}),
     "policy.else": frozenset({"then"}),
@@ -95,6 +96,11 @@ REFUSED: dict[str, dict[str, str]] = {
         "eval": "`eval` is not NoETL v10: use tool.spec.policy.rules",
         "sink": "`sink` is not supported: write with a postgres or duckdb task",
     },
+    "task.output.store": {
+        key: f"tool.output.store.{key} is not supported: tiers are configured on the "
+             "worker (NOETL_STORE_*)"
+        for key in ("driver", "bucket", "prefix", "ttl", "compression", "credential")
+    },
     "task.output": {
         "select": "tool.output.select is not supported: use `set` with a template",
         "accumulate": "tool.output.accumulate is not supported",
@@ -147,6 +153,14 @@ ACCEPTED_VALUES: dict[tuple[str, str], frozenset[Any]] = {
     # With no arc matching, a branch ends here; the execution completes when all end.
     ("next.spec", "on_no_match"): frozenset({"complete"}),
     ("task.retry", "backoff"): frozenset({"none", "linear", "exponential"}),
+}
+
+# `tool.output.store` (a name, or NoETL's `{kind: ...}`) -> the tier of noetl_pg.store it
+# forces; None: the default choice by size (NoETL's `auto`). Other NoETL kinds (memory,
+# kv, gcs, duckdb, eventlog) have no tier here and are refused.
+STORE_TIERS: dict[str, str | None] = {
+    "auto": None, "disk": "fs", "object": "fs", "fs": "fs", "pvc": "pvc", "db": "db",
+    "s3": "s3", "minio": "minio",
 }
 
 # Which scopes a `set` at each place writes: `ctx.x` (and bare `x`, a ctx write) for the
@@ -303,9 +317,19 @@ class _Checker:
         if task.get("retry") is not None:
             self.keys(task["retry"], (*path, "retry"), "task.retry")
         if task.get("output") is not None:
-            self.keys(task["output"], (*path, "output"), "task.output")
+            output = self.keys(task["output"], (*path, "output"), "task.output")
+            if output.get("store") is not None:
+                self.store(output["store"], (*path, "output", "store"))
         if task.get("set") is not None:
             self.set_keys(task["set"], (*path, "set"), "task")
+
+    def store(self, store: Any, path: Path) -> None:
+        if isinstance(store, Mapping):
+            store = self.keys(store, path, "task.output.store").get("kind", "auto")
+            path = (*path, "kind")
+        if store not in STORE_TIERS:
+            raise self.fail(path, f"store {store!r} is not supported (supported: "
+                            f"{', '.join(STORE_TIERS)})")
 
     def policy(self, policy: Any, path: Path) -> None:
         policy = self.keys(policy, path, "policy")
