@@ -17,6 +17,9 @@ import os
 from functools import cached_property
 from typing import Any, Literal
 
+import jinja2
+import jinja2.meta
+import jinja2.nodes
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -210,6 +213,7 @@ def build_plans(playbook: Playbook) -> dict[str, dict[str, Any]]:
             "has_loop": step.loop is not None,
             "reaches": sorted(_reachable(step.step, successors)),
             "max_attempts": _max_attempts(step),
+            **_reads(step, playbook),
         }
     return plans
 
@@ -243,6 +247,145 @@ def _max_attempts(step: Step) -> int:
             if then.get("do") == "retry":
                 attempts = max(attempts, int(then.get("attempts", DEFAULT_RULE_ATTEMPTS)))
     return attempts
+
+
+# --- what a step reads ----------------------------------------------------------------
+#
+# A claim sends a command only the earlier step results its templates name (see
+# noetl.command_context): a loop of 10,000 iterations over `{{ start.xs }}` must not ship
+# `start` with every claim. A plan's `reads` maps a step name to the top-level keys of its
+# result that are read (a list) or to `true` (the whole result); `null` means "could not
+# tell, send every result". `reads` is for the step's own commands (a loop's iterations);
+# `loop_reads` for the command that renders a loop's collection.
+
+_PARSE_ENV = jinja2.Environment()
+# Keys whose string values are conditions, which may be written without braces.
+_CONDITION_KEYS = frozenset({"when"})
+# Keys of a step that are never rendered.
+_UNRENDERED_STEP_KEYS = frozenset({"step", "desc"})
+# An attribute that is a dict method (`start.get('x')`) reads the whole mapping.
+_MAPPING_METHODS = frozenset(dir(dict))
+StepReads = dict[str, Any] | None
+
+
+def _reads(step: Step, playbook: Playbook) -> dict[str, StepReads]:
+    """The plan's `reads` and `loop_reads` of `step` (see above)."""
+    step_names = frozenset(other.step for other in playbook.workflow)
+    body = step.model_dump(mode="json", by_alias=True, exclude_none=True)
+    for key in _UNRENDERED_STEP_KEYS:
+        body.pop(key, None)
+    loop_part = body.pop("loop", None) or {}
+    # The loop's run options (max_in_flight) are rendered by the loop command, not by
+    # iterations; the iterator name is not a template.
+    extras: list[Any] = [(playbook.model_extra or {}).get("keychain")]
+    tasks = step.tool if isinstance(step.tool, list) else [step.tool] if step.tool else []
+    if any(task.kind == "workbook" for task in tasks):
+        extras.append(playbook.workbook)
+    reads = _names_read([body, *extras], step_names)
+    if reads is not None and step.loop is not None:
+        # Iterations never see their own loop's aggregate (nor other iterations' results).
+        reads.pop(step.step, None)
+    loop_reads = (_names_read([loop_part.get("in"), loop_part.get("spec"), *extras],
+                              step_names) if step.loop is not None else {})
+    return {"reads": reads, "loop_reads": loop_reads}
+
+
+def _names_read(values: list[Any], step_names: frozenset[str]) -> StepReads:
+    """Union of the step results the templates inside `values` read; None if unknown."""
+    reads: dict[str, Any] = {}
+    for source in _template_strings(values):
+        found = _template_reads(source, step_names)
+        if found is None:
+            return None
+        for name, keys in found.items():
+            if keys is True or reads.get(name) is True:
+                reads[name] = True
+            else:
+                reads[name] = sorted(set(reads.get(name) or []) | keys)
+    return reads
+
+
+def _template_strings(values: list[Any]) -> list[str]:
+    """Every rendered string in `values`; a bare condition becomes `{{ condition }}`."""
+    found: list[str] = []
+
+    def walk(value: Any, key: str | None) -> None:
+        if isinstance(value, str):
+            if "{{" in value or "{%" in value:
+                found.append(value)
+            elif key in _CONDITION_KEYS and value.strip():
+                found.append("{{ " + value + " }}")
+        elif isinstance(value, dict):
+            for child_key, child in value.items():
+                walk(child, str(child_key))
+        elif isinstance(value, list):
+            for child in value:
+                walk(child, key)
+
+    walk(values, None)
+    return found
+
+
+def _template_reads(source: str, step_names: frozenset[str]) -> dict[str, Any] | None:
+    """{step: set of top-level keys | True} that `source` reads; None if it cannot parse.
+
+    `start.xs` and `start['xs']` read key `xs`; `start.data.xs` reads `data` and `xs` (a
+    result view omits `.data` when the result has none); any other use of `start` (bare,
+    filtered, indexed by a variable, a method call) or of `start_ref` reads all of it.
+    """
+    try:
+        tree = _PARSE_ENV.parse(source)
+    except jinja2.TemplateSyntaxError:
+        return None
+    free = jinja2.meta.find_undeclared_variables(tree)
+    targets = {name: name for name in free & step_names}
+    targets.update({name: name[: -len("_ref")] for name in free
+                    if name.endswith("_ref") and name[: -len("_ref")] in step_names})
+    if not targets:
+        return {}
+    reads: dict[str, Any] = {}
+
+    def record(name: str, path: list[str]) -> None:
+        step_name = targets[name]
+        keys = path[:2] if path[:1] == ["data"] and len(path) > 1 else path[:1]
+        if name != step_name or not keys or keys == ["data"] or reads.get(step_name) is True:
+            reads[step_name] = True
+        else:
+            reads.setdefault(step_name, set()).update(keys)
+
+    def visit(node: jinja2.nodes.Node) -> None:
+        path: list[str] = []
+        base = node
+        while isinstance(base, jinja2.nodes.Getattr | jinja2.nodes.Getitem):
+            key = _constant_key(base)
+            path = [key, *path] if key is not None else []
+            if isinstance(base, jinja2.nodes.Getitem):
+                visit(base.arg)
+            base = base.node
+        if isinstance(base, jinja2.nodes.Name) and base.ctx == "load" and base.name in targets:
+            record(base.name, _until_method(path))
+            return
+        for child in base.iter_child_nodes():
+            visit(child)
+
+    visit(tree)
+    return reads
+
+
+def _constant_key(node: jinja2.nodes.Getattr | jinja2.nodes.Getitem) -> str | None:
+    if isinstance(node, jinja2.nodes.Getattr):
+        return node.attr
+    if isinstance(node.arg, jinja2.nodes.Const) and isinstance(node.arg.value, str):
+        return node.arg.value
+    return None
+
+
+def _until_method(path: list[str]) -> list[str]:
+    """The path up to the first dict method name (its keys are then read whole)."""
+    for position, key in enumerate(path):
+        if key in _MAPPING_METHODS:
+            return path[:position]
+    return path
 
 
 # --- loading -------------------------------------------------------------------------

@@ -346,16 +346,19 @@ class Worker:
             pending.clear()
 
     def _run_batch(self, runner: CommandRunner, rows: list[dict[str, Any]]) -> list[Outcome]:
-        # claim rows carry the context on the first row of each execution only.
-        contexts: dict[int, Mapping[str, Any]] = {}
+        # claim rows carry the context (what the step reads) on the first row of each
+        # group of one execution, step, kind and loop-or-not only (noetl.describe_commands).
+        contexts: dict[tuple[Any, ...], Mapping[str, Any]] = {}
         outcomes: list[Outcome] = []
         for row in rows:
+            group = (row["execution_id"], row["step_name"], row["kind"],
+                     row["loop_id"] is None)
             if row["context"] is not None:
-                contexts[row["execution_id"]] = row["context"]
+                contexts[group] = row["context"]
             if row["execution_id"] in self._cancelled:
                 # cancel_execution already cancelled the command; any outcome would be stale.
                 continue
-            outcomes.append(self._run_one(runner, row, contexts[row["execution_id"]]))
+            outcomes.append(self._run_one(runner, row, contexts[group]))
         return outcomes
 
     def _run_one(

@@ -3,7 +3,9 @@
 -- noetl.register_playbook(path, content, spec) -> (catalog_id, version)
 -- Contract: stores a new version of the playbook at `path` (1 for a new path, else the
 --   latest + 1) and extracts each step's routing plan (spec.workflow[i].plan, computed by the
---   Python DSL parser) into noetl.catalog_step. Returns the new row's id and version.
+--   Python DSL parser) into noetl.catalog_step, including what each step reads of earlier
+--   results (plan.reads, plan.loop_reads; see noetl.command_context). Returns the new
+--   row's id and version.
 -- Locks: a transaction-level advisory lock on the path, so two registrations of one path
 --   get consecutive versions instead of a unique-key error.
 -- Failure modes: raises (naming the path) when spec has no workflow, a step has no name or
@@ -49,7 +51,7 @@ begin
         begin
             insert into noetl.catalog_step (
                 catalog_id, step_name, tool_kind, route_mode, direct_targets, is_join,
-                has_loop, reaches, max_attempts
+                has_loop, reaches, max_attempts, reads, loop_reads
             )
             values (
                 v_catalog_id,
@@ -61,7 +63,10 @@ begin
                 coalesce((v_plan ->> 'is_join')::boolean, false),
                 coalesce((v_plan ->> 'has_loop')::boolean, false),
                 array(select jsonb_array_elements_text(coalesce(v_plan -> 'reaches', '[]'))),
-                coalesce((v_plan ->> 'max_attempts')::integer, 1)
+                coalesce((v_plan ->> 'max_attempts')::integer, 1),
+                -- JSON null (analysis inconclusive) is stored as SQL NULL: send everything.
+                nullif(v_plan -> 'reads', 'null'::jsonb),
+                nullif(v_plan -> 'loop_reads', 'null'::jsonb)
             );
         exception when unique_violation then
             raise exception 'playbook %: duplicate step name "%"', p_path, v_step ->> 'step'

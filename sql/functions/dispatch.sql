@@ -92,10 +92,29 @@ end;
 $$;
 
 -- noetl.command_context(execution_id) -> jsonb
--- Contract: what templates of a command of this execution may read:
---   {execution_id, workload, ctx, results: {step_name: result}}.
+-- Contract: every result a template of this execution may read:
+--   {execution_id, path, workload, ctx, results: {step_name: result}}. Used where what
+--   is read is not known; claims use the two-argument form.
 -- Locks: none (a plain read at the statement's snapshot).
 create or replace function noetl.command_context(p_execution_id bigint)
+returns jsonb
+language plpgsql
+stable
+as $$
+begin
+    return noetl.command_context(p_execution_id, null);
+end;
+$$;
+
+-- noetl.command_context(execution_id, reads) -> jsonb
+-- Contract: the context shaped as above, whose `results` hold only what `reads` names:
+--   {step_name: true} sends that step's result whole, {step_name: [key, ...]} only those
+--   top-level keys of an object result (a result store ref, or a result that is not an
+--   object, is sent whole: refs are resolved by the worker when a template reads them).
+--   `reads` NULL sends every result. A step without a result yet is absent. So the bytes
+--   a claim carries do not grow with results its step does not read.
+-- Locks: none (a plain read at the statement's snapshot).
+create or replace function noetl.command_context(p_execution_id bigint, p_reads jsonb)
 returns jsonb
 language plpgsql
 stable
@@ -111,9 +130,25 @@ begin
         'workload', e.workload,
         'ctx', e.ctx,
         'results', coalesce(
-            (select jsonb_object_agg(r.step_name, r.result)
+            (select jsonb_object_agg(
+                r.step_name,
+                case
+                    when p_reads is null
+                        or jsonb_typeof(p_reads -> r.step_name) <> 'array'
+                        or jsonb_typeof(r.result) <> 'object'
+                        or r.result ? 'result_ref'
+                        then r.result
+                    else coalesce(
+                        (select jsonb_object_agg(k.key, r.result -> k.key)
+                         from jsonb_array_elements_text(p_reads -> r.step_name) as k (key)
+                         where r.result ? k.key),
+                        '{}'::jsonb
+                    )
+                end
+            )
              from noetl.step_result as r
-             where r.execution_id = e.execution_id),
+             where r.execution_id = e.execution_id
+                 and (p_reads is null or p_reads ? r.step_name)),
             '{}'::jsonb
         )
     ) into v_context
@@ -123,12 +158,36 @@ begin
 end;
 $$;
 
+-- noetl.command_reads(kind, step_name, reads, loop_reads) -> jsonb
+-- Contract: what a command of `kind` for a step with these plan columns reads: a 'loop'
+--   command (renders the collection) its loop_reads; a 'route' command its step's reads
+--   plus its own step's result whole (arcs see `result`); any other (a step, a loop
+--   iteration) its reads. NULL (unknown) stays NULL: everything is sent.
+-- Locks: none.
+create or replace function noetl.command_reads(
+    p_kind text,
+    p_step_name text,
+    p_reads jsonb,
+    p_loop_reads jsonb
+) returns jsonb
+language sql
+immutable
+as $$
+    select case p_kind
+        when 'loop' then p_loop_reads
+        when 'route' then p_reads || jsonb_build_object(p_step_name, true)
+        else p_reads
+    end;
+$$;
+
 -- noetl.claim_commands(worker_id, kinds, n) -> setof claimed commands
 -- Contract: claims up to `n` queued commands that are due (available_at <= now()), whose
 --   kind is in `kinds` (NULL: any kind), highest priority then oldest first, marks them
 --   claimed by `worker_id`, writes one `command.claimed` event each, and returns them.
---   `context` (see command_context) is filled on the first row of each execution in the
---   batch and NULL on the others: the caller reuses it for that execution's other rows.
+--   `context` (see command_context) is filled on the first row of each group of rows with
+--   the same (execution_id, step_name, kind, loop_id is null) in the batch and NULL on the
+--   others: the caller reuses it for that group's other rows. It holds only the results
+--   the step reads (noetl.command_reads).
 --   Loop iterations carry their item in `item`.
 -- Locks: FOR UPDATE SKIP LOCKED on the chosen queue rows (in claim_command_ids), so
 --   concurrent claimers never wait on each other and never get the same command.
@@ -164,7 +223,8 @@ $$;
 
 -- noetl.describe_commands(command_ids) -> rows shaped like claim_commands
 -- Contract: the claim payload of the given commands (ordered by command_id), with the
---   context on the first row of each execution. Used by claim_commands and by completion
+--   context on the first row of each (execution_id, step_name, kind, loop_id is null)
+--   group, holding what that step reads (command_reads). Used by claim_commands and by completion
 --   when it creates a route command already claimed by the completing worker.
 -- Locks: none.
 create or replace function noetl.describe_commands(p_command_ids bigint[])
@@ -196,11 +256,19 @@ as $$
         c.input,
         li.item_value,
         case
-            when row_number() over (partition by c.execution_id order by c.command_id) = 1
-                then noetl.command_context(c.execution_id)
+            when row_number() over (
+                partition by c.execution_id, c.step_name, c.kind, c.loop_id is null
+                order by c.command_id
+            ) = 1
+                then noetl.command_context(
+                    c.execution_id,
+                    noetl.command_reads(c.kind, c.step_name, s.reads, s.loop_reads)
+                )
         end
     from noetl.command as c
     inner join noetl.execution as e on c.execution_id = e.execution_id
+    left join noetl.catalog_step as s
+        on e.catalog_id = s.catalog_id and c.step_name = s.step_name
     left join noetl.loop_item as li
         on c.loop_id = li.loop_id and c.iter_index = li.iter_index
     where c.command_id = any(p_command_ids)
