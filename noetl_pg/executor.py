@@ -173,6 +173,7 @@ class CommandRunner:
                 "max_in_flight": int(max_in_flight) if max_in_flight else None,
                 "is_fanout": step.loop.is_fanout,
                 "max_shard_retries": int(fanout.get("max_shard_retries", 2)),
+                "on_error": run_spec.on_error,
             },
         }
 
