@@ -68,6 +68,9 @@ class LoopRunSpec(_Model):
     policy: dict[str, Any] | None = None
     loop_mode: str | None = None
     fanout: dict[str, Any] | None = None
+    # Iterations that failed after their retries fail the loop step unless this says
+    # `continue` (NoETL has no spelling for it; see sql/functions/fanin.sql close_loop).
+    on_error: Literal["fail", "continue"] = "fail"
 
 
 class LoopSpec(_Model):

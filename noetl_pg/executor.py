@@ -166,6 +166,7 @@ class CommandRunner:
                 "max_in_flight": max_in_flight,
                 "is_fanout": step.loop.is_fanout,
                 "max_shard_retries": int(fanout.get("max_shard_retries", 2)),
+                "on_error": run_spec.on_error,
             },
         }
 

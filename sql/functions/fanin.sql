@@ -80,11 +80,18 @@ $$;
 
 -- noetl.close_loop(loop_id, worker_id) -> route_command_id
 -- Contract: closes a running loop exactly once: the step result becomes
---   {results: [every iteration in index order], stats: {total, success, failed}} (plus
---   fanin: {status: complete|partial, done, failed, total} for a fan-out), `loop.done`
---   (and `loop.fanin.completed`) is written with loop_id and collection_size, the loop
---   command is done, and the step routes with event 'loop.done'.
--- Locks: the loop row (the status guard makes a second close a no-op).
+--   {results: [every iteration in index order], stats: {total, success, failed}} (NoETL's
+--   names: success counts the iterations done)
+--   (plus fanin: {status: complete|partial, done, failed, total} for a fan-out), `loop.done`
+--   (and `loop.fanin.completed`) is written with loop_id, collection_size and the stats.
+--   When no iteration failed, or the loop says `on_error: continue`, the loop command is
+--   done and the step routes with event 'loop.done'. Otherwise the step fails like any
+--   step whose tool failed: the result also carries {status: error, error}, the loop
+--   command writes `call.error` and `command.failed` with that error (naming the step,
+--   failed/total and the first errors with their iteration index, see loop_failure_message)
+--   and the step routes with 'call.error': the execution fails unless an arc takes it (an
+--   arc on `event.name == 'call.error'`, or a fan-out's arc on `fanin.status`).
+-- Locks: the loop row (the status guard makes a second close a no-op); the loop command.
 create or replace function noetl.close_loop(p_loop_id bigint, p_worker_id text)
 returns bigint
 language plpgsql
@@ -94,6 +101,7 @@ declare
     v_cmd noetl.command;
     v_stats jsonb;
     v_result jsonb;
+    v_error text;
 begin
     update noetl.loop as l
     set status = 'done', finished_at = now()
@@ -136,6 +144,21 @@ begin
         p_loop_id
     );
 
+    select * into v_cmd from noetl.command as c where c.command_id = v_loop.command_id;
+    if v_loop.failed > 0 and v_loop.on_error = 'fail' then
+        v_error := noetl.loop_failure_message(v_loop);
+        v_result := v_result || jsonb_build_object('status', 'error', 'error', v_error);
+        perform noetl.record_event(
+            v_loop.execution_id, 'call.error', v_loop.step_name, v_loop.command_id,
+            v_cmd.attempt, null, v_error, jsonb_build_object('stats', v_stats), p_loop_id
+        );
+        perform noetl.fail_command_finally(v_cmd, v_error, null);
+        perform noetl.store_step_result(
+            v_loop.execution_id, v_loop.step_name, v_loop.command_id, v_result
+        );
+        return noetl.route_after(v_cmd, 'call.error', v_error, p_worker_id);
+    end if;
+
     update noetl.command as c
     set status = 'done', finished_at = now()
     where c.command_id = v_loop.command_id
@@ -146,4 +169,32 @@ begin
     );
     return noetl.route_after(v_cmd, 'loop.done', null, p_worker_id);
 end;
+$$;
+
+-- noetl.loop_failure_message(loop) -> text
+-- Contract: the error of a loop whose iterations failed: 'step "<step>": <failed>/<total>
+--   iterations failed: [<index>] <error>; ...' with the first three failed iterations in
+--   index order (each error cut to 500 characters), and '; ...' when more failed.
+-- Locks: none (reads the loop's items).
+create or replace function noetl.loop_failure_message(p_loop noetl.loop)
+returns text
+language sql
+stable
+as $$
+    select format(
+        'step "%s": %s/%s iterations failed: %s%s',
+        p_loop.step_name, p_loop.failed, p_loop.total,
+        coalesce(string_agg(
+            format('[%s] %s', first_failed.iter_index, left(first_failed.error, 500)),
+            '; ' order by first_failed.iter_index
+        ), '(no error recorded)'),
+        case when p_loop.failed > 3 then '; ...' else '' end
+    )
+    from (
+        select li.iter_index, coalesce(li.result ->> 'error', 'failed') as error
+        from noetl.loop_item as li
+        where li.loop_id = p_loop.loop_id and li.status = 'failed'
+        order by li.iter_index
+        limit 3
+    ) as first_failed
 $$;

@@ -19,7 +19,8 @@ drop function if exists noetl.finish_loop_iterations(text, jsonb);
 --   'waiting' (it stays active until the loop closes) and issues the first
 --   min(max_in_flight, total) iterations (max_in_flight is 1 for a sequential loop).
 --   An empty collection closes the loop at once.
---   loop_spec: {iterator, mode, max_in_flight, is_fanout, max_shard_retries}.
+--   loop_spec: {iterator, mode, max_in_flight, is_fanout, max_shard_retries, on_error}
+--   (on_error: 'fail', the default, or 'continue'; see close_loop).
 --   Returns a claimed route command when an empty loop routes through conditional arcs.
 --   A stale attempt changes nothing and returns NULL.
 -- Locks: the loop command row; the new loop row is created with its counters final.
@@ -57,7 +58,7 @@ begin
 
     insert into noetl.loop (
         execution_id, step_name, command_id, iterator, mode, max_in_flight, total, issued,
-        is_fanout, max_shard_retries
+        is_fanout, max_shard_retries, on_error
     )
     values (
         v_cmd.execution_id, v_cmd.step_name, v_cmd.command_id,
@@ -68,7 +69,8 @@ begin
         least(v_max_in_flight, v_total),
         v_fanout,
         case when v_fanout
-            then coalesce((p_loop_spec ->> 'max_shard_retries')::integer, 2) else 0 end
+            then coalesce((p_loop_spec ->> 'max_shard_retries')::integer, 2) else 0 end,
+        coalesce(p_loop_spec ->> 'on_error', 'fail')
     )
     returning * into v_loop;
 

@@ -31,7 +31,7 @@ workflow:
       in: "{{ workload.shards }}"
       iterator: n
       spec: {mode: parallel, max_in_flight: 3, loop_mode: fanout,
-             fanout: {max_shard_retries: 1}}
+             fanout: {max_shard_retries: 1}, on_error: continue}
     tool:
       kind: python
       input: {n: "{{ n }}"}
