@@ -22,6 +22,7 @@ from noetl_pg.errors import NoetlError, TemplateError, ToolError
 from noetl_pg.keychain import Keychain, SecretRedactor
 from noetl_pg.policy import decide
 from noetl_pg.results import CommandResults
+from noetl_pg.sqlrender import render_tool_config
 from noetl_pg.store import ResultStore
 from noetl_pg.templating import LazyResult, ResultView, build_context, render_value, truthy
 from noetl_pg.tools.base import CredentialResolver, Tool, ToolContext
@@ -221,7 +222,7 @@ class CommandRunner:
         while position < len(tasks):
             task = tasks[position]
             name = task.get("name") or f"task_{position + 1}"
-            config = render_value(
+            config = render_tool_config(
                 {key: value for key, value in task.items() if key not in ("spec", "retry")},
                 scope,
             )

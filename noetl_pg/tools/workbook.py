@@ -17,7 +17,7 @@ from collections.abc import Mapping
 from typing import Any, ClassVar
 
 from noetl_pg.errors import ToolError
-from noetl_pg.templating import render_value
+from noetl_pg.sqlrender import render_tool_config
 from noetl_pg.tools.base import Tool, ToolContext
 
 
@@ -43,7 +43,7 @@ def resolve_task(
     if not isinstance(call_input, Mapping):
         raise ToolError(f"workbook '{name}': input must be a mapping")
     task_scope = {**scope, **call_input, "input": dict(call_input)}
-    task = render_value(
+    task = render_tool_config(
         {key: value for key, value in raw.items() if key not in ("spec", "retry")}, task_scope
     )
     task["input"] = {**(task.get("input") or {}), **call_input}
