@@ -189,6 +189,7 @@ class CommandRunner:
             result, decision_error = self._run_tasks(
                 list(step.task_configs), step_input, namespace, command["attempt"], tool_context,
                 pipeline=isinstance(step.tool, list), workbook=playbook.workbook,
+                workload=playbook.workload,
             )
         except ToolError as exc:
             return {"op": "fail", "error": self._redact(f"step '{step.step}': {exc.message}"),
@@ -214,6 +215,7 @@ class CommandRunner:
         *,
         pipeline: bool,
         workbook: list[dict[str, Any]],
+        workload: Mapping[str, Any] | None = None,
     ) -> tuple[Any, Outcome | None]:
         """Run a tool or a pipeline; returns (result, fail or await_child outcome or None)."""
         scope = dict(namespace)
@@ -224,7 +226,7 @@ class CommandRunner:
             name = task.get("name") or f"task_{position + 1}"
             config = render_tool_config(
                 {key: value for key, value in task.items() if key not in ("spec", "retry")},
-                scope,
+                scope, playbook_workload=workload,
             )
             if step_input:
                 config["input"] = {**step_input, **(config.get("input") or {})}
@@ -237,7 +239,7 @@ class CommandRunner:
             error_kind: str | None = None
             try:
                 if config.get("kind") == "workbook":
-                    config = resolve_task(workbook, config, scope)
+                    config = resolve_task(workbook, config, scope, workload)
                 result = tool.run(config, _with_timeout(tool_context, options.get("timeout")))
                 if isinstance(result, ChildRequest):
                     if pipeline:

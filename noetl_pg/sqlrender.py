@@ -44,6 +44,7 @@ from jinja2 import (
 )
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
+from noetl_pg.authguard import check_rendered_auth
 from noetl_pg.errors import NoetlError, TemplateError
 from noetl_pg.templating import _ENV as _VALUE_ENV
 from noetl_pg.templating import LazyResult, is_template, render_value
@@ -123,16 +124,20 @@ def _load_named(source: str, context: Mapping[str, Any]) -> Mapping[str, Any]:
 
 
 def render_tool_config(
-    raw: Mapping[str, Any], scope: Mapping[str, Any], *, step: str = ""
+    raw: Mapping[str, Any], scope: Mapping[str, Any], *, step: str = "",
+    playbook_workload: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """A task's tool config rendered for running: the SQL text of a postgres/duckdb task by
-    `render_sql`, everything else (and every other kind) by templating.render_value."""
-    if raw.get("kind") not in SQL_TOOL_KINDS:
-        return render_value(dict(raw), scope)
-    sql = {key: raw[key] for key in SQL_TEXT_FIELDS if isinstance(raw.get(key), str)}
+    `render_sql`, everything else (and every other kind) by templating.render_value. A
+    templated `auth` must name a credential unless it is what `playbook_workload` (the
+    registered workload, without the payload) renders (noetl_pg.authguard)."""
+    sql = ({key: raw[key] for key in SQL_TEXT_FIELDS if isinstance(raw.get(key), str)}
+           if raw.get("kind") in SQL_TOOL_KINDS else {})
     config = render_value({key: value for key, value in raw.items() if key not in sql}, scope)
     for key, source in sql.items():
         config[key] = render_sql(source, scope, step=step)
+    if "auth" in raw:
+        check_rendered_auth(raw["auth"], config.get("auth"), playbook_workload)
     return config
 
 

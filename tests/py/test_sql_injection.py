@@ -18,6 +18,7 @@ from click.testing import CliRunner
 from engine_harness import Engine
 
 from noetl_pg.cli import main
+from noetl_pg.credentials import DatabaseCredentialResolver, put_credential
 from noetl_pg.errors import TemplateError
 from noetl_pg.sqlrender import SqlTemplateError, render_sql, render_tool_config
 from noetl_pg.tools.base import ToolContext
@@ -201,3 +202,57 @@ def test_duckdb_corpus_is_plain_data(tmp_path: Path) -> None:
         for kind in ("plain", "escape"):
             rows = conn.execute("select v from notes where kind = ?", [kind]).fetchall()
             assert sorted(r[0] for r in rows) == sorted(CORPUS), kind
+
+
+# --- auth (issue 12 item 2) -----------------------------------------------------------------
+
+
+def test_payload_auth_may_name_a_credential_but_not_supply_a_dsn(fresh_engine: Engine) -> None:
+    engine = fresh_engine
+    _, notes = _tables(engine)
+    put_credential(engine.dsn, "injection_target", "postgres", {"dsn": engine.dsn})
+    playbook = json.dumps({
+        "metadata": {"name": "authpb", "path": "security/auth"},
+        "workload": {"pg_auth": {"dsn": engine.dsn}},
+        "workflow": [{"step": "w", "tool": {"kind": "postgres", "auth": "{{ pg_auth }}",
+                                            "command": f"insert into {notes}(v) values ('x')"}}],
+    })
+    with engine.worker(credentials=DatabaseCredentialResolver(engine.dsn)):
+        _auth_runs(engine, engine.register(playbook), notes)
+
+
+def _auth_runs(engine: Engine, path: str, notes: str) -> None:
+    # The playbook's own workload, and a payload naming a credential, both work.
+    assert engine.wait(engine.start(path))["status"] == "COMPLETED"
+    named = engine.wait(engine.start(path, {"pg_auth": "injection_target"}))
+    assert named["status"] == "COMPLETED", named["error"]
+    for evil in ({"dsn": engine.dsn + " application_name=evil"}, engine.dsn,
+                 "host=127.0.0.1 dbname=postgres", {"credential": "injection_target",
+                                                    "host": "elsewhere"}):
+        row = engine.wait(engine.start(path, {"pg_auth": evil}))
+        assert row["status"] == "FAILED", evil
+        assert "step 'w'" in row["error"] and "only name a registered credential" in row["error"]
+    assert engine.sql(f"select count(*) as n from {notes}")[0]["n"] == 2
+
+
+@pytest.mark.parametrize(("auth", "workload", "field"), [
+    ({"db_host": "h", "db_password": "hunter2"}, {}, "tool.auth.db_password"),
+    ({"dsn": "postgresql://u:hunter2@h/db"}, {}, "tool.auth.dsn"),
+    ({"dsn": "host=h password=hunter2"}, {}, "tool.auth.dsn"),
+    ("{{ pg }}", {"pg": {"db_host": "h", "password": "hunter2"}}, "workload.pg.password"),
+])
+def test_inline_passwords_are_refused_at_registration(
+    engine: Engine, auth: Any, workload: dict[str, Any], field: str,
+) -> None:
+    from noetl_pg.errors import PlaybookError
+
+    playbook = json.dumps({
+        "metadata": {"name": "inline", "path": "security/inline"}, "workload": workload,
+        "workflow": [{"step": "w", "tool": {"kind": "postgres", "auth": auth,
+                                            "command": "select 1"}}]})
+    before = engine.sql("select count(*) as n from noetl.catalog")[0]["n"]
+    with pytest.raises(PlaybookError, match=rf"step 'w', field '{field}'.*credential add"):
+        engine.register(playbook)
+    assert engine.sql("select count(*) as n from noetl.catalog")[0]["n"] == before
+    # A template or a password-less DSN is fine.
+    engine.register(playbook.replace("hunter2", "{{ secret }}"))
