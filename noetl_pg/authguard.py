@@ -82,10 +82,10 @@ def _literal_secrets(auth: Any, prefix: str) -> Iterator[str]:
         field = f"{prefix}.{key}"
         if isinstance(value, Mapping):
             yield from _literal_secrets(value, field)
-        elif isinstance(value, str) and value and not is_template(value):
-            if is_secret_field(str(key)) or (
-                    str(key).lower() in DSN_FIELDS and DSN_PASSWORD.search(value)):
-                yield field
+        elif (isinstance(value, str) and value and not is_template(value)
+              and (is_secret_field(str(key))
+                   or (str(key).lower() in DSN_FIELDS and DSN_PASSWORD.search(value)))):
+            yield field
 
 
 def _tool_auths(step: Mapping[str, Any]) -> Iterator[tuple[str, Any]]:
