@@ -9,6 +9,7 @@ from typing import Any
 import psycopg
 
 from noetl_pg import db
+from noetl_pg.authguard import check_inline_secrets
 from noetl_pg.dsl import load_playbook
 from noetl_pg.errors import PlaybookError
 
@@ -29,8 +30,9 @@ def register_text(
     if not path:
         raise PlaybookError("metadata.path (or metadata.name) is required", playbook=source,
                             field="metadata.path")
-    row = db.fetch_one(conn, "register_playbook", path=path, content=text,
-                       spec=playbook.to_spec())
+    spec = playbook.to_spec()
+    check_inline_secrets(spec, text, playbook=path)
+    row = db.fetch_one(conn, "register_playbook", path=path, content=text, spec=spec)
     assert row is not None
     return Registered(path=path, version=row["version"], catalog_id=row["catalog_id"])
 

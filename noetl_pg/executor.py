@@ -23,6 +23,7 @@ from noetl_pg.keychain import Keychain, SecretRedactor
 from noetl_pg.policy import decide
 from noetl_pg.results import CommandResults
 from noetl_pg.router import choose, route_scope
+from noetl_pg.sqlrender import render_tool_config
 from noetl_pg.store import ResultStore
 from noetl_pg.templating import ResultView, build_context, render_value
 from noetl_pg.tools.base import CredentialResolver, Tool, ToolContext
@@ -183,7 +184,7 @@ class CommandRunner:
             result, decision_error = self._run_tasks(
                 list(step.task_configs), step_input, namespace, command["attempt"], tool_context,
                 pipeline=isinstance(step.tool, list), workbook=playbook.workbook,
-                task_ctx=task_ctx,
+                task_ctx=task_ctx, workload=playbook.workload,
             )
         except ToolError as exc:
             return {"op": "fail", "error": self._redact(f"step '{step.step}': {exc.message}"),
@@ -210,6 +211,7 @@ class CommandRunner:
         pipeline: bool,
         workbook: list[dict[str, Any]],
         task_ctx: dict[str, Any] | None = None,
+        workload: Mapping[str, Any] | None = None,
     ) -> tuple[Any, Outcome | None]:
         """Run a tool or a pipeline; returns (result, fail or await_child outcome or None).
         Tasks' own `set` ctx writes are added to `task_ctx`."""
@@ -223,10 +225,10 @@ class CommandRunner:
         while position < len(tasks):
             task = tasks[position]
             name = task.get("name") or f"task_{position + 1}"
-            config = render_value(
+            config = render_tool_config(
                 {key: value for key, value in task.items()
                  if key not in ("spec", "retry", "set")},
-                scope,
+                scope, playbook_workload=workload,
             )
             if step_input:
                 config["input"] = {**step_input, **(config.get("input") or {})}
@@ -239,7 +241,7 @@ class CommandRunner:
             error_kind: str | None = None
             try:
                 if config.get("kind") == "workbook":
-                    config = resolve_task(workbook, config, scope)
+                    config = resolve_task(workbook, config, scope, workload)
                 result = tool.run(config, _with_timeout(tool_context, options.get("timeout")))
                 if isinstance(result, ChildRequest):
                     if pipeline:

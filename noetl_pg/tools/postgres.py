@@ -346,6 +346,8 @@ class PostgresTool:
             with pool.connection() as conn, conn.transaction(), conn.cursor(
                 row_factory=dict_row
             ) as cursor:
+                # Template values were escaped for standard strings (noetl_pg.sqlrender).
+                cursor.execute("select set_config('standard_conforming_strings', 'on', true)")
                 if timeout:
                     cursor.execute(
                         "select set_config('statement_timeout', %s, true)",

@@ -17,12 +17,13 @@ from collections.abc import Mapping
 from typing import Any, ClassVar
 
 from noetl_pg.errors import ToolError
-from noetl_pg.templating import render_value
+from noetl_pg.sqlrender import render_tool_config
 from noetl_pg.tools.base import Tool, ToolContext
 
 
 def resolve_task(
-    workbook: list[Mapping[str, Any]], config: Mapping[str, Any], scope: Mapping[str, Any]
+    workbook: list[Mapping[str, Any]], config: Mapping[str, Any], scope: Mapping[str, Any],
+    playbook_workload: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The rendered workbook call `config` with its resolved task under `task`."""
     name = config.get("name")
@@ -43,8 +44,9 @@ def resolve_task(
     if not isinstance(call_input, Mapping):
         raise ToolError(f"workbook '{name}': input must be a mapping")
     task_scope = {**scope, **call_input, "input": dict(call_input)}
-    task = render_value(
-        {key: value for key, value in raw.items() if key not in ("spec", "retry")}, task_scope
+    task = render_tool_config(
+        {key: value for key, value in raw.items() if key not in ("spec", "retry")}, task_scope,
+        playbook_workload=playbook_workload,
     )
     task["input"] = {**(task.get("input") or {}), **call_input}
     return {**config, "task": task}

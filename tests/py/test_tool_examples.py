@@ -13,6 +13,8 @@ import pytest
 from engine_harness import REPO_ROOT, Engine
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
+from noetl_pg.credentials import DatabaseCredentialResolver, put_credential
+
 TOOLS = REPO_ROOT / "examples" / "tools"
 
 
@@ -63,13 +65,17 @@ def test_http_example(engine: Engine, api_base: str) -> None:
     }
 
 
-def test_postgres_example(engine: Engine, dsn: str) -> None:
+def test_postgres_example(fresh_engine: Engine) -> None:
+    dsn = fresh_engine.dsn
     target = make_conninfo(**{k: v for k, v in conninfo_to_dict(dsn).items()
                               if k != "connect_timeout"})
-    row = engine.run(TOOLS / "postgres_example.yaml", {"pg_auth": {"dsn": target}})
+    # A payload may name a credential, never pass connection fields (docs/security.md).
+    put_credential(dsn, "pg_example_target", "postgres", {"dsn": target})
+    with fresh_engine.worker(credentials=DatabaseCredentialResolver(dsn)):
+        row = fresh_engine.run(TOOLS / "postgres_example.yaml",
+                               {"pg_auth": "pg_example_target"})
     assert row["status"] == "COMPLETED", row["error"]
     assert float(row["result"]["rows"][0]["doubled"]) == 29.5
-    engine.sql("drop table if exists public.example_orders")
 
 
 def test_duckdb_example(engine: Engine, tmp_path: Path) -> None:
