@@ -24,7 +24,7 @@ $(VENV_STAMP): pyproject.toml
 	    fi; \
 	fi
 	$(PYTHON) -m pip install --quiet --upgrade pip
-	$(PYTHON) -m pip install --quiet -e '.[dev,nats]'
+	$(PYTHON) -m pip install --quiet -e '.[dev,all]'
 	touch $@
 
 run: venv

@@ -21,7 +21,7 @@ from noetl_pg.cli_credential import credential_group
 from noetl_pg.cli_results import results_group
 from noetl_pg.cli_status import follow, print_status, register_status_commands
 from noetl_pg.errors import NoetlError
-from noetl_pg.migrate import migrate
+from noetl_pg.migrate import MigrationError, migrate
 from noetl_pg.projection import Projector
 from noetl_pg.runtime import resolve_dsn
 from noetl_pg.worker import build_worker
@@ -65,7 +65,11 @@ def db_group() -> None:
 def db_migrate() -> None:
     """Apply pending migrations and (re)create the SQL functions."""
     dsn = resolve_dsn(migrate_schema=False)
-    applied = migrate(dsn)
+    try:
+        applied = migrate(dsn)
+    except MigrationError as exc:
+        err_console.print(f"[red]error:[/red] {exc}", highlight=False)
+        sys.exit(1)
     names = f": {', '.join(applied)}" if applied else ""
     console.print(f"applied {len(applied)} migration(s){names}")
 

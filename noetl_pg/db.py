@@ -11,14 +11,14 @@ from __future__ import annotations
 import os
 import re
 from functools import cache
-from pathlib import Path
 from typing import Any
 
 import psycopg
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
-QUERIES_DIR = Path(__file__).resolve().parent.parent / "sql" / "queries"
+from noetl_pg.sqlfiles import sql_files, sql_root
+
 _HEADER = re.compile(r"^-- name: (?P<name>\w+)\s*$", re.MULTILINE)
 
 
@@ -26,7 +26,7 @@ _HEADER = re.compile(r"^-- name: (?P<name>\w+)\s*$", re.MULTILINE)
 def _queries() -> dict[str, str]:
     named: dict[str, str] = {}
     origin: dict[str, str] = {}
-    for path in sorted(QUERIES_DIR.glob("*.sql")):
+    for path in sql_files("queries"):
         parts = _HEADER.split(path.read_text())
         # parts = [preamble, name1, body1, name2, body2, ...]
         for name, body in zip(parts[1::2], parts[2::2], strict=True):
@@ -45,7 +45,7 @@ def query(name: str) -> str:
     try:
         return _queries()[name]
     except KeyError:
-        raise KeyError(f"no query named {name!r} in {QUERIES_DIR}") from None
+        raise KeyError(f"no query named {name!r} in {sql_root() / 'queries'}") from None
 
 
 def connect(dsn: str, *, autocommit: bool = True) -> psycopg.Connection[dict[str, Any]]:

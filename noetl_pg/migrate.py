@@ -1,5 +1,8 @@
 """Apply `sql/migrations/*.sql` in order and (re)create `sql/functions/*.sql`.
 
+The files come from the installed package or the checkout (noetl_pg/sqlfiles.py); finding
+no migration file at all is an error, never "0 applied" over an empty schema.
+
 Each migration is applied once, recorded in `noetl.schema_migrations` with its SHA-256, in
 its own transaction. Everything runs under one advisory lock, so two migrators started at
 once apply each file once: the second waits, then finds nothing left to do. A recorded
@@ -10,11 +13,11 @@ from __future__ import annotations
 
 import hashlib
 import sys
-from pathlib import Path
 
 import psycopg
 
-SQL_ROOT = Path(__file__).resolve().parent.parent / "sql"
+from noetl_pg.sqlfiles import sql_files, sql_root, stem
+
 # Any fixed 64-bit key works; this one is "noetl-migrate" hashed once, kept constant.
 MIGRATION_LOCK_KEY = 7_284_102_663_912_001
 
@@ -36,13 +39,15 @@ def _checksum(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
-def sql_files(folder: str) -> list[Path]:
-    return sorted((SQL_ROOT / folder).glob("*.sql"))
-
-
 def migrate(dsn: str) -> list[str]:
     """Bring the database at `dsn` up to date; return the migrations applied now."""
     applied_now: list[str] = []
+    migrations = sql_files("migrations")
+    if not migrations:
+        raise MigrationError(
+            f"no migration files in {sql_root() / 'migrations'}: the installation is "
+            "incomplete (reinstall noetl-pg); nothing was changed"
+        )
     with psycopg.connect(dsn, autocommit=True) as conn:
         conn.execute("select pg_advisory_lock(%s)", (MIGRATION_LOCK_KEY,))
         try:
@@ -50,9 +55,9 @@ def migrate(dsn: str) -> list[str]:
             recorded = dict(
                 conn.execute("select version, checksum from noetl.schema_migrations").fetchall()
             )
-            for path in sql_files("migrations"):
+            for path in migrations:
                 text = path.read_text()
-                version = path.stem
+                version = stem(path)
                 if version in recorded:
                     if recorded[version] != _checksum(text):
                         raise MigrationError(
@@ -87,7 +92,11 @@ def main(argv: list[str]) -> int:
     if len(argv) != 1:
         print("usage: python -m noetl_pg.migrate DSN", file=sys.stderr)
         return 2
-    applied = migrate(argv[0])
+    try:
+        applied = migrate(argv[0])
+    except MigrationError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
     for version in applied:
         print(f"applied {version}")
     print(f"{len(applied)} migration(s) applied; functions reloaded")

@@ -24,11 +24,12 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 import psycopg
 from psycopg.rows import class_row
 
+from noetl_pg.extras import require_extra
 from noetl_pg.store.base import (
     TIERS,
     ObjectKey,
@@ -45,7 +46,9 @@ from noetl_pg.store.base import (
 )
 from noetl_pg.store.db import DbTier
 from noetl_pg.store.fs import FsTier
-from noetl_pg.store.s3 import S3Tier
+
+if TYPE_CHECKING:
+    from noetl_pg.store.s3 import S3Tier
 
 __all__ = [
     "CleanupReport",
@@ -149,7 +152,7 @@ class ResultStore:
         return cls(
             dsn,
             fs=FsTier(mount_path) if mount_path else None,
-            s3=S3Tier.from_env(s3_credentials),
+            s3=_s3_tier_from_env(s3_credentials),
             inline_max_bytes=int(
                 os.environ.get("NOETL_INLINE_MAX_BYTES", DEFAULT_INLINE_MAX_BYTES)
             ),
@@ -498,3 +501,13 @@ class _OneShot:
         # Runs on the first next(): a tier that fails while probing leaves the source whole.
         self._started = True
         yield from self._blocks
+
+
+def _s3_tier_from_env(credentials: Mapping[str, str] | None) -> S3Tier | None:
+    """The s3 tier when NOETL_S3_ENDPOINT is set; boto3 (the `s3` extra) is imported only then."""
+    if not os.environ.get("NOETL_S3_ENDPOINT"):
+        return None
+    require_extra("s3", "NOETL_S3_ENDPOINT (the s3 result tier)")
+    from noetl_pg.store.s3 import S3Tier
+
+    return S3Tier.from_env(credentials)

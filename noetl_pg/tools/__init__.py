@@ -2,14 +2,21 @@
 
 from __future__ import annotations
 
+from noetl_pg.extras import missing_extra_tool
 from noetl_pg.tools.base import Tool
-from noetl_pg.tools.duckdb import DuckdbTool
 from noetl_pg.tools.http import HttpTool
 from noetl_pg.tools.noop import NoopTool
 from noetl_pg.tools.playbook import PlaybookTool
 from noetl_pg.tools.postgres import PostgresTool
 from noetl_pg.tools.python import PythonTool
 from noetl_pg.tools.workbook import WorkbookTool
+
+try:
+    from noetl_pg.tools.duckdb import DuckdbTool
+except ModuleNotFoundError as missing:  # the `duckdb` extra is not installed
+    if missing.name != "duckdb":
+        raise
+    DuckdbTool = missing_extra_tool("duckdb", extra="duckdb")  # type: ignore[misc]
 
 TOOL_CLASSES: dict[str, type[Tool]] = {
     PythonTool.kind: PythonTool,
