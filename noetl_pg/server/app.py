@@ -9,7 +9,7 @@ from pathlib import Path
 
 import psycopg
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse, RedirectResponse
+from fastapi.responses import JSONResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
 
 from noetl_pg import __version__
@@ -59,7 +59,7 @@ def create_app(dsn: str, *, open_without_tokens: bool, pool_size: int = 10) -> F
         version=__version__,
         description="NoETL's HTTP API over a PostgreSQL engine, plus metrics and a console.",
         openapi_url="/api/openapi.json",
-        docs_url="/api/docs",
+        docs_url=None,  # Swagger UI loads its code from a CDN; the console must not
         redoc_url=None,
         lifespan=lifespan,
     )
@@ -84,6 +84,10 @@ def create_app(dsn: str, *, open_without_tokens: bool, pool_size: int = 10) -> F
     @app.get("/", include_in_schema=False)
     async def root() -> RedirectResponse:
         return RedirectResponse("/console/")
+
+    @app.get("/favicon.ico", include_in_schema=False)
+    async def favicon() -> Response:
+        return Response(status_code=204)
 
     app.mount("/console", StaticFiles(directory=STATIC_DIR, html=True), name="console")
     return app

@@ -41,7 +41,7 @@ def server_group(get_dsn: Callable[[], str]) -> click.Group:
 
         try:
             err_console.print(f"noetl server on http://{host}:{port}/ "
-                              f"(console /console/, API /api/docs)")
+                              f"(console /console/, API /api/openapi.json)")
             serve(get_dsn(), host=host, port=port, worker_slots=worker_slots,
                   with_projector=with_projector)
         except NoetlError as exc:
