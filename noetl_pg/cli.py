@@ -24,6 +24,7 @@ from noetl_pg.errors import NoetlError
 from noetl_pg.migrate import MigrationError, migrate
 from noetl_pg.projection import Projector
 from noetl_pg.runtime import resolve_dsn
+from noetl_pg.server.cli import server_group
 from noetl_pg.worker import build_worker
 
 console = Console()
@@ -285,6 +286,7 @@ def worker_command(concurrency: int, kinds: str | None, worker_id: str | None,
 main.add_command(credential_group(_dsn))
 main.add_command(results_group(_dsn))
 register_status_commands(main, _dsn)
+main.add_command(server_group(_dsn))
 
 
 if __name__ == "__main__":

@@ -1,0 +1,108 @@
+"""GET /metrics: Prometheus text format, read from counters and indexes at scrape time.
+
+Nothing here scans noetl.event: queue depth comes from the command table's partial indexes,
+executions by status from execution_status_idx, claims/completions/durations from the
+BRIN indexes on command.claimed_at/finished_at over a trailing window (so they are gauges
+of the last WINDOW_SECONDS, not counters since start), projection lag from one index
+probe per shard, workers from noetl.worker.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+from fastapi import APIRouter, Depends, Request, Response
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from noetl_pg.server import database
+from noetl_pg.server.api_ops import ALIVE_SECONDS
+from noetl_pg.server.auth import require
+
+router = APIRouter(tags=["Operations"])
+
+WINDOW_SECONDS = 60.0
+DURATION_BOUNDS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+                   60.0, 300.0, float("inf"))
+EXECUTION_STATUSES = ("RUNNING", "COMPLETED", "FAILED", "CANCELLED")
+
+
+class Snapshot(Collector):
+    """The metric families of one scrape, built from rows already read."""
+
+    def __init__(self, counts: dict[str, Any], rates: dict[str, Any],
+                 queue: list[dict[str, Any]], durations: list[dict[str, Any]]) -> None:
+        self.counts, self.rates, self.queue, self.durations = counts, rates, queue, durations
+
+    def collect(self) -> Iterator[Metric]:
+        depth = GaugeMetricFamily("noetl_queue_depth", "Commands by kind and queue state",
+                                  labels=["kind", "state"])
+        for row in self.queue:
+            for state in ("queued_due", "queued_later", "claimed", "waiting"):
+                depth.add_metric([row["kind"], state], row[state])
+        yield depth
+
+        executions = GaugeMetricFamily("noetl_executions", "Executions by status",
+                                       labels=["status"])
+        by_status = self.counts["executions"] or {}
+        for status in EXECUTION_STATUSES:
+            executions.add_metric([status], by_status.get(status, 0))
+        yield executions
+
+        yield GaugeMetricFamily("noetl_workers_alive",
+                                f"Workers with a heartbeat in the last {ALIVE_SECONDS:g}s",
+                                value=self.counts["workers_alive"])
+        yield GaugeMetricFamily("noetl_worker_slots", "Slots of the live workers",
+                                value=self.counts["worker_slots"])
+        yield GaugeMetricFamily("noetl_projection_lag_seconds",
+                                "Age of the oldest event not yet folded (worst shard)",
+                                value=self.counts["projection_seconds_behind"])
+        yield GaugeMetricFamily("noetl_claims_per_second",
+                                f"Commands claimed per second over the last "
+                                f"{WINDOW_SECONDS:g}s",
+                                value=self.rates["claims"] / WINDOW_SECONDS)
+        yield GaugeMetricFamily("noetl_completions_per_second",
+                                f"Commands completed per second over the last "
+                                f"{WINDOW_SECONDS:g}s",
+                                value=self.rates["completions"] / WINDOW_SECONDS)
+        yield self._durations()
+
+    def _durations(self) -> HistogramMetricFamily:
+        family = HistogramMetricFamily(
+            "noetl_step_duration_seconds",
+            f"Claim-to-finish time of step commands finished in the last {WINDOW_SECONDS:g}s",
+            labels=["kind"])
+        by_kind: dict[str, dict[float, tuple[int, float]]] = {}
+        for row in self.durations:
+            bound = float("inf") if row["upper_bound"] is None else row["upper_bound"]
+            by_kind.setdefault(row["kind"], {})[bound] = (row["n"], row["seconds"] or 0.0)
+        for kind, counts in sorted(by_kind.items()):
+            cumulative, total_seconds, buckets = 0, 0.0, []
+            for bound in DURATION_BOUNDS:
+                n, seconds = counts.get(bound, (0, 0.0))
+                cumulative += n
+                total_seconds += seconds
+                buckets.append(("+Inf" if bound == float("inf") else f"{bound:g}", cumulative))
+            family.add_metric([kind], buckets, sum_value=total_seconds)
+        return family
+
+
+@router.get("/metrics", dependencies=[Depends(require("reader"))],
+            response_class=Response, responses={200: {"content": {"text/plain": {}}}})
+async def metrics(request: Request) -> Response:
+    """Prometheus metrics of the engine (the database), not of this server process."""
+    async with request.app.state.pool.connection() as conn:
+        counts = await database.fetch_one(conn, "server_metrics_counts",
+                                          alive_seconds=ALIVE_SECONDS)
+        rates = await database.fetch_one(conn, "server_metrics_rates",
+                                         window_seconds=WINDOW_SECONDS)
+        queue = await database.fetch_all(conn, "server_queue")
+        durations = await database.fetch_all(
+            conn, "server_step_durations", window_seconds=WINDOW_SECONDS,
+            bounds=[bound for bound in DURATION_BOUNDS if bound != float("inf")])
+    assert counts is not None and rates is not None
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(Snapshot(counts, rates, queue, durations))
+    return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)

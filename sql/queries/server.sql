@@ -1,0 +1,312 @@
+-- The statements of the HTTP server (noetl_pg/server/), each under a `-- name:` header.
+-- Reads come from noetl.execution (its projected `state`), noetl.catalog, noetl.command's
+-- indexes and noetl.worker; noetl.event is only read one page at a time by primary key.
+
+-- name: server_ping
+-- Health check: the database answers.
+select 1 as ok;
+
+-- name: server_start_execution
+-- POST /api/execute: start a run of a registered playbook; returns execution_id.
+select noetl.start_execution(%(path)s, %(payload)s, %(version)s) as execution_id;
+
+-- name: server_commands_issued
+-- How many commands an execution has issued so far (the execute response's count).
+select count(*) as commands
+from noetl.command
+where execution_id = %(execution_id)s;
+
+-- name: server_catalog_by_id
+-- The path and version of one catalog row (POST /api/execute by catalog_id).
+select
+    path,
+    version
+from noetl.catalog
+where catalog_id = %(catalog_id)s;
+
+-- name: server_catalog_entries
+-- POST /api/catalog/list: every registered version, optionally of one path, newest first.
+select
+    catalog_id,
+    path,
+    version,
+    content,
+    created_at,
+    spec -> 'workload' as payload,
+    spec -> 'metadata' as meta
+from noetl.catalog
+where %(path)s::text is null or path = %(path)s::text
+order by created_at desc, catalog_id desc;
+
+-- name: server_catalog_entry
+-- POST /api/catalog/resource: by catalog_id, else path and version (latest when null).
+select
+    catalog_id,
+    path,
+    version,
+    content,
+    created_at,
+    spec -> 'workload' as payload,
+    spec -> 'metadata' as meta
+from noetl.catalog
+where
+    (%(catalog_id)s::bigint is not null and catalog_id = %(catalog_id)s::bigint)
+    or (
+        %(catalog_id)s::bigint is null
+        and path = %(path)s::text
+        and (%(version)s::integer is null or version = %(version)s::integer)
+    )
+order by version desc
+limit 1;
+
+-- name: server_executions_page
+-- GET /api/executions: newest first, filtered by status and path (prefix), one page.
+select
+    x.execution_id,
+    x.catalog_id,
+    x.path,
+    x.version,
+    x.status,
+    x.error,
+    x.failed_step,
+    x.parent_execution_id,
+    x.started_at,
+    x.finished_at,
+    x.state -> 'steps' as steps,
+    x.state -> 'loop' as loops,
+    (
+        select count(*) from noetl.catalog_step as cs
+        where cs.catalog_id = x.catalog_id
+    ) as step_count
+from noetl.execution as x
+where
+    (%(status)s::text is null or x.status = %(status)s::text)
+    and (%(path)s::text is null or starts_with(x.path, %(path)s::text))
+    and (%(before_id)s::bigint is null or x.execution_id < %(before_id)s::bigint)
+order by x.execution_id desc
+limit %(row_limit)s offset %(row_offset)s;
+
+-- name: server_execution
+-- GET /api/executions/{id} and /status: the row with its projected state (no event scan).
+select
+    x.execution_id,
+    x.catalog_id,
+    x.path,
+    x.version,
+    x.status,
+    x.result,
+    x.error,
+    x.failed_step,
+    x.parent_execution_id,
+    x.ctx,
+    x.state,
+    x.started_at,
+    x.finished_at,
+    (
+        select count(*) from noetl.catalog_step as cs
+        where cs.catalog_id = x.catalog_id
+    ) as step_count
+from noetl.execution as x
+where x.execution_id = %(execution_id)s;
+
+-- name: server_execution_graph
+-- The steps and arcs of an execution's playbook version (its catalog spec).
+select
+    c.spec -> 'workflow' as workflow,
+    c.spec ->> 'entry_step' as entry_step
+from noetl.execution as x
+inner join noetl.catalog as c on x.catalog_id = c.catalog_id
+where x.execution_id = %(execution_id)s; -- noqa: RF02
+
+-- name: server_events_page
+-- One page of an execution's events by primary key: newest first, before a cursor,
+-- after since_event_id, optionally of one type.
+select
+    event_id,
+    event_type,
+    node_name,
+    command_id,
+    attempt,
+    loop_id,
+    iter_index,
+    meta,
+    result,
+    result_ref,
+    error,
+    created_at
+from noetl.event
+where
+    execution_id = %(execution_id)s
+    and (%(before_id)s::bigint is null or event_id < %(before_id)s::bigint)
+    and (%(since_id)s::bigint is null or event_id > %(since_id)s::bigint)
+    and (%(event_type)s::text is null or event_type = %(event_type)s::text)
+order by event_id desc
+limit %(row_limit)s offset %(row_offset)s;
+
+-- name: server_cancel_execution
+-- POST /api/executions/{id}/cancel: noetl.cancel_execution (one transaction with the next).
+select noetl.cancel_execution(%(execution_id)s, %(reason)s) as cancelled;
+
+-- name: server_cancelled_tree
+-- The executions of a tree that this transaction finished CANCELLED (finished_at = now()).
+with recursive tree as (
+    select execution_id from noetl.execution
+    where execution_id = %(execution_id)s
+    union all
+    select child.execution_id
+    from noetl.execution as child
+    inner join tree on child.parent_execution_id = tree.execution_id
+)
+
+select x.execution_id
+from noetl.execution as x
+inner join tree on x.execution_id = tree.execution_id
+where x.status = 'CANCELLED' and x.finished_at = now()
+order by x.execution_id;
+
+-- name: server_workers
+-- Registered workers with heartbeat age, slots and how many commands each holds now.
+select
+    w.worker_id,
+    w.hostname,
+    w.pid,
+    w.slots,
+    w.kinds,
+    w.started_at,
+    w.heartbeat_at,
+    w.stopped_at,
+    extract(epoch from clock_timestamp() - w.heartbeat_at)::double precision
+        as heartbeat_age_seconds,
+    (
+        select count(*) from noetl.command as c
+        where c.status = 'claimed' and c.claimed_by = w.worker_id
+    ) as claimed
+from noetl.worker as w
+order by w.stopped_at is not null, w.heartbeat_at desc;
+
+-- name: server_queue
+-- Commands queued (due and later), claimed and waiting, per kind (partial indexes only).
+select
+    kind,
+    count(*) filter (
+        where status = 'queued' and available_at <= now()
+    ) as queued_due,
+    count(*) filter (
+        where status = 'queued' and available_at > now()
+    ) as queued_later,
+    count(*) filter (where status = 'claimed') as claimed,
+    count(*) filter (where status = 'waiting') as waiting
+from noetl.command
+where status in ('queued', 'claimed', 'waiting')
+group by kind
+order by kind;
+
+-- name: server_metrics_counts
+-- /metrics: executions by status (index-only on execution_status_idx), live workers.
+select
+    (
+        select coalesce(jsonb_object_agg(s.status, s.n), '{}'::jsonb)
+        from (
+            select
+                status,
+                count(*) as n
+            from noetl.execution
+            group by status
+        ) as s
+    ) as executions,
+    (
+        select count(*) from noetl.worker as w
+        where
+            w.stopped_at is null
+            and w.heartbeat_at > clock_timestamp() - make_interval(secs => %(alive_seconds)s)
+    ) as workers_alive,
+    (
+        select coalesce(sum(w.slots), 0) from noetl.worker as w
+        where
+            w.stopped_at is null
+            and w.heartbeat_at > clock_timestamp() - make_interval(secs => %(alive_seconds)s)
+    ) as worker_slots,
+    (
+        select coalesce(max(lag.seconds_behind), 0)
+        from noetl.projection_shard as s
+        cross join lateral noetl.projection_shard_lag(s) as lag
+    ) as projection_seconds_behind;
+
+-- name: server_metrics_rates
+-- /metrics: claims and successful completions within the trailing window (BRIN indexes).
+select
+    (
+        select count(*) from noetl.command
+        where claimed_at > clock_timestamp() - make_interval(secs => %(window_seconds)s)
+    ) as claims,
+    (
+        select count(*) from noetl.command
+        where
+            finished_at > clock_timestamp() - make_interval(secs => %(window_seconds)s)
+            and status = 'done'
+    ) as completions;
+
+-- name: server_step_durations
+-- /metrics: run time (claim to finish) of step commands finished within the window,
+-- counted per histogram bucket upper bound (seconds; the last bucket is +Inf).
+select
+    c.kind,
+    b.upper_bound,
+    count(*) as n,
+    sum(extract(epoch from c.finished_at - c.claimed_at))::double precision as seconds
+from noetl.command as c
+cross join
+    lateral (
+        select min(bound) as upper_bound
+        from unnest(%(bounds)s::double precision[]) as bound
+        where extract(epoch from c.finished_at - c.claimed_at) <= bound
+    ) as b
+where
+    c.finished_at > clock_timestamp() - make_interval(secs => %(window_seconds)s) -- noqa: RF02
+    and c.status in ('done', 'failed')
+    and c.claimed_at is not null
+    and c.kind not in ('route', 'loop')
+group by c.kind, b.upper_bound;
+
+-- name: server_token_add
+-- `noetl server token add`: store (or replace) a token's hash under a name with a role.
+insert into noetl.api_token (name, role, token_sha256)
+values (%(name)s, %(role)s, %(token_sha256)s)
+on conflict (name) do update
+    set
+        role = excluded.role,
+        token_sha256 = excluded.token_sha256,
+        created_at = now(),
+        revoked_at = null
+returning name, role, created_at;
+
+-- name: server_token_revoke
+-- `noetl server token revoke`: a revoked token is refused from then on.
+update noetl.api_token
+set revoked_at = now()
+where name = %(name)s and revoked_at is null
+returning name;
+
+-- name: server_token_list
+-- `noetl server token list`: names, roles and dates (never hashes).
+select
+    name,
+    role,
+    created_at,
+    revoked_at
+from noetl.api_token
+order by name;
+
+-- name: server_token_lookup
+-- The role of a presented token (by its hash); none when unknown or revoked.
+select
+    name,
+    role
+from noetl.api_token
+where token_sha256 = %(token_sha256)s and revoked_at is null;
+
+-- name: server_token_count
+-- How many live tokens exist (none: a loopback server runs without auth).
+select count(*) as tokens
+from noetl.api_token
+where revoked_at is null;
