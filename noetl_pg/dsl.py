@@ -261,7 +261,27 @@ def _max_attempts(step: Step) -> int:
 # tell, send every result". `reads` is for the step's own commands (a loop's iterations);
 # `loop_reads` for the command that renders a loop's collection.
 
+
+
+class _EveryName(dict[str, Any]):
+    """A filter/test table that claims every name: the analysis needs only which variables
+    a template reads, and compiling it for that must not fail on filters registered by
+    other environments (`sql_literal` in noetl_pg.sqlrender); unknown ones fail at render."""
+
+    def __contains__(self, name: object) -> bool:
+        return True
+
+    def get(self, name: str, default: Any = None) -> Any:
+        return super().get(name, _any_filter)
+
+
+def _any_filter(value: Any, *args: Any, **kwargs: Any) -> Any:
+    return value
+
+
 _PARSE_ENV = jinja2.Environment()
+_PARSE_ENV.filters = _EveryName(_PARSE_ENV.filters)
+_PARSE_ENV.tests = _EveryName(_PARSE_ENV.tests)
 # Keys whose string values are conditions, which may be written without braces.
 _CONDITION_KEYS = frozenset({"when"})
 # Keys of a step that are never rendered.
