@@ -635,3 +635,55 @@ def test_a_refused_playbook_is_not_stored(engine: Engine) -> None:
                 retries: 3
             """))
     assert engine.sql("select count(*) as n from noetl.catalog")[0]["n"] == before
+
+
+# --- the other older forms ------------------------------------------------------------
+
+
+def _step(body: str) -> Any:
+    return load_playbook(_doc("workflow:\n" + textwrap.indent(textwrap.dedent(body), "  "))
+                         ).workflow[0]
+
+
+def test_older_loop_tool_and_store_forms_normalise() -> None:
+    looped = _step("""\
+        - step: s
+          loop: {in: "{{ xs }}", iterator: x, mode: async, concurrency: 4}
+          tool: {kind: python, args: {a: 1}, code: "result = a"}
+        """)
+    assert (looped.loop.spec.mode, looped.loop.spec.max_in_flight) == ("parallel", 4)
+    assert looped.task_configs[0]["input"] == {"a": 1}
+    assert "args" not in looped.task_configs[0]
+    child = _step("""\
+        - step: s
+          tool: {kind: playbook, path: lib/child, payload: {n: 2}}
+        """)
+    assert child.task_configs[0]["input"] == {"n": 2}
+    stores = [_step(f"""\
+        - step: s
+          tool: {{kind: noop, output: {{store: {store}}}}}
+        """).task_configs[0].get("output", {}).get("store")
+        for store in ("{kind: disk}", "{kind: object}", "s3", "{kind: auto}", "db")]
+    assert stores == ["fs", "fs", "s3", None, "db"]
+
+
+def test_a_stored_spec_reads_back_unchanged() -> None:
+    """Workers rebuild the playbook from the catalog's spec (plan and entry_step included)."""
+    from noetl_pg.dsl import Playbook
+
+    playbook = load_playbook(_doc("""\
+        keychain: [{name: api, kind: secret_manager}]
+        workflow:
+          - step: s
+            tool: {kind: noop}
+            case:
+              - when: "{{ true }}"
+                then: {next: [{step: t}], set: {ctx.k: 1}}
+          - step: t
+            tool: {kind: noop}
+        """))
+    spec = playbook.to_spec()
+    again = Playbook.model_validate(spec)
+    assert again.to_spec() == spec
+    assert spec["workflow"][0]["next"]["arcs"] == [
+        {"step": "t", "set": {"ctx.k": 1}, "group": 0}]
