@@ -47,7 +47,8 @@ ACCEPTED: dict[str, frozenset[str]] = {
     "policy.then": frozenset({"do", "attempts", "backoff", "delay", "to", "set"}),
     # `mode` and `concurrency` are the older spellings of spec.mode and spec.max_in_flight.
     "loop": frozenset({"in", "iterator", "spec", "mode", "concurrency"}),
-    "loop.spec": frozenset({"mode", "max_in_flight", "policy", "loop_mode", "fanout"}),
+    "loop.spec": frozenset({"mode", "max_in_flight", "policy", "loop_mode", "fanout",
+                            "on_error"}),
     "loop.spec.policy": frozenset({"exec"}),
     "loop.spec.fanout": frozenset({"max_shard_retries"}),
     "next": frozenset({"spec", "arcs"}),
@@ -149,6 +150,7 @@ ACCEPTED_VALUES: dict[tuple[str, str], frozenset[Any]] = {
     ("loop", "mode"): frozenset({"sequential", "parallel", "async"}),
     ("loop.spec", "mode"): frozenset({"sequential", "parallel", "async"}),
     ("loop.spec.policy", "exec"): frozenset({"local", "distributed"}),
+    ("loop.spec", "on_error"): frozenset({"fail", "continue"}),
     ("next.spec", "mode"): frozenset({"exclusive", "inclusive"}),
     # With no arc matching, a branch ends here; the execution completes when all end.
     ("next.spec", "on_no_match"): frozenset({"complete"}),

@@ -568,18 +568,22 @@ def test_case_routes_call_error_to_a_handler(engine: Engine) -> None:
             case:
               - when: "{{ event.name == 'call.error' }}"
                 then:
-                  - set: {ctx.why: "{{ error.message }}"}
+                  - set: {ctx.why: "{{ error }}", ctx.kind: "{{ output.error.kind }}"}
                   - next: [{step: handle}]
               - when: "{{ event.name == 'call.done' }}"
                 then: {next: [{step: fine}]}
           - step: handle
-            tool: {kind: python, input: {why: "{{ ctx.why }}"}, code: "result = {'why': why}"}
+            tool:
+              kind: python
+              input: {why: "{{ ctx.why }}", kind: "{{ ctx.kind }}"}
+              code: "result = {'why': why, 'kind': kind}"
           - step: fine
             tool: {kind: noop}
         """))
     assert row["status"] == "COMPLETED", row["error"]
     assert _ran(engine, row["execution_id"]) == {"risky": 1, "handle": 1}
     assert "disk full" in row["result"]["why"]
+    assert row["result"]["kind"] == "tool_error"
 
 
 def test_conditional_next_list_with_else(engine: Engine) -> None:
@@ -687,3 +691,30 @@ def test_a_stored_spec_reads_back_unchanged() -> None:
     assert again.to_spec() == spec
     assert spec["workflow"][0]["next"]["arcs"] == [
         {"step": "t", "set": {"ctx.k": 1}, "group": 0}]
+
+
+def test_tool_keys_are_the_same_without_the_duckdb_extra() -> None:
+    """Registration runs where the duckdb package may be missing: its stand-in declares the
+    same keys, so the same playbooks are accepted and refused."""
+    from noetl_pg.extras import missing_extra_tool
+    from noetl_pg.tools.duckdb import DuckdbTool
+    from noetl_pg.tools.postgres import DUCKDB_CONFIG_KEYS
+
+    stand_in = missing_extra_tool("duckdb", extra="duckdb", config_keys=DUCKDB_CONFIG_KEYS)
+    assert stand_in.config_keys == DuckdbTool.config_keys  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize(("value", "accepted"), [("continue", True), ("fail", True),
+                                                 ("ignore", False)])
+def test_loop_on_error_values(value: str, accepted: bool) -> None:
+    body = f"""\
+        workflow:
+          - step: s
+            loop: {{in: "{{{{ [1] }}}}", iterator: x, spec: {{on_error: {value}}}}}
+            tool: {{kind: noop}}
+        """
+    if accepted:
+        assert load_playbook(_doc(body)).workflow[0].loop.spec.on_error == value  # type: ignore[union-attr]
+    else:
+        with pytest.raises(PlaybookError, match="'ignore' is not supported"):
+            load_playbook(_doc(body))

@@ -190,7 +190,7 @@ def test_output_error_object_in_arc_after_failure(engine: Engine) -> None:
                   set:
                     ctx.text: "boom failed: {{ output.error }}"
                     ctx.retryable: "{{ output.error.retryable }}"
-                    ctx.message: "{{ error.message }}"
+                    ctx.message: "{{ error }}"
           - step: report
             tool:
               kind: python
