@@ -111,6 +111,10 @@ REFUSED: dict[str, dict[str, str]] = {
         "scope": "tool.output.scope is not supported: results live with their execution",
         "as": "tool.output.as is not supported: a result is named by its step",
     },
+    "policy.else": {
+        key: f"an else rule is `else: {{then: {{{key}: ...}}}}`"
+        for key in ("do", "attempts", "backoff", "delay", "to", "set")
+    },
     "policy": {
         "on_unmatched": "policy.on_unmatched is not supported: end the rules with an "
                         "`else` rule",
@@ -154,7 +158,6 @@ ACCEPTED_VALUES: dict[tuple[str, str], frozenset[Any]] = {
     ("next.spec", "mode"): frozenset({"exclusive", "inclusive"}),
     # With no arc matching, a branch ends here; the execution completes when all end.
     ("next.spec", "on_no_match"): frozenset({"complete"}),
-    ("task.retry", "backoff"): frozenset({"none", "linear", "exponential"}),
 }
 
 # `tool.output.store` (a name, or NoETL's `{kind: ...}`) -> the tier of noetl_pg.store it

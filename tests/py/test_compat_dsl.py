@@ -362,6 +362,16 @@ REFUSED = [
           - step: t
             tool: {kind: noop}
         """, "s", "next", 7, "not both"),
+    ("policy-else-without-then", """\
+        workflow:
+          - step: s
+            tool:
+              kind: noop
+              spec:
+                policy:
+                  rules:
+                    - else: {do: continue}
+        """, "s", "tool.spec.policy.rules[0].else.do", 11, "else: {then: {do: ...}}"),
     ("executor-final-step", """\
         executor:
           spec: {entry_step: s, final_step: s}
@@ -459,7 +469,7 @@ ACCEPTED = [
       - when: "{{ x }}"
         then: [{step: a}]
       - else:
-          then: {next: b}""", ("exclusive", [("a", "{{ x }}", 0), ("b", None, 1)])),
+          then: {next: b}""", ("exclusive", [("a", "{{ x }}", 0), ("b", "{{ true }}", 1)])),
 ]
 
 
@@ -584,6 +594,35 @@ def test_case_routes_call_error_to_a_handler(engine: Engine) -> None:
     assert _ran(engine, row["execution_id"]) == {"risky": 1, "handle": 1}
     assert "disk full" in row["result"]["why"]
     assert row["result"]["kind"] == "tool_error"
+
+
+def test_case_else_is_taken_after_an_error_no_branch_held(engine: Engine) -> None:
+    """NoETL's case `else` fires when no branch held, after call.error too."""
+    row = engine.run(_doc("""\
+        workflow:
+          - step: risky
+            tool: {kind: python, code: "raise RuntimeError('nope')"}
+            case:
+              - when: "{{ event.name == 'call.done' }}"
+                then: {next: [{step: fine}]}
+              - else:
+                  - next: [{step: fallback}]
+          - step: fine
+            tool: {kind: noop}
+          - step: fallback
+            tool: {kind: python, code: "result = 'fell back'"}
+        """))
+    assert row["status"] == "COMPLETED", row["error"]
+    assert row["result"] == "fell back"
+    assert _ran(engine, row["execution_id"]) == {"risky": 1, "fallback": 1}
+
+
+def test_retry_backoff_may_be_a_factor() -> None:
+    step = _step("""\
+        - step: s
+          tool: {kind: noop, retry: {max_attempts: 3, backoff: 1.5, delay: 0.1}}
+        """)
+    assert step.tool.retry.backoff == 1.5  # type: ignore[union-attr]
 
 
 def test_conditional_next_list_with_else(engine: Engine) -> None:
