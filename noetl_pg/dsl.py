@@ -30,6 +30,8 @@ from noetl_pg.policy import DEFAULT_RULE_ATTEMPTS
 from noetl_pg.tools import tool_config_keys
 
 DEFAULT_PARALLEL_IN_FLIGHT = 10
+# The `when` of a case `else` branch's arcs: taken after any event once no branch held.
+CASE_ELSE_WHEN = "{{ true }}"
 MAX_PLAYBOOK_BYTES = 1_048_576
 
 
@@ -547,10 +549,14 @@ def _arcs_from(next_value: Any, case_value: Any) -> dict[str, Any] | None:
         for target in targets:
             arc: dict[str, Any] = {"step": target}
             if not otherwise:
-                arc["when"] = branch["when"]
+                arc = _arc({**arc, "when": branch["when"]})
+            elif case_value is not None:
+                # NoETL's case `else` fires when no branch held, after an error as after
+                # success; an arc without `when` is success-only, so it gets an explicit one.
+                arc["when"] = CASE_ELSE_WHEN
             if writes:
                 arc["set"] = writes
-            arcs.append({**_arc(arc), "group": group})
+            arcs.append({**arc, "group": group})
     # Branches are tried in order and the first that holds is taken (NoETL's case).
     return {"spec": {"mode": "exclusive"}, "arcs": arcs}
 

@@ -47,7 +47,8 @@ ACCEPTED: dict[str, frozenset[str]] = {
     "policy.then": frozenset({"do", "attempts", "backoff", "delay", "to", "set"}),
     # `mode` and `concurrency` are the older spellings of spec.mode and spec.max_in_flight.
     "loop": frozenset({"in", "iterator", "spec", "mode", "concurrency"}),
-    "loop.spec": frozenset({"mode", "max_in_flight", "policy", "loop_mode", "fanout"}),
+    "loop.spec": frozenset({"mode", "max_in_flight", "policy", "loop_mode", "fanout",
+                            "on_error"}),
     "loop.spec.policy": frozenset({"exec"}),
     "loop.spec.fanout": frozenset({"max_shard_retries"}),
     "next": frozenset({"spec", "arcs"}),
@@ -110,6 +111,10 @@ REFUSED: dict[str, dict[str, str]] = {
         "scope": "tool.output.scope is not supported: results live with their execution",
         "as": "tool.output.as is not supported: a result is named by its step",
     },
+    "policy.else": {
+        key: f"an else rule is `else: {{then: {{{key}: ...}}}}`"
+        for key in ("do", "attempts", "backoff", "delay", "to", "set")
+    },
     "policy": {
         "on_unmatched": "policy.on_unmatched is not supported: end the rules with an "
                         "`else` rule",
@@ -149,10 +154,10 @@ ACCEPTED_VALUES: dict[tuple[str, str], frozenset[Any]] = {
     ("loop", "mode"): frozenset({"sequential", "parallel", "async"}),
     ("loop.spec", "mode"): frozenset({"sequential", "parallel", "async"}),
     ("loop.spec.policy", "exec"): frozenset({"local", "distributed"}),
+    ("loop.spec", "on_error"): frozenset({"fail", "continue"}),
     ("next.spec", "mode"): frozenset({"exclusive", "inclusive"}),
     # With no arc matching, a branch ends here; the execution completes when all end.
     ("next.spec", "on_no_match"): frozenset({"complete"}),
-    ("task.retry", "backoff"): frozenset({"none", "linear", "exponential"}),
 }
 
 # `tool.output.store` (a name, or NoETL's `{kind: ...}`) -> the tier of noetl_pg.store it

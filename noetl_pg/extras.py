@@ -37,11 +37,15 @@ def require_extra(extra: str, needed_for: str) -> None:
         )
 
 
-def missing_extra_tool(kind: str, extra: str) -> type:
-    """A stand-in tool class for `kind` whose every run fails naming the extra to install."""
+def missing_extra_tool(kind: str, extra: str,
+                       config_keys: frozenset[str] = frozenset()) -> type:
+    """A stand-in tool class for `kind` whose every run fails naming the extra to install.
+    It declares the kind's `config_keys`, so registration on a machine without the extra
+    accepts and refuses the same playbooks as anywhere else."""
 
     class MissingExtraTool:
         kind: ClassVar[str]
+        config_keys: ClassVar[frozenset[str]]
 
         def run(self, config: Mapping[str, Any], context: Any) -> Any:
             raise ToolError(
@@ -50,5 +54,6 @@ def missing_extra_tool(kind: str, extra: str) -> type:
             )
 
     MissingExtraTool.kind = kind
+    MissingExtraTool.config_keys = config_keys
     MissingExtraTool.__name__ = f"Missing{kind.title()}Tool"
     return MissingExtraTool

@@ -59,11 +59,13 @@ def _target(arc: ArcLike, scope: Mapping[str, Any]) -> dict[str, Any]:
 def route_scope(
     namespace: Mapping[str, Any], step_name: str, event: str, error: Any = None
 ) -> dict[str, Any]:
-    """The scope of a step's arcs: the command namespace plus `event`, the step's own
-    result as `result` and `output` (`{status, data, error, http}` as in policy rules),
-    `error` (NoETL's error object) after call.error, `fanin` after a fan-out."""
+    """The scope of a step's arcs: the command namespace plus `event` ({name, type, step}),
+    the step's own result as `result` and `output` (`{status, data, error, http}`, with
+    `output.error` NoETL's error object), after call.error `error` (its message, as NoETL
+    gives it), `fanin` after a fan-out."""
     scope = dict(namespace)
-    scope["event"] = {"name": event}
+    scope["event"] = {"name": event, "step": step_name,
+                      "type": "tool.error" if event == "call.error" else "tool.completed"}
     own = namespace.get(step_name)
     if own is not None:
         scope["result"] = own
@@ -75,7 +77,7 @@ def route_scope(
         error_object = error_view(error, extra)
         output: dict[str, Any] = {**extra, "status": "error", "error": error_object}
         output.setdefault("http", {"status": error_object["status_code"]})
-        scope["error"] = error_object
+        scope["error"] = error_object["message"]
     else:
         output = {"status": "ok", "data": own}
         if isinstance(own, Mapping) and "status_code" in own:

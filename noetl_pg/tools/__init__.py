@@ -7,7 +7,7 @@ from noetl_pg.tools.base import Tool
 from noetl_pg.tools.http import HttpTool
 from noetl_pg.tools.noop import NoopTool
 from noetl_pg.tools.playbook import PlaybookTool
-from noetl_pg.tools.postgres import PostgresTool
+from noetl_pg.tools.postgres import DUCKDB_CONFIG_KEYS, PostgresTool
 from noetl_pg.tools.python import PythonTool
 from noetl_pg.tools.workbook import WorkbookTool
 
@@ -16,7 +16,8 @@ try:
 except ModuleNotFoundError as missing:  # the `duckdb` extra is not installed
     if missing.name != "duckdb":
         raise
-    DuckdbTool = missing_extra_tool("duckdb", extra="duckdb")  # type: ignore[misc]
+    DuckdbTool = missing_extra_tool(  # type: ignore[misc]
+        "duckdb", extra="duckdb", config_keys=DUCKDB_CONFIG_KEYS)
 
 TOOL_CLASSES: dict[str, type[Tool]] = {
     PythonTool.kind: PythonTool,

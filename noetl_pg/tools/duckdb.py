@@ -27,7 +27,13 @@ import duckdb
 
 from noetl_pg.errors import ToolError, ToolTimeout
 from noetl_pg.tools.base import ToolContext, localize_refs
-from noetl_pg.tools.postgres import script_params, script_result, script_text, statement_result
+from noetl_pg.tools.postgres import (
+    DUCKDB_CONFIG_KEYS,
+    script_params,
+    script_result,
+    script_text,
+    statement_result,
+)
 
 COUNT_STATEMENT_TYPES = frozenset(
     {
@@ -55,8 +61,7 @@ class DuckdbTool:
     """Run a SQL script in DuckDB; see the module docstring."""
 
     kind: ClassVar[str] = "duckdb"
-    config_keys: ClassVar[frozenset[str]] = frozenset(
-        {"database", "query", "command", "params", "timeout"})
+    config_keys: ClassVar[frozenset[str]] = DUCKDB_CONFIG_KEYS
 
     def run(self, config: Mapping[str, Any], context: ToolContext) -> Any:
         sql = localize_refs(script_text(config, self.kind), context, self.kind)

@@ -226,6 +226,12 @@ def script_result(per_statement: list[dict[str, Any]]) -> dict[str, Any]:
     return result
 
 
+# The keys of every SQL script tool (script_text, script_params, a timeout); duckdb's are
+# here too, so registration knows them on a machine without the duckdb extra.
+SCRIPT_CONFIG_KEYS = frozenset({"command", "query", "params", "timeout"})
+DUCKDB_CONFIG_KEYS = SCRIPT_CONFIG_KEYS | {"database"}
+
+
 def script_text(config: Mapping[str, Any], kind: str) -> str:
     """The `command` (or `query`) of a SQL tool, which must be a non-empty string."""
     sql = config.get("command") or config.get("query")
@@ -330,8 +336,7 @@ class PostgresTool:
     """Run a SQL script in one transaction; see the module docstring."""
 
     kind: ClassVar[str] = "postgres"
-    config_keys: ClassVar[frozenset[str]] = frozenset(
-        {"auth", "command", "query", "params", "timeout"})
+    config_keys: ClassVar[frozenset[str]] = SCRIPT_CONFIG_KEYS | {"auth"}
 
     def run(self, config: Mapping[str, Any], context: ToolContext) -> Any:
         statements = split_sql(localize_refs(script_text(config, self.kind), context, self.kind))

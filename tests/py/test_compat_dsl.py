@@ -362,6 +362,16 @@ REFUSED = [
           - step: t
             tool: {kind: noop}
         """, "s", "next", 7, "not both"),
+    ("policy-else-without-then", """\
+        workflow:
+          - step: s
+            tool:
+              kind: noop
+              spec:
+                policy:
+                  rules:
+                    - else: {do: continue}
+        """, "s", "tool.spec.policy.rules[0].else.do", 11, "else: {then: {do: ...}}"),
     ("executor-final-step", """\
         executor:
           spec: {entry_step: s, final_step: s}
@@ -459,7 +469,7 @@ ACCEPTED = [
       - when: "{{ x }}"
         then: [{step: a}]
       - else:
-          then: {next: b}""", ("exclusive", [("a", "{{ x }}", 0), ("b", None, 1)])),
+          then: {next: b}""", ("exclusive", [("a", "{{ x }}", 0), ("b", "{{ true }}", 1)])),
 ]
 
 
@@ -568,18 +578,51 @@ def test_case_routes_call_error_to_a_handler(engine: Engine) -> None:
             case:
               - when: "{{ event.name == 'call.error' }}"
                 then:
-                  - set: {ctx.why: "{{ error.message }}"}
+                  - set: {ctx.why: "{{ error }}", ctx.kind: "{{ output.error.kind }}"}
                   - next: [{step: handle}]
               - when: "{{ event.name == 'call.done' }}"
                 then: {next: [{step: fine}]}
           - step: handle
-            tool: {kind: python, input: {why: "{{ ctx.why }}"}, code: "result = {'why': why}"}
+            tool:
+              kind: python
+              input: {why: "{{ ctx.why }}", kind: "{{ ctx.kind }}"}
+              code: "result = {'why': why, 'kind': kind}"
           - step: fine
             tool: {kind: noop}
         """))
     assert row["status"] == "COMPLETED", row["error"]
     assert _ran(engine, row["execution_id"]) == {"risky": 1, "handle": 1}
     assert "disk full" in row["result"]["why"]
+    assert row["result"]["kind"] == "tool_error"
+
+
+def test_case_else_is_taken_after_an_error_no_branch_held(engine: Engine) -> None:
+    """NoETL's case `else` fires when no branch held, after call.error too."""
+    row = engine.run(_doc("""\
+        workflow:
+          - step: risky
+            tool: {kind: python, code: "raise RuntimeError('nope')"}
+            case:
+              - when: "{{ event.name == 'call.done' }}"
+                then: {next: [{step: fine}]}
+              - else:
+                  - next: [{step: fallback}]
+          - step: fine
+            tool: {kind: noop}
+          - step: fallback
+            tool: {kind: python, code: "result = 'fell back'"}
+        """))
+    assert row["status"] == "COMPLETED", row["error"]
+    assert row["result"] == "fell back"
+    assert _ran(engine, row["execution_id"]) == {"risky": 1, "fallback": 1}
+
+
+def test_retry_backoff_may_be_a_factor() -> None:
+    step = _step("""\
+        - step: s
+          tool: {kind: noop, retry: {max_attempts: 3, backoff: 1.5, delay: 0.1}}
+        """)
+    assert step.tool.retry.backoff == 1.5  # type: ignore[union-attr]
 
 
 def test_conditional_next_list_with_else(engine: Engine) -> None:
@@ -635,3 +678,82 @@ def test_a_refused_playbook_is_not_stored(engine: Engine) -> None:
                 retries: 3
             """))
     assert engine.sql("select count(*) as n from noetl.catalog")[0]["n"] == before
+
+
+# --- the other older forms ------------------------------------------------------------
+
+
+def _step(body: str) -> Any:
+    return load_playbook(_doc("workflow:\n" + textwrap.indent(textwrap.dedent(body), "  "))
+                         ).workflow[0]
+
+
+def test_older_loop_tool_and_store_forms_normalise() -> None:
+    looped = _step("""\
+        - step: s
+          loop: {in: "{{ xs }}", iterator: x, mode: async, concurrency: 4}
+          tool: {kind: python, args: {a: 1}, code: "result = a"}
+        """)
+    assert (looped.loop.spec.mode, looped.loop.spec.max_in_flight) == ("parallel", 4)
+    assert looped.task_configs[0]["input"] == {"a": 1}
+    assert "args" not in looped.task_configs[0]
+    child = _step("""\
+        - step: s
+          tool: {kind: playbook, path: lib/child, payload: {n: 2}}
+        """)
+    assert child.task_configs[0]["input"] == {"n": 2}
+    stores = [_step(f"""\
+        - step: s
+          tool: {{kind: noop, output: {{store: {store}}}}}
+        """).task_configs[0].get("output", {}).get("store")
+        for store in ("{kind: disk}", "{kind: object}", "s3", "{kind: auto}", "db")]
+    assert stores == ["fs", "fs", "s3", None, "db"]
+
+
+def test_a_stored_spec_reads_back_unchanged() -> None:
+    """Workers rebuild the playbook from the catalog's spec (plan and entry_step included)."""
+    from noetl_pg.dsl import Playbook
+
+    playbook = load_playbook(_doc("""\
+        keychain: [{name: api, kind: secret_manager}]
+        workflow:
+          - step: s
+            tool: {kind: noop}
+            case:
+              - when: "{{ true }}"
+                then: {next: [{step: t}], set: {ctx.k: 1}}
+          - step: t
+            tool: {kind: noop}
+        """))
+    spec = playbook.to_spec()
+    again = Playbook.model_validate(spec)
+    assert again.to_spec() == spec
+    assert spec["workflow"][0]["next"]["arcs"] == [
+        {"step": "t", "set": {"ctx.k": 1}, "group": 0}]
+
+
+def test_tool_keys_are_the_same_without_the_duckdb_extra() -> None:
+    """Registration runs where the duckdb package may be missing: its stand-in declares the
+    same keys, so the same playbooks are accepted and refused."""
+    from noetl_pg.extras import missing_extra_tool
+    from noetl_pg.tools.duckdb import DuckdbTool
+    from noetl_pg.tools.postgres import DUCKDB_CONFIG_KEYS
+
+    stand_in = missing_extra_tool("duckdb", extra="duckdb", config_keys=DUCKDB_CONFIG_KEYS)
+    assert stand_in.config_keys == DuckdbTool.config_keys  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize(("value", "accepted"), [("continue", True), ("fail", True),
+                                                 ("ignore", False)])
+def test_loop_on_error_values(value: str, accepted: bool) -> None:
+    body = f"""\
+        workflow:
+          - step: s
+            loop: {{in: "{{{{ [1] }}}}", iterator: x, spec: {{on_error: {value}}}}}
+            tool: {{kind: noop}}
+        """
+    if accepted:
+        assert load_playbook(_doc(body)).workflow[0].loop.spec.on_error == value  # type: ignore[union-attr]
+    else:
+        with pytest.raises(PlaybookError, match="'ignore' is not supported"):
+            load_playbook(_doc(body))

@@ -65,7 +65,7 @@ def test_a_case_branch_is_one_choice_with_all_its_targets() -> None:
 def test_route_scope_after_success_has_output_and_http() -> None:
     own = {"status_code": 201, "headers": {"x": "1"}, "data": {"id": 4}}
     scope = router.route_scope({"fetch": own, "region": "eu"}, "fetch", "call.done")
-    assert scope["event"] == {"name": "call.done"}
+    assert scope["event"] == {"name": "call.done", "step": "fetch", "type": "tool.completed"}
     assert scope["result"] is own
     assert scope["output"] == {"status": "ok", "data": own,
                                "http": {"status": 201, "headers": {"x": "1"}}}
@@ -82,16 +82,16 @@ def test_route_scope_after_error_has_the_error_object() -> None:
     assert str(error) == "http GET /x returned 503"
     assert scope["output"]["http"] == {"status": 503}
     assert scope["output"]["data"] == "busy"
-    assert scope["error"] is error
+    assert scope["error"] == "http GET /x returned 503"
 
 
 def test_route_scope_error_without_http_is_a_tool_error() -> None:
     scope = router.route_scope({"s": None}, "s", "call.error", "boom")
-    assert scope["error"]["kind"] == "tool_error"
-    assert scope["error"]["retryable"] is False
+    assert scope["output"]["error"]["kind"] == "tool_error"
+    assert scope["output"]["error"]["retryable"] is False
     assert scope["output"]["http"] == {"status": None}
-    assert router.route_scope({}, "s", "call.error", "s timed out after 1s")["error"][
-        "retryable"] is True
+    assert router.route_scope({}, "s", "call.error", "s timed out after 1s")["output"][
+        "error"]["retryable"] is True
 
 
 def test_fanin_is_in_scope_after_a_fanout() -> None:
