@@ -7,7 +7,9 @@ Config keys: `auth`, `command` (alias `query`; several statements allowed), `par
 NAME}`), or an inline mapping of the same fields: `dsn`, or NoETL's `db_host`, `db_port`,
 `db_user`, `db_password`, `db_name` (plain `host`, `port`, `user`, `password`, `dbname` /
 `database` also work; `sslmode` passes through). Each distinct connection gets one
-`psycopg_pool.ConnectionPool` per worker (max size `NOETL_PG_POOL_MAX_SIZE`, default 4).
+`psycopg_pool.ConnectionPool` per worker, growing on demand up to `NOETL_PG_POOL_MAX_SIZE`,
+default the worker's slot count: a slot runs one command at a time, so every slot can hold
+a connection and a parallel loop of postgres steps is never throttled by the pool.
 
 Statements are split on `;` outside quotes, dollar quotes and comments (`split_sql`) and run
 one by one in ONE transaction: all commit or none does. `params` (a mapping for
@@ -48,6 +50,8 @@ from noetl_pg.errors import ToolError, ToolTimeout
 from noetl_pg.tools.base import ToolContext, localize_refs
 
 CONNECT_TIMEOUT_SECONDS = 10
+# Pool size for a tool run outside a worker (no slot count known).
+DEFAULT_POOL_MAX_SIZE = 4
 PLACEHOLDER_CHARS = frozenset("sbt")
 # Credential fields -> libpq keywords (NoETL names first).
 CONNINFO_FIELDS = {
@@ -281,9 +285,10 @@ def conninfo_for(fields: Mapping[str, Any]) -> str:
 class PostgresPools:
     """The worker's connection pools, one per distinct conninfo; `close()` on shutdown."""
 
-    def __init__(self) -> None:
+    def __init__(self, max_size: int = DEFAULT_POOL_MAX_SIZE) -> None:
         self._pools: dict[str, ConnectionPool] = {}
         self._lock = threading.Lock()
+        self._max_size = max_size
 
     def pool(self, conninfo: str, secrets: list[str]) -> ConnectionPool:
         """The open pool for `conninfo`, opening it (and checking it connects) on first use."""
@@ -298,8 +303,7 @@ class PostgresPools:
             except psycopg.Error as exc:
                 reason = redact(str(exc).strip(), secrets)
                 raise ToolError(f"postgres: cannot connect: {reason}") from None
-            max_size = int(os.environ.get("NOETL_PG_POOL_MAX_SIZE") or 4)
-            pool = ConnectionPool(conninfo, min_size=1, max_size=max_size, open=False)
+            pool = ConnectionPool(conninfo, min_size=1, max_size=self._max_size, open=False)
             try:
                 pool.open(wait=True, timeout=CONNECT_TIMEOUT_SECONDS)
             except PoolTimeout:
@@ -316,10 +320,16 @@ class PostgresPools:
 
 
 def worker_pools(resources: dict[str, Any]) -> PostgresPools:
+    """The worker's pools (created on first use), sized by NOETL_PG_POOL_MAX_SIZE or the
+    worker's `worker_slots`."""
     pools = resources.get(PostgresTool.kind)
     if pools is None:
+        raw = os.environ.get("NOETL_PG_POOL_MAX_SIZE", "").strip()
+        slots = resources.get("worker_slots")
+        max_size = int(raw) if raw.isdigit() and int(raw) > 0 else int(
+            slots or DEFAULT_POOL_MAX_SIZE)
         with _pools_lock:
-            pools = resources.setdefault(PostgresTool.kind, PostgresPools())
+            pools = resources.setdefault(PostgresTool.kind, PostgresPools(max(max_size, 1)))
     return pools
 
 
