@@ -23,7 +23,10 @@ Result: the last statement's `{columns, rows, row_count, status}` (rows as dicts
 by `json_safe`: dates and times in ISO 8601, intervals in seconds, Decimal as a number when
 the float is exact (integers always) and as a string otherwise, UUID as a string, bytes as
 base64, NaN/Infinity as strings. A failing statement raises `ToolError` naming its index and
-SQLSTATE (output `{sqlstate, statement_index, error}`); a statement timeout raises
+SQLSTATE, and the line and column in that statement where the server places the error
+(output `{sqlstate, statement_index, error, message, position, line, column, detail}`:
+`error` the whole text, `message` the server's; the last four
+when the server gives them); a statement timeout raises
 `ToolTimeout`. Credential secrets are redacted from every message.
 """
 
@@ -369,7 +372,9 @@ class PostgresTool:
                             statement.text, params if statement.has_placeholder else None
                         )
                     except psycopg.Error as exc:
-                        raise _statement_error(exc, index, secrets, timeout) from None
+                        raise _statement_error(
+                            exc, index, secrets, timeout, statement.text
+                        ) from None
                     per_statement.append(_cursor_result(cursor))
         except psycopg.Error as exc:
             # Raised outside a statement: the timeout setting or the commit (deferred checks).
@@ -388,14 +393,38 @@ def _cursor_result(cursor: psycopg.Cursor[dict[str, Any]]) -> dict[str, Any]:
 
 
 def _statement_error(
-    exc: psycopg.Error, index: int | None, secrets: list[str], timeout: Any
+    exc: psycopg.Error, index: int | None, secrets: list[str], timeout: Any,
+    statement: str | None = None,
 ) -> ToolError:
     sqlstate = exc.sqlstate
     message = redact(exc.diag.message_primary or str(exc).strip(), secrets)
     where = "postgres" if index is None else f"postgres statement {index}"
-    output = {"sqlstate": sqlstate, "statement_index": index, "error": message}
+    output: dict[str, Any] = {"sqlstate": sqlstate, "statement_index": index,
+                              "message": message}
+    located = _position(exc.diag.statement_position, statement)
+    if located is not None:
+        output.update(located)
+        where += f" (line {located['line']}, column {located['column']})"
+    detail = redact(exc.diag.message_detail or "", secrets)
+    if detail:
+        output["detail"] = detail
     if isinstance(exc, psycopg.errors.QueryCanceled) and timeout:
-        return ToolTimeout(
-            f"{where} timed out after {float(timeout):g}s [SQLSTATE {sqlstate}]", output=output
-        )
-    return ToolError(f"{where} failed [SQLSTATE {sqlstate}]: {message}", output=output)
+        text = f"{where} timed out after {float(timeout):g}s [SQLSTATE {sqlstate}]"
+        return ToolTimeout(text, output={**output, "error": text})
+    text = f"{where} failed [SQLSTATE {sqlstate}]: {message}" + (
+        f" ({detail})" if detail else "")
+    # `error` (what a policy sees as output.error and the step reports) is the whole
+    # text, so the SQLSTATE and the position reach the execution's error.
+    return ToolError(text, output={**output, "error": text})
+
+
+def _position(raw: str | None, statement: str | None) -> dict[str, int] | None:
+    """The server's 1-based character position in the statement, with its line and
+    column in that statement's text (None when the server gave none)."""
+    if not raw or not raw.isdigit() or statement is None:
+        return None
+    position = int(raw)
+    before = statement[: position - 1]
+    line = before.count("\n") + 1
+    column = position - (before.rfind("\n") + 1)
+    return {"position": position, "line": line, "column": column}
