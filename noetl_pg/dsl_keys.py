@@ -47,7 +47,7 @@ ACCEPTED: dict[str, frozenset[str]] = {
     "policy.then": frozenset({"do", "attempts", "backoff", "delay", "to", "set"}),
     # `mode` and `concurrency` are the older spellings of spec.mode and spec.max_in_flight.
     "loop": frozenset({"in", "iterator", "spec", "mode", "concurrency"}),
-    "loop.spec": frozenset({"mode", "max_in_flight", "policy", "loop_mode", "fanout"}),
+    "loop.spec": frozenset({"mode", "max_in_flight", "policy", "loop_mode", "fanout", "on_error"}),
     "loop.spec.policy": frozenset({"exec"}),
     "loop.spec.fanout": frozenset({"max_shard_retries"}),
     "next": frozenset({"spec", "arcs"}),
@@ -169,7 +169,7 @@ SET_SCOPES: dict[str, frozenset[str]] = {
     "step": frozenset({"ctx", "step"}),
     "arc": frozenset({"ctx"}),
     "task": frozenset({"ctx", "iter"}),
-    "policy": frozenset({"iter"}),
+    "policy": frozenset({"ctx", "iter", "step"}),
 }
 
 
