@@ -174,7 +174,7 @@ SET_SCOPES: dict[str, frozenset[str]] = {
     "step": frozenset({"ctx", "step"}),
     "arc": frozenset({"ctx"}),
     "task": frozenset({"ctx", "iter"}),
-    "policy": frozenset({"iter"}),
+    "policy": frozenset({"ctx", "iter", "step"}),
 }
 
 

@@ -35,6 +35,10 @@ log = logging.getLogger(__name__)
 Outcome = dict[str, Any]
 
 
+class _CauseKept(NoetlError):
+    """An error whose message already leads with its cause (and names the step)."""
+
+
 class CommandRunner:
     """Turns a claimed command row into an outcome. One per worker, shared by its slots."""
 
@@ -75,14 +79,31 @@ class CommandRunner:
                 "loop_id": command.get("loop_id")}
         try:
             if command["kind"] == "route":
-                return {**base, "op": "route", "targets": self._route(step, command, namespace)}
+                return {**base, "op": "route",
+                        "targets": self._route_keeping_cause(step, command, namespace)}
             if command["kind"] == "loop":
                 return {**base, "op": "loop", **self._loop(step, namespace)}
             outcome = self._scrub(self._step(step, command, namespace, playbook, results))
             return {**base, **self._store_result(step, command, outcome)}
         except NoetlError as exc:
-            message = f"step '{step.step}': {exc}"
+            message = str(exc) if isinstance(exc, _CauseKept) else f"step '{step.step}': {exc}"
             return {**base, "op": "fail", "error": self._redact(message), "retry_delay": None}
+
+    def _route_keeping_cause(
+        self, step: Step, command: Mapping[str, Any], namespace: dict[str, Any]
+    ) -> list[dict[str, Any]]:
+        """Arcs after an error that cannot be evaluated fail the run with the step's own
+        error first: the secondary error never hides the cause."""
+        route_input = command.get("input") or {}
+        try:
+            return self._route(step, command, namespace)
+        except NoetlError as exc:
+            if route_input.get("event") != "call.error":
+                raise
+            raise _CauseKept(
+                f"{route_input.get('error')}; then its arcs could not be evaluated: "
+                f"step '{step.step}': {exc}"
+            ) from exc
 
     def _scrub(self, outcome: Outcome) -> Outcome:
         """Redact known secrets from what a step outcome stores (results reach events)."""
@@ -179,19 +200,19 @@ class CommandRunner:
     ) -> Outcome:
         tool_context = dataclasses.replace(self._make_tool_context(command), results=results)
         step_input = render_value(step.input, namespace) if step.input else {}
-        task_ctx: dict[str, Any] = {}
         try:
-            result, decision_error = self._run_tasks(
+            run = self._run_tasks(
                 list(step.task_configs), step_input, namespace, command["attempt"], tool_context,
                 pipeline=isinstance(step.tool, list), workbook=playbook.workbook,
-                task_ctx=task_ctx, workload=playbook.workload,
+                workload=playbook.workload, resume=_pipeline_resume(command),
             )
         except ToolError as exc:
             return {"op": "fail", "error": self._redact(f"step '{step.step}': {exc.message}"),
                     "retry_delay": None, "output": exc.output or None}
-        if decision_error is not None:
-            return decision_error
-        ctx_set: dict[str, Any] = dict(task_ctx)
+        if run.stop is not None:
+            return run.stop
+        result = _apply_step_writes(run.result, run.step_writes)
+        ctx_set: dict[str, Any] = dict(run.ctx_writes)
         if step.set:
             scope = {**namespace, step.step: _view(result), "result": result,
                      "output": {"status": "ok", "data": result}}
@@ -210,65 +231,77 @@ class CommandRunner:
         *,
         pipeline: bool,
         workbook: list[dict[str, Any]],
-        task_ctx: dict[str, Any] | None = None,
         workload: Mapping[str, Any] | None = None,
-    ) -> tuple[Any, Outcome | None]:
-        """Run a tool or a pipeline; returns (result, fail or await_child outcome or None).
-        Tasks' own `set` ctx writes are added to `task_ctx`."""
+        resume: Mapping[str, Any] | None = None,
+    ) -> _TaskRun:
+        """Run a tool or a pipeline. Tasks' own `set` and policy `then.set` ctx writes are
+        collected in the run's ctx_writes. A playbook task hands the command over to its
+        child (an await_child outcome carrying the pipeline so far); when the child is
+        done the database queues the command again and `resume` continues after it."""
+        run = _TaskRun()
         scope = dict(namespace)
         if pipeline:
             scope.update(_attempt=attempt, _prev=None, _task=None)
             if scope.get("results") is None:
                 scope["results"] = {}
-        result: Any = None
         position = 0
+        if resume is not None:
+            position = int(resume["task_index"])
+            run = _TaskRun(done=dict(resume.get("results") or {}),
+                           ctx_writes=dict(resume.get("ctx_writes") or {}),
+                           step_writes=dict(resume.get("step_writes") or {}))
+            for name, value in run.done.items():
+                scope[name] = _view(value)
+                _pipeline_envelope(scope, name, value)
+            if resume.get("iter") is not None:
+                scope["iter"] = resume["iter"]
+            if run.ctx_writes:
+                scope["ctx"] = {**(scope.get("ctx") or {}), **run.ctx_writes}
         while position < len(tasks):
             task = tasks[position]
             name = task.get("name") or f"task_{position + 1}"
-            config = render_tool_config(
-                {key: value for key, value in task.items()
-                 if key not in ("spec", "retry", "set")},
-                scope, playbook_workload=workload,
-            )
-            if step_input:
-                config["input"] = {**step_input, **(config.get("input") or {})}
-            tool = self._tools.get(str(config.get("kind")))
-            if tool is None:
-                raise ToolError(f"no worker tool for kind '{config.get('kind')}'")
-            options = {k: v for k, v in (task.get("spec") or {}).items() if k != "policy"}
-            if options:
-                config["spec"] = options
             error_kind: str | None = None
-            try:
-                if config.get("kind") == "workbook":
-                    config = resolve_task(workbook, config, scope, workload)
-                result = tool.run(config, _with_timeout(tool_context, options.get("timeout")))
-                if isinstance(result, ChildRequest):
-                    if pipeline:
-                        raise ToolError("a playbook task must be the only tool of its step")
-                    return None, self._await_child(result, task, scope, attempt)
-                output = {"status": "ok", "data": result}
-            except ToolError as exc:
-                error_kind = exc.kind
-                output = {"status": "error", "error": exc.message, **exc.output}
-            decision = decide(task, output, scope, attempt, error_kind)
-            _apply_iter_writes(scope, decision.set_writes)
+            if resume is not None and position == int(resume["task_index"]):
+                run.result = resume.get("child_result")
+                output: dict[str, Any] = {"status": "ok", "data": run.result}
+            else:
+                config = self._task_config(task, step_input, scope, workbook, workload)
+                options = config.get("spec") or {}
+                try:
+                    if config.get("kind") == "workbook":
+                        config = resolve_task(workbook, config, scope, workload)
+                    run.result = self._tool_for(config).run(
+                        config, _with_timeout(tool_context, options.get("timeout")))
+                    if isinstance(run.result, ChildRequest):
+                        return dataclasses.replace(run, stop=self._await_child(
+                            run.result, task, scope, attempt,
+                            _pipeline_state(run, position, scope, attempt) if pipeline
+                            else None))
+                    output = {"status": "ok", "data": run.result}
+                except ToolError as exc:
+                    error_kind = exc.kind
+                    output = {"status": "error", "error": exc.message, **exc.output}
+            decision = self._decide(task, output, scope, attempt, error_kind)
+            _apply_policy_writes(scope, run, decision.set_writes)
             if decision.action == "retry":
-                return None, {
+                run.stop = {
                     "op": "fail", "error": self._redact(str(output.get("error") or "retry")),
                     "retry_delay": decision.delay_seconds, "output": _output_extra(output),
                 }
+                return run
             if decision.action == "fail" or (error_kind is not None and
                                              decision.action not in ("continue", "jump", "break")):
-                return None, {
+                run.stop = {
                     "op": "fail", "error": self._redact(str(output.get("error"))),
                     "retry_delay": None, "output": _output_extra(output),
                 }
+                return run
             if pipeline:
-                scope[name] = _view(result)
-                _pipeline_envelope(scope, name, result)
+                scope[name] = _view(run.result)
+                run.done[name] = run.result
+                _pipeline_envelope(scope, name, run.result)
             if task.get("set"):
-                _apply_task_set(task["set"], scope, output, task_ctx)
+                _apply_task_set(task["set"], scope, output, run.ctx_writes)
             if decision.action == "break":
                 break
             if decision.action == "jump" and decision.jump_to:
@@ -278,21 +311,63 @@ class CommandRunner:
                 position = names.index(decision.jump_to)
                 continue
             position += 1
-        return result, None
+        return run
 
+    def _task_config(
+        self, task: Mapping[str, Any], step_input: Mapping[str, Any], scope: Mapping[str, Any],
+        workbook: list[dict[str, Any]], workload: Mapping[str, Any] | None,
+    ) -> dict[str, Any]:
+        """A task's rendered config: `input` over the step's, `spec` without its policy."""
+        config = render_tool_config(
+            {key: value for key, value in task.items() if key not in ("spec", "retry", "set")},
+            scope, playbook_workload=workload,
+        )
+        if step_input:
+            config["input"] = {**step_input, **(config.get("input") or {})}
+        options = {k: v for k, v in (task.get("spec") or {}).items() if k != "policy"}
+        if options:
+            config["spec"] = options
+        return config
+
+    def _tool_for(self, config: Mapping[str, Any]) -> Tool:
+        tool = self._tools.get(str(config.get("kind")))
+        if tool is None:
+            raise ToolError(f"no worker tool for kind '{config.get('kind')}'")
+        return tool
+
+    @staticmethod
+    def _decide(
+        task: Mapping[str, Any], output: Mapping[str, Any], scope: Mapping[str, Any],
+        attempt: int, error_kind: str | None,
+    ) -> Any:
+        """The policy decision; a rule that cannot be evaluated after an error reports
+        that error first (the secondary error never hides the cause)."""
+        try:
+            return decide(task, output, scope, attempt, error_kind)
+        except NoetlError as exc:
+            if output.get("status") != "error":
+                raise
+            raise ToolError(
+                f"{output.get('error')}; then its policy could not be evaluated: {exc}",
+                output=_output_extra(output) or {},
+            ) from exc
 
     def _await_child(
         self, request: ChildRequest, task: Mapping[str, Any], scope: Mapping[str, Any],
-        attempt: int,
+        attempt: int, pipeline: dict[str, Any] | None = None,
     ) -> Outcome:
-        """The await_child outcome; the retry delay is what policy says for a failed child."""
+        """The await_child outcome; the retry delay is what policy says for a failed child.
+        `pipeline` (a playbook task inside a pipeline) is what the command resumes with."""
         failed = {"status": "error", "error": "child playbook failed"}
         decision = decide(task, failed, scope, attempt, "error")
-        return {
+        outcome = {
             "op": "await_child", "path": request.path, "version": request.version,
             "payload": request.payload, "return_step": request.return_step,
             "retry_delay": decision.delay_seconds if decision.action == "retry" else None,
         }
+        if pipeline is not None:
+            outcome["pipeline"] = pipeline
+        return outcome
 
     def _store_result(self, step: Step, command: Mapping[str, Any], outcome: Outcome) -> Outcome:
         """A `done` result over the store's inline limit (or any bytes) is written to the
@@ -417,3 +492,54 @@ def _apply_iter_writes(scope: dict[str, Any], writes: Mapping[str, Any]) -> None
     iter_writes = {key[5:]: value for key, value in writes.items() if key.startswith("iter.")}
     if iter_writes:
         scope["iter"] = {**(scope.get("iter") or {}), **iter_writes}
+
+
+@dataclasses.dataclass
+class _TaskRun:
+    """What running a step's tasks produced: the last result, the results of finished
+    pipeline tasks by name, the policy `set` writes to ctx and to the step result, and
+    the fail or await_child outcome that stopped the run (None: the tasks are done)."""
+
+    result: Any = None
+    done: dict[str, Any] = dataclasses.field(default_factory=dict)
+    ctx_writes: dict[str, Any] = dataclasses.field(default_factory=dict)
+    step_writes: dict[str, Any] = dataclasses.field(default_factory=dict)
+    stop: Outcome | None = None
+
+
+def _apply_policy_writes(scope: dict[str, Any], run: _TaskRun, writes: Mapping[str, Any]) -> None:
+    """A policy rule's `then.set`: `iter.*` is visible to later tasks of the iteration,
+    `ctx.*` (or a bare name) to later tasks and, with the step's outcome, to later steps,
+    `step.*` lands in the step's result."""
+    if not writes:
+        return
+    iter_writes = {key[5:]: value for key, value in writes.items() if key.startswith("iter.")}
+    if iter_writes:
+        scope["iter"] = {**(scope.get("iter") or {}), **iter_writes}
+    ctx_writes = _ctx_writes(writes)
+    if ctx_writes:
+        run.ctx_writes.update(ctx_writes)
+        ctx = scope.get("ctx")
+        scope["ctx"] = {**(ctx if isinstance(ctx, Mapping) else {}), **ctx_writes}
+    run.step_writes.update(
+        {key: value for key, value in writes.items() if key.startswith("step.")})
+
+
+def _pipeline_state(
+    run: _TaskRun, position: int, scope: Mapping[str, Any], attempt: int
+) -> dict[str, Any]:
+    """What a pipeline parked on a playbook task resumes with (stored with the command)."""
+    iter_scope = scope.get("iter")
+    return {
+        "attempt": attempt, "task_index": position, "results": dict(run.done),
+        "ctx_writes": dict(run.ctx_writes), "step_writes": dict(run.step_writes),
+        "iter": dict(iter_scope) if isinstance(iter_scope, Mapping) else None,
+    }
+
+
+def _pipeline_resume(command: Mapping[str, Any]) -> Mapping[str, Any] | None:
+    """The parked pipeline of this attempt (a retry starts the pipeline afresh)."""
+    state = (command.get("input") or {}).get("pipeline")
+    if isinstance(state, Mapping) and state.get("attempt") == command["attempt"]:
+        return state
+    return None

@@ -36,6 +36,7 @@ from noetl_pg.credentials import DatabaseCredentialResolver
 from noetl_pg.dsl import Playbook
 from noetl_pg.executor import CommandRunner, Outcome
 from noetl_pg.keychain import RedactingFilter, SecretRedactor
+from noetl_pg.slot_share import SharedClaims, StepTimings, context_group
 from noetl_pg.store import ResultStore
 from noetl_pg.tools import create_tools
 from noetl_pg.tools.base import CredentialResolver, Tool, ToolContext
@@ -143,7 +144,8 @@ class Worker:
         # NOETL_PVC_MOUNT_PATH, NOETL_S3_*; the db tier always).
         self._store = store or ResultStore.from_env(dsn)
         self._tools: dict[str, Tool] = create_tools()
-        self._resources: dict[str, Any] = {}
+        # Tool resources (pools); "worker_slots" sizes a pool to what the slots can use.
+        self._resources: dict[str, Any] = {"worker_slots": slots}
         self._specs = SpecCache()
         self._stopping = threading.Event()
         self._wake = threading.Condition()
@@ -157,6 +159,9 @@ class Worker:
         # Command ids each slot holds (claimed, running, or outcome not yet applied): the
         # heartbeat's orphan sweep takes back this worker's other claims.
         self._held: dict[str, frozenset[int]] = {}
+        # Claimed commands of slow steps a slot set aside for any free slot (slot_share).
+        self._shared = SharedClaims()
+        self._timings = StepTimings()
 
     # --- lifecycle -------------------------------------------------------------------
 
@@ -276,7 +281,7 @@ class Worker:
         self._held[threading.current_thread().name] = frozenset(r["command_id"] for r in rows)
 
     def _held_ids(self) -> list[int]:
-        return sorted(set().union(*list(self._held.values())))
+        return self._shared.held_ids(self._held)
 
     # --- slots -----------------------------------------------------------------------
 
@@ -329,6 +334,8 @@ class Worker:
         while True:
             self._hold(rows)
             if not rows:
+                rows = self._shared.take(self._held, threading.current_thread().name)
+            if not rows:
                 if self._stopping.is_set():
                     return pending
                 generation = self._wake_generation
@@ -338,11 +345,16 @@ class Worker:
                 if not rows:
                     self._wait_for_work(generation)
                     continue
+            rows = self._shared.split(rows, self._timings)
+            self._hold(rows)
+            if len(self._shared):
+                self._wake_all()
             started = time.monotonic()
             outcomes = self._run_batch(runner, rows)
             sizer.observe(len(rows), time.monotonic() - started)
             pending[:] = outcomes
-            rows = self._finish(conn, outcomes, sizer.size)
+            # Set-aside commands come first: claim no more while some wait for a slot.
+            rows = self._finish(conn, outcomes, 0 if len(self._shared) else sizer.size)
             pending.clear()
 
     def _run_batch(self, runner: CommandRunner, rows: list[dict[str, Any]]) -> list[Outcome]:
@@ -351,14 +363,15 @@ class Worker:
         contexts: dict[tuple[Any, ...], Mapping[str, Any]] = {}
         outcomes: list[Outcome] = []
         for row in rows:
-            group = (row["execution_id"], row["step_name"], row["kind"],
-                     row["loop_id"] is None)
+            group = context_group(row)
             if row["context"] is not None:
                 contexts[group] = row["context"]
             if row["execution_id"] in self._cancelled:
                 # cancel_execution already cancelled the command; any outcome would be stale.
                 continue
+            started = time.monotonic()
             outcomes.append(self._run_one(runner, row, contexts[group]))
+            self._timings.observe(row, time.monotonic() - started)
         return outcomes
 
     def _run_one(

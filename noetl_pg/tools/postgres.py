@@ -7,7 +7,9 @@ Config keys: `auth`, `command` (alias `query`; several statements allowed), `par
 NAME}`), or an inline mapping of the same fields: `dsn`, or NoETL's `db_host`, `db_port`,
 `db_user`, `db_password`, `db_name` (plain `host`, `port`, `user`, `password`, `dbname` /
 `database` also work; `sslmode` passes through). Each distinct connection gets one
-`psycopg_pool.ConnectionPool` per worker (max size `NOETL_PG_POOL_MAX_SIZE`, default 4).
+`psycopg_pool.ConnectionPool` per worker, growing on demand up to `NOETL_PG_POOL_MAX_SIZE`,
+default the worker's slot count: a slot runs one command at a time, so every slot can hold
+a connection and a parallel loop of postgres steps is never throttled by the pool.
 
 Statements are split on `;` outside quotes, dollar quotes and comments (`split_sql`) and run
 one by one in ONE transaction: all commit or none does. `params` (a mapping for
@@ -21,7 +23,10 @@ Result: the last statement's `{columns, rows, row_count, status}` (rows as dicts
 by `json_safe`: dates and times in ISO 8601, intervals in seconds, Decimal as a number when
 the float is exact (integers always) and as a string otherwise, UUID as a string, bytes as
 base64, NaN/Infinity as strings. A failing statement raises `ToolError` naming its index and
-SQLSTATE (output `{sqlstate, statement_index, error}`); a statement timeout raises
+SQLSTATE, and the line and column in that statement where the server places the error
+(output `{sqlstate, statement_index, error, message, position, line, column, detail}`:
+`error` the whole text, `message` the server's; the last four
+when the server gives them); a statement timeout raises
 `ToolTimeout`. Credential secrets are redacted from every message.
 """
 
@@ -48,6 +53,8 @@ from noetl_pg.errors import ToolError, ToolTimeout
 from noetl_pg.tools.base import ToolContext, localize_refs
 
 CONNECT_TIMEOUT_SECONDS = 10
+# Pool size for a tool run outside a worker (no slot count known).
+DEFAULT_POOL_MAX_SIZE = 4
 PLACEHOLDER_CHARS = frozenset("sbt")
 # Credential fields -> libpq keywords (NoETL names first).
 CONNINFO_FIELDS = {
@@ -287,9 +294,10 @@ def conninfo_for(fields: Mapping[str, Any]) -> str:
 class PostgresPools:
     """The worker's connection pools, one per distinct conninfo; `close()` on shutdown."""
 
-    def __init__(self) -> None:
+    def __init__(self, max_size: int = DEFAULT_POOL_MAX_SIZE) -> None:
         self._pools: dict[str, ConnectionPool] = {}
         self._lock = threading.Lock()
+        self._max_size = max_size
 
     def pool(self, conninfo: str, secrets: list[str]) -> ConnectionPool:
         """The open pool for `conninfo`, opening it (and checking it connects) on first use."""
@@ -304,8 +312,7 @@ class PostgresPools:
             except psycopg.Error as exc:
                 reason = redact(str(exc).strip(), secrets)
                 raise ToolError(f"postgres: cannot connect: {reason}") from None
-            max_size = int(os.environ.get("NOETL_PG_POOL_MAX_SIZE") or 4)
-            pool = ConnectionPool(conninfo, min_size=1, max_size=max_size, open=False)
+            pool = ConnectionPool(conninfo, min_size=1, max_size=self._max_size, open=False)
             try:
                 pool.open(wait=True, timeout=CONNECT_TIMEOUT_SECONDS)
             except PoolTimeout:
@@ -322,10 +329,16 @@ class PostgresPools:
 
 
 def worker_pools(resources: dict[str, Any]) -> PostgresPools:
+    """The worker's pools (created on first use), sized by NOETL_PG_POOL_MAX_SIZE or the
+    worker's `worker_slots`."""
     pools = resources.get(PostgresTool.kind)
     if pools is None:
+        raw = os.environ.get("NOETL_PG_POOL_MAX_SIZE", "").strip()
+        slots = resources.get("worker_slots")
+        max_size = int(raw) if raw.isdigit() and int(raw) > 0 else int(
+            slots or DEFAULT_POOL_MAX_SIZE)
         with _pools_lock:
-            pools = resources.setdefault(PostgresTool.kind, PostgresPools())
+            pools = resources.setdefault(PostgresTool.kind, PostgresPools(max(max_size, 1)))
     return pools
 
 
@@ -364,7 +377,9 @@ class PostgresTool:
                             statement.text, params if statement.has_placeholder else None
                         )
                     except psycopg.Error as exc:
-                        raise _statement_error(exc, index, secrets, timeout) from None
+                        raise _statement_error(
+                            exc, index, secrets, timeout, statement.text
+                        ) from None
                     per_statement.append(_cursor_result(cursor))
         except psycopg.Error as exc:
             # Raised outside a statement: the timeout setting or the commit (deferred checks).
@@ -383,14 +398,38 @@ def _cursor_result(cursor: psycopg.Cursor[dict[str, Any]]) -> dict[str, Any]:
 
 
 def _statement_error(
-    exc: psycopg.Error, index: int | None, secrets: list[str], timeout: Any
+    exc: psycopg.Error, index: int | None, secrets: list[str], timeout: Any,
+    statement: str | None = None,
 ) -> ToolError:
     sqlstate = exc.sqlstate
     message = redact(exc.diag.message_primary or str(exc).strip(), secrets)
     where = "postgres" if index is None else f"postgres statement {index}"
-    output = {"sqlstate": sqlstate, "statement_index": index, "error": message}
+    output: dict[str, Any] = {"sqlstate": sqlstate, "statement_index": index,
+                              "message": message}
+    located = _position(exc.diag.statement_position, statement)
+    if located is not None:
+        output.update(located)
+        where += f" (line {located['line']}, column {located['column']})"
+    detail = redact(exc.diag.message_detail or "", secrets)
+    if detail:
+        output["detail"] = detail
     if isinstance(exc, psycopg.errors.QueryCanceled) and timeout:
-        return ToolTimeout(
-            f"{where} timed out after {float(timeout):g}s [SQLSTATE {sqlstate}]", output=output
-        )
-    return ToolError(f"{where} failed [SQLSTATE {sqlstate}]: {message}", output=output)
+        text = f"{where} timed out after {float(timeout):g}s [SQLSTATE {sqlstate}]"
+        return ToolTimeout(text, output={**output, "error": text})
+    text = f"{where} failed [SQLSTATE {sqlstate}]: {message}" + (
+        f" ({detail})" if detail else "")
+    # `error` (what a policy sees as output.error and the step reports) is the whole
+    # text, so the SQLSTATE and the position reach the execution's error.
+    return ToolError(text, output={**output, "error": text})
+
+
+def _position(raw: str | None, statement: str | None) -> dict[str, int] | None:
+    """The server's 1-based character position in the statement, with its line and
+    column in that statement's text (None when the server gave none)."""
+    if not raw or not raw.isdigit() or statement is None:
+        return None
+    position = int(raw)
+    before = statement[: position - 1]
+    line = before.count("\n") + 1
+    column = position - (before.rfind("\n") + 1)
+    return {"position": position, "line": line, "column": column}

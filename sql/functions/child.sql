@@ -13,13 +13,20 @@
 -- accept that PostgreSQL may abort one side as a deadlock (the worker retries it).
 
 
+drop function if exists noetl.await_child(
+    bigint, integer, text, integer, jsonb, text, double precision, text
+);
+
 -- noetl.await_child(command_id, attempt, path, version, payload, return_step,
---                   retry_delay, worker_id) -> (outcome, route_command_id)
+--                   retry_delay, worker_id, pipeline) -> (outcome, route_command_id)
 -- Contract: a worker ran a `playbook` step and hands it over: in one transaction the
 --   claimed command moves to 'waiting' (claimed_by cleared: no slot, no heartbeat
 --   needed), command.input.child records what it waits for, and the child execution
 --   starts linked to it (parent_execution_id, parent_command_id). `retry_delay` is what
---   the step's retry policy says for a failed child (NULL: do not retry). outcome is 'ok'
+--   the step's retry policy says for a failed child (NULL: do not retry). `pipeline` is set
+--   when the playbook task is one task of a pipeline: the state the worker resumes the
+--   pipeline with after the child (kept in command.input.child.pipeline, see
+--   child_finished). outcome is 'ok'
 --   (route_command_id NULL), 'stale' (the attempt is no longer claimed: nothing changes),
 --   or 'failed' when the child cannot start (unknown path or version, bad payload): the
 --   command then fails through fail_command with that error, and route_command_id is what
@@ -34,6 +41,7 @@ create or replace function noetl.await_child(
     p_return_step text,
     p_retry_delay double precision,
     p_worker_id text,
+    p_pipeline jsonb default null,
     out outcome text,
     out route_command_id bigint
 )
@@ -75,7 +83,8 @@ begin
             'child', jsonb_build_object(
                 'execution_id', v_child_id,
                 'return_step', p_return_step,
-                'retry_delay', p_retry_delay
+                'retry_delay', p_retry_delay,
+                'pipeline', p_pipeline
             )
         )
     where c.command_id = p_command_id;
@@ -89,7 +98,10 @@ $$;
 --   handed back to the completion path at its current attempt:
 --   COMPLETED -> complete_command with the child's result (or the step_result of
 --   `return_step`, NULL when that step never ran): the parent step's result is stored, a
---   loop iteration is counted by its loop, and the step routes;
+--   loop iteration is counted by its loop, and the step routes; but a command parked by a
+--   playbook task of a pipeline is queued again at the same attempt with
+--   input.pipeline = the parked state plus child_result (`command.resumed`), and the
+--   worker that claims it runs the rest of the pipeline;
 --   FAILED / CANCELLED -> fail_command with an error naming the child, its status and
 --   its error: with a retry_delay and attempts left the parent command is re-queued
 --   (its next attempt starts a fresh child), otherwise it fails and routes 'call.error'.
@@ -131,6 +143,27 @@ begin
             from noetl.step_result as r
             where r.execution_id = p_child.execution_id
                 and r.step_name = v_waiting ->> 'return_step';
+        end if;
+        if jsonb_typeof(v_waiting -> 'pipeline') = 'object' then
+            update noetl.command as c
+            set status = 'queued', claimed_by = null, claimed_at = null,
+                available_at = now(),
+                input = c.input || jsonb_build_object(
+                    'pipeline', (v_waiting -> 'pipeline')
+                    || jsonb_build_object('child_result', v_result)
+                )
+            where c.command_id = v_cmd.command_id;
+            perform noetl.record_event(
+                v_cmd.execution_id, 'command.resumed', v_cmd.step_name, v_cmd.command_id,
+                v_cmd.attempt, null, null,
+                jsonb_build_object(
+                    'child_execution_id', p_child.execution_id,
+                    'task_index', v_waiting -> 'pipeline' -> 'task_index'
+                ),
+                v_cmd.loop_id, v_cmd.iter_index
+            );
+            perform noetl.notify_queue();
+            return;
         end if;
         perform noetl.complete_command(v_cmd.command_id, v_cmd.attempt, v_result, null, null);
         return;

@@ -62,7 +62,7 @@ $$;
 --     {op: route, command_id, attempt, targets}                -> apply_route
 --     {op: loop,  command_id, attempt, items, loop}            -> start_loop
 --     {op: await_child, command_id, attempt, path, version, payload, return_step,
---      retry_delay}                                          -> await_child (child.sql)
+--      retry_delay, pipeline}                                -> await_child (child.sql)
 --   then up to `n` commands are claimed. Returns (like claim_commands) the route commands
 --   created claimed by this worker while finishing (only when `kinds` is NULL or has
 --   'route'; otherwise they are queued for a router), then the newly claimed commands
@@ -150,7 +150,8 @@ begin
                     (v_outcome ->> 'version')::integer,
                     coalesce(nullif(v_outcome -> 'payload', 'null'::jsonb), '{}'::jsonb),
                     v_outcome ->> 'return_step',
-                    (v_outcome ->> 'retry_delay')::double precision, v_router
+                    (v_outcome ->> 'retry_delay')::double precision, v_router,
+                    nullif(v_outcome -> 'pipeline', 'null'::jsonb)
                 ) as r;
             else
                 raise exception 'unknown outcome op "%"', v_outcome ->> 'op'

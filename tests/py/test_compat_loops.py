@@ -39,11 +39,11 @@ def _playbook(loop_spec: str, code: str, after: str = "", next_block: str = "") 
         metadata: {name: loopfail, path: test/compat/loopfail}
         workflow:
           - step: start
-            tool: {kind: python, code: "result = {'numbers': [1, 2, 3, 4]}"}
+            tool: {kind: python, code: "result = {'items': [1, 2, 3, 4]}"}
             next: [{step: each}]
           - step: each
             loop:
-              in: "{{ start.numbers }}"
+              in: "{{ start.items }}"
               iterator: n
               spec: %s
             tool:
@@ -121,7 +121,7 @@ def test_an_arc_on_call_error_handles_the_failed_loop(engine: Engine) -> None:
           when: "{{ event.name == 'loop.done' }}"
         - step: recover
           when: "{{ event.name == 'call.error' }}"
-          set: {ctx.why: "{{ error }}"}
+          set: {ctx.why: "{{ error.message }}"}
     """
     recover = """
   - step: recover
@@ -214,7 +214,7 @@ def test_retried_iterations_that_recover_do_not_fail_the_loop(engine: Engine,
     assert len(retried) == 3
 
 
-def test_loop_over_an_earlier_steps_output_rows(engine: Engine) -> None:
+def test_loop_over_an_earlier_steps_output_items_key(engine: Engine) -> None:
     source = textwrap.dedent("""
         apiVersion: noetl.io/v2
         kind: Playbook
@@ -223,10 +223,10 @@ def test_loop_over_an_earlier_steps_output_rows(engine: Engine) -> None:
           - step: start
             tool:
               kind: python
-              code: "result = {'rows': [{'id': 1, 'v': 'a'}, {'id': 2, 'v': 'b'}]}"
+              code: "result = {'items': [{'id': 1, 'v': 'a'}, {'id': 2, 'v': 'b'}]}"
             next: [{step: each}]
           - step: each
-            loop: {in: "{{ start.rows }}", iterator: row, spec: {mode: parallel}}
+            loop: {in: "{{ start.items }}", iterator: row, spec: {mode: parallel}}
             tool:
               kind: python
               input: {row: "{{ row }}", idx: "{{ iter._index }}"}

@@ -237,3 +237,13 @@ def test_missing_auth_or_command(context: ToolContext) -> None:
         run({"command": "select 1"}, context)
     with pytest.raises(ToolError, match="command"):
         run({"auth": "pg"}, context)
+
+
+def test_error_carries_sqlstate_line_and_column_of_its_statement(context: ToolContext) -> None:
+    with pytest.raises(ToolError) as caught:
+        run({"auth": "pg", "command": "select 1;\nselect 2,\n  nosuchcolumn + 1"}, context)
+    output = caught.value.output
+    assert (output["sqlstate"], output["statement_index"]) == ("42703", 1)
+    assert (output["line"], output["column"]) == (2, 3)
+    assert "postgres statement 1 (line 2, column 3) failed [SQLSTATE 42703]" in (
+        caught.value.message)

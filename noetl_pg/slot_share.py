@@ -1,0 +1,96 @@
+"""Claimed commands one slot sets aside for whichever slot of the worker frees first.
+
+A slot claims in batches (worker.ClaimSizer) and runs its batch one command after another.
+That pays while commands are fast, but a batch of slow commands (four `select
+pg_sleep(2)` iterations claimed right after a fast step grew the batch size) would then
+run one at a time in one slot while the other slots sit idle. So a slot keeps for itself
+the first command of a batch and the commands of steps it has seen run fast, and sets the
+others aside here; every slot takes set-aside commands before it claims from the
+database. The commands stay claimed by this worker all along (nothing changes in the
+database), and the ids set aside count as held, so the orphan sweep leaves them alone.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import deque
+from collections.abc import Mapping
+from typing import Any
+
+# Kinds whose commands take no time worth spreading over slots: the worker evaluates
+# routes and renders loop collections itself, and noop does nothing.
+FAST_KINDS = frozenset({"route", "loop", "noop"})
+# A step whose last command took at most this long stays batched in one slot.
+FAST_SECONDS = 0.005
+
+
+def context_group(row: Mapping[str, Any]) -> tuple[Any, ...]:
+    """The rows that share one context: a claim carries it on the first row of each group
+    of one execution, step, kind and loop-or-not only (noetl.describe_commands)."""
+    return (row["execution_id"], row["step_name"], row["kind"], row["loop_id"] is None)
+
+
+class StepTimings:
+    """Seconds the last command of each (catalog_id, step, kind) took on this worker: the
+    kind matters, a loop step's own 'loop' command is fast whatever its iterations do."""
+
+    def __init__(self) -> None:
+        self._seconds: dict[tuple[int, str, str], float] = {}
+
+    def observe(self, row: Mapping[str, Any], seconds: float) -> None:
+        self._seconds[(row["catalog_id"], row["step_name"], row["kind"])] = seconds
+
+    def is_fast(self, row: Mapping[str, Any]) -> bool:
+        if row["kind"] in FAST_KINDS:
+            return True
+        seconds = self._seconds.get((row["catalog_id"], row["step_name"], row["kind"]))
+        return seconds is not None and seconds <= FAST_SECONDS
+
+
+class SharedClaims:
+    """The set-aside commands of one worker, shared by its slots (thread-safe)."""
+
+    def __init__(self) -> None:
+        self._rows: deque[dict[str, Any]] = deque()
+        self._lock = threading.Lock()
+
+    def split(self, rows: list[dict[str, Any]], timings: StepTimings) -> list[dict[str, Any]]:
+        """Keep the first row and rows of fast steps; set the others aside. Every row is
+        given its group's context first (see context_group), so a set-aside row runs on
+        its own."""
+        if len(rows) <= 1:
+            return rows
+        contexts: dict[tuple[Any, ...], Any] = {}
+        kept: list[dict[str, Any]] = []
+        aside: list[dict[str, Any]] = []
+        for position, row in enumerate(rows):
+            group = context_group(row)
+            if row.get("context") is not None:
+                contexts[group] = row["context"]
+            row = {**row, "context": contexts.get(group)}
+            (kept if position == 0 or timings.is_fast(row) else aside).append(row)
+        if aside:
+            with self._lock:
+                self._rows.extend(aside)
+        return kept
+
+    def take(self, held: dict[str, frozenset[int]], holder: str) -> list[dict[str, Any]]:
+        """One set-aside row (or none), recorded as held by `holder` before it leaves."""
+        with self._lock:
+            if not self._rows:
+                return []
+            row = self._rows.popleft()
+            held[holder] = frozenset({row["command_id"]})
+            return [row]
+
+    def held_ids(self, held: dict[str, frozenset[int]]) -> list[int]:
+        """Every id the slots hold or that is set aside, read under the lock `take` moves
+        rows under, so a row on its way from here to a slot is never missed."""
+        with self._lock:
+            ids = set().union(*list(held.values()))
+            ids.update(row["command_id"] for row in self._rows)
+        return sorted(ids)
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._rows)
