@@ -1,6 +1,6 @@
 -- completion.sql: a worker reports the outcome of a command it claimed.
 
--- noetl.complete_command(command_id, attempt, result, ctx_set, worker_id)
+-- noetl.complete_command(command_id, attempt, result, ctx_set, worker_id, targets)
 --   -> (outcome, route_command_id)
 -- Contract: records `call.done` for the claimed attempt `attempt` and applies what follows
 --   in the same transaction: the step result is stored for later templates, `ctx_set`
@@ -8,8 +8,10 @@
 --   iteration is counted by its loop, unconditional arcs issue their targets, conditional
 --   arcs create a route command. With `worker_id` that route command is created already
 --   claimed by the caller, which evaluates it at once (no wake-up round trip); its id is
---   returned. outcome is 'ok', or 'stale' when the command is no longer claimed at that
---   attempt (it was reaped, retried, cancelled or completed): a stale call changes nothing.
+--   returned; with `targets` (the arcs the caller evaluated, see route_after) they are
+--   applied in this transaction instead. outcome is 'ok', or 'stale' when the command is
+--   no longer claimed at that attempt (it was reaped, retried, cancelled or completed): a
+--   stale call changes nothing.
 -- Locks: the command row (FOR UPDATE); through routing, the execution row.
 -- Failure modes: raises no_data_found for an unknown command id.
 create or replace function noetl.complete_command(
@@ -18,6 +20,7 @@ create or replace function noetl.complete_command(
     p_result jsonb default null,
     p_ctx_set jsonb default null,
     p_worker_id text default null,
+    p_targets jsonb default null,
     out outcome text,
     out route_command_id bigint
 )
@@ -62,7 +65,9 @@ begin
     perform noetl.store_step_result(
         v_cmd.execution_id, v_cmd.step_name, p_command_id, p_result
     );
-    route_command_id := noetl.route_after(v_cmd, 'call.done', null, p_worker_id);
+    route_command_id := noetl.route_after(
+        v_cmd, 'call.done', null, p_worker_id, p_targets
+    );
 end;
 $$;
 

@@ -57,7 +57,9 @@ $$;
 -- noetl.finish_and_claim(worker_id, outcomes, kinds, n) -> setof claimed commands
 -- Contract: applies a worker's finished work and claims its next, in one transaction:
 --   `outcomes` is a JSON array of
---     {op: done,  command_id, attempt, result, ctx_set}        -> complete_command
+--     {op: done,  command_id, attempt, result, ctx_set, targets?} -> complete_command
+--       (`targets`: the step's conditional arcs as the worker evaluated them, applied in
+--       this transaction when the worker serves routes: no route command)
 --     {op: fail,  command_id, attempt, error, retry_delay, output} -> fail_command
 --     {op: route, command_id, attempt, targets}                -> apply_route
 --     {op: loop,  command_id, attempt, items, loop}            -> start_loop
@@ -128,7 +130,12 @@ begin
                 select r.route_command_id into v_route
                 from noetl.complete_command(
                     v_id, v_attempt, v_outcome -> 'result',
-                    nullif(v_outcome -> 'ctx_set', 'null'::jsonb), v_router
+                    nullif(v_outcome -> 'ctx_set', 'null'::jsonb), v_router,
+                    -- Arcs the worker chose are applied here only for a worker that
+                    -- serves routes; for one that does not, a router decides.
+                    case when v_router is not null then
+                        nullif(v_outcome -> 'targets', 'null'::jsonb)
+                    end
                 ) as r;
             when 'fail' then
                 select r.route_command_id into v_route
