@@ -84,26 +84,22 @@ class ClaimSizer:
 
     A slot runs its batch one command after another, so a batch of slow commands (an HTTP
     call, a child playbook) would keep queued work away from idle slots and other
-    workers. The size starts at 1 and after each batch becomes as many commands as fit in
-    `BATCH_SECONDS` at the batch's average pace, growing at most twofold per batch, up to
-    `limit`; after a slow batch it drops back to 1. A fixed per-command threshold (5 ms, as
-    before) kept process-isolated python (about 5-10 ms a call on two shared cores) at one
-    command, and so one transaction, per round trip: the defaults ran at a third of the
-    tuned speed.
+    workers. The size starts at 1, doubles after each batch whose commands took at most
+    `FAST_SECONDS` each on average, up to `limit`, and drops back to 1 after a slow batch.
+    Fast loops still claim (and complete) in batches, which is where batching pays.
     """
 
-    BATCH_SECONDS = 0.05
+    FAST_SECONDS = 0.005
 
     def __init__(self, limit: int) -> None:
         self.limit = max(1, limit)
         self.size = 1
 
     def observe(self, commands: int, seconds: float) -> None:
-        if not commands:
-            return
-        pace = seconds / commands
-        fits = int(self.BATCH_SECONDS / pace) if pace > 0 else self.limit
-        self.size = max(1, min(self.size * 2, fits, self.limit))
+        if commands and seconds / commands <= self.FAST_SECONDS:
+            self.size = min(self.size * 2, self.limit)
+        else:
+            self.size = 1
 
 
 class Worker:

@@ -42,7 +42,7 @@ begin
     end if;
 
     update noetl.command as c
-    set status = 'done', finished_at = now()
+    set status = 'done', finished_at = noetl.now()
     where c.command_id = p_command_id;
 
     perform noetl.record_event(
@@ -111,7 +111,7 @@ begin
         update noetl.command as c
         set status = 'queued',
             attempt = c.attempt + 1,
-            available_at = now() + make_interval(secs => greatest(p_retry_delay_seconds, 0)),
+            available_at = noetl.now() + make_interval(secs => greatest(p_retry_delay_seconds, 0)),
             claimed_by = null,
             claimed_at = null
         where c.command_id = p_command_id;
@@ -144,7 +144,7 @@ language plpgsql
 as $$
 begin
     update noetl.command as c
-    set status = 'failed', finished_at = now()
+    set status = 'failed', finished_at = noetl.now()
     where c.command_id = p_cmd.command_id;
     perform noetl.record_event(
         p_cmd.execution_id, 'command.failed', p_cmd.step_name, p_cmd.command_id,
@@ -201,7 +201,7 @@ begin
     insert into noetl.step_result (execution_id, step_name, result, command_id)
     values (p_execution_id, p_step_name, p_result, p_command_id)
     on conflict (execution_id, step_name) do update
-    set result = excluded.result, command_id = excluded.command_id, updated_at = now();
+    set result = excluded.result, command_id = excluded.command_id, updated_at = noetl.now();
 end;
 $$;
 

@@ -153,7 +153,7 @@ begin
     end if;
 
     update noetl.command as c
-    set status = 'done', finished_at = now()
+    set status = 'done', finished_at = noetl.now()
     where c.command_id = p_command_id;
 
     v_event := v_cmd.input ->> 'event';
@@ -293,7 +293,7 @@ declare
 begin
     perform 1 from noetl.execution as e where e.execution_id = p_execution_id for update;
     update noetl.command as c
-    set status = 'cancelled', finished_at = now()
+    set status = 'cancelled', finished_at = noetl.now()
     where c.execution_id = p_execution_id and c.status in ('queued', 'waiting');
     perform noetl.finish_execution(p_execution_id, 'FAILED', null, p_error, p_step_name);
     -- Children awaited by the commands just cancelled would run on for nothing.
@@ -334,8 +334,8 @@ begin
         result = p_result,
         error = p_error,
         failed_step = p_failed_step,
-        finished_at = now(),
-        updated_at = now()
+        finished_at = noetl.now(),
+        updated_at = noetl.now()
     where e.execution_id = p_execution_id and e.status = 'RUNNING'
     returning e.* into v_exec;
     if not found then

@@ -22,7 +22,7 @@ begin
         select q.command_id
         from noetl.command as q
         where q.status = 'queued'
-            and q.available_at <= now()
+            and q.available_at <= noetl.now()
             and (p_kinds is null or q.kind = any(p_kinds))
         order by q.priority desc, q.command_id
         limit p_n
@@ -31,7 +31,7 @@ begin
 
     claimed as (
         update noetl.command as c
-        set status = 'claimed', claimed_by = p_worker_id, claimed_at = now()
+        set status = 'claimed', claimed_by = p_worker_id, claimed_at = noetl.now()
         from picked
         where c.command_id = picked.command_id
         returning c.*
@@ -175,7 +175,7 @@ begin
     perform set_config('noetl.defer_notify', 'off', true);
     if current_setting('noetl.notify_pending', true) = 'on' and exists (
         select 1 from noetl.command as q
-        where q.status = 'queued' and q.available_at <= now()
+        where q.status = 'queued' and q.available_at <= noetl.now()
     ) then
         perform pg_notify('noetl_command', '');
     end if;
@@ -203,7 +203,7 @@ as $$
         pid = excluded.pid,
         slots = excluded.slots,
         kinds = excluded.kinds,
-        heartbeat_at = now(),
+        heartbeat_at = noetl.now(),
         stopped_at = null;
 $$;
 
@@ -216,7 +216,7 @@ language plpgsql
 as $$
 begin
     update noetl.worker as w
-    set heartbeat_at = now()
+    set heartbeat_at = noetl.now()
     where w.worker_id = p_worker_id and w.stopped_at is null;
     return found;
 end;
@@ -232,7 +232,7 @@ as $$
 declare
     v_released integer;
 begin
-    update noetl.worker as w set stopped_at = now() where w.worker_id = p_worker_id;
+    update noetl.worker as w set stopped_at = noetl.now() where w.worker_id = p_worker_id;
     update noetl.command as c
     set status = 'queued', claimed_by = null, claimed_at = null
     where c.claimed_by = p_worker_id and c.status = 'claimed';
