@@ -25,7 +25,7 @@ from noetl_pg.migrate import MigrationError, migrate
 from noetl_pg.projection import Projector
 from noetl_pg.runtime import resolve_dsn
 from noetl_pg.server.cli import server_group
-from noetl_pg.worker import build_worker
+from noetl_pg.worker import build_worker, default_slots
 
 console = Console()
 err_console = Console(stderr=True)
@@ -160,7 +160,8 @@ def _start(conn: psycopg.Connection[Any], target: str, payload: dict[str, Any],
 @click.option("--runtime", type=click.Choice(["local", "distributed"]), default="local",
               show_default=True,
               help="local: run workers in this process; distributed: wait for external ones.")
-@click.option("--concurrency", default=4, show_default=True, help="In-process worker slots.")
+@click.option("--concurrency", default=default_slots(), show_default="one per CPU, 2..8",
+              help="In-process worker slots.")
 @click.option("--timeout", type=float, default=None, help="Give up after this many seconds.")
 def run_command(target: str, payload: str | None, sets: tuple[str, ...], version: int | None,
                 as_json: bool, runtime: str, concurrency: int, timeout: float | None) -> None:
@@ -252,7 +253,8 @@ def events_command(execution_id: int, as_json: bool) -> None:
 
 
 @main.command("worker")
-@click.option("--concurrency", default=4, show_default=True, help="Slots (commands at once).")
+@click.option("--concurrency", default=default_slots(), show_default="one per CPU, 2..8",
+              help="Slots (commands at once).")
 @click.option("--kinds", help="Comma-separated command kinds to serve (default: all).")
 @click.option("--worker-id", help="Stable id for this worker (default: host-pid-random).")
 @click.option("--batch-size", default=16, show_default=True)

@@ -302,7 +302,7 @@ def _reads(step: Step, playbook: Playbook) -> dict[str, StepReads]:
     loop_part = body.pop("loop", None) or {}
     # The loop's run options (max_in_flight) are rendered by the loop command, not by
     # iterations; the iterator name is not a template.
-    extras: list[Any] = [(playbook.model_extra or {}).get("keychain")]
+    extras: list[Any] = [playbook.keychain]
     tasks = step.tool if isinstance(step.tool, list) else [step.tool] if step.tool else []
     if any(task.kind == "workbook" for task in tasks):
         extras.append(playbook.workbook)

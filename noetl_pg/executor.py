@@ -22,7 +22,7 @@ from noetl_pg.errors import NoetlError, TemplateError, ToolError
 from noetl_pg.keychain import Keychain, SecretRedactor
 from noetl_pg.policy import decide
 from noetl_pg.results import CommandResults
-from noetl_pg.router import choose, route_scope
+from noetl_pg.router import choose, direct_targets, route_scope
 from noetl_pg.sqlrender import render_tool_config
 from noetl_pg.store import ResultStore
 from noetl_pg.templating import ResultView, build_context, render_value
@@ -84,7 +84,9 @@ class CommandRunner:
             if command["kind"] == "loop":
                 return {**base, "op": "loop", **self._loop(step, namespace)}
             outcome = self._scrub(self._step(step, command, namespace, playbook, results))
-            return {**base, **self._store_result(step, command, outcome)}
+            targets = self._fused_targets(step, command, namespace, outcome, playbook)
+            outcome = self._store_result(step, command, outcome)
+            return {**base, **outcome, **({"targets": targets} if targets is not None else {})}
         except NoetlError as exc:
             message = str(exc) if isinstance(exc, _CauseKept) else f"step '{step.step}': {exc}"
             return {**base, "op": "fail", "error": self._redact(message), "retry_delay": None}
@@ -165,6 +167,35 @@ class CommandRunner:
         chosen = choose(arcs, step.next.mode if step.next else "exclusive", event, scope)
         return [{"step": target["step"], "set": _ctx_writes(target["set"])
                  if target["set"] else None} for target in chosen]
+
+    def _fused_targets(
+        self, step: Step, command: Mapping[str, Any], namespace: dict[str, Any],
+        outcome: Outcome, playbook: Playbook,
+    ) -> list[dict[str, Any]] | None:
+        """The conditional arcs of a step that just succeeded, evaluated here so that
+        finish_and_claim applies them with the completion (noetl.route_after): no route
+        command, no extra transaction. The scope is the route command's: this command's
+        namespace with the step's result and its ctx writes. None (a route command
+        decides, as before) for a loop iteration, a step without conditional arcs, a
+        failure, or arcs whose evaluation raises."""
+        if (outcome.get("op") != "done" or command.get("loop_id") is not None
+                or step.loop is not None or not _has_conditional_arcs(step)):
+            return None
+        scope = dict(namespace)
+        scope[step.step] = _view(outcome.get("result"))
+        ctx_set = outcome.get("ctx_set") or {}
+        if ctx_set:
+            scope["ctx"] = {**(scope.get("ctx") or {}), **ctx_set}
+            # Bare ctx keys, as build_context makes them: a step's name wins over them.
+            steps = {other.step for other in playbook.workflow}
+            scope.update({key: value for key, value in ctx_set.items() if key not in steps})
+        try:
+            targets = self._route(step, {"input": {"event": "call.done"}}, scope)
+        except NoetlError:
+            return None
+        if isinstance(self._redact, SecretRedactor):
+            targets = self._redact.redact_value(targets)
+        return targets
 
     # --- loop ------------------------------------------------------------------------
 
@@ -412,6 +443,13 @@ def _in_flight_bound(value: Any) -> int | None:
         raise TemplateError(f"loop.spec.max_in_flight must render to an integer >= 1, "
                             f"got {value!r}")
     return value
+
+
+def _has_conditional_arcs(step: Step) -> bool:
+    """Whether the step routes through a router (its plan's route_mode 'router')."""
+    arcs = step.next.arcs if step.next else []
+    return bool(arcs) and direct_targets(arcs, step.next.mode if step.next else
+                                         "exclusive") is None
 
 
 def _with_timeout(context: ToolContext, timeout: Any) -> ToolContext:

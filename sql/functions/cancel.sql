@@ -31,7 +31,7 @@ begin
 
     if v_status = 'RUNNING' then
         update noetl.command as c
-        set status = 'cancelled', finished_at = now()
+        set status = 'cancelled', finished_at = noetl.now()
         where c.execution_id = p_execution_id
             and c.status in ('queued', 'claimed', 'waiting');
         update noetl.loop as l

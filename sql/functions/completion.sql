@@ -1,6 +1,6 @@
 -- completion.sql: a worker reports the outcome of a command it claimed.
 
--- noetl.complete_command(command_id, attempt, result, ctx_set, worker_id)
+-- noetl.complete_command(command_id, attempt, result, ctx_set, worker_id, targets)
 --   -> (outcome, route_command_id)
 -- Contract: records `call.done` for the claimed attempt `attempt` and applies what follows
 --   in the same transaction: the step result is stored for later templates, `ctx_set`
@@ -8,8 +8,10 @@
 --   iteration is counted by its loop, unconditional arcs issue their targets, conditional
 --   arcs create a route command. With `worker_id` that route command is created already
 --   claimed by the caller, which evaluates it at once (no wake-up round trip); its id is
---   returned. outcome is 'ok', or 'stale' when the command is no longer claimed at that
---   attempt (it was reaped, retried, cancelled or completed): a stale call changes nothing.
+--   returned; with `targets` (the arcs the caller evaluated, see route_after) they are
+--   applied in this transaction instead. outcome is 'ok', or 'stale' when the command is
+--   no longer claimed at that attempt (it was reaped, retried, cancelled or completed): a
+--   stale call changes nothing.
 -- Locks: the command row (FOR UPDATE); through routing, the execution row.
 -- Failure modes: raises no_data_found for an unknown command id.
 create or replace function noetl.complete_command(
@@ -18,6 +20,7 @@ create or replace function noetl.complete_command(
     p_result jsonb default null,
     p_ctx_set jsonb default null,
     p_worker_id text default null,
+    p_targets jsonb default null,
     out outcome text,
     out route_command_id bigint
 )
@@ -39,7 +42,7 @@ begin
     end if;
 
     update noetl.command as c
-    set status = 'done', finished_at = now()
+    set status = 'done', finished_at = noetl.now()
     where c.command_id = p_command_id;
 
     perform noetl.record_event(
@@ -62,7 +65,9 @@ begin
     perform noetl.store_step_result(
         v_cmd.execution_id, v_cmd.step_name, p_command_id, p_result
     );
-    route_command_id := noetl.route_after(v_cmd, 'call.done', null, p_worker_id);
+    route_command_id := noetl.route_after(
+        v_cmd, 'call.done', null, p_worker_id, p_targets
+    );
 end;
 $$;
 
@@ -106,7 +111,7 @@ begin
         update noetl.command as c
         set status = 'queued',
             attempt = c.attempt + 1,
-            available_at = now() + make_interval(secs => greatest(p_retry_delay_seconds, 0)),
+            available_at = noetl.now() + make_interval(secs => greatest(p_retry_delay_seconds, 0)),
             claimed_by = null,
             claimed_at = null
         where c.command_id = p_command_id;
@@ -139,7 +144,7 @@ language plpgsql
 as $$
 begin
     update noetl.command as c
-    set status = 'failed', finished_at = now()
+    set status = 'failed', finished_at = noetl.now()
     where c.command_id = p_cmd.command_id;
     perform noetl.record_event(
         p_cmd.execution_id, 'command.failed', p_cmd.step_name, p_cmd.command_id,
@@ -196,7 +201,7 @@ begin
     insert into noetl.step_result (execution_id, step_name, result, command_id)
     values (p_execution_id, p_step_name, p_result, p_command_id)
     on conflict (execution_id, step_name) do update
-    set result = excluded.result, command_id = excluded.command_id, updated_at = now();
+    set result = excluded.result, command_id = excluded.command_id, updated_at = noetl.now();
 end;
 $$;
 

@@ -33,7 +33,7 @@ begin
         p_iter_index, p_input,
         case when p_claimed_by is null then 'queued' else 'claimed' end,
         p_claimed_by,
-        case when p_claimed_by is null then null else now() end
+        case when p_claimed_by is null then null else noetl.now() end
     )
     on conflict on constraint command_key_unique do nothing
     returning command_id into v_command_id;
@@ -181,7 +181,7 @@ as $$
 $$;
 
 -- noetl.claim_commands(worker_id, kinds, n) -> setof claimed commands
--- Contract: claims up to `n` queued commands that are due (available_at <= now()), whose
+-- Contract: claims up to `n` queued commands that are due (available_at <= noetl.now()), whose
 --   kind is in `kinds` (NULL: any kind), highest priority then oldest first, marks them
 --   claimed by `worker_id`, writes one `command.claimed` event each, and returns them.
 --   `context` (see command_context) is filled on the first row of each group of rows with

@@ -35,7 +35,7 @@ begin
         returning li.shard_attempts into v_shard_attempts;
         if found then
             update noetl.command as c
-            set status = 'queued', attempt = c.attempt + 1, available_at = now(),
+            set status = 'queued', attempt = c.attempt + 1, available_at = noetl.now(),
                 claimed_by = null, claimed_at = null, finished_at = null
             where c.command_id = p_cmd.command_id;
             perform noetl.record_event(
@@ -104,7 +104,7 @@ declare
     v_error text;
 begin
     update noetl.loop as l
-    set status = 'done', finished_at = now()
+    set status = 'done', finished_at = noetl.now()
     where l.loop_id = p_loop_id and l.status = 'running'
     returning * into v_loop;
     if not found then
@@ -160,7 +160,7 @@ begin
     end if;
 
     update noetl.command as c
-    set status = 'done', finished_at = now()
+    set status = 'done', finished_at = noetl.now()
     where c.command_id = v_loop.command_id
     returning * into v_cmd;
 

@@ -156,7 +156,7 @@ begin
             jsonb_build_object('loop_total', p_loop.total),
             case when items.iter_index < v_claim_below then 'claimed' else 'queued' end,
             case when items.iter_index < v_claim_below then p_claimer end,
-            case when items.iter_index < v_claim_below then now() end
+            case when items.iter_index < v_claim_below then noetl.now() end
         from generate_series(p_from, p_from + p_n - 1) as items (iter_index)
         order by items.iter_index
         on conflict on constraint command_key_unique do nothing
@@ -236,7 +236,7 @@ begin
         -- The execution failed or was cancelled: count, issue nothing more, stop here.
         update noetl.loop as l
         set done = v_loop.done, failed = v_loop.failed, status = 'cancelled',
-            finished_at = now()
+            finished_at = noetl.now()
         where l.loop_id = p_loop_id;
         return;
     end if;
@@ -301,7 +301,7 @@ begin
 
     finished as (
         update noetl.command as c
-        set status = 'done', finished_at = now()
+        set status = 'done', finished_at = noetl.now()
         from outcome
         where c.command_id = outcome.command_id
             and c.attempt = outcome.attempt

@@ -67,7 +67,7 @@ begin
             bytes_size = p_bytes_size,
             sha256 = p_sha256,
             compression = p_compression,
-            created_at = now(),
+            created_at = noetl.now(),
             expires_at = p_expires_at
         where r.execution_id = p_execution_id and r.ref_id = v_old.ref_id;
         exit;
@@ -189,7 +189,7 @@ begin
     with expired as (
         select r.execution_id, r.ref_id
         from noetl.result_ref as r
-        where r.expires_at < now()
+        where r.expires_at < noetl.now()
         order by r.expires_at
         limit p_limit
         for update skip locked

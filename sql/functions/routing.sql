@@ -1,9 +1,12 @@
 -- routing.sql: what happens after a step finishes, joins, and the end of an execution.
 
--- noetl.route_after(command, event_name, error, worker_id) -> route_command_id
+-- noetl.route_after(command, event_name, error, worker_id, targets) -> route_command_id
 -- Contract: applies the step's plan after `event_name` ('call.done', 'call.error' or
 --   'loop.done'). Unconditional arcs ('direct') are applied here, in the caller's
---   transaction. Conditional arcs ('router') get a route command keyed by the source
+--   transaction. Conditional arcs ('router') after 'call.done' with `targets` (the arcs the
+--   completing worker evaluated, [{step, set}], as apply_route takes them) are applied
+--   here too, with a `route.applied` event on the source command: no route command, no
+--   extra transaction. Otherwise conditional arcs get a route command keyed by the source
 --   command, so it exists once; with `worker_id` it is created claimed by that worker and
 --   its id returned. A 'call.error' with no conditional arcs fails the execution.
 --   Nothing is routed once the execution is no longer RUNNING.
@@ -12,7 +15,8 @@ create or replace function noetl.route_after(
     p_cmd noetl.command,
     p_event text,
     p_error text,
-    p_worker_id text
+    p_worker_id text,
+    p_targets jsonb default null
 ) returns bigint
 language plpgsql
 as $$
@@ -21,6 +25,7 @@ declare
     v_status text;
     v_step noetl.catalog_step;
     v_target text;
+    v_chosen jsonb;
     v_route_id bigint;
 begin
     select e.catalog_id, e.status into v_catalog_id, v_status
@@ -34,7 +39,19 @@ begin
     from noetl.catalog_step as s
     where s.catalog_id = v_catalog_id and s.step_name = p_cmd.step_name;
 
-    if v_step.route_mode = 'router' then
+    if v_step.route_mode = 'router' and p_event = 'call.done' and p_targets is not null then
+        perform noetl.record_event(
+            p_cmd.execution_id, 'route.applied', p_cmd.step_name, p_cmd.command_id,
+            p_cmd.attempt, null, null,
+            jsonb_build_object('event', p_event, 'targets', p_targets, 'fused', true)
+        );
+        for v_chosen in select value from jsonb_array_elements(p_targets) loop
+            perform noetl.arrive(
+                p_cmd.execution_id, v_catalog_id, v_chosen ->> 'step', p_cmd.command_id,
+                nullif(v_chosen -> 'set', 'null'::jsonb)
+            );
+        end loop;
+    elsif v_step.route_mode = 'router' then
         v_route_id := noetl.issue_command(
             p_cmd.execution_id,
             'route@' || p_cmd.command_id,
@@ -136,7 +153,7 @@ begin
     end if;
 
     update noetl.command as c
-    set status = 'done', finished_at = now()
+    set status = 'done', finished_at = noetl.now()
     where c.command_id = p_command_id;
 
     v_event := v_cmd.input ->> 'event';
@@ -276,7 +293,7 @@ declare
 begin
     perform 1 from noetl.execution as e where e.execution_id = p_execution_id for update;
     update noetl.command as c
-    set status = 'cancelled', finished_at = now()
+    set status = 'cancelled', finished_at = noetl.now()
     where c.execution_id = p_execution_id and c.status in ('queued', 'waiting');
     perform noetl.finish_execution(p_execution_id, 'FAILED', null, p_error, p_step_name);
     -- Children awaited by the commands just cancelled would run on for nothing.
@@ -317,8 +334,8 @@ begin
         result = p_result,
         error = p_error,
         failed_step = p_failed_step,
-        finished_at = now(),
-        updated_at = now()
+        finished_at = noetl.now(),
+        updated_at = noetl.now()
     where e.execution_id = p_execution_id and e.status = 'RUNNING'
     returning e.* into v_exec;
     if not found then

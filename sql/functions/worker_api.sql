@@ -22,7 +22,7 @@ begin
         select q.command_id
         from noetl.command as q
         where q.status = 'queued'
-            and q.available_at <= now()
+            and q.available_at <= noetl.now()
             and (p_kinds is null or q.kind = any(p_kinds))
         order by q.priority desc, q.command_id
         limit p_n
@@ -31,7 +31,7 @@ begin
 
     claimed as (
         update noetl.command as c
-        set status = 'claimed', claimed_by = p_worker_id, claimed_at = now()
+        set status = 'claimed', claimed_by = p_worker_id, claimed_at = noetl.now()
         from picked
         where c.command_id = picked.command_id
         returning c.*
@@ -57,7 +57,9 @@ $$;
 -- noetl.finish_and_claim(worker_id, outcomes, kinds, n) -> setof claimed commands
 -- Contract: applies a worker's finished work and claims its next, in one transaction:
 --   `outcomes` is a JSON array of
---     {op: done,  command_id, attempt, result, ctx_set}        -> complete_command
+--     {op: done,  command_id, attempt, result, ctx_set, targets?} -> complete_command
+--       (`targets`: the step's conditional arcs as the worker evaluated them, applied in
+--       this transaction when the worker serves routes: no route command)
 --     {op: fail,  command_id, attempt, error, retry_delay, output} -> fail_command
 --     {op: route, command_id, attempt, targets}                -> apply_route
 --     {op: loop,  command_id, attempt, items, loop}            -> start_loop
@@ -128,7 +130,12 @@ begin
                 select r.route_command_id into v_route
                 from noetl.complete_command(
                     v_id, v_attempt, v_outcome -> 'result',
-                    nullif(v_outcome -> 'ctx_set', 'null'::jsonb), v_router
+                    nullif(v_outcome -> 'ctx_set', 'null'::jsonb), v_router,
+                    -- Arcs the worker chose are applied here only for a worker that
+                    -- serves routes; for one that does not, a router decides.
+                    case when v_router is not null then
+                        nullif(v_outcome -> 'targets', 'null'::jsonb)
+                    end
                 ) as r;
             when 'fail' then
                 select r.route_command_id into v_route
@@ -169,7 +176,7 @@ begin
     perform set_config('noetl.defer_notify', 'off', true);
     if current_setting('noetl.notify_pending', true) = 'on' and exists (
         select 1 from noetl.command as q
-        where q.status = 'queued' and q.available_at <= now()
+        where q.status = 'queued' and q.available_at <= noetl.now()
     ) then
         perform pg_notify('noetl_command', '');
     end if;
@@ -197,7 +204,7 @@ as $$
         pid = excluded.pid,
         slots = excluded.slots,
         kinds = excluded.kinds,
-        heartbeat_at = now(),
+        heartbeat_at = noetl.now(),
         stopped_at = null;
 $$;
 
@@ -210,7 +217,7 @@ language plpgsql
 as $$
 begin
     update noetl.worker as w
-    set heartbeat_at = now()
+    set heartbeat_at = noetl.now()
     where w.worker_id = p_worker_id and w.stopped_at is null;
     return found;
 end;
@@ -226,7 +233,7 @@ as $$
 declare
     v_released integer;
 begin
-    update noetl.worker as w set stopped_at = now() where w.worker_id = p_worker_id;
+    update noetl.worker as w set stopped_at = noetl.now() where w.worker_id = p_worker_id;
     update noetl.command as c
     set status = 'queued', claimed_by = null, claimed_at = null
     where c.claimed_by = p_worker_id and c.status = 'claimed';

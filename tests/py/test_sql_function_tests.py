@@ -1,0 +1,49 @@
+"""Every function in sql/functions/ has a direct pgTAP test (issue 13 item 4).
+
+"Direct" means a file of tests/sql/ calls it by name (`noetl.<name>(`). Functions that
+had none when this check was written are listed in UNTESTED; the check fails for any
+other function without a test, and for a listed one that has gained a test (take it off
+the list), so the list only shrinks.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+DEFINITION = re.compile(r"create\s+or\s+replace\s+function\s+noetl\.([a-z_0-9]+)\s*\(",
+                        re.IGNORECASE)
+
+UNTESTED = frozenset({
+    "advance_loop", "after_command_failed", "arrive", "await_child", "check_progress",
+    "child_finished", "cleanup_execution_results", "cleanup_expired_results",
+    "fail_command_finally", "finish_execution", "finish_loop_item", "fold_iteration",
+    "fold_step", "get_credential", "issue_loop_items", "list_credentials",
+    "lock_claimed_command", "loop_failure_message", "max_payload_bytes",
+    "projection_shard_lag", "put_credential", "record_store_fallbacks",
+    "release_projection_shards", "result_blob_delete", "result_blob_id",
+    "result_blob_read_chunk", "result_blob_write_chunk", "result_ref_get",
+    "result_ref_list", "result_ref_of", "result_ref_put", "route_after",
+})
+
+
+def _functions() -> set[str]:
+    return {name for path in (ROOT / "sql" / "functions").glob("*.sql")
+            for name in DEFINITION.findall(path.read_text())}
+
+
+def _tested() -> set[str]:
+    text = "\n".join(path.read_text() for path in (ROOT / "tests" / "sql").glob("*.sql"))
+    return {name for name in _functions() if f"noetl.{name}(" in text}
+
+
+def test_every_sql_function_has_a_direct_pgtap_test() -> None:
+    missing = _functions() - _tested() - UNTESTED
+    assert not missing, f"functions without a pgTAP test in tests/sql/: {sorted(missing)}"
+
+
+def test_the_list_of_untested_functions_only_shrinks() -> None:
+    assert _functions() >= UNTESTED, f"no longer defined: {sorted(UNTESTED - _functions())}"
+    gained = UNTESTED & _tested()
+    assert not gained, f"these now have a pgTAP test, take them off UNTESTED: {sorted(gained)}"
