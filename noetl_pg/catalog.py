@@ -10,6 +10,7 @@ import psycopg
 
 from noetl_pg import db
 from noetl_pg.authguard import check_inline_secrets
+from noetl_pg.budget import apply_command_budget
 from noetl_pg.dsl import load_playbook
 from noetl_pg.errors import PlaybookError
 
@@ -32,6 +33,7 @@ def register_text(
                             field="metadata.path")
     spec = playbook.to_spec()
     check_inline_secrets(spec, text, playbook=path)
+    apply_command_budget(spec, playbook=path)
     row = db.fetch_one(conn, "register_playbook", path=path, content=text, spec=spec)
     assert row is not None
     return Registered(path=path, version=row["version"], catalog_id=row["catalog_id"])

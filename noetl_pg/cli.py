@@ -21,6 +21,7 @@ from noetl_pg.cli_credential import credential_group
 from noetl_pg.cli_results import results_group
 from noetl_pg.cli_status import follow, print_status, register_status_commands
 from noetl_pg.errors import NoetlError
+from noetl_pg.jsoncheck import storage_problem
 from noetl_pg.migrate import MigrationError, migrate
 from noetl_pg.projection import Projector
 from noetl_pg.runtime import resolve_dsn
@@ -141,6 +142,9 @@ def _start(conn: psycopg.Connection[Any], target: str, payload: dict[str, Any],
             path = register_file(conn, candidate).path
         except NoetlError as exc:
             _fail(str(exc))
+    problem = storage_problem(payload, "payload")
+    if problem:
+        _fail(problem)
     try:
         row = db.fetch_one(conn, "start_execution", path=path, payload=payload, version=version)
     except psycopg.errors.RaiseException as exc:

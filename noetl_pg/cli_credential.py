@@ -1,7 +1,9 @@
 """`noetl credential add|list`: manage named credentials without ever printing a secret.
 
-The encryption key comes from `NOETL_CREDENTIAL_KEY` only (never a command-line option, so
-it does not show up in `ps` or shell history). The CLI entry point supplies the DSN.
+The encryption key comes from `NOETL_CREDENTIAL_KEY` or the file `NOETL_CREDENTIAL_KEY_FILE`
+names (never a command-line option, so it does not show up in `ps` or shell history);
+encryption happens in this process, the server only stores ciphertext. The CLI entry point
+supplies the DSN.
 """
 
 from __future__ import annotations
@@ -17,12 +19,19 @@ import yaml
 from rich.console import Console
 from rich.table import Table
 
+from noetl_pg.credential_crypto import (
+    NEW_KEY_ENV,
+    NEW_KEY_FILE_ENV,
+    CredentialKeyError,
+    key_from_env,
+)
 from noetl_pg.credentials import (
     CREDENTIAL_TYPES,
     CredentialError,
     list_credentials,
     parse_credential_data,
     put_credential,
+    rotate_key,
 )
 
 
@@ -84,6 +93,31 @@ def credential_group(get_dsn: Callable[[], str]) -> click.Group:
             f"encrypted fields: {', '.join(secret) or '-'}"
         )
 
+    @credential.command("rotate-key")
+    @click.option("--from-pgcrypto", is_flag=True,
+                  help="Also re-encrypt credentials stored by pgcrypto before 0012 (the old "
+                       "key is sent to the server once to open them).")
+    def rotate(from_pgcrypto: bool) -> None:
+        """Re-encrypt every secret under the new key.
+
+        The old key comes from NOETL_CREDENTIAL_KEY (or _FILE), the new one from
+        NOETL_CREDENTIAL_NEW_KEY (or NOETL_CREDENTIAL_NEW_KEY_FILE); afterwards give the
+        new key to workers as NOETL_CREDENTIAL_KEY. All credentials change in one
+        transaction, or none does.
+        """
+        try:
+            old_key = key_from_env()
+            new_key = key_from_env(variable=NEW_KEY_ENV, file_variable=NEW_KEY_FILE_ENV)
+            if new_key is None:
+                raise CredentialError(f"set {NEW_KEY_ENV} or {NEW_KEY_FILE_ENV} to the new key")
+            changed = rotate_key(get_dsn(), old_key, new_key, from_pgcrypto=from_pgcrypto)
+        except (CredentialError, CredentialKeyError) as exc:
+            raise click.ClickException(str(exc)) from None
+        except psycopg.OperationalError:
+            raise click.ClickException("cannot reach the database") from None
+        click.echo(f"re-encrypted {len(changed)} credential(s) under key id {new_key.key_id}"
+                   + (f": {', '.join(changed)}" if changed else ""))
+
     @credential.command("list")
     def list_() -> None:
         """List credentials with their non-secret fields."""
@@ -92,7 +126,7 @@ def credential_group(get_dsn: Callable[[], str]) -> click.Group:
         except psycopg.OperationalError:
             raise click.ClickException("cannot reach the database") from None
         table = Table(title="credentials")
-        for column in ("name", "type", "public fields", "secret", "updated"):
+        for column in ("name", "type", "public fields", "secret", "key id", "updated"):
             table.add_column(column)
         for row in rows:
             table.add_row(
@@ -100,6 +134,7 @@ def credential_group(get_dsn: Callable[[], str]) -> click.Group:
                 row["credential_type"],
                 json.dumps(row["public_data"], sort_keys=True),
                 "encrypted" if row["has_secret"] else "-",
+                row["key_id"] or "-",
                 row["updated_at"].isoformat(timespec="seconds"),
             )
         Console().print(table)

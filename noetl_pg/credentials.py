@@ -2,17 +2,17 @@
 
 A credential is a flat mapping (`db_host`, `db_password`, `token`, ...) stored in
 `noetl.credential` through the SQL functions in `sql/functions/credential.sql`; its secret
-fields are encrypted with pgcrypto under a key the engine holds (`NOETL_CREDENTIAL_KEY`) and
-never written anywhere in clear. Tools receive a `CredentialResolver` (`get(name)`); the
-worker passes error messages and logs through `redact()` with the values the resolver has
-handed out (`secret_values()`), so a secret echoed by a server or a driver never reaches an
-event.
+fields are encrypted in this process (AES-256-GCM, noetl_pg.credential_crypto) under a key
+the engine holds (`NOETL_CREDENTIAL_KEY` or `NOETL_CREDENTIAL_KEY_FILE`) and never written
+anywhere in clear: the server sees only ciphertext and a key id. Tools receive a
+`CredentialResolver` (`get(name)`); the worker passes error messages and logs through
+`redact()` with the values the resolver has handed out (`secret_values()`), so a secret
+echoed by a server or a driver never reaches an event.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import threading
 import time
 import urllib.parse
@@ -21,11 +21,19 @@ from types import MappingProxyType
 from typing import Any
 
 import psycopg
-from psycopg.types.json import Jsonb
 
+from noetl_pg import db
+from noetl_pg.credential_crypto import (
+    KEY_ENV,
+    KEY_FILE_ENV,
+    CredentialKey,
+    CredentialKeyError,
+    as_key,
+    key_from_env,
+)
 from noetl_pg.errors import NoetlError
 
-CREDENTIAL_KEY_ENV = "NOETL_CREDENTIAL_KEY"
+CREDENTIAL_KEY_ENV = KEY_ENV
 CREDENTIAL_TYPES = ("postgres", "http", "s3", "bearer", "static", "generic")
 
 # A field is secret when its lower-cased name is one of these or contains a marker.
@@ -44,15 +52,6 @@ SECRET_FIELD_NAMES = frozenset(
 )
 SECRET_FIELD_MARKERS = ("password", "secret", "token")
 REDACTED = "***"
-
-# The SQL API (sql/functions/credential.sql), called by name.
-GET_CREDENTIAL = "select noetl.get_credential(%s, %s)"
-PUT_CREDENTIAL = "select noetl.put_credential(%s, %s, %s, %s, %s)"
-LIST_CREDENTIALS = (
-    "select name, credential_type, public_data, has_secret, created_at, updated_at"
-    " from noetl.list_credentials()"
-)
-
 
 class CredentialError(NoetlError):
     """A credential is missing, cannot be decrypted, or cannot be stored.
@@ -130,33 +129,70 @@ def redact(text: str, secrets: Iterable[str]) -> str:
     return text
 
 
-def credential_key_from_env() -> str | None:
-    """The encryption key from `NOETL_CREDENTIAL_KEY`, or None when unset or empty."""
-    return os.environ.get(CREDENTIAL_KEY_ENV) or None
+def credential_key_from_env() -> CredentialKey | None:
+    """The key from `NOETL_CREDENTIAL_KEY` or `NOETL_CREDENTIAL_KEY_FILE`, or None."""
+    try:
+        return key_from_env()
+    except CredentialKeyError as exc:
+        raise CredentialError(str(exc)) from None
 
 
-def _credential_error(name: str, exc: psycopg.Error) -> CredentialError:
-    """Turn a database error from the credential functions into a CredentialError."""
-    diag = exc.diag
-    message = diag.message_primary or f"credential '{name}' could not be read"
-    hint = f" ({diag.message_hint})" if diag.message_hint else ""
-    if exc.sqlstate == "28P01" and not diag.message_hint:
-        hint = f" (check {CREDENTIAL_KEY_ENV})"
-    return CredentialError(f"{message}{hint}")
+def _key(key: CredentialKey | str | None) -> CredentialKey | None:
+    try:
+        return as_key(key)
+    except CredentialKeyError as exc:
+        raise CredentialError(str(exc)) from None
+
+
+def _database_error(name: str, action: str, exc: psycopg.Error) -> CredentialError:
+    if exc.sqlstate is None:
+        return CredentialError(f"credential '{name}' could not be {action}: database unavailable")
+    return CredentialError(exc.diag.message_primary or f"credential '{name}' could not be {action}")
+
+
+def decrypt_fields(name: str, row: Mapping[str, Any], key: CredentialKey | None) -> dict[str, Any]:
+    """A stored credential row's fields: public_data merged with the decrypted secrets
+    (secret wins on a clash), plus `credential_type`."""
+    secret: dict[str, Any] = {}
+    if row["secret_data"] is not None:
+        if row["cipher"] == "pgp":
+            raise CredentialError(
+                f'credential "{name}" was encrypted by the server (pgcrypto, before 0012); '
+                "re-encrypt it with `noetl credential rotate-key --from-pgcrypto`"
+            )
+        if key is None:
+            raise CredentialError(
+                f'credential "{name}" has secret fields but no decryption key was given '
+                f"(set {CREDENTIAL_KEY_ENV} or {KEY_FILE_ENV})"
+            )
+        if row["key_id"] != key.key_id:
+            raise CredentialError(
+                f'credential "{name}" cannot be decrypted: wrong key (it is encrypted under '
+                f"key id {row['key_id']}, the key given has id {key.key_id}; check "
+                f"{CREDENTIAL_KEY_ENV} or run `noetl credential rotate-key`)"
+            )
+        try:
+            secret = key.decrypt(name, row["secret_data"])
+        except CredentialKeyError as exc:
+            raise CredentialError(str(exc)) from None
+    return {**row["public_data"], **secret, "credential_type": row["credential_type"]}
 
 
 class DatabaseCredentialResolver:
-    """Reads credentials from `noetl.credential`, caching each for `ttl_seconds`.
+    """Reads credentials from `noetl.credential` and decrypts them here, caching each for
+    `ttl_seconds`.
 
-    Thread-safe (tools run in worker threads). The key defaults to `NOETL_CREDENTIAL_KEY`;
-    a credential with no secret fields is readable without a key. When the database is
-    gone, `get` raises `CredentialError` naming the credential (the cache still serves
-    entries younger than the TTL).
+    Thread-safe (tools run in worker threads). The key defaults to the environment's
+    (`NOETL_CREDENTIAL_KEY` or `NOETL_CREDENTIAL_KEY_FILE`); a credential with no secret
+    fields is readable without a key. When the database is gone, `get` raises
+    `CredentialError` naming the credential (the cache still serves entries younger than
+    the TTL).
     """
 
-    def __init__(self, dsn: str, key: str | None = None, *, ttl_seconds: float = 60.0) -> None:
+    def __init__(self, dsn: str, key: CredentialKey | str | None = None, *,
+                 ttl_seconds: float = 60.0) -> None:
         self._dsn = dsn
-        self._key = key if key is not None else credential_key_from_env()
+        self._key = _key(key)
         self._ttl_seconds = ttl_seconds
         self._lock = threading.Lock()
         self._cache: dict[str, tuple[float, Mapping[str, Any]]] = {}
@@ -170,16 +206,12 @@ class DatabaseCredentialResolver:
             if cached and now - cached[0] < self._ttl_seconds:
                 return cached[1]
         try:
-            with psycopg.connect(self._dsn, autocommit=True) as conn:
-                row = conn.execute(GET_CREDENTIAL, (name, self._key)).fetchone()
+            with db.connect(self._dsn) as conn:
+                row = db.fetch_one(conn, "credential_get", credential=name)
         except psycopg.Error as exc:
-            if exc.sqlstate is None:
-                raise CredentialError(
-                    f"credential '{name}' could not be read: database unavailable"
-                ) from None
-            raise _credential_error(name, exc) from None
-        assert row is not None  # a scalar function call always returns one row
-        fields = MappingProxyType(dict(row[0]))
+            raise _database_error(name, "read", exc) from None
+        assert row is not None  # get_credential raises when the credential is missing
+        fields = MappingProxyType(decrypt_fields(name, row, self._key))
         with self._lock:
             self._cache[name] = (now, fields)
             self._secret_values.update(secret_values(fields))
@@ -216,45 +248,85 @@ def put_credential(
     name: str,
     credential_type: str,
     data: Mapping[str, Any],
-    key: str | None = None,
+    key: CredentialKey | str | None = None,
 ) -> tuple[list[str], list[str]]:
     """Store (insert or replace) a credential; return (public field names, secret field names).
 
-    The key defaults to `NOETL_CREDENTIAL_KEY`; a credential with secret fields and no key
-    raises `CredentialError` before touching the database.
+    Secret fields are encrypted here (AES-256-GCM) before they leave the process. The key
+    defaults to the environment's; a credential with secret fields and no key raises
+    `CredentialError` before touching the database.
     """
     if credential_type not in CREDENTIAL_TYPES:
         raise CredentialError(
             f"credential '{name}': type must be one of {', '.join(CREDENTIAL_TYPES)}"
         )
     public, secret = split_secret_fields(data)
-    key = key if key is not None else credential_key_from_env()
-    if secret and not key:
+    encryption_key = _key(key)
+    if secret and encryption_key is None:
         raise CredentialError(
             f"credential '{name}' has secret fields ({', '.join(sorted(secret))}); "
-            f"set {CREDENTIAL_KEY_ENV} to encrypt them"
+            f"set {CREDENTIAL_KEY_ENV} or {KEY_FILE_ENV} to encrypt them"
         )
+    sealed = encryption_key.encrypt(name, secret) if secret and encryption_key else None
     try:
-        with psycopg.connect(dsn, autocommit=True) as conn:
-            conn.execute(
-                PUT_CREDENTIAL,
-                (name, credential_type, Jsonb(public), Jsonb(secret) if secret else None, key),
-            )
+        with db.connect(dsn) as conn:
+            db.fetch_one(conn, "credential_put", credential=name, credential_type=credential_type,
+                         public_data=public, secret_data=sealed,
+                         key_id=encryption_key.key_id if sealed else None)
     except psycopg.Error as exc:
-        if exc.sqlstate is None:
-            raise CredentialError(
-                f"credential '{name}' could not be stored: database unavailable"
-            ) from None
-        raise _credential_error(name, exc) from None
+        raise _database_error(name, "stored", exc) from None
     return sorted(public), sorted(secret)
 
 
 def list_credentials(dsn: str) -> list[dict[str, Any]]:
-    """Every credential's name, type, public fields and whether it has secrets."""
-    with psycopg.connect(dsn, autocommit=True) as conn:
-        cursor = conn.execute(LIST_CREDENTIALS)
-        columns = [c.name for c in cursor.description or ()]
-        return [dict(zip(columns, row, strict=True)) for row in cursor.fetchall()]
+    """Every credential's name, type, public fields, whether it has secrets and their key id."""
+    with db.connect(dsn) as conn:
+        return db.fetch_all(conn, "credential_list")
+
+
+def rotate_key(
+    dsn: str, old_key: CredentialKey | None, new_key: CredentialKey, *,
+    from_pgcrypto: bool = False,
+) -> list[str]:
+    """Re-encrypt every secret under `new_key`, in one transaction; returns the names changed.
+
+    Secrets under `old_key` are decrypted here and encrypted again. With `from_pgcrypto`,
+    pre-0012 rows (pgcrypto) are opened with `old_key` by the server, the one time the old
+    key is a statement parameter. A secret under any other key fails the whole rotation,
+    naming the credential and its key id; nothing changes then.
+    """
+    changed: list[str] = []
+    try:
+        with db.connect(dsn, autocommit=False) as conn, conn.transaction():
+            for row in db.fetch_all(conn, "credential_secrets_for_update"):
+                name = row["name"]
+                if row["cipher"] == "aes-256-gcm" and row["key_id"] == new_key.key_id:
+                    continue
+                if row["cipher"] == "pgp":
+                    if not from_pgcrypto or old_key is None:
+                        raise CredentialError(
+                            f'credential "{name}" was encrypted by pgcrypto; pass '
+                            "--from-pgcrypto with the old key in " + CREDENTIAL_KEY_ENV)
+                    opened = db.fetch_one(conn, "credential_decrypt_pgp", credential=name,
+                                          key=old_key.legacy_text)
+                    assert opened is not None
+                    secret = dict(opened["secret"])
+                elif old_key is not None and row["key_id"] == old_key.key_id:
+                    try:
+                        secret = old_key.decrypt(name, row["secret_data"])
+                    except CredentialKeyError as exc:
+                        raise CredentialError(str(exc)) from None
+                else:
+                    raise CredentialError(
+                        f'credential "{name}" is encrypted under key id {row["key_id"]}, '
+                        "neither the old nor the new key; nothing was changed")
+                conn.execute(db.query("credential_reencrypt"), {
+                    "credential": name, "secret_data": new_key.encrypt(name, secret),
+                    "key_id": new_key.key_id})
+                changed.append(name)
+    except psycopg.Error as exc:
+        raise _database_error("*", "re-encrypted", exc) from None
+    return changed
 
 
 def parse_credential_data(text: str) -> dict[str, Any]:

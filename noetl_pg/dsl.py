@@ -28,6 +28,7 @@ from noetl_pg.dsl_keys import STORE_TIERS, Path, check_document, is_branch, key_
 from noetl_pg.errors import PlaybookError
 from noetl_pg.policy import DEFAULT_RULE_ATTEMPTS
 from noetl_pg.tools import tool_config_keys
+from noetl_pg.yamlbound import load_bounded
 
 DEFAULT_PARALLEL_IN_FLIGHT = 10
 # The `when` of a case `else` branch's arcs: taken after any event once no branch held.
@@ -426,8 +427,7 @@ def load_playbook(text: str, *, source: str | None = None) -> Playbook:
             playbook=label,
         )
     try:
-        document = yaml.safe_load(text)
-        root_node = yaml.compose(text)
+        document, root_node = load_bounded(text, playbook=label, max_bytes=limit)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         problem = getattr(exc, "problem", None) or str(exc)

@@ -19,6 +19,7 @@ from typing import Any
 
 from noetl_pg.dsl import Playbook, Step
 from noetl_pg.errors import NoetlError, TemplateError, ToolError
+from noetl_pg.jsoncheck import storage_problem
 from noetl_pg.keychain import Keychain, SecretRedactor
 from noetl_pg.policy import decide
 from noetl_pg.results import CommandResults
@@ -84,6 +85,7 @@ class CommandRunner:
             if command["kind"] == "loop":
                 return {**base, "op": "loop", **self._loop(step, namespace)}
             outcome = self._scrub(self._step(step, command, namespace, playbook, results))
+            _refuse_unstorable(outcome)
             targets = self._fused_targets(step, command, namespace, outcome, playbook)
             outcome = self._store_result(step, command, outcome)
             return {**base, **outcome, **({"targets": targets} if targets is not None else {})}
@@ -450,6 +452,22 @@ def _has_conditional_arcs(step: Step) -> bool:
     arcs = step.next.arcs if step.next else []
     return bool(arcs) and direct_targets(arcs, step.next.mode if step.next else
                                          "exclusive") is None
+
+
+def _refuse_unstorable(outcome: Outcome) -> None:
+    """A result, ctx write or child payload PostgreSQL cannot store (a null character, a
+    lone surrogate) fails the step naming the field; in a failure, the tool output is
+    dropped and the error text escaped."""
+    for key in ("result", "ctx_set", "payload"):
+        problem = storage_problem(outcome.get(key), key)
+        if problem:
+            raise ToolError(problem)
+    if storage_problem(outcome.get("output")):
+        outcome["output"] = None
+    if isinstance(outcome.get("error"), str) and storage_problem(outcome["error"]):
+        # Free text: escaping the offending characters keeps the message readable.
+        outcome["error"] = outcome["error"].encode("utf-8", "backslashreplace").decode(
+            "utf-8").replace("\x00", "\\x00")
 
 
 def _with_timeout(context: ToolContext, timeout: Any) -> ToolContext:

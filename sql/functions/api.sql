@@ -89,12 +89,14 @@ end;
 $$;
 
 -- noetl.max_payload_bytes() -> integer
--- Contract: the largest start payload accepted, from the setting `noetl.max_payload_bytes`
---   (ALTER DATABASE ... SET noetl.max_payload_bytes = ...), default 1 MiB.
+-- Contract: the largest start payload accepted: noetl.engine_limit 'max_payload_bytes'
+--   (default 1 MiB), a table only noetl_admin changes (a session GUC could be `set` by
+--   anyone).
 -- Locks: none.
 create or replace function noetl.max_payload_bytes() returns integer
 language sql
 stable
+set search_path = pg_catalog, noetl
 as $$
-    select coalesce(nullif(current_setting('noetl.max_payload_bytes', true), '')::integer, 1048576);
+    select noetl.engine_limit('max_payload_bytes')::integer;
 $$;

@@ -45,8 +45,8 @@ def _start(path: str, payload: Any, version: int | None = None, *,
            payload_limit: int | None = None) -> Callable[[psycopg.Connection[Any]], Any]:
     def start(conn: psycopg.Connection[Any]) -> Any:
         if payload_limit is not None:
-            conn.execute("select set_config('noetl.max_payload_bytes', %s, false)",
-                         (str(payload_limit),))
+            conn.execute("update noetl.engine_limit set value = %s"
+                         " where name = 'max_payload_bytes'", (payload_limit,))
         return conn.execute("select noetl.start_execution(%s, %s::jsonb, %s)",
                             (path, json.dumps(payload), version)).fetchone()
     return start

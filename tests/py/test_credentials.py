@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
+from typing import Any
 
 import psycopg
 import pytest
 from click.testing import CliRunner
 
 from noetl_pg.cli_credential import credential_group
+from noetl_pg.credential_crypto import CredentialKey, CredentialKeyError, key_from_env
 from noetl_pg.credentials import (
     CredentialError,
     DatabaseCredentialResolver,
@@ -16,6 +19,7 @@ from noetl_pg.credentials import (
     list_credentials,
     put_credential,
     redact,
+    rotate_key,
     split_secret_fields,
 )
 
@@ -23,27 +27,100 @@ KEY = "test-credential-key-42"
 PASSWORD = "Pl41n-p@ss;word"
 
 
-def _has_pgcrypto(dsn: str) -> bool:
-    with psycopg.connect(dsn) as conn:
-        row = conn.execute("select to_regprocedure('public.pgp_sym_encrypt(text,text,text)')")
-        return row.fetchone()[0] is not None
-
-
 @pytest.fixture
 def crypto_dsn(dsn: str) -> str:
-    """The test database, when its server has pgcrypto (the embedded wheel has none)."""
-    if not _has_pgcrypto(dsn):
-        pytest.skip("this PostgreSQL server has no pgcrypto")
+    """The test database: secrets are encrypted client-side, so every server stores them
+    (the embedded PostgreSQL has no pgcrypto)."""
     return dsn
 
 
-def test_without_pgcrypto_the_error_says_so(dsn: str) -> None:
-    if _has_pgcrypto(dsn):
-        pytest.skip("this PostgreSQL server has pgcrypto")
-    with pytest.raises(CredentialError, match="pgcrypto"):
-        put_credential(dsn, "no_crypto", "http", {"token": PASSWORD}, key=KEY)
-    put_credential(dsn, "no_crypto_public", "static", {"region": "eu"})
-    assert DatabaseCredentialResolver(dsn).get("no_crypto_public")["region"] == "eu"
+def test_server_never_sees_key_or_plaintext(dsn: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every statement and parameter sent while storing and reading holds neither."""
+    sent: list[str] = []
+    original = psycopg.Cursor.execute
+
+    def recording(self: psycopg.Cursor, query: Any, params: Any = None, **kwargs: Any) -> Any:
+        sent.append(repr(query) + repr(params))
+        return original(self, query, params, **kwargs)
+
+    monkeypatch.setattr(psycopg.Cursor, "execute", recording)
+    put_credential(dsn, "no_plain", "http", {"token": PASSWORD, "base": "x"}, key=KEY)
+    assert DatabaseCredentialResolver(dsn, KEY).get("no_plain")["token"] == PASSWORD
+    assert len(sent) >= 2
+    for text in sent:
+        assert PASSWORD not in text and KEY not in text
+
+
+def test_key_file_and_key_id(dsn: str, tmp_path: Path) -> None:
+    key_file = tmp_path / "key"
+    key_file.write_text(KEY + "\n")
+    from_file = key_from_env({"NOETL_CREDENTIAL_KEY_FILE": str(key_file)})
+    assert from_file is not None and from_file.key_id == CredentialKey(KEY).key_id
+    assert KEY not in from_file.key_id and KEY not in repr(from_file)
+    with pytest.raises(CredentialKeyError, match="not both"):
+        key_from_env({"NOETL_CREDENTIAL_KEY": KEY, "NOETL_CREDENTIAL_KEY_FILE": str(key_file)})
+    with pytest.raises(CredentialKeyError, match="cannot read"):
+        key_from_env({"NOETL_CREDENTIAL_KEY_FILE": str(tmp_path / "missing")})
+    put_credential(dsn, "by_file", "http", {"token": PASSWORD}, key=from_file)
+    listed = {row["name"]: row for row in list_credentials(dsn)}
+    assert listed["by_file"]["key_id"] == from_file.key_id
+
+
+def test_ciphertext_is_bound_to_its_name(dsn: str) -> None:
+    put_credential(dsn, "bound_a", "http", {"token": "token-a"}, key=KEY)
+    put_credential(dsn, "bound_b", "http", {"token": "token-b"}, key=KEY)
+    with psycopg.connect(dsn) as conn:
+        conn.execute("update noetl.credential set secret_data = (select secret_data from "
+                     "noetl.credential where name = 'bound_a') where name = 'bound_b'")
+    with pytest.raises(CredentialError, match=r"bound_b.*wrong key or corrupt data"):
+        DatabaseCredentialResolver(dsn, KEY).get("bound_b")
+
+
+def test_rotate_key(fresh_dsn: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    dsn = fresh_dsn
+    new_key = "rotated-key-0123456789"
+    put_credential(dsn, "rot_a", "http", {"token": "token-a"}, key=KEY)
+    put_credential(dsn, "rot_public", "static", {"region": "eu"})
+    monkeypatch.setenv("NOETL_CREDENTIAL_KEY", KEY)
+    monkeypatch.setenv("NOETL_CREDENTIAL_NEW_KEY", new_key)
+    result = CliRunner().invoke(credential_group(lambda: dsn), ["rotate-key"])
+    assert result.exit_code == 0, result.output
+    assert "rot_a" in result.output and KEY not in result.output
+    assert new_key not in result.output
+    assert DatabaseCredentialResolver(dsn, new_key).get("rot_a")["token"] == "token-a"
+    with pytest.raises(CredentialError, match="wrong key"):
+        DatabaseCredentialResolver(dsn, KEY).get("rot_a")
+    # Run again: everything is already under the new key; a third key is refused whole.
+    assert rotate_key(dsn, CredentialKey(KEY), CredentialKey(new_key)) == []
+    with pytest.raises(CredentialError, match="neither the old nor the new key"):
+        rotate_key(dsn, CredentialKey("unrelated-old-key"), CredentialKey("third-key-xyz"))
+    assert DatabaseCredentialResolver(dsn, new_key).get("rot_a")["token"] == "token-a"
+
+
+def test_pgcrypto_rows_are_refused_until_migrated(fresh_dsn: str) -> None:
+    """A row written by the pre-0012 server-side encryption is refused with the way out;
+    with pgcrypto on the server, rotate-key --from-pgcrypto re-encrypts it client-side."""
+    dsn = fresh_dsn
+    with psycopg.connect(dsn) as conn:
+        has_pgcrypto = conn.execute(
+            "select to_regprocedure('public.pgp_sym_encrypt(text,text)') is not null"
+        ).fetchone()[0]
+        blob = (conn.execute("select public.pgp_sym_encrypt(%s, %s)",
+                             (json.dumps({"token": "old-token"}), KEY)).fetchone()[0]
+                if has_pgcrypto else b"\xc3\x0d")
+        conn.execute("insert into noetl.credential (name, credential_type, public_data, "
+                      "secret_data, cipher) values ('legacy', 'http', '{}', %s, 'pgp') "
+                      "on conflict (name) do update set secret_data = excluded.secret_data, "
+                      "cipher = 'pgp', key_id = null", (blob,))
+    with pytest.raises(CredentialError, match="rotate-key --from-pgcrypto"):
+        DatabaseCredentialResolver(dsn, KEY).get("legacy")
+    with pytest.raises(CredentialError, match="--from-pgcrypto"):
+        rotate_key(dsn, CredentialKey(KEY), CredentialKey(KEY))
+    if not has_pgcrypto:
+        return
+    assert "legacy" in rotate_key(dsn, CredentialKey(KEY), CredentialKey(KEY),
+                                  from_pgcrypto=True)
+    assert DatabaseCredentialResolver(dsn, KEY).get("legacy")["token"] == "old-token"
 
 
 def test_split_secret_fields() -> None:

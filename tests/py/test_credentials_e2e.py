@@ -10,10 +10,7 @@ import subprocess
 import textwrap
 from pathlib import Path
 
-import pytest
 from psycopg.conninfo import conninfo_to_dict
-
-from noetl_pg.credentials import put_credential
 
 NOETL = str(Path(__file__).resolve().parents[2] / ".venv" / "bin" / "noetl")
 PASSWORD = "pw-S3cr3t-9f1c2e"
@@ -21,12 +18,6 @@ TOKEN = "tok-Very-S3cret-77ab"
 KEY = "e2e-encryption-key"
 
 
-def has_pgcrypto(dsn: str) -> bool:
-    try:
-        put_credential(dsn, "probe", "postgres", {"db_password": "probe-value"}, key="k")
-    except Exception:
-        return False
-    return True
 
 
 def cli(env: dict[str, str], *args: str, check: bool = True) -> subprocess.CompletedProcess:
@@ -84,8 +75,6 @@ workflow:
 
 
 def test_secrets_never_leave_the_credential_table(fresh_dsn: str, tmp_path: Path) -> None:
-    if not has_pgcrypto(fresh_dsn):
-        pytest.skip("pgcrypto is not available on this server")
     parts = conninfo_to_dict(fresh_dsn)
     env = {**os.environ, "NOETL_DSN": fresh_dsn, "NOETL_CREDENTIAL_KEY": KEY}
     outputs: list[str] = []

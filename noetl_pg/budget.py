@@ -1,0 +1,36 @@
+"""The command budget of a playbook's executions (sql/functions/budget.sql enforces it).
+
+A playbook sets it with `executor.spec.policy.limits.max_commands` (NoETL's executor
+policy `limits`); without one, the registering client's `NOETL_MAX_COMMANDS` is stored in
+the spec as `max_commands`; without either, the database's engine_limit 'max_commands'
+(default 10,000) applies. An execution that issues more commands (loop iterations are not
+counted) fails with an error naming the playbook and the limit.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from noetl_pg.errors import PlaybookError
+
+FIELD = "executor.spec.policy.limits.max_commands"
+ENV = "NOETL_MAX_COMMANDS"
+
+
+def apply_command_budget(spec: dict[str, Any], *, playbook: str) -> None:
+    """Check the playbook's budget, or store the environment's default in `spec`."""
+    limits = (((spec.get("executor") or {}).get("spec") or {}).get("policy") or {}).get(
+        "limits") or {}
+    if "max_commands" in limits:
+        value = limits["max_commands"]
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise PlaybookError(f"must be a positive integer, got {value!r}",
+                                playbook=playbook, field=FIELD)
+        return
+    raw = os.environ.get(ENV, "").strip()
+    if raw:
+        if not raw.isdigit() or int(raw) < 1:
+            raise PlaybookError(f"{ENV} must be a positive integer, got {raw!r}",
+                                playbook=playbook)
+        spec["max_commands"] = int(raw)

@@ -1,0 +1,79 @@
+-- budget.sql: engine limits and the per-execution command budget.
+
+
+-- noetl.engine_limit(name) -> bigint
+-- Contract: the value of the limit `name` from noetl.engine_limit.
+-- Locks: none. Fails: P0002 when the limit does not exist (a missing migration).
+create or replace function noetl.engine_limit(p_name text) returns bigint
+language plpgsql
+stable
+set search_path = pg_catalog, noetl
+as $$
+declare
+    v_value bigint;
+begin
+    select l.value into v_value from noetl.engine_limit as l where l.name = p_name;
+    if not found then
+        raise exception 'engine limit "%" is not defined', p_name using errcode = 'no_data_found';
+    end if;
+    return v_value;
+end;
+$$;
+
+
+-- noetl.count_command() -> trigger (after insert on noetl.command, loop iterations excluded)
+-- Contract: counts the command against its execution's budget: the playbook's
+--   executor.spec.policy.limits.max_commands (or the NOETL_MAX_COMMANDS default the
+--   registering client stored as spec.max_commands), else engine_limit 'max_commands'.
+--   The command that goes one past the budget fails the execution (noetl.fail_execution:
+--   queued commands, this one included, are cancelled) with an error naming the playbook
+--   and the limit; a runaway cycle stops there instead of running forever.
+-- Locks: the execution's noetl.execution_budget row (one short update per command); on
+--   the failing command, what noetl.fail_execution locks.
+create or replace function noetl.count_command() returns trigger
+language plpgsql
+set search_path = pg_catalog, noetl
+as $$
+declare
+    v_issued bigint;
+    v_max bigint;
+    v_path text;
+begin
+    update noetl.execution_budget as b
+    set issued = b.issued + 1
+    where b.execution_id = new.execution_id
+    returning b.issued, b.max_commands into v_issued, v_max;
+    if not found then
+        select coalesce(
+            (c.spec #>> '{executor,spec,policy,limits,max_commands}')::bigint,
+            (c.spec ->> 'max_commands')::bigint,
+            noetl.engine_limit('max_commands')
+        ) into v_max
+        from noetl.execution as e
+        inner join noetl.catalog as c on e.catalog_id = c.catalog_id
+        where e.execution_id = new.execution_id;
+        insert into noetl.execution_budget as b (execution_id, max_commands, issued)
+        values (new.execution_id, v_max, 1)
+        on conflict (execution_id) do update set issued = b.issued + 1
+        returning b.issued, b.max_commands into v_issued, v_max;
+    end if;
+    if v_issued = v_max + 1 then
+        select e.path into v_path from noetl.execution as e
+        where e.execution_id = new.execution_id;
+        perform noetl.fail_execution(
+            new.execution_id, new.step_name,
+            format(
+                'playbook %s: the execution issued more than %s commands, its budget '
+                || '(executor.spec.policy.limits.max_commands); does a cycle never end?',
+                v_path, v_max
+            )
+        );
+    end if;
+    return null;
+end;
+$$;
+
+create or replace trigger command_budget
+after insert on noetl.command
+for each row when (new.loop_id is null)
+execute function noetl.count_command();
