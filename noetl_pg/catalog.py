@@ -20,12 +20,18 @@ class Registered:
     path: str
     version: int
     catalog_id: int
+    # False when the latest version already held this content and spec (nothing stored).
+    created: bool = True
 
 
 def register_text(
     conn: psycopg.Connection[Any], text: str, *, source: str, default_path: str | None = None
 ) -> Registered:
-    """Validate playbook YAML and store it as a new version; nothing is stored on error."""
+    """Validate playbook YAML and store it as a new version; nothing is stored on error.
+
+    Unchanged text (the latest version has the same content and spec) is not stored again:
+    its version is returned with `created` False, so `noetl run FILE` does not add a
+    version per run. A new parser producing a different spec still stores a new version."""
     playbook = load_playbook(text, source=source)
     path = playbook.path or default_path
     if not path:
@@ -34,6 +40,10 @@ def register_text(
     spec = playbook.to_spec()
     check_inline_secrets(spec, text, playbook=path)
     apply_command_budget(spec, playbook=path)
+    same = db.fetch_one(conn, "catalog_latest_same", path=path, content=text, spec=spec)
+    if same is not None:
+        return Registered(path=path, version=same["version"], catalog_id=same["catalog_id"],
+                          created=False)
     row = db.fetch_one(conn, "register_playbook", path=path, content=text, spec=spec)
     assert row is not None
     return Registered(path=path, version=row["version"], catalog_id=row["catalog_id"])

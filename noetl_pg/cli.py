@@ -1,54 +1,82 @@
-"""The `noetl` command line. Every command calls the same SQL functions as psql would."""
+"""The `noetl` command line. Every command calls the same SQL functions as psql would.
+
+Commands are grouped by concern in cli_*.py; this module builds the group, the catalog and
+database commands, and turns expected errors into one line and an exit code
+(noetl_pg/cli_common.py lists them).
+"""
 
 from __future__ import annotations
 
-import json
 import logging
 import signal
 import sys
 import time
+from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 import click
 import psycopg
-from rich.console import Console
 from rich.table import Table
 
 from noetl_pg import db
 from noetl_pg.catalog import register_file
+from noetl_pg.cli_common import (
+    EXIT_FAILED,
+    EXIT_USAGE,
+    console,
+    dumps,
+    emit,
+    err_console,
+    fail,
+    get_dsn,
+    json_option,
+    require_execution,
+    sql_message,
+    wants_json,
+)
 from noetl_pg.cli_credential import credential_group
 from noetl_pg.cli_results import results_group
-from noetl_pg.cli_status import follow, print_status, register_status_commands
+from noetl_pg.cli_run import register_run_commands
+from noetl_pg.cli_status import register_status_commands
 from noetl_pg.errors import NoetlError
-from noetl_pg.jsoncheck import storage_problem
-from noetl_pg.migrate import MigrationError, migrate
-from noetl_pg.projection import Projector
+from noetl_pg.migrate import MigrationError, migrate, schema_status
 from noetl_pg.runtime import resolve_dsn
 from noetl_pg.server.cli import server_group
-from noetl_pg.worker import build_worker, default_slots
-
-console = Console()
-err_console = Console(stderr=True)
+from noetl_pg.validate import validate_text
 
 
-def _dsn() -> str:
-    return resolve_dsn()
+def _version() -> str:
+    try:
+        return metadata.version("noetl-pg")
+    except metadata.PackageNotFoundError:
+        return "unknown (not installed)"
 
 
-def _fail(message: str) -> None:
-    err_console.print(f"[red]error:[/red] {message}", highlight=False)
-    sys.exit(2)
+class NoetlGroup(click.Group):
+    """Turns the errors a user can cause into one line and an exit code, never a traceback."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except MigrationError as exc:  # includes SchemaBehind
+            fail(str(exc), EXIT_USAGE)
+        except NoetlError as exc:
+            fail(str(exc), EXIT_USAGE)
+        except psycopg.OperationalError as exc:
+            fail(f"cannot reach the database: {sql_message(exc)}", EXIT_FAILED)
 
 
-def _json_dump(value: Any) -> str:
-    return json.dumps(value, indent=2, default=str)
-
-
-@click.group()
+@click.group(cls=NoetlGroup)
+@click.version_option(_version(), "--version", prog_name="noetl-pg",
+                      message="%(prog)s %(version)s")
+@click.option("--json", "as_json", is_flag=True,
+              help="Every command prints one JSON document on stdout.")
 @click.option("-v", "--verbose", is_flag=True, help="Log engine activity to stderr.")
-def main(verbose: bool) -> None:
+@click.pass_context
+def main(ctx: click.Context, as_json: bool, verbose: bool) -> None:
     """noetl-pg: run NoETL playbooks with PostgreSQL holding the correctness."""
+    ctx.obj = {"json": as_json}
     logging.basicConfig(
         level=logging.INFO if verbose else logging.WARNING,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
@@ -60,20 +88,65 @@ def main(verbose: bool) -> None:
 
 @main.group("db")
 def db_group() -> None:
-    """Database schema commands."""
+    """Database schema commands (and the embedded server: start, stop, status)."""
 
 
 @db_group.command("migrate")
-def db_migrate() -> None:
-    """Apply pending migrations and (re)create the SQL functions."""
-    dsn = resolve_dsn(migrate_schema=False)
+@json_option
+def db_migrate(as_json: bool) -> None:
+    """Apply pending migrations and re-create the SQL functions."""
+    dsn = resolve_dsn(schema="none")
     try:
-        applied = migrate(dsn)
+        applied = migrate(dsn, reload_functions=True)
     except MigrationError as exc:
-        err_console.print(f"[red]error:[/red] {exc}", highlight=False)
-        sys.exit(1)
+        fail(str(exc), EXIT_FAILED, as_json=as_json)
     names = f": {', '.join(applied)}" if applied else ""
-    console.print(f"applied {len(applied)} migration(s){names}")
+    emit({"applied": applied}, as_json,
+         lambda: console.print(f"applied {len(applied)} migration(s){names}; "
+                               "functions reloaded", highlight=False))
+
+
+db_group.add_command(db_migrate, "init")  # NoETL's name for creating the schema
+
+
+@db_group.command("schema")
+@json_option
+def db_schema(as_json: bool) -> None:
+    """Say whether the schema is up to date (exit 1 when it is behind)."""
+    status = schema_status(resolve_dsn(schema="none"))
+    value = {"up_to_date": status.up_to_date, "missing": status.missing,
+             "pending": status.pending, "functions_current": status.functions_current}
+    emit(value, as_json, lambda: console.print(
+        "schema up to date" if status.up_to_date else f"schema behind: {value}",
+        highlight=False))
+    sys.exit(0 if status.up_to_date else EXIT_FAILED)
+
+
+@main.command("query")
+@click.argument("statement")
+@json_option
+def query_command(statement: str, as_json: bool) -> None:
+    """Run one SQL STATEMENT against the engine database and print its rows."""
+    with db.connect(get_dsn()) as conn:
+        try:
+            cursor = conn.execute(statement)
+        except psycopg.Error as exc:
+            fail(sql_message(exc), EXIT_FAILED, as_json=as_json)
+        rows = cursor.fetchall() if cursor.description else []
+        columns = [column.name for column in cursor.description or []]
+        status = cursor.statusmessage
+
+    def render() -> None:
+        if not columns:
+            console.print(status or "done", highlight=False)
+            return
+        table = Table(*columns)
+        for row in rows:
+            table.add_row(*("" if row[c] is None else str(row[c]) for c in columns))
+        console.print(table)
+        console.print(f"({len(rows)} row(s))")
+
+    emit(rows if columns else {"status": status}, as_json, render)
 
 
 # --- catalog -----------------------------------------------------------------------
@@ -81,136 +154,95 @@ def db_migrate() -> None:
 
 @main.group("catalog")
 def catalog_group() -> None:
-    """Register and list playbooks."""
+    """Register, list and show playbooks."""
 
 
 @catalog_group.command("register")
 @click.argument("files", nargs=-1, required=True, type=click.Path(path_type=Path))
-def catalog_register(files: tuple[Path, ...]) -> None:
-    """Register playbook FILES (each registration adds a version)."""
-    dsn = _dsn()
-    with db.connect(dsn) as conn:
+@json_option
+def catalog_register(files: tuple[Path, ...], as_json: bool) -> None:
+    """Register playbook FILES (a new version only when the text changed)."""
+    registered = []
+    with db.connect(get_dsn()) as conn:
         for file in files:
             try:
-                registered = register_file(conn, file)
+                entry = register_file(conn, file)
             except NoetlError as exc:
-                _fail(str(exc))
-            console.print(f"registered {registered.path} version {registered.version}")
+                fail(str(exc), as_json=as_json)
+            registered.append({"file": str(file), "path": entry.path, "version": entry.version,
+                               "catalog_id": entry.catalog_id, "created": entry.created})
+
+    def render() -> None:
+        for entry in registered:
+            verb = "registered" if entry["created"] else "unchanged,"
+            console.print(f"{verb} {entry['path']} version {entry['version']}",
+                          highlight=False)
+
+    emit(registered, as_json, render)
 
 
 @catalog_group.command("list")
-def catalog_list() -> None:
-    """List registered playbooks."""
-    with db.connect(_dsn()) as conn:
-        rows = db.fetch_all(conn, "catalog_list")
-    table = Table("path", "version", "catalog_id", "registered")
-    for row in rows:
-        table.add_row(row["path"], str(row["version"]), str(row["catalog_id"]),
-                      str(row["created_at"]))
-    console.print(table)
+@click.option("--all", "every_version", is_flag=True, help="Every version, not the latest.")
+@json_option
+def catalog_list(every_version: bool, as_json: bool) -> None:
+    """List registered playbooks: the latest version of each path (--all: every version)."""
+    with db.connect(get_dsn()) as conn:
+        rows = db.fetch_all(conn, "catalog_list" if every_version else "catalog_latest_list")
+
+    def render() -> None:
+        columns = ["path", "version", "catalog_id", "registered"]
+        table = Table(*columns, *([] if every_version else ["versions"]))
+        for row in rows:
+            cells = [row["path"], str(row["version"]), str(row["catalog_id"]),
+                     f"{row['created_at']:%Y-%m-%d %H:%M:%S}"]
+            table.add_row(*cells, *([] if every_version else [str(row["versions"])]))
+        console.print(table)
+
+    emit(rows, as_json, render)
 
 
-# --- run / exec --------------------------------------------------------------------
-
-
-def _payload(payload: str | None, sets: tuple[str, ...]) -> dict[str, Any]:
-    value: Any = {}
-    if payload:
-        try:
-            value = json.loads(payload)
-        except json.JSONDecodeError as exc:
-            _fail(f"--payload is not valid JSON: {exc}")
-        if not isinstance(value, dict):
-            _fail("--payload must be a JSON object")
-    for assignment in sets:
-        key, sep, raw = assignment.partition("=")
-        if not sep or not key:
-            _fail(f"--set expects key=value, got {assignment!r}")
-        try:
-            value[key] = json.loads(raw)
-        except json.JSONDecodeError:
-            value[key] = raw
-    return value
-
-
-def _start(conn: psycopg.Connection[Any], target: str, payload: dict[str, Any],
-           version: int | None) -> tuple[str, int]:
-    path = target
-    candidate = Path(target)
-    if candidate.suffix in (".yaml", ".yml") and candidate.exists():
-        try:
-            path = register_file(conn, candidate).path
-        except NoetlError as exc:
-            _fail(str(exc))
-    problem = storage_problem(payload, "payload")
-    if problem:
-        _fail(problem)
-    try:
-        row = db.fetch_one(conn, "start_execution", path=path, payload=payload, version=version)
-    except psycopg.errors.RaiseException as exc:
-        _fail(exc.diag.message_primary or str(exc))
-    except psycopg.Error as exc:
-        _fail(exc.diag.message_primary or str(exc))
-    assert row is not None
-    return path, int(row["execution_id"])
-
-
-@main.command("run")
-@click.argument("target")
-@click.option("--payload", help="JSON object merged over the playbook's workload.")
-@click.option("--set", "sets", multiple=True, help="key=value merged into the payload.")
-@click.option("--version", type=int, help="Run this catalog version instead of the latest.")
-@click.option("--json", "as_json", is_flag=True, help="Print the final execution as JSON.")
-@click.option("--runtime", type=click.Choice(["local", "distributed"]), default="local",
-              show_default=True,
-              help="local: run workers in this process; distributed: wait for external ones.")
-@click.option("--concurrency", default=default_slots(), show_default="one per CPU, 2..8",
-              help="In-process worker slots.")
-@click.option("--timeout", type=float, default=None, help="Give up after this many seconds.")
-def run_command(target: str, payload: str | None, sets: tuple[str, ...], version: int | None,
-                as_json: bool, runtime: str, concurrency: int, timeout: float | None) -> None:
-    """Register FILE (or take a catalog PATH), run it to the end and print the result.
-
-    Exit status 0 when the execution COMPLETED, 1 when it FAILED or was CANCELLED.
-    """
-    dsn = _dsn()
-    worker = build_worker(dsn, slots=concurrency, poll_interval=0.5) if runtime == "local" \
-        else None
-    projector = Projector(dsn) if runtime == "local" else None
-    if worker is not None and projector is not None:
-        worker.start()
-        projector.start()
-    try:
-        with db.connect(dsn) as conn:
-            path, execution_id = _start(conn, target, _payload(payload, sets), version)
-        if not as_json:
-            console.print(f"execution {execution_id} of {path} started")
-        row = follow(dsn, execution_id, show=not as_json and sys.stdout.isatty(),
-                     timeout=timeout)
-    finally:
-        if worker is not None and projector is not None:
-            worker.stop()
-            projector.stop()
-            worker.join(timeout=30)
-            projector.join(timeout=30)
-    if as_json:
-        click.echo(_json_dump(row))
-    else:
-        print_status(row)
-    sys.exit(0 if row["status"] == "COMPLETED" else 1)
-
-
-@main.command("exec")
+@catalog_group.command("get")
 @click.argument("path")
-@click.option("--payload", help="JSON object merged over the playbook's workload.")
-@click.option("--set", "sets", multiple=True, help="key=value merged into the payload.")
-@click.option("--version", type=int)
-def exec_command(path: str, payload: str | None, sets: tuple[str, ...],
-                 version: int | None) -> None:
-    """Start an execution of PATH and print its id (workers do the rest)."""
-    with db.connect(_dsn()) as conn:
-        _, execution_id = _start(conn, path, _payload(payload, sets), version)
-    click.echo(execution_id)
+@click.option("--version", type=click.IntRange(min=1), help="This version (default: latest).")
+@json_option
+def catalog_get(path: str, version: int | None, as_json: bool) -> None:
+    """Print the YAML of playbook PATH as registered (--json: with its spec)."""
+    with db.connect(get_dsn()) as conn:
+        row = db.fetch_one(conn, "catalog_get", path=path, version=version)
+    if row is None:
+        which = f" version {version}" if version else ""
+        fail(f'playbook "{path}"{which} is not registered', as_json=as_json)
+    emit(row, as_json, lambda: click.echo(row["content"], nl=not row["content"].endswith("\n")))
+
+
+@main.command("validate")
+@click.argument("file", type=click.Path(path_type=Path))
+@json_option
+def validate_command(file: Path, as_json: bool) -> None:
+    """Parse, plan and check the templates of playbook FILE without registering or running it.
+
+    Exit 0 when it is valid, 2 with the problems (each naming step and field) otherwise."""
+    try:
+        text = file.read_text()
+    except OSError as exc:
+        fail(f"cannot read {file}: {exc.strerror}", as_json=as_json)
+    try:
+        playbook, spec, problems = validate_text(text, str(file))
+    except NoetlError as exc:
+        fail(str(exc), as_json=as_json)
+    value = {"valid": not problems, "path": playbook.path,
+             "steps": [step["step"] for step in spec["workflow"]],
+             "problems": [str(problem) for problem in problems]}
+    if wants_json(as_json):
+        click.echo(dumps(value))
+    elif problems:
+        for problem in problems:
+            err_console.print(f"[red]error:[/red] playbook '{file}', {problem}",
+                              highlight=False, soft_wrap=True)
+    else:
+        console.print(f"{file}: valid ({len(spec['workflow'])} steps, entry "
+                      f"{spec['entry_step']})", highlight=False)
+    sys.exit(EXIT_USAGE if problems else 0)
 
 
 # --- cancel / events --------------------------------------------------------------
@@ -219,63 +251,94 @@ def exec_command(path: str, payload: str | None, sets: tuple[str, ...],
 @main.command("cancel")
 @click.argument("execution_id", type=int)
 @click.option("--reason", default="cancelled by request", show_default=True)
-def cancel_command(execution_id: int, reason: str) -> None:
+@json_option
+def cancel_command(execution_id: int, reason: str, as_json: bool) -> None:
     """Cancel a running execution and its child executions."""
-    with db.connect(_dsn()) as conn:
+    dsn = get_dsn()
+    require_execution(dsn, execution_id, as_json)
+    with db.connect(dsn) as conn:
         try:
             row = db.fetch_one(conn, "cancel_execution", execution_id=execution_id,
                                reason=reason)
         except psycopg.Error as exc:
-            _fail(exc.diag.message_primary or str(exc))
+            fail(sql_message(exc), as_json=as_json)
     assert row is not None
-    if row["cancelled"]:
-        console.print(f"cancelled {row['cancelled']} execution(s)")
-    else:
-        console.print(f"execution {execution_id} had already finished; nothing to cancel")
+    emit({"execution_id": execution_id, "cancelled": row["cancelled"]}, as_json,
+         lambda: console.print(
+             f"cancelled {row['cancelled']} execution(s)" if row["cancelled"] else
+             f"execution {execution_id} had already finished; nothing to cancel"))
 
 
 @main.command("events")
 @click.argument("execution_id", type=int)
-@click.option("--json", "as_json", is_flag=True)
+@json_option
 def events_command(execution_id: int, as_json: bool) -> None:
     """List the event history of an execution."""
-    with db.connect(_dsn()) as conn:
+    dsn = get_dsn()
+    require_execution(dsn, execution_id, as_json)
+    with db.connect(dsn) as conn:
         rows = db.fetch_all(conn, "execution_events", execution_id=execution_id)
-    if as_json:
-        click.echo(_json_dump(rows))
-        return
-    table = Table("id", "type", "step", "command", "attempt", "iter", "error")
-    for row in rows:
-        table.add_row(str(row["event_id"]), row["event_type"], row["node_name"] or "",
-                      str(row["command_id"] or ""), str(row["attempt"] or ""),
-                      "" if row["iter_index"] is None else str(row["iter_index"]),
-                      (row["error"] or "")[:80])
-    console.print(table)
+
+    def render() -> None:
+        table = Table("id", "type", "step", "command", "attempt", "iter", "error")
+        for row in rows:
+            table.add_row(str(row["event_id"]), row["event_type"], row["node_name"] or "",
+                          str(row["command_id"] or ""), str(row["attempt"] or ""),
+                          "" if row["iter_index"] is None else str(row["iter_index"]),
+                          (row["error"] or "")[:80])
+        console.print(table)
+
+    emit(rows, as_json, render)
 
 
 # --- worker ------------------------------------------------------------------------
 
 
-@main.command("worker")
-@click.option("--concurrency", default=default_slots(), show_default="one per CPU, 2..8",
+class _DefaultStartGroup(click.Group):
+    """`noetl worker [OPTIONS]` is `noetl worker start [OPTIONS]` (NoETL says `worker start`)."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        if args[:1] != ["--help"] and (not args or args[0] not in self.commands):
+            args = ["start", *args]
+        return super().parse_args(ctx, args)
+
+
+@main.group("worker", cls=_DefaultStartGroup)
+def worker_group() -> None:
+    """Serve the command queue (`noetl worker` = `noetl worker start`)."""
+
+
+@worker_group.command("start")
+@click.option("--concurrency", "--max-workers", default=None,
+              show_default="one per CPU, 2..8", type=click.IntRange(min=1),
               help="Slots (commands at once).")
 @click.option("--kinds", help="Comma-separated command kinds to serve (default: all).")
 @click.option("--worker-id", help="Stable id for this worker (default: host-pid-random).")
-@click.option("--batch-size", default=16, show_default=True)
+@click.option("--batch-size", default=16, show_default=True, type=click.IntRange(min=1))
 @click.option("--projector/--no-projector", "with_projector", default=True, show_default=True,
               help="Also fold events into execution.state (projection shards are shared).")
-def worker_command(concurrency: int, kinds: str | None, worker_id: str | None,
-                   batch_size: int, with_projector: bool) -> None:
-    """Serve the command queue until SIGTERM/SIGINT (finishes what it holds first)."""
-    worker = build_worker(_dsn(), slots=concurrency, worker_id=worker_id, batch_size=batch_size,
-                    kinds=kinds.split(",") if kinds else None)
+@json_option
+def worker_start(concurrency: int | None, kinds: str | None, worker_id: str | None,
+                 batch_size: int, with_projector: bool, as_json: bool) -> None:
+    """Serve the command queue until SIGTERM/SIGINT (finishes what it holds first).
+
+    Migrates the schema first when it is behind. With --json, one JSON document is printed
+    when the worker stops."""
+    from noetl_pg.projection import Projector  # the worker's imports are heavy: only here
+    from noetl_pg.worker import build_worker, default_slots
+
+    dsn = get_dsn("migrate")
+    concurrency = concurrency or default_slots()
+    worker = build_worker(dsn, slots=concurrency, worker_id=worker_id, batch_size=batch_size,
+                          kinds=kinds.split(",") if kinds else None)
 
     def _stop(signum: int, frame: object) -> None:
         worker.stop()
 
     signal.signal(signal.SIGTERM, _stop)
     signal.signal(signal.SIGINT, _stop)
-    err_console.print(f"worker {worker.worker_id} serving with {concurrency} slots")
+    err_console.print(f"worker {worker.worker_id} serving with {concurrency} slots",
+                      highlight=False)
     started = time.monotonic()
     projector = Projector(worker.dsn) if with_projector else None
     if projector is not None:
@@ -286,13 +349,17 @@ def worker_command(concurrency: int, kinds: str | None, worker_id: str | None,
         if projector is not None:
             projector.stop()
             projector.join(timeout=30)
-    err_console.print(f"worker stopped after {time.monotonic() - started:.1f}s")
+    seconds = time.monotonic() - started
+    if wants_json(as_json):
+        click.echo(dumps({"worker_id": worker.worker_id, "seconds": round(seconds, 3)}))
+    err_console.print(f"worker stopped after {seconds:.1f}s")
 
 
-main.add_command(credential_group(_dsn))
-main.add_command(results_group(_dsn))
-register_status_commands(main, _dsn)
-main.add_command(server_group(_dsn))
+main.add_command(credential_group(get_dsn))
+main.add_command(results_group(get_dsn))
+register_run_commands(main)
+register_status_commands(main, get_dsn)
+main.add_command(server_group(get_dsn))
 
 
 if __name__ == "__main__":

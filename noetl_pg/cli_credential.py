@@ -1,4 +1,5 @@
-"""`noetl credential add|list`: manage named credentials without ever printing a secret.
+"""`noetl credential add|list|get|delete`: manage named credentials; a secret is printed
+only by `get --reveal`.
 
 The encryption key comes from `NOETL_CREDENTIAL_KEY` or the file `NOETL_CREDENTIAL_KEY_FILE`
 names (never a command-line option, so it does not show up in `ps` or shell history);
@@ -19,6 +20,8 @@ import yaml
 from rich.console import Console
 from rich.table import Table
 
+from noetl_pg import db
+from noetl_pg.cli_common import dumps, emit, fail, json_option, wants_json
 from noetl_pg.credential_crypto import (
     NEW_KEY_ENV,
     NEW_KEY_FILE_ENV,
@@ -27,7 +30,9 @@ from noetl_pg.credential_crypto import (
 )
 from noetl_pg.credentials import (
     CREDENTIAL_TYPES,
+    REDACTED,
     CredentialError,
+    DatabaseCredentialResolver,
     list_credentials,
     parse_credential_data,
     put_credential,
@@ -78,7 +83,9 @@ def credential_group(get_dsn: Callable[[], str]) -> click.Group:
         "--file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
         help="A JSON or YAML file with the fields.",
     )
-    def add(name: str, credential_type: str, data: str | None, file: Path | None) -> None:
+    @json_option
+    def add(name: str, credential_type: str, data: str | None, file: Path | None,
+            as_json: bool) -> None:
         """Add or replace credential NAME."""
         fields = _read_data(data, file)
         try:
@@ -87,11 +94,12 @@ def credential_group(get_dsn: Callable[[], str]) -> click.Group:
             raise click.ClickException(str(exc)) from None
         except psycopg.OperationalError:
             raise click.ClickException("cannot reach the database") from None
-        click.echo(
+        emit({"name": name, "type": credential_type, "public_fields": list(public),
+              "encrypted_fields": list(secret)}, as_json, lambda: click.echo(
             f"stored credential {name} ({credential_type}); "
             f"public fields: {', '.join(public) or '-'}; "
             f"encrypted fields: {', '.join(secret) or '-'}"
-        )
+        ))
 
     @credential.command("rotate-key")
     @click.option("--from-pgcrypto", is_flag=True,
@@ -119,12 +127,16 @@ def credential_group(get_dsn: Callable[[], str]) -> click.Group:
                    + (f": {', '.join(changed)}" if changed else ""))
 
     @credential.command("list")
-    def list_() -> None:
+    @json_option
+    def list_(as_json: bool) -> None:
         """List credentials with their non-secret fields."""
         try:
             rows = list_credentials(get_dsn())
         except psycopg.OperationalError:
             raise click.ClickException("cannot reach the database") from None
+        if wants_json(as_json):
+            click.echo(dumps(rows))
+            return
         table = Table(title="credentials")
         for column in ("name", "type", "public fields", "secret", "key id", "updated"):
             table.add_column(column)
@@ -138,5 +150,41 @@ def credential_group(get_dsn: Callable[[], str]) -> click.Group:
                 row["updated_at"].isoformat(timespec="seconds"),
             )
         Console().print(table)
+
+    @credential.command("get")
+    @click.argument("name")
+    @click.option("--reveal", is_flag=True,
+                  help="Decrypt and print the secret fields (needs NOETL_CREDENTIAL_KEY).")
+    @json_option
+    def get(name: str, reveal: bool, as_json: bool) -> None:
+        """Show credential NAME: public fields, secret ones as *** unless --reveal."""
+        dsn = get_dsn()
+        listed = [row for row in list_credentials(dsn) if row["name"] == name]
+        if not listed:
+            fail(f"credential '{name}' does not exist", as_json=as_json)
+        row = listed[0]
+        fields: dict[str, Any] = dict(row["public_data"])
+        if reveal:
+            try:
+                fields = dict(DatabaseCredentialResolver(dsn, ttl_seconds=0).get(name))
+            except CredentialError as exc:
+                fail(str(exc), 1, as_json=as_json)
+        elif row["has_secret"]:
+            fields["(secret fields)"] = REDACTED
+        value = {"name": name, "type": row["credential_type"], "fields": fields,
+                 "revealed": reveal, "updated_at": row["updated_at"]}
+        emit(value, as_json, lambda: click.echo(
+            f"{name} ({row['credential_type']}): {json.dumps(fields, sort_keys=True)}"))
+
+    @credential.command("delete")
+    @click.argument("name")
+    @json_option
+    def delete(name: str, as_json: bool) -> None:
+        """Delete credential NAME (exit 2 when there is none)."""
+        with db.connect(get_dsn()) as conn:
+            deleted = db.fetch_one(conn, "credential_delete", credential_name=name)
+        if deleted is None:
+            fail(f"credential '{name}' does not exist", as_json=as_json)
+        emit({"deleted": name}, as_json, lambda: click.echo(f"deleted credential {name}"))
 
     return credential

@@ -7,7 +7,6 @@ fs/s3 objects, and names what it could not delete (a tier that is not reachable 
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from dataclasses import asdict
 
@@ -15,6 +14,7 @@ import click
 from rich.console import Console
 from rich.table import Table
 
+from noetl_pg.cli_common import dumps, emit, json_option, require_execution, wants_json
 from noetl_pg.store import ResultStore
 
 console = Console()
@@ -40,12 +40,14 @@ def results_group(dsn: Callable[[], str]) -> click.Group:
 
     @group.command("list")
     @click.argument("execution_id", type=int)
-    @click.option("--json", "as_json", is_flag=True)
+    @json_option
     def list_command(execution_id: int, as_json: bool) -> None:
         """List the stored results (refs) of EXECUTION_ID, oldest first."""
-        refs = ResultStore.from_env(dsn()).list_refs(execution_id)
-        if as_json:
-            click.echo(json.dumps([asdict(ref) for ref in refs], indent=2, default=str))
+        target = dsn()
+        require_execution(target, execution_id, as_json)
+        refs = ResultStore.from_env(target).list_refs(execution_id)
+        if wants_json(as_json):
+            click.echo(dumps([asdict(ref) for ref in refs]))
             return
         table = Table("ref", "tier", "bytes", "content type", "created")
         for ref in refs:
@@ -55,11 +57,20 @@ def results_group(dsn: Callable[[], str]) -> click.Group:
 
     @group.command("cleanup")
     @click.argument("execution_id", type=int)
-    def cleanup_command(execution_id: int) -> None:
+    @json_option
+    def cleanup_command(execution_id: int, as_json: bool) -> None:
         """Delete every stored result of EXECUTION_ID: ref rows and their data together."""
-        report = ResultStore.from_env(dsn()).cleanup_execution(execution_id)
-        console.print(f"deleted {report.refs_deleted} result(s) of execution {execution_id}")
-        for leftover in report.leftovers:
-            console.print(f"[yellow]left behind[/yellow] {leftover}", highlight=False)
+        target = dsn()
+        require_execution(target, execution_id, as_json)
+        report = ResultStore.from_env(target).cleanup_execution(execution_id)
+
+        def render() -> None:
+            console.print(f"deleted {report.refs_deleted} result(s) of execution "
+                          f"{execution_id}")
+            for leftover in report.leftovers:
+                console.print(f"[yellow]left behind[/yellow] {leftover}", highlight=False)
+
+        emit({"deleted": report.refs_deleted, "left_behind": list(report.leftovers)},
+             as_json, render)
 
     return group

@@ -7,6 +7,7 @@ projection.sql) and its shard's projection lag; it never scans events. Progress 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import signal
 import sys
@@ -15,13 +16,24 @@ from collections.abc import Callable
 from typing import Any
 
 import click
-from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn
+from rich.console import Console, Group
+from rich.live import Live
 from rich.table import Table
+from rich.text import Text
 
 from noetl_pg import db
+from noetl_pg.cli_common import (
+    EXIT_FAILED,
+    EXIT_INTERRUPTED,
+    dumps,
+    fail,
+    json_option,
+    wants_json,
+)
 from noetl_pg.projection import Projector
 from noetl_pg.runtime import TERMINAL_STATUSES
+
+EXECUTION_STATUSES = TERMINAL_STATUSES | {"RUNNING"}
 
 console = Console()
 err_console = Console(stderr=True)
@@ -68,13 +80,15 @@ def _clock(stamp: str | None) -> str:
     return stamp[11:22] if stamp else ""
 
 
-def status_table(state: dict[str, Any]) -> Table:
+def status_table(state: dict[str, Any], loop_extra: dict[str, str] | None = None) -> Table:
     table = Table("step", "status", "attempts", "loop", "started", "finished")
+    loop_extra = loop_extra or {}
     steps = sorted((state.get("steps") or {}).items(),
                    key=lambda item: (item[1].get("started") or "", item[0]))
     for name, step in steps:
         table.add_row(name, _paint(step["status"]), str(step.get("attempts") or ""),
-                      _loop_text(state, name), _clock(step.get("started")),
+                      _loop_text(state, name) + loop_extra.get(name, ""),
+                      _clock(step.get("started")),
                       _clock(step.get("finished")))
     return table
 
@@ -105,31 +119,54 @@ def print_status(row: dict[str, Any]) -> None:
                       highlight=False)
 
 
+class LoopRates:
+    """Items per second and ETA of each loop, from the first and latest sightings."""
+
+    def __init__(self) -> None:
+        self._first: dict[str, tuple[float, int]] = {}
+
+    def text(self, step: str, loop: dict[str, Any]) -> str:
+        finished = int(loop["done"]) + int(loop["failed"])
+        now = time.monotonic()
+        first_at, first_count = self._first.setdefault(step, (now, finished))
+        elapsed = now - first_at
+        if elapsed < 0.5 or finished <= first_count:
+            return ""
+        rate = (finished - first_count) / elapsed
+        remaining = max(int(loop["total"]) - finished, 0)
+        eta = f", ETA {remaining / rate:.0f}s" if remaining else ""
+        return f" {rate:.1f}/s{eta}"
+
+
+def progress_view(row: dict[str, Any], rates: LoopRates) -> Group:
+    """Header and step table of a running execution, loops with rate and ETA."""
+    state = row["state"] or {}
+    header = Text.from_markup(
+        f"execution {row['execution_id']} {_paint(row['status'])} ({row['path']} "
+        f"v{row['version']}), {state.get('events', 0)} events, projection "
+        f"{row['projection_seconds_behind']:.1f}s behind"
+    )
+    extra = {step: rates.text(step, loop) for step, loop in (state.get("loop") or {}).items()}
+    return Group(header, status_table(state, extra))
+
+
 def follow(dsn: str, execution_id: int, *, show: bool, timeout: float | None = None,
            poll: float = 0.2) -> dict[str, Any]:
     """Poll the execution's row until it ends and its projection caught up (at most 5s
-    after it ended); with `show`, draw a progress bar per loop. Returns the last row.
-    Raises LookupError for an unknown execution, TimeoutError after `timeout` seconds."""
+    after it ended); with `show`, keep a live step table (loops with rate and ETA) on the
+    terminal. Returns the last row. Raises LookupError for an unknown execution,
+    TimeoutError after `timeout` seconds; Ctrl-C (KeyboardInterrupt) propagates."""
     deadline = None if timeout is None else time.monotonic() + timeout
     ended_at: float | None = None
-    progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                        TextColumn("{task.fields[failed]}"), TextColumn("{task.fields[lag]}"),
-                        console=console, disable=not show, transient=False)
-    bars: dict[str, TaskID] = {}
-    with progress:
+    rates = LoopRates()
+    live = Live(console=console, auto_refresh=False, transient=True) if show else None
+    with live if live is not None else contextlib.nullcontext():
         while True:
             row = fetch_progress(dsn, execution_id)
             if row is None:
                 raise LookupError(f"execution {execution_id} does not exist")
-            state = row["state"] or {}
-            lag = f"lag {row['projection_seconds_behind']:.1f}s"
-            for step, loop in (state.get("loop") or {}).items():
-                failed = f"[red]{loop['failed']} failed[/]" if loop["failed"] else ""
-                if step not in bars:
-                    bars[step] = progress.add_task(step, total=loop["total"], failed=failed,
-                                                   lag=lag)
-                progress.update(bars[step], total=loop["total"],
-                                completed=loop["done"] + loop["failed"], failed=failed, lag=lag)
+            if live is not None:
+                live.update(progress_view(row, rates), refresh=True)
             if row["status"] in TERMINAL_STATUSES:
                 ended_at = ended_at or time.monotonic()
                 if caught_up(row) or time.monotonic() - ended_at > 5:
@@ -144,37 +181,47 @@ def register_status_commands(main: click.Group, dsn: Callable[[], str]) -> None:
 
     @main.command("status")
     @click.argument("execution_id", type=int)
-    @click.option("--json", "as_json", is_flag=True, help="Print the row and state as JSON.")
-    @click.option("--watch", is_flag=True, help="Show loop progress until the run ends.")
+    @json_option
+    @click.option("--watch", is_flag=True,
+                  help="Follow the execution to its end and exit like `noetl run`.")
     def status_command(execution_id: int, as_json: bool, watch: bool) -> None:
-        """Show one execution from its projected state (one row, no event scan)."""
+        """Show one execution from its projected state (one row, no event scan).
+
+        Exit 2 for an unknown id; with --watch, 0 when it COMPLETED, 1 when it FAILED or
+        was CANCELLED, 130 on Ctrl-C (the execution keeps running)."""
         target = dsn()
-        try:
-            row = (follow(target, execution_id, show=not as_json) if watch
-                   else fetch_progress(target, execution_id))
-        except LookupError:
-            row = None
+        as_json = wants_json(as_json)
+        row = fetch_progress(target, execution_id)
         if row is None:
-            err_console.print(f"[red]error:[/red] execution {execution_id} does not exist")
-            sys.exit(2)
+            fail(f"execution {execution_id} does not exist", as_json=as_json)
+        if watch:
+            try:
+                row = follow(target, execution_id, show=not as_json and sys.stdout.isatty())
+            except KeyboardInterrupt:
+                fail(f"interrupted: execution {execution_id} still running",
+                     EXIT_INTERRUPTED, as_json=as_json)
         if as_json:
-            click.echo(json.dumps(row, indent=2, default=str))
+            click.echo(dumps(row))
         else:
             print_status(row)
+        if watch:
+            sys.exit(0 if row["status"] == "COMPLETED" else EXIT_FAILED)
 
     @main.command("executions")
-    @click.option("--status", help="RUNNING, COMPLETED, FAILED or CANCELLED")
-    @click.option("--path")
-    @click.option("--limit", default=50, show_default=True)
-    @click.option("--json", "as_json", is_flag=True)
+    @click.option("--status", type=click.Choice(sorted(EXECUTION_STATUSES),
+                                                case_sensitive=False))
+    @click.option("--path", help="Only executions of this catalog path.")
+    @click.option("--limit", default=50, show_default=True, type=click.IntRange(1, 10000))
+    @json_option
     def executions_command(status: str | None, path: str | None, limit: int,
                            as_json: bool) -> None:
         """List recent executions."""
         with db.connect(dsn()) as conn:
-            rows = db.fetch_all(conn, "executions_list", status=status, path=path,
+            rows = db.fetch_all(conn, "executions_list",
+                                status=status.upper() if status else None, path=path,
                                 row_limit=limit)
-        if as_json:
-            click.echo(json.dumps(rows, indent=2, default=str))
+        if wants_json(as_json):
+            click.echo(dumps(rows))
             return
         table = Table("id", "path", "version", "status", "started", "finished")
         for row in rows:

@@ -7,12 +7,17 @@ Each migration is applied once, recorded in `noetl.schema_migrations` with its S
 its own transaction. Everything runs under one advisory lock, so two migrators started at
 once apply each file once: the second waits, then finds nothing left to do. A recorded
 migration whose file changed is an error (migrations are append-only).
+
+Function files are reloaded only when they changed: their digest is recorded in
+`noetl.schema_functions`, so `schema_status` can tell in one short query whether a database
+is up to date, and commands that only read need not re-create 60 functions each time.
 """
 
 from __future__ import annotations
 
 import hashlib
 import sys
+from dataclasses import dataclass, field
 
 import psycopg
 
@@ -28,6 +33,11 @@ create table if not exists noetl.schema_migrations (
     checksum text not null,
     applied_at timestamptz not null default now()
 );
+create table if not exists noetl.schema_functions (
+    singleton boolean primary key default true check (singleton),
+    digest text not null,
+    loaded_at timestamptz not null default now()
+);
 """
 
 
@@ -39,8 +49,66 @@ def _checksum(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
-def migrate(dsn: str) -> list[str]:
-    """Bring the database at `dsn` up to date; return the migrations applied now."""
+class SchemaBehind(MigrationError):
+    """The database schema is older than this noetl-pg (or missing): run `noetl db migrate`."""
+
+
+@dataclass(frozen=True)
+class SchemaStatus:
+    """How a database compares with the SQL files of this installation."""
+
+    missing: bool
+    pending: list[str] = field(default_factory=list)
+    functions_current: bool = False
+
+    @property
+    def up_to_date(self) -> bool:
+        return not self.missing and not self.pending and self.functions_current
+
+
+def functions_digest() -> str:
+    """SHA-256 over the names and texts of the function files (and the comment generator)."""
+    digest = hashlib.sha256()
+    for path in sql_files("functions"):
+        digest.update(path.name.encode() + b"\0" + path.read_bytes() + b"\0")
+    return digest.hexdigest()
+
+
+def schema_status(dsn: str) -> SchemaStatus:
+    """Compare the database with the files: two cheap reads, no lock, nothing written."""
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        present = conn.execute("select to_regclass('noetl.schema_migrations') is not null, "
+                               "to_regclass('noetl.schema_functions') is not null").fetchone()
+        assert present is not None
+        if not present[0]:
+            return SchemaStatus(missing=True, pending=[stem(p) for p in sql_files("migrations")])
+        recorded = {row[0] for row in conn.execute("select version from noetl.schema_migrations")}
+        loaded = conn.execute("select digest from noetl.schema_functions").fetchone() \
+            if present[1] else None
+    pending = [stem(path) for path in sql_files("migrations") if stem(path) not in recorded]
+    return SchemaStatus(missing=False, pending=pending,
+                        functions_current=loaded is not None and loaded[0] == functions_digest())
+
+
+def ensure_schema(dsn: str, *, migrate_if_behind: bool) -> SchemaStatus:
+    """Check the schema; when behind, migrate it (`migrate_if_behind`) or raise SchemaBehind."""
+    status = schema_status(dsn)
+    if status.up_to_date:
+        return status
+    if not migrate_if_behind:
+        what = ("has no noetl schema" if status.missing else
+                f"has pending migrations ({', '.join(status.pending)})" if status.pending else
+                "has SQL functions from another noetl-pg version")
+        raise SchemaBehind(f"the database {what}: run `noetl db migrate`")
+    migrate(dsn)
+    return schema_status(dsn)
+
+
+def migrate(dsn: str, *, reload_functions: bool = False) -> list[str]:
+    """Bring the database at `dsn` up to date; return the migrations applied now.
+
+    Function files are re-created when a migration was applied, when their digest differs
+    from the recorded one, or when `reload_functions` is set (`noetl db migrate`)."""
     applied_now: list[str] = []
     migrations = sql_files("migrations")
     if not migrations:
@@ -75,17 +143,30 @@ def migrate(dsn: str) -> list[str]:
                         (version, _checksum(text)),
                     )
                 applied_now.append(version)
-            with conn.transaction():
-                # Function bodies may call functions from files loaded later.
-                conn.execute("set local check_function_bodies = off")
-                for path in sql_files("functions"):
-                    try:
-                        conn.execute(path.read_text())
-                    except psycopg.Error as exc:
-                        raise MigrationError(f"functions file {path.name} failed: {exc}") from exc
+            digest = functions_digest()
+            loaded = conn.execute("select digest from noetl.schema_functions").fetchone()
+            if applied_now or reload_functions or loaded is None or loaded[0] != digest:
+                _load_functions(conn, digest)
         finally:
             conn.execute("select pg_advisory_unlock(%s)", (MIGRATION_LOCK_KEY,))
     return applied_now
+
+
+def _load_functions(conn: psycopg.Connection[tuple[object, ...]], digest: str) -> None:
+    """Re-create every function file in one transaction and record their digest."""
+    with conn.transaction():
+        # Function bodies may call functions from files loaded later.
+        conn.execute("set local check_function_bodies = off")
+        for path in sql_files("functions"):
+            try:
+                conn.execute(path.read_text())
+            except psycopg.Error as exc:
+                raise MigrationError(f"functions file {path.name} failed: {exc}") from exc
+        conn.execute(
+            "insert into noetl.schema_functions (digest) values (%s) on conflict (singleton) "
+            "do update set digest = excluded.digest, loaded_at = now()",
+            (digest,),
+        )
 
 
 def main(argv: list[str]) -> int:
@@ -93,7 +174,7 @@ def main(argv: list[str]) -> int:
         print("usage: python -m noetl_pg.migrate DSN", file=sys.stderr)
         return 2
     try:
-        applied = migrate(argv[0])
+        applied = migrate(argv[0], reload_functions=True)
     except MigrationError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

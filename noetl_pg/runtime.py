@@ -1,14 +1,17 @@
 """Where the engine's database is, and waiting for executions to finish.
 
-With `NOETL_DSN` set, that server is used. Without it, a private embedded PostgreSQL is
-started under `.pgdata/` and its `noetl` database is used; the server stops when the
-process exits.
+With `NOETL_DSN` set, that server is used. Without it, the embedded PostgreSQL (see
+noetl_pg/embedded.py) is started or joined and its `noetl` database is used.
+
+The schema is checked, not re-created, on every command (noetl_pg.migrate.schema_status);
+only `db migrate`, `run` on the embedded server and `worker` start migrate a schema
+that is behind.
 """
 
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import Any, Literal
 
 import psycopg
 from psycopg import sql
@@ -16,14 +19,22 @@ from psycopg.conninfo import make_conninfo
 
 from noetl_pg import db
 from noetl_pg.embedded import start_embedded
-from noetl_pg.migrate import migrate
+from noetl_pg.migrate import ensure_schema
+
+# "check": fail with SchemaBehind when behind; "migrate": migrate when behind;
+# "migrate-embedded": migrate when behind on the embedded server, check otherwise;
+# "none": do not look (db migrate, db start).
+SchemaPolicy = Literal["check", "migrate", "migrate-embedded", "none"]
 
 TERMINAL_STATUSES = frozenset({"COMPLETED", "FAILED", "CANCELLED"})
 
 
-def resolve_dsn(*, migrate_schema: bool = True) -> str:
-    """The engine DSN (NOETL_DSN, else an embedded server), migrated unless told not to."""
+def resolve_dsn(*, schema: SchemaPolicy = "check") -> str:
+    """The engine DSN (NOETL_DSN, else the embedded server), its schema handled by `schema`.
+
+    Raises noetl_pg.migrate.SchemaBehind when the schema is behind and may not be migrated."""
     dsn = db.dsn_from_env()
+    embedded = dsn is None
     if dsn is None:
         server = start_embedded("default")
         dsn = make_conninfo(server, dbname="noetl")
@@ -33,8 +44,9 @@ def resolve_dsn(*, migrate_schema: bool = True) -> str:
             ).fetchone()
             if not exists:
                 conn.execute(sql.SQL("create database {}").format(sql.Identifier("noetl")))
-    if migrate_schema:
-        migrate(dsn)
+    if schema != "none":
+        ensure_schema(dsn, migrate_if_behind=schema == "migrate"
+                      or (schema == "migrate-embedded" and embedded))
     return dsn
 
 

@@ -72,14 +72,14 @@ def test_noetl_exec_prints_id_and_bad_file_names_the_problem(
     fresh_engine: Engine, tmp_path: Path
 ) -> None:
     _noetl(fresh_engine.dsn, "catalog", "register", "examples/hello_world.yaml")
-    printed = _noetl(fresh_engine.dsn, "exec", "examples/hello_world")
+    printed = _noetl(fresh_engine.dsn, "start", "examples/hello_world")
     assert int(printed.stdout.strip()) > 0
     broken = tmp_path / "broken.yaml"
     broken.write_text("workflow:\n  - step: a\n    tool: {kind: python\n")
     result = _noetl(fresh_engine.dsn, "catalog", "register", str(broken), check=False)
     assert result.returncode == 2
     assert "malformed YAML" in result.stderr and "line" in result.stderr
-    unknown = _noetl(fresh_engine.dsn, "exec", "no/such/playbook", check=False)
+    unknown = _noetl(fresh_engine.dsn, "start", "no/such/playbook", check=False)
     assert unknown.returncode == 2
     assert 'playbook "no/such/playbook" is not registered' in unknown.stderr
 
