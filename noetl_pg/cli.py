@@ -24,6 +24,7 @@ from noetl_pg.errors import NoetlError
 from noetl_pg.migrate import MigrationError, migrate
 from noetl_pg.projection import Projector
 from noetl_pg.runtime import resolve_dsn
+from noetl_pg.server import remote
 from noetl_pg.server.cli import server_group
 from noetl_pg.worker import build_worker
 
@@ -157,7 +158,7 @@ def _start(conn: psycopg.Connection[Any], target: str, payload: dict[str, Any],
 @click.option("--set", "sets", multiple=True, help="key=value merged into the payload.")
 @click.option("--version", type=int, help="Run this catalog version instead of the latest.")
 @click.option("--json", "as_json", is_flag=True, help="Print the final execution as JSON.")
-@click.option("--runtime", type=click.Choice(["local", "distributed"]), default="local",
+@click.option("-r", "--runtime", type=click.Choice(["local", "distributed"]), default="local",
               show_default=True,
               help="local: run workers in this process; distributed: wait for external ones.")
 @click.option("--concurrency", default=4, show_default=True, help="In-process worker slots.")
@@ -287,6 +288,7 @@ main.add_command(credential_group(_dsn))
 main.add_command(results_group(_dsn))
 register_status_commands(main, _dsn)
 main.add_command(server_group(_dsn))
+remote.install(main)  # --server URL: run/exec/status/cancel/catalog over HTTP
 
 
 if __name__ == "__main__":
