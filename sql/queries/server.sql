@@ -271,7 +271,7 @@ group by c.kind, b.upper_bound;
 -- name: server_token_add
 -- `noetl server token add`: store (or replace) a token's hash under a name with a role.
 insert into noetl.api_token (name, role, token_sha256)
-values (%(name)s, %(role)s, %(token_sha256)s)
+values (%(token_name)s, %(role)s, %(token_sha256)s)
 on conflict (name) do update
     set
         role = excluded.role,
@@ -284,7 +284,7 @@ returning name, role, created_at;
 -- `noetl server token revoke`: a revoked token is refused from then on.
 update noetl.api_token
 set revoked_at = now()
-where name = %(name)s and revoked_at is null
+where name = %(token_name)s and revoked_at is null
 returning name;
 
 -- name: server_token_list
