@@ -82,8 +82,10 @@ class ServerClient:
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
             status = self.status(execution_id)
-            # NoETL's status has no status field, only these flags (cancelled: completed).
-            if status.get("completed") or status.get("failed"):
+            # NoETL's status has no status field, only these flags (cancelled: completed);
+            # ours also says when its steps and loops are projected up to the end.
+            if (status.get("completed") or status.get("failed")) \
+                    and status.get("projected", True):
                 return status
             if deadline is not None and time.monotonic() > deadline:
                 raise TimeoutError(f"execution {execution_id} still {status['status']}")

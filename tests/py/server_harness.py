@@ -95,12 +95,7 @@ def wait_status(client: httpx.Client, execution_id: str, *, timeout: float = 60,
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         status = client.get(f"/api/executions/{execution_id}/status").json()
-        if status["completed"] or status["failed"]:
-            if not projected:
-                return status
-            detail = client.get(f"/api/executions/{execution_id}",
-                                params={"include_events": "false"}).json()
-            if detail["projection"].get("status") == detail["status"]:
-                return client.get(f"/api/executions/{execution_id}/status").json()
+        if (status["completed"] or status["failed"]) and (status["projected"] or not projected):
+            return status
         time.sleep(0.1)
     raise TimeoutError(f"execution {execution_id} did not finish in {timeout}s")
