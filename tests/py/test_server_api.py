@@ -392,8 +392,10 @@ def test_metrics_match_the_database(api: httpx.Client, server_dsn: str) -> None:
     for status in ("RUNNING", "COMPLETED", "FAILED", "CANCELLED"):
         assert by_status[status] == stored.get(status, 0)
     assert families["noetl_workers_alive"].samples[0].value == 1
-    assert families["noetl_completions_per_second"].samples[0].value > 0
-    assert families["noetl_claims_per_second"].samples[0].value > 0
+    claims = {s.labels["kind"]: s.value for s in families["noetl_claims_per_second"].samples}
+    assert claims["python"] > 0 and claims["noop"] > 0
+    done = {s.labels["kind"]: s.value for s in families["noetl_completions_per_second"].samples}
+    assert done["noop"] > 0 and "python" in done  # the python step failed: not a completion
     assert families["noetl_projection_lag_seconds"].samples[0].value >= 0
     histogram = {(s.name, s.labels.get("kind"), s.labels.get("le")): s.value
                  for s in families["noetl_step_duration_seconds"].samples}
