@@ -38,7 +38,9 @@ pgtap: venv
 	PYTHON=$(PYTHON) bash scripts/run_pgtap.sh
 
 # pytest exits 5 when it collects no tests; like any non-zero code that fails the target.
+# The console tests drive Debian's chromium (scripts/install_chromium.sh installs it).
 pytest: venv
+	bash scripts/install_chromium.sh
 	$(VENV)/bin/pytest -q
 
 # Every check runs even when an earlier one fails, so one CI run reports all failures;

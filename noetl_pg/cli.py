@@ -42,6 +42,7 @@ from noetl_pg.cli_status import register_status_commands
 from noetl_pg.errors import NoetlError
 from noetl_pg.migrate import MigrationError, migrate, schema_status
 from noetl_pg.runtime import resolve_dsn
+from noetl_pg.server import remote
 from noetl_pg.server.cli import server_group
 from noetl_pg.validate import validate_text
 
@@ -360,6 +361,7 @@ main.add_command(results_group(get_dsn))
 register_run_commands(main)
 register_status_commands(main, get_dsn)
 main.add_command(server_group(get_dsn))
+remote.install(main)  # --server URL: run/exec/status/cancel/catalog over HTTP
 
 
 if __name__ == "__main__":

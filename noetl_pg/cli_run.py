@@ -160,7 +160,7 @@ def _run(target: str, payload: str | None, sets: tuple[str, ...], version: int |
 def register_run_commands(main: click.Group) -> None:
     """Add `run`, `exec` (the same, NoETL's name) and `start` to the `noetl` group."""
     runtime_option = click.option(
-        "--runtime", type=click.Choice(["local", "distributed"]), default="local",
+        "-r", "--runtime", type=click.Choice(["local", "distributed"]), default="local",
         show_default=True,
         help="local: run workers in this process; distributed: wait for external ones.")
     concurrency_option = click.option("--concurrency", default=None,

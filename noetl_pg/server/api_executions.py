@@ -203,6 +203,7 @@ async def get_execution_status(request: Request, execution_id: ExecutionId,
         "failed_step": row["failed_step"],
         "error": row["error"],
         "loops": entry["loops"],
+        "projected": state.get("status") == status,
     }
 
 

@@ -9,11 +9,13 @@ bound to any other address refuses to start without a token (see `serve.check_bi
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
-from fastapi import HTTPException, Request
+from fastapi import Depends, HTTPException, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from psycopg_pool import AsyncConnectionPool
 
 from noetl_pg.server import database
@@ -21,7 +23,9 @@ from noetl_pg.server.tokens import role_allows, token_hash
 
 # How long a looked-up token (or the "no tokens exist" answer) is trusted before the
 # database is asked again: revoking a token takes effect within this many seconds.
-CACHE_SECONDS = 5.0
+CACHE_SECONDS = float(os.environ.get("NOETL_SERVER_AUTH_CACHE_SECONDS", "5"))
+# Declares the scheme in the OpenAPI spec; the check itself is TokenAuth's.
+BEARER = HTTPBearer(auto_error=False, description="An API token (noetl server token add)")
 
 
 @dataclass(frozen=True)
@@ -88,7 +92,10 @@ def _unauthorized(detail: str) -> HTTPException:
 def require(role: str) -> Callable[[Request], Awaitable[Principal]]:
     """A FastAPI dependency: the caller's Principal, which must have at least `role`."""
 
-    async def dependency(request: Request) -> Principal:
+    async def dependency(
+        request: Request,
+        _declared: HTTPAuthorizationCredentials | None = Depends(BEARER),  # noqa: B008
+    ) -> Principal:
         auth: TokenAuth = request.app.state.auth
         principal = await auth.principal(request)
         if not role_allows(principal.role, role):

@@ -81,7 +81,7 @@ def server_group(get_dsn: Callable[[], str]) -> click.Group:
     def token_revoke(name: str) -> None:
         """Revoke token NAME (refused by servers within 5 seconds)."""
         with db.connect(get_dsn()) as conn:
-            row = db.fetch_one(conn, "server_token_revoke", name=name)
+            row = db.fetch_one(conn, "server_token_revoke", token_name=name)
         if row is None:
             err_console.print(f"[red]error:[/red] no live token named {name}")
             sys.exit(2)

@@ -3,8 +3,8 @@
 Nothing here scans noetl.event: queue depth comes from the command table's partial indexes,
 executions by status from execution_status_idx, claims/completions/durations from the
 BRIN indexes on command.claimed_at/finished_at over a trailing window (so they are gauges
-of the last WINDOW_SECONDS, not counters since start), projection lag from one index
-probe per shard, workers from noetl.worker.
+of the last WINDOW_SECONDS, not counters since start), projection lag from one primary-key
+probe per running execution, workers from noetl.worker.
 """
 
 from __future__ import annotations
@@ -23,18 +23,23 @@ from noetl_pg.server.auth import require
 
 router = APIRouter(tags=["Operations"])
 
-WINDOW_SECONDS = 60.0
+# One common scrape interval: the window's rows are read on every scrape.
+WINDOW_SECONDS = 15.0
 DURATION_BOUNDS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
                    60.0, 300.0, float("inf"))
 EXECUTION_STATUSES = ("RUNNING", "COMPLETED", "FAILED", "CANCELLED")
 
 
+# Command kinds that are engine bookkeeping, not steps: left out of the duration histogram.
+NOT_STEPS = frozenset({"route", "loop"})
+
+
 class Snapshot(Collector):
     """The metric families of one scrape, built from rows already read."""
 
-    def __init__(self, counts: dict[str, Any], rates: dict[str, Any],
-                 queue: list[dict[str, Any]], durations: list[dict[str, Any]]) -> None:
-        self.counts, self.rates, self.queue, self.durations = counts, rates, queue, durations
+    def __init__(self, counts: dict[str, Any], lag: dict[str, Any],
+                 queue: list[dict[str, Any]], window: list[dict[str, Any]]) -> None:
+        self.counts, self.lag, self.queue, self.window = counts, lag, queue, window
 
     def collect(self) -> Iterator[Metric]:
         depth = GaugeMetricFamily("noetl_queue_depth", "Commands by kind and queue state",
@@ -57,16 +62,24 @@ class Snapshot(Collector):
         yield GaugeMetricFamily("noetl_worker_slots", "Slots of the live workers",
                                 value=self.counts["worker_slots"])
         yield GaugeMetricFamily("noetl_projection_lag_seconds",
-                                "Age of the oldest event not yet folded (worst shard)",
-                                value=self.counts["projection_seconds_behind"])
-        yield GaugeMetricFamily("noetl_claims_per_second",
-                                f"Commands claimed per second over the last "
-                                f"{WINDOW_SECONDS:g}s",
-                                value=self.rates["claims"] / WINDOW_SECONDS)
-        yield GaugeMetricFamily("noetl_completions_per_second",
-                                f"Commands completed per second over the last "
-                                f"{WINDOW_SECONDS:g}s",
-                                value=self.rates["completions"] / WINDOW_SECONDS)
+                                "Age of the oldest event not yet folded into "
+                                "execution.state, over running executions",
+                                value=self.lag["seconds_behind"])
+        yield GaugeMetricFamily("noetl_projection_executions_behind",
+                                "Running executions with events not yet folded",
+                                value=self.lag["executions_behind"])
+        for name, column, what in (("noetl_claims_per_second", "claims", "claimed"),
+                                   ("noetl_completions_per_second", "completions",
+                                    "completed")):
+            family = GaugeMetricFamily(
+                name, f"Commands {what} per second over the last {WINDOW_SECONDS:g}s",
+                labels=["kind"])
+            per_kind: dict[str, int] = {}
+            for row in self.window:
+                per_kind[row["kind"]] = per_kind.get(row["kind"], 0) + row[column]
+            for kind, count in sorted(per_kind.items()):
+                family.add_metric([kind], count / WINDOW_SECONDS)
+            yield family
         yield self._durations()
 
     def _durations(self) -> HistogramMetricFamily:
@@ -74,14 +87,18 @@ class Snapshot(Collector):
             "noetl_step_duration_seconds",
             f"Claim-to-finish time of step commands finished in the last {WINDOW_SECONDS:g}s",
             labels=["kind"])
-        by_kind: dict[str, dict[float, tuple[int, float]]] = {}
-        for row in self.durations:
-            bound = float("inf") if row["upper_bound"] is None else row["upper_bound"]
-            by_kind.setdefault(row["kind"], {})[bound] = (row["n"], row["seconds"] or 0.0)
+        # bucket i counts run times below DURATION_BOUNDS[i] (width_bucket over the finite
+        # bounds; the last index is +Inf).
+        by_kind: dict[str, dict[int, tuple[int, float]]] = {}
+        for row in self.window:
+            if row["kind"] in NOT_STEPS or row["bucket"] is None or not row["finished"]:
+                continue
+            by_kind.setdefault(row["kind"], {})[row["bucket"]] = (
+                row["finished"], row["finished_seconds"])
         for kind, counts in sorted(by_kind.items()):
             cumulative, total_seconds, buckets = 0, 0.0, []
-            for bound in DURATION_BOUNDS:
-                n, seconds = counts.get(bound, (0, 0.0))
+            for index, bound in enumerate(DURATION_BOUNDS):
+                n, seconds = counts.get(index, (0, 0.0))
                 cumulative += n
                 total_seconds += seconds
                 buckets.append(("+Inf" if bound == float("inf") else f"{bound:g}", cumulative))
@@ -96,13 +113,12 @@ async def metrics(request: Request) -> Response:
     async with request.app.state.pool.connection() as conn:
         counts = await database.fetch_one(conn, "server_metrics_counts",
                                           alive_seconds=ALIVE_SECONDS)
-        rates = await database.fetch_one(conn, "server_metrics_rates",
-                                         window_seconds=WINDOW_SECONDS)
+        lag = await database.fetch_one(conn, "server_projection_lag")
         queue = await database.fetch_all(conn, "server_queue")
-        durations = await database.fetch_all(
-            conn, "server_step_durations", window_seconds=WINDOW_SECONDS,
+        window = await database.fetch_all(
+            conn, "server_metrics_window", window_seconds=WINDOW_SECONDS,
             bounds=[bound for bound in DURATION_BOUNDS if bound != float("inf")])
-    assert counts is not None and rates is not None
+    assert counts is not None and lag is not None
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(Snapshot(counts, rates, queue, durations))
+    registry.register(Snapshot(counts, lag, queue, window))
     return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)

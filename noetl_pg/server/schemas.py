@@ -249,6 +249,8 @@ class ExecutionStatusResponse(BaseModel):
     failed_step: str | None = None
     error: str | None = None
     loops: list[LoopProgress] = Field(default_factory=list)
+    projected: bool = Field(description="The projection (steps, loops) has folded the "
+                                        "execution's events up to its current status")
 
 
 class CancelExecutionRequest(Strict):

@@ -40,5 +40,6 @@ def add_token(conn: psycopg.Connection[Any], name: str, role: str) -> str:
     if not name.strip():
         raise ValueError("token name must not be empty")
     token = new_token()
-    db.fetch_one(conn, "server_token_add", name=name, role=role, token_sha256=token_hash(token))
+    db.fetch_one(conn, "server_token_add", token_name=name, role=role,
+                 token_sha256=token_hash(token))
     return token

@@ -82,7 +82,7 @@ from noetl.execution as x
 where
     (%(status)s::text is null or x.status = %(status)s::text)
     and (%(path)s::text is null or starts_with(x.path, %(path)s::text))
-    and (%(before_id)s::bigint is null or x.execution_id < %(before_id)s::bigint)
+    and x.execution_id < coalesce(%(before_id)s::bigint, 9223372036854775807)
 order by x.execution_id desc
 limit %(row_limit)s offset %(row_offset)s;
 
@@ -137,8 +137,9 @@ select
 from noetl.event
 where
     execution_id = %(execution_id)s
-    and (%(before_id)s::bigint is null or event_id < %(before_id)s::bigint)
-    and (%(since_id)s::bigint is null or event_id > %(since_id)s::bigint)
+    -- plain ranges (no "param is null or ..."), so a generic plan still walks the key
+    and event_id < coalesce(%(before_id)s::bigint, 9223372036854775807)
+    and event_id > coalesce(%(since_id)s::bigint, 0)
     and (%(event_type)s::text is null or event_type = %(event_type)s::text)
 order by event_id desc
 limit %(row_limit)s offset %(row_offset)s;
@@ -202,7 +203,7 @@ group by kind
 order by kind;
 
 -- name: server_metrics_counts
--- /metrics: executions by status (index-only on execution_status_idx), live workers.
+-- /metrics: executions by status (execution_status_idx), live workers and their slots.
 select
     (
         select coalesce(jsonb_object_agg(s.status, s.n), '{}'::jsonb)
@@ -225,53 +226,67 @@ select
         where
             w.stopped_at is null
             and w.heartbeat_at > clock_timestamp() - make_interval(secs => %(alive_seconds)s)
-    ) as worker_slots,
-    (
-        select coalesce(max(lag.seconds_behind), 0)
-        from noetl.projection_shard as s
-        cross join lateral noetl.projection_shard_lag(s) as lag
-    ) as projection_seconds_behind;
+    ) as worker_slots;
 
--- name: server_metrics_rates
--- /metrics: claims and successful completions within the trailing window (BRIN indexes).
+-- name: server_projection_lag
+-- /metrics: how far execution.state is behind, over RUNNING executions: the age of the
+-- oldest event after each one's folded position (one primary-key probe per execution).
 select
-    (
-        select count(*) from noetl.command
-        where claimed_at > clock_timestamp() - make_interval(secs => %(window_seconds)s)
-    ) as claims,
-    (
-        select count(*) from noetl.command
-        where
-            finished_at > clock_timestamp() - make_interval(secs => %(window_seconds)s)
-            and status = 'done'
-    ) as completions;
+    count(*) as running_executions,
+    count(pending.created_at) as executions_behind,
+    coalesce(
+        max(extract(epoch from clock_timestamp() - pending.created_at)), 0
+    )::double precision as seconds_behind
+from noetl.execution as x
+left join lateral (
+    select e.created_at
+    from noetl.event as e
+    where
+        e.execution_id = x.execution_id
+        and e.event_id > coalesce((x.state #>> '{position,1}')::bigint, 0)
+    order by e.event_id
+    limit 1
+) as pending on true
+where x.status = 'RUNNING';
 
--- name: server_step_durations
--- /metrics: run time (claim to finish) of step commands finished within the window,
--- counted per histogram bucket upper bound (seconds; the last bucket is +Inf).
+-- name: server_metrics_window
+-- /metrics: per command kind over the trailing window (BRIN indexes on claimed_at and
+-- finished_at; statement_timestamp() is stable, so the bounds are index conditions):
+-- claims, successful completions, and run times (claim to finish) of
+-- finished commands by histogram bucket (index into the bounds array; 0 = below the first).
+with recent as (
+    select
+        c.kind,
+        c.status,
+        c.claimed_at > statement_timestamp() - make_interval(secs => %(window_seconds)s)
+            as claimed_recently,
+        c.finished_at > statement_timestamp() - make_interval(secs => %(window_seconds)s)
+            as finished_recently,
+        extract(epoch from c.finished_at - c.claimed_at)::double precision as run_seconds
+    from noetl.command as c
+    where
+        c.claimed_at > statement_timestamp() - make_interval(secs => %(window_seconds)s)
+        or c.finished_at > statement_timestamp() - make_interval(secs => %(window_seconds)s)
+)
+
 select
-    c.kind,
-    b.upper_bound,
-    count(*) as n,
-    sum(extract(epoch from c.finished_at - c.claimed_at))::double precision as seconds
-from noetl.command as c
-cross join
-    lateral (
-        select min(bound) as upper_bound
-        from unnest(%(bounds)s::double precision[]) as bound
-        where extract(epoch from c.finished_at - c.claimed_at) <= bound
-    ) as b
-where
-    c.finished_at > clock_timestamp() - make_interval(secs => %(window_seconds)s) -- noqa: RF02
-    and c.status in ('done', 'failed')
-    and c.claimed_at is not null
-    and c.kind not in ('route', 'loop')
-group by c.kind, b.upper_bound;
+    kind,
+    width_bucket(run_seconds, %(bounds)s::double precision[]) as bucket,
+    count(*) filter (where claimed_recently) as claims,
+    count(*) filter (where finished_recently and status = 'done') as completions,
+    count(*) filter (
+        where finished_recently and status in ('done', 'failed') and run_seconds is not null
+    ) as finished,
+    coalesce(sum(run_seconds) filter (
+        where finished_recently and status in ('done', 'failed')
+    ), 0)::double precision as finished_seconds
+from recent
+group by kind, bucket;
 
 -- name: server_token_add
 -- `noetl server token add`: store (or replace) a token's hash under a name with a role.
 insert into noetl.api_token (name, role, token_sha256)
-values (%(name)s, %(role)s, %(token_sha256)s)
+values (%(token_name)s, %(role)s, %(token_sha256)s)
 on conflict (name) do update
     set
         role = excluded.role,
@@ -284,7 +299,7 @@ returning name, role, created_at;
 -- `noetl server token revoke`: a revoked token is refused from then on.
 update noetl.api_token
 set revoked_at = now()
-where name = %(name)s and revoked_at is null
+where name = %(token_name)s and revoked_at is null
 returning name;
 
 -- name: server_token_list

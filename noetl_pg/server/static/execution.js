@@ -2,7 +2,7 @@
 // second, the graph every two, and the newest event page when the event count moved.
 "use strict";
 
-const EVENTS_PAGE = 50;
+const EVENTS_PAGE = 25;
 const executionId = new URLSearchParams(location.search).get("id");
 let eventsCursor = null;      // before_event_id of the event page shown; null = newest
 let eventsSeen = -1;          // projected event count when the newest page was read

@@ -1,0 +1,162 @@
+"""HTTP API latency of `noetl server` (a real uvicorn process on 127.0.0.1).
+
+Creates a scratch database and starts `noetl server --worker-slots NOETL_BENCH_SLOTS`
+(default 4). Then:
+  1. NOETL_BENCH_CONCURRENT (default 200) concurrent POST /api/execute of a one-step
+     playbook: p50, p99, max, errors;
+  2. while a NOETL_BENCH_ITEMS-item (default 10,000) parallel loop runs: GET
+     /api/executions/{id} of that execution, sequentially, with include_events=false (the
+     projection only) and with NoETL's default page of 100 events; p50/p99;
+  3. GET /metrics, sequentially, during the same loop.
+Prints the figures and writes them to bench/results/server_api.json.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "py"))
+
+from server_harness import Server
+
+from noetl_pg.migrate import migrate
+from noetl_pg.testdb import create_database, drop_database
+
+CONCURRENT = int(os.environ.get("NOETL_BENCH_CONCURRENT", "200"))
+ITEMS = int(os.environ.get("NOETL_BENCH_ITEMS", "10000"))
+SLOTS = int(os.environ.get("NOETL_BENCH_SLOTS", "4"))
+SAMPLES = int(os.environ.get("NOETL_BENCH_SAMPLES", "300"))
+RESULTS = Path(__file__).resolve().parent / "results" / "server_api.json"
+
+ONE_STEP = """
+apiVersion: noetl.io/v2
+kind: Playbook
+metadata: {name: one_step, path: bench/server/one_step}
+workflow:
+  - step: only
+    tool: {kind: noop}
+"""
+
+LOOP = f"""
+apiVersion: noetl.io/v2
+kind: Playbook
+metadata: {{name: big_loop, path: bench/server/big_loop}}
+workload: {{n: {ITEMS}}}
+workflow:
+  - step: items
+    tool: {{kind: python, input: {{n: "{{{{ workload.n }}}}"}}, code: "result = list(range(n))"}}
+    next: {{arcs: [{{step: work}}]}}
+  - step: work
+    loop:
+      in: "{{{{ items }}}}"
+      iterator: item
+      spec: {{mode: parallel, max_in_flight: 100}}
+    tool: {{kind: noop}}
+"""
+
+
+def summary(values_ms: list[float]) -> dict[str, float]:
+    ordered = sorted(values_ms)
+    if not ordered:
+        return {"n": 0}
+    return {"n": len(ordered), "p50_ms": round(statistics.median(ordered), 2),
+            "p99_ms": round(ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))], 2),
+            "max_ms": round(ordered[-1], 2)}
+
+
+async def concurrent_executes(url: str) -> dict[str, Any]:
+    limits = httpx.Limits(max_connections=CONCURRENT, max_keepalive_connections=CONCURRENT)
+    async with httpx.AsyncClient(base_url=url, limits=limits, timeout=120) as client:
+        async def one() -> tuple[float, bool]:
+            started = time.perf_counter()
+            response = await client.post("/api/execute", json={"path": "bench/server/one_step"})
+            return (time.perf_counter() - started) * 1000, response.status_code == 200
+
+        wall = time.perf_counter()
+        outcomes = await asyncio.gather(*(one() for _ in range(CONCURRENT)),
+                                        return_exceptions=True)
+        wall_s = time.perf_counter() - wall
+    latencies = [o[0] for o in outcomes if isinstance(o, tuple) and o[1]]
+    errors = len(outcomes) - len(latencies)
+    return {**summary(latencies), "errors": errors, "wall_s": round(wall_s, 2),
+            "per_second": round(len(latencies) / wall_s, 1)}
+
+
+def timed_gets(client: httpx.Client, path: str, params: dict[str, Any] | None,
+               stop_when: Any) -> list[float]:
+    values: list[float] = []
+    for _ in range(SAMPLES):
+        started = time.perf_counter()
+        response = client.get(path, params=params)
+        values.append((time.perf_counter() - started) * 1000)
+        response.raise_for_status()
+        if stop_when(response):
+            break
+    return values
+
+
+def main() -> None:
+    dsn = create_database("noetl_bench_server")
+    server = None
+    try:
+        migrate(dsn)
+        server = Server(dsn, worker_slots=SLOTS)
+        with server.client() as client:
+            for playbook in (ONE_STEP, LOOP):
+                client.post("/api/catalog/register", json={"content": playbook}) \
+                    .raise_for_status()
+            # Warm up the pool and prepared statements.
+            for _ in range(20):
+                client.get("/api/health")
+            execute = asyncio.run(concurrent_executes(server.url))
+
+            execution_id = client.post("/api/execute", json={"path": "bench/server/big_loop"}) \
+                .json()["execution_id"]
+            path = f"/api/executions/{execution_id}"
+            # Wait for the loop to start, so every sample is taken while it runs.
+            deadline = time.monotonic() + 120
+            while time.monotonic() < deadline:
+                loops = client.get(path, params={"include_events": "false"}).json()["loops"]
+                if loops:
+                    break
+                time.sleep(0.1)
+
+            def finished(response: httpx.Response) -> bool:
+                return bool(response.json()["status"] != "RUNNING")
+
+            projection_only = timed_gets(client, path, {"include_events": "false"}, finished)
+            with_events = timed_gets(client, path, None, finished)
+            metrics = timed_gets(client, "/metrics", None, lambda response: False)
+            progress = client.get(path, params={"include_events": "false"}).json()
+            loop = progress["loops"][0] if progress["loops"] else {}
+        figures = {
+            "concurrent_execute": {"requests": CONCURRENT, **execute},
+            "get_execution_projection_only": summary(projection_only),
+            "get_execution_with_100_events": summary(with_events),
+            "metrics": summary(metrics),
+            "loop_items": ITEMS,
+            "loop_done_when_sampling_ended": loop.get("done"),
+            "loop_status_when_sampling_ended": progress["status"],
+            "worker_slots": SLOTS,
+            "load_average": os.getloadavg()[0],
+        }
+        RESULTS.parent.mkdir(exist_ok=True)
+        RESULTS.write_text(json.dumps(figures, indent=2))
+        print(json.dumps(figures, indent=2))
+    finally:
+        if server is not None:
+            server.stop()
+        drop_database(dsn)
+
+
+if __name__ == "__main__":
+    main()
