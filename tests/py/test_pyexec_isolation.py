@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import pwd
+import tempfile
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -178,3 +179,38 @@ def test_a_step_cannot_read_the_workers_secrets(fresh_engine: Engine, tmp_path: 
     everything = json.dumps(found)
     for secret in (key, pg_password, fresh_engine.dsn):
         assert secret not in everything
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="switching users needs a root worker")
+def test_imports_below_a_directory_the_executor_user_cannot_search(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A PYTHONPATH entry (or the interpreter itself) under a 0700 directory of root's stays
+    importable, and only what lies below the anchor becomes reachable."""
+    with tempfile.TemporaryDirectory(prefix="noetl-pyexec-") as root_only:
+        private = Path(root_only)
+        private.chmod(0o700)
+        (private / "secret.txt").write_text("root's secret")
+        library = private / "lib"
+        library.mkdir(mode=0o755)
+        (library / "hidden_module.py").write_text("ANSWER = 42\n")
+        (library / "hidden_module.py").chmod(0o644)
+        monkeypatch.setenv("PYTHONPATH", str(library))
+        code = """
+import os, hidden_module
+try:
+    open(secret).read()
+    leaked = True
+except PermissionError:
+    leaked = False
+result = {"answer": hidden_module.ANSWER, "leaked": leaked, "uid": os.getuid(),
+          "file": hidden_module.__file__}
+"""
+        with default_executors(monkeypatch) as resources:
+            found = PythonTool().run(
+                {"code": code, "input": {"secret": str(private / "secret.txt")}},
+                tool_context(resources))
+    assert isinstance(found, dict)
+    assert found["answer"] == 42 and found["leaked"] is False
+    assert found["uid"] == pwd.getpwnam(DEFAULT_EXECUTOR_USER).pw_uid
+    assert found["file"].startswith("/proc/self/fd/")

@@ -8,6 +8,8 @@ growing is the proof that its writer is gone, independently of process bookkeepi
 from __future__ import annotations
 
 import json
+import os
+import signal
 import threading
 import time
 from pathlib import Path
@@ -26,6 +28,7 @@ from pyexec_support import (
 
 from noetl_pg.errors import ToolError, ToolTimeout
 from noetl_pg.tools.python import PythonTool
+from noetl_pg.tools.python_executor import Executor
 
 # The step starts a shell that appends to grandchild.log, records both pids, then appends
 # to child.log forever.
@@ -131,3 +134,18 @@ def test_a_crashed_step_leaves_nothing_running(monkeypatch: pytest.MonkeyPatch) 
         time.sleep(0.3)
         assert size(directory / "grandchild.log") == grown > 0
         assert PythonTool().run({"code": "result = 'next'"}, tool_context(resources)) == "next"
+
+
+def test_the_runner_dies_with_its_guard(monkeypatch: pytest.MonkeyPatch) -> None:
+    """PR_SET_PDEATHSIG: killing the guard alone (say, by the OOM killer) ends the runner."""
+    with default_executors(monkeypatch):
+        executor = Executor()
+        try:
+            reply = executor.call({"code": "import os\nresult = os.getpid()", "input": {},
+                                   "libs": {}}, timeout=30)
+            runner = int(reply["value"])
+            assert alive(runner) and runner != executor.process.pid
+            os.kill(executor.process.pid, signal.SIGKILL)
+            wait_until(lambda: not alive(runner), 1.0, "the runner to die")
+        finally:
+            executor.kill()
