@@ -289,6 +289,9 @@ def guard(lifeline: int, runner: int) -> None:
         devnull = os.open(os.devnull, os.O_RDWR)
         os.dup2(devnull, fd)
         os.close(devnull)
+    # Stopped by hand (SIGTERM, SIGINT): take the group along, as on the worker's death.
+    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(signum, lambda *_: os.killpg(0, signal.SIGKILL))
     runner_fd = os.pidfd_open(runner)
     while True:
         ready, _, _ = select.select([lifeline, runner_fd], [], [])

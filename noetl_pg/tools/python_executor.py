@@ -44,6 +44,8 @@ DEFAULT_LOG_BYTES = 64 * 1024
 MAX_CALLS_PER_EXECUTOR = 10_000
 # How often a waiting call looks at its cancel flag.
 CANCEL_CHECK_SECONDS = 0.1
+# How long an executor whose reply pipe closed may take to exit before it is killed.
+EXIT_GRACE_SECONDS = 1.0
 
 _user_lock = threading.Lock()
 
@@ -202,11 +204,18 @@ class Executor:
         return result
 
     def _ended(self) -> int | None:
-        """The exit status of an executor whose runner ended; what the step left running is
-        killed first (its pid stays reserved until the guard is reaped, so the group id
-        cannot name someone else's processes)."""
+        """The exit status of an executor whose reply pipe closed. The guard exits as soon
+        as its runner does; it is waited for without being reaped (its pid, the group id,
+        stays reserved, so the group kill cannot reach anyone else's processes), then the
+        group is killed: what the step left running, or a runner that closed its pipe and
+        lives on (the status is then SIGKILL's)."""
+        deadline = time.monotonic() + EXIT_GRACE_SECONDS
+        while self.process.returncode is None and time.monotonic() < deadline:
+            if os.waitid(os.P_PID, self.process.pid,
+                         os.WEXITED | os.WNOWAIT | os.WNOHANG) is not None:
+                break
+            time.sleep(0.005)
         if self.process.returncode is None:
-            os.waitid(os.P_PID, self.process.pid, os.WEXITED | os.WNOWAIT)
             self._kill_group()
         return self.process.wait()
 

@@ -54,15 +54,17 @@ def http_port() -> Iterator[int]:
 
 CLIENTS = """
 import http.client, json, sys, urllib.request
-import duckdb, httpx
+import duckdb, httpx, requests
 with urllib.request.urlopen(f"http://127.0.0.1:{port}/urllib") as response:
     via_urllib = json.loads(response.read())
 connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
 connection.request("GET", "/http.client")
 via_http_client = json.loads(connection.getresponse().read())
 via_httpx = httpx.get(f"http://127.0.0.1:{port}/httpx", timeout=10).json()
+via_requests = requests.get(f"http://127.0.0.1:{port}/requests", timeout=10).json()
 result = {
     "urllib": via_urllib, "http.client": via_http_client, "httpx": via_httpx,
+    "requests": via_requests,
     "duckdb": duckdb.sql("select 40 + 2").fetchall()[0][0],
     "files": {name: sys.modules[name].__file__ for name in ("http", "duckdb", "json")},
     "path": sys.path,
@@ -80,8 +82,9 @@ def test_step_imports_stdlib_duckdb_httpx_and_calls_a_local_server(
     assert result["urllib"] == {"path": "/urllib"}
     assert result["http.client"] == {"path": "/http.client"}
     assert result["httpx"] == {"path": "/httpx"}
+    assert result["requests"] == {"path": "/requests"}
     assert result["duckdb"] == 42
-    assert _Echo.seen == ["/urllib", "/http.client", "/httpx"]
+    assert _Echo.seen == ["/urllib", "/http.client", "/httpx", "/requests"]
     for name, file in result["files"].items():  # the real modules, not the tool modules
         assert not file.endswith(f"noetl_pg/tools/{name}.py"), (name, file)
         assert "noetl_pg/tools" not in file, (name, file)

@@ -28,7 +28,7 @@ from pyexec_support import (
 
 from noetl_pg.errors import ToolError, ToolTimeout
 from noetl_pg.tools.python import PythonTool
-from noetl_pg.tools.python_executor import Executor
+from noetl_pg.tools.python_executor import Executor, ExecutorDied
 
 # The step starts a shell that appends to grandchild.log, records both pids, then appends
 # to child.log forever.
@@ -147,5 +147,41 @@ def test_the_runner_dies_with_its_guard(monkeypatch: pytest.MonkeyPatch) -> None
             assert alive(runner) and runner != executor.process.pid
             os.kill(executor.process.pid, signal.SIGKILL)
             wait_until(lambda: not alive(runner), 1.0, "the runner to die")
+        finally:
+            executor.kill()
+
+
+def test_a_runner_that_closes_its_reply_pipe_is_killed(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The worker sees end-of-file while the runner lives on: it does not wait for ever."""
+    code = "import os\nos.closerange(3, 65536)\nwhile True:\n    pass"
+    with default_executors(monkeypatch) as resources:
+        started = time.monotonic()
+        with pytest.raises(ToolError, match="killed by signal 9"):
+            PythonTool().run({"code": code}, tool_context(resources, timeout=60))
+        assert time.monotonic() - started < 30
+        assert PythonTool().run({"code": "result = 'next'"}, tool_context(resources)) == "next"
+
+
+def test_sigterm_to_the_guard_takes_the_group_along(monkeypatch: pytest.MonkeyPatch) -> None:
+    with default_executors(monkeypatch), shared_dir() as directory:
+        executor = Executor()
+        outcome: list[BaseException] = []
+
+        def call() -> None:
+            try:
+                executor.call({"code": ENDLESS, "input": {"dir": str(directory)},
+                               "libs": {"json": "json"}}, timeout=30)
+            except ExecutorDied as exc:
+                outcome.append(exc)
+
+        caller = threading.Thread(target=call, daemon=True)
+        try:
+            caller.start()
+            pids = _pids(directory)
+            wait_until(lambda: size(directory / "grandchild.log") > 0, 10, "grandchild")
+            os.kill(executor.process.pid, signal.SIGTERM)
+            _assert_stopped(directory, pids, within=1.0)
+            caller.join(10)
+            assert [type(exc) for exc in outcome] == [ExecutorDied]
         finally:
             executor.kill()
