@@ -14,7 +14,8 @@ import sys
 import time
 
 from noetl_pg.tools.base import ToolContext
-from noetl_pg.tools.python import Executor, PythonTool, worker_pool
+from noetl_pg.tools.python import PythonTool, worker_pool
+from noetl_pg.tools.python_executor import Executor
 
 SNIPPET = "result = x + 1"
 

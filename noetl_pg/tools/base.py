@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 import threading
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Protocol
 
@@ -69,6 +69,10 @@ class ToolContext:
     # Set when the execution is cancelled while the tool runs: a tool that waits (a python
     # executor, say) should stop; its outcome would be refused as stale anyway.
     cancelled: threading.Event | None = None
+    # Receives what a tool captured of the step's own output, `{"stdout": str, "stderr":
+    # str}` (only the streams written to), once per run that wrote any: for the engine to
+    # store as the command's logs. None: captured output is dropped.
+    log_sink: Callable[[Mapping[str, str]], None] | None = None
 
 
 class Tool(Protocol):

@@ -6,6 +6,8 @@ embedded server); each session gets its own database, dropped at the end.
 
 from __future__ import annotations
 
+import os
+import pwd
 from collections.abc import Iterator
 
 import pytest
@@ -13,6 +15,12 @@ from engine_harness import Engine
 
 from noetl_pg.migrate import migrate
 from noetl_pg.testdb import create_database, drop_database
+
+# Python steps of these tests write their side effects into pytest's temporary directories
+# (mode 0700, owned by the user running the suite), which the default executor user
+# (noetl-exec, when the suite runs as root) cannot reach: here executors run as the suite's
+# own user. The tests of executor isolation (test_pyexec_*.py) run with the defaults.
+os.environ.setdefault("NOETL_EXECUTOR_USER", pwd.getpwuid(os.geteuid()).pw_name)
 
 
 @pytest.fixture(scope="session")

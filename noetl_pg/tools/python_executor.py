@@ -1,0 +1,302 @@
+"""Executor processes for `kind: python` (process isolation): start, call, kill, pool.
+
+An executor is a guard and a runner process (`python_child.py`) in a session of their own:
+- it cannot outlive the worker: the worker holds the only write end of a "lifeline" pipe;
+  when the worker dies, even by SIGKILL, the guard reads end-of-file and kills the process
+  group (the runner and whatever the step spawned); the runner also dies with the guard
+  (PR_SET_PDEATHSIG). A timeout or cancel kills the same group.
+- it cannot reach the engine: its environment has no `NOETL_*`, `PG*`, `*DSN*` or
+  `DATABASE_URL` variable, and when the worker runs as root it runs as an unprivileged
+  user (`NOETL_EXECUTOR_USER`, default `noetl-exec`, created as a system user on first
+  use when missing), so it cannot read the worker's /proc/<pid>/environ or memory, nor
+  root's files. `NOETL_EXECUTOR_USER=root` opts out (steps then run as root). A worker not
+  running as root cannot switch users: its executors run as its own user.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import pwd
+import select
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from noetl_pg.errors import ToolError
+
+log = logging.getLogger(__name__)
+
+CHILD_SCRIPT = Path(__file__).resolve().with_name("python_child.py")
+EXECUTOR_USER_ENV = "NOETL_EXECUTOR_USER"
+DEFAULT_EXECUTOR_USER = "noetl-exec"
+LOG_BYTES_ENV = "NOETL_PYTHON_LOG_BYTES"
+DEFAULT_LOG_BYTES = 64 * 1024
+# An executor is replaced after this many calls, bounding what a leaky snippet can hold.
+MAX_CALLS_PER_EXECUTOR = 10_000
+# How often a waiting call looks at its cancel flag.
+CANCEL_CHECK_SECONDS = 0.1
+# How long an executor whose reply pipe closed may take to exit before it is killed.
+EXIT_GRACE_SECONDS = 1.0
+
+_user_lock = threading.Lock()
+
+
+class ExecutorDied(Exception):
+    """The executor process ended while running a snippet."""
+
+    def __init__(self, returncode: int | None) -> None:
+        super().__init__(returncode)
+        self.returncode = returncode
+
+
+class ExecutorTimeout(Exception):
+    """The executor did not answer within the time budget."""
+
+
+class ExecutorCancelled(Exception):
+    """The execution was cancelled while the executor ran its snippet."""
+
+
+@dataclass(frozen=True)
+class ExecutorUser:
+    """The OS account executors run as."""
+
+    name: str
+    uid: int
+    gid: int
+    home: str
+
+
+def _is_engine_variable(name: str) -> bool:
+    """Variables that reach the engine's database or secrets (never given to a step)."""
+    upper = name.upper()
+    return upper.startswith(("NOETL_", "PG")) or "DSN" in upper or upper == "DATABASE_URL"
+
+
+def executor_environment(user: ExecutorUser | None) -> dict[str, str]:
+    """The worker's environment minus what reaches the engine; HOME/USER of `user`."""
+    env = {name: value for name, value in os.environ.items() if not _is_engine_variable(name)}
+    if user is not None:
+        env.update(HOME=user.home, USER=user.name, LOGNAME=user.name)
+    return env
+
+
+def _create_default_user() -> pwd.struct_passwd:
+    """Add the default executor account (a system user with no home and no login shell)."""
+    with _user_lock:
+        try:
+            return pwd.getpwnam(DEFAULT_EXECUTOR_USER)
+        except KeyError:
+            pass
+        command = ["useradd", "--system", "--user-group", "--no-create-home",
+                   "--home-dir", "/nonexistent", "--shell", "/usr/sbin/nologin",
+                   DEFAULT_EXECUTOR_USER]
+        try:
+            done = subprocess.run(command, capture_output=True, text=True, timeout=30)
+        except OSError as exc:
+            raise ToolError(f"python executor user '{DEFAULT_EXECUTOR_USER}' does not exist and "
+                            f"cannot be created ({exc}); create it or set "
+                            f"{EXECUTOR_USER_ENV}") from None
+        try:  # a concurrent worker may have created it first
+            return pwd.getpwnam(DEFAULT_EXECUTOR_USER)
+        except KeyError:
+            raise ToolError(f"python executor user '{DEFAULT_EXECUTOR_USER}' does not exist and "
+                            f"useradd failed: {done.stderr.strip()}; create it or set "
+                            f"{EXECUTOR_USER_ENV}") from None
+
+
+def executor_user() -> ExecutorUser | None:
+    """Whom executors run as: None for the worker's own user (see the module docstring)."""
+    requested = os.environ.get(EXECUTOR_USER_ENV, "").strip()
+    if os.geteuid() != 0:
+        own = pwd.getpwuid(os.geteuid()).pw_name
+        if requested and requested != own:
+            raise ToolError(f"{EXECUTOR_USER_ENV}={requested}: only a worker running as root "
+                            f"can run python steps as another user (this one runs as {own})")
+        return None
+    try:
+        entry = pwd.getpwnam(requested or DEFAULT_EXECUTOR_USER)
+    except KeyError:
+        if requested:
+            raise ToolError(f"{EXECUTOR_USER_ENV}={requested}: no such user") from None
+        entry = _create_default_user()
+    if entry.pw_uid == 0:
+        return None
+    return ExecutorUser(entry.pw_name, entry.pw_uid, entry.pw_gid, entry.pw_dir)
+
+
+def log_bytes() -> int:
+    raw = os.environ.get(LOG_BYTES_ENV, "").strip()
+    if not raw:
+        return DEFAULT_LOG_BYTES
+    if not raw.isdigit() or int(raw) < 1:
+        raise ToolError(f"{LOG_BYTES_ENV} must be a positive number of bytes, got {raw!r}")
+    return int(raw)
+
+
+class Executor:
+    """One warm executor (guard + runner). Used by one thread at a time (the pool hands it
+    out)."""
+
+    def __init__(self) -> None:
+        user = executor_user()
+        lifeline_read, self._lifeline = os.pipe()
+        args = [sys.executable, "-P", str(CHILD_SCRIPT), "--lifeline", str(lifeline_read),
+                "--log-bytes", str(log_bytes())]
+        if user is not None:
+            args += ["--uid", str(user.uid), "--gid", str(user.gid)]
+        try:
+            self.process = subprocess.Popen(
+                args, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                bufsize=0, env=executor_environment(user), close_fds=True,
+                pass_fds=(lifeline_read,), start_new_session=True,
+            )
+        except BaseException:
+            os.close(self._lifeline)
+            raise
+        finally:
+            os.close(lifeline_read)
+        self.calls = 0
+
+    def call(
+        self, request: Mapping[str, Any], timeout: float | None,
+        cancelled: threading.Event | None = None,
+    ) -> dict[str, Any]:
+        """Send one request and wait for its reply; raises ExecutorDied / ExecutorTimeout /
+        ExecutorCancelled (when `cancelled` is set while it waits)."""
+        assert self.process.stdin is not None and self.process.stdout is not None
+        self.calls += 1
+        deadline = None if timeout is None else time.monotonic() + timeout
+        try:
+            self.process.stdin.write(json.dumps(request, default=str).encode() + b"\n")
+        except (BrokenPipeError, OSError):
+            raise ExecutorDied(self._ended()) from None
+        fd = self.process.stdout.fileno()
+        reply = bytearray()
+        while not reply.endswith(b"\n"):
+            remaining = None if deadline is None else deadline - time.monotonic()
+            if remaining is not None and remaining <= 0:
+                raise ExecutorTimeout()
+            wait = remaining
+            if cancelled is not None:
+                wait = CANCEL_CHECK_SECONDS if wait is None else min(wait, CANCEL_CHECK_SECONDS)
+            ready, _, _ = select.select([fd], [], [], wait)
+            if cancelled is not None and cancelled.is_set():
+                raise ExecutorCancelled()
+            if not ready:
+                if deadline is not None and time.monotonic() >= deadline:
+                    raise ExecutorTimeout()
+                continue
+            chunk = os.read(fd, 1 << 16)
+            if not chunk:
+                raise ExecutorDied(self._ended())
+            reply += chunk
+        result: dict[str, Any] = json.loads(reply)
+        return result
+
+    def _ended(self) -> int | None:
+        """The exit status of an executor whose reply pipe closed. The guard exits as soon
+        as its runner does; it is waited for without being reaped (its pid, the group id,
+        stays reserved, so the group kill cannot reach anyone else's processes), then the
+        group is killed: what the step left running, or a runner that closed its pipe and
+        lives on (the status is then SIGKILL's)."""
+        deadline = time.monotonic() + EXIT_GRACE_SECONDS
+        while self.process.returncode is None and time.monotonic() < deadline:
+            if os.waitid(os.P_PID, self.process.pid,
+                         os.WEXITED | os.WNOWAIT | os.WNOHANG) is not None:
+                break
+            time.sleep(0.005)
+        if self.process.returncode is None:
+            self._kill_group()
+        return self.process.wait()
+
+    def _kill_group(self) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.process.pid, signal.SIGKILL)
+
+    def kill(self) -> None:
+        """Kill the executor and everything the step started in its session."""
+        if self.process.returncode is None:
+            self._kill_group()
+        self.process.wait()
+        for stream in (self.process.stdin, self.process.stdout):
+            if stream is not None:
+                stream.close()
+        if self._lifeline >= 0:
+            os.close(self._lifeline)
+            self._lifeline = -1
+
+
+class ExecutorPool:
+    """Warm executors shared by a worker's slots; broken ones are replaced in the background.
+
+    `acquire` hands out an idle executor or starts one; `release` keeps at most
+    `max_idle` warm. `close()` (worker shutdown) kills them all.
+    """
+
+    def __init__(self, max_idle: int = 8, warm: int = 1) -> None:
+        self._idle: list[Executor] = []
+        self._lock = threading.Lock()
+        self._max_idle = max_idle
+        self._closed = False
+        for _ in range(warm):
+            self._replace_in_background()
+
+    def run(
+        self, request: Mapping[str, Any], timeout: float | None,
+        cancelled: threading.Event | None = None,
+    ) -> dict[str, Any]:
+        executor = self._acquire()
+        try:
+            reply = executor.call(request, timeout, cancelled)
+        except (ExecutorDied, ExecutorTimeout, ExecutorCancelled):
+            executor.kill()
+            self._replace_in_background()
+            raise
+        self._release(executor)
+        return reply
+
+    def _acquire(self) -> Executor:
+        with self._lock:
+            while self._idle:
+                executor = self._idle.pop()
+                if executor.process.poll() is None:
+                    return executor
+                executor.kill()
+        return Executor()
+
+    def _release(self, executor: Executor) -> None:
+        with self._lock:
+            if (not self._closed and len(self._idle) < self._max_idle
+                    and executor.calls < MAX_CALLS_PER_EXECUTOR):
+                self._idle.append(executor)
+                return
+        executor.kill()
+
+    def _replace_in_background(self) -> None:
+        threading.Thread(target=self._warm_one, daemon=True,
+                         name="noetl-python-executor").start()
+
+    def _warm_one(self) -> None:
+        try:
+            executor = Executor()
+        except (ToolError, OSError) as exc:  # the next step starts one itself and reports it
+            log.warning("could not start a python executor: %s", exc)
+            return
+        self._release(executor)
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+            idle, self._idle = self._idle, []
+        for executor in idle:
+            executor.kill()
