@@ -177,6 +177,11 @@ class Playbook(_Model):
         entry = ((self.executor or {}).get("spec") or {}).get("entry_step")
         return str(entry) if entry else self.workflow[0].step
 
+    @property
+    def no_next_is_error(self) -> bool:
+        """executor.spec.no_next_is_error: a step whose arcs all fail to match fails."""
+        return bool(((self.executor or {}).get("spec") or {}).get("no_next_is_error"))
+
     def step_named(self, name: str) -> Step:
         for step in self.workflow:
             if step.step == name:

@@ -30,7 +30,7 @@ ACCEPTED: dict[str, frozenset[str]] = {
     "document": frozenset({"apiVersion", "kind", "metadata", "workload", "workbook",
                            "workflow", "executor", "keychain"}),
     "executor": frozenset({"spec", "requires"}),
-    "executor.spec": frozenset({"entry_step"}),
+    "executor.spec": frozenset({"entry_step", "no_next_is_error"}),
     "executor.requires": frozenset({"tools"}),
     "workbook": frozenset({"name", "tool"}),
     "step": frozenset({"step", "tool", "input", "loop", "set", "next", "case"}),
@@ -77,7 +77,6 @@ REFUSED: dict[str, dict[str, str]] = {
     },
     "executor.spec": {
         "final_step": "executor.spec.final_step is not supported",
-        "no_next_is_error": "executor.spec.no_next_is_error is not supported",
         "policy": "executor.spec.policy (global defaults) is not supported: set timeouts "
                   "and policy on each tool's spec",
     },
@@ -155,6 +154,7 @@ ACCEPTED_VALUES: dict[tuple[str, str], frozenset[Any]] = {
     ("loop.spec", "mode"): frozenset({"sequential", "parallel", "async"}),
     ("loop.spec.policy", "exec"): frozenset({"local", "distributed"}),
     ("loop.spec", "on_error"): frozenset({"fail", "continue"}),
+    ("executor.spec", "no_next_is_error"): frozenset({True, False}),
     ("next.spec", "mode"): frozenset({"exclusive", "inclusive"}),
     # With no arc matching, a branch ends here; the execution completes when all end.
     ("next.spec", "on_no_match"): frozenset({"complete"}),

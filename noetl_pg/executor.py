@@ -80,8 +80,12 @@ class CommandRunner:
                 "loop_id": command.get("loop_id")}
         try:
             if command["kind"] == "route":
-                return {**base, "op": "route",
-                        "targets": self._route_keeping_cause(step, command, namespace)}
+                targets = self._route_keeping_cause(step, command, namespace)
+                # After call.error an unmatched route fails with the step's own error (SQL).
+                event = (command.get("input") or {}).get("event")
+                if not targets and playbook.no_next_is_error and event != "call.error":
+                    raise NoetlError("no arc matched (executor.spec.no_next_is_error)")
+                return {**base, "op": "route", "targets": targets}
             if command["kind"] == "loop":
                 return {**base, "op": "loop", **self._loop(step, namespace)}
             outcome = self._scrub(self._step(step, command, namespace, playbook, results))
@@ -195,6 +199,8 @@ class CommandRunner:
             targets = self._route(step, {"input": {"event": "call.done"}}, scope)
         except NoetlError:
             return None
+        if not targets and playbook.no_next_is_error:
+            return None  # the route command fails the execution, naming the rule
         if isinstance(self._redact, SecretRedactor):
             targets = self._redact.redact_value(targets)
         return targets

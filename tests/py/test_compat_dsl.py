@@ -757,3 +757,27 @@ def test_loop_on_error_values(value: str, accepted: bool) -> None:
     else:
         with pytest.raises(PlaybookError, match="'ignore' is not supported"):
             load_playbook(_doc(body))
+
+
+NO_MATCH = """\
+    executor: {spec: {no_next_is_error: %s}}
+    workflow:
+      - step: s
+        tool: {kind: python, code: "result = {'n': 1}"}
+        next:
+          arcs:
+            - {step: t, when: "{{ s.n > 5 }}"}
+      - step: t
+        tool: {kind: noop}
+    """
+
+
+@pytest.mark.parametrize(("flag", "status"), [("true", "FAILED"), ("false", "COMPLETED")])
+def test_no_next_is_error(engine: Engine, flag: str, status: str) -> None:
+    row = engine.run(_doc(NO_MATCH % flag))
+    assert row["status"] == status, row["error"]
+    assert "t" not in _ran(engine, row["execution_id"])
+    assert engine.sql("select count(*) as n from noetl.command where execution_id = %s "
+                      "and step_name = 's' and kind <> 'route'", row["execution_id"])[0]["n"] == 1
+    if status == "FAILED":
+        assert "no arc matched" in row["error"]
