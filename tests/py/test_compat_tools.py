@@ -617,3 +617,103 @@ def test_a_kind_noetl_does_not_have_is_refused_at_registration(engine: Engine) -
         engine.register(SERVICE_KIND.replace("kind: snowflake", "kind: snowflakes"))
     assert "unknown tool kind 'snowflakes'" in str(caught.value)
     assert "step 'snowflake_probe'" in str(caught.value)
+
+
+def test_transfer_upsert_between_postgres_tables(engine: Engine) -> None:
+    source_table, target_table = _table(engine.dsn), _table(engine.dsn)
+    with psycopg.connect(engine.dsn, autocommit=True) as conn:
+        conn.execute(f"insert into public.{source_table} values (1, 'new one'), (3, 'three')")
+        conn.execute(f"insert into public.{target_table} values (1, 'old one'), (2, 'two')")
+    source = textwrap.dedent(f"""
+        apiVersion: noetl.io/v2
+        kind: Playbook
+        metadata: {{name: upsert, path: test/compat/upsert}}
+        workflow:
+          - step: merge
+            tool:
+              kind: transfer
+              mode: upsert
+              source: {{tool: postgres, auth: {{dsn: "{engine.dsn}"}},
+                       query: "select id, label from public.{source_table}"}}
+              target: {{tool: postgres, auth: {{dsn: "{engine.dsn}"}}, table: {target_table}}}
+        """)
+    row = engine.run(source)
+    assert row["status"] == "COMPLETED", row["error"]
+    assert (row["result"]["mode"], row["result"]["rows_transferred"]) == ("upsert", 2)
+    merged = engine.sql(f"select id, label from public.{target_table} order by id")
+    assert merged == [{"id": 1, "label": "new one"}, {"id": 2, "label": "two"},
+                      {"id": 3, "label": "three"}]
+
+
+def test_artifact_get_of_a_missing_file_fails_naming_it(engine: Engine, tmp_path: Any) -> None:
+    source = textwrap.dedent(f"""
+        apiVersion: noetl.io/v2
+        kind: Playbook
+        metadata: {{name: artifactmissing, path: test/compat/artifactmissing}}
+        workflow:
+          - step: get
+            tool: {{kind: artifact, action: get, uri: "file://{tmp_path}/nothing.json"}}
+        """)
+    row = engine.run(source)
+    assert row["status"] == "FAILED"
+    assert f"artifact not found: {tmp_path}/nothing.json" in row["error"]
+
+
+def test_script_and_code_together_are_refused(engine: Engine) -> None:
+    import pytest
+
+    from noetl_pg.errors import PlaybookError
+
+    source = textwrap.dedent("""
+        apiVersion: noetl.io/v2
+        kind: Playbook
+        metadata: {name: scriptboth, path: test/compat/scriptboth}
+        workflow:
+          - step: py
+            tool:
+              kind: python
+              code: "result = 1"
+              script: {source: {type: inline}, code: "result = 2"}
+        """)
+    with pytest.raises(PlaybookError) as caught:
+        engine.register(source)
+    assert "`script` and `code` are both set" in str(caught.value)
+    assert "step 'py'" in str(caught.value)
+
+
+def test_policy_step_write_and_task_set_in_one_pipeline(engine: Engine) -> None:
+    source = textwrap.dedent("""
+        apiVersion: noetl.io/v2
+        kind: Playbook
+        metadata: {name: pipewrites, path: test/compat/pipewrites}
+        workflow:
+          - step: work
+            tool:
+              - name: fetch
+                kind: python
+                code: "result = {'items': [5, 6]}"
+                set: {ctx.first: "{{ output.data.items[0] }}"}
+              - name: total
+                kind: python
+                input: {values: "{{ fetch.items }}"}
+                code: "result = {'sum': sum(values)}"
+                spec:
+                  policy:
+                    rules:
+                      - else:
+                          then:
+                            do: continue
+                            set: {step.checked: true, ctx.total: "{{ output.data.sum }}"}
+            next: [{step: report}]
+          - step: report
+            tool:
+              kind: python
+              input:
+                first: "{{ ctx.first }}"
+                total: "{{ ctx.total }}"
+                checked: "{{ work.checked }}"
+              code: "result = [first, total, checked]"
+        """)
+    row = engine.run(source)
+    assert row["status"] == "COMPLETED", row["error"]
+    assert row["result"] == [5, 11, True]
