@@ -8,7 +8,7 @@ PYTHON := $(VENV)/bin/python
 VENV_STAMP := $(VENV)/.installed
 SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 
-.PHONY: venv run lint pgtap pytest test bench clean
+.PHONY: venv run lint pgtap pytest test bench regression clean
 
 venv: $(VENV_STAMP)
 
@@ -58,6 +58,11 @@ bench: venv
 	@shopt -s nullglob; benches=(bench/*.py); \
 	if [ $${#benches[@]} -eq 0 ]; then echo "bench: no bench/*.py to run" >&2; exit 1; fi; \
 	for bench in "$${benches[@]}"; do echo "==> $$bench"; $(PYTHON) "$$bench"; done
+
+# The seeds' regression suite both ways (examples/regression/run.py): prints the sequential
+# and the parallel master's times, their ratio and each one's children by status.
+regression: venv
+	$(PYTHON) examples/regression/run.py
 
 # .pgdata/ is left alone: it may hold a running embedded server (stop it, then remove it).
 clean:

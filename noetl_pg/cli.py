@@ -170,8 +170,11 @@ def catalog_register(files: tuple[Path, ...], as_json: bool) -> None:
                 entry = register_file(conn, file)
             except NoetlError as exc:
                 fail(str(exc), as_json=as_json)
+            for warning in entry.warnings:
+                err_console.print(f"[yellow]{warning}[/yellow]", highlight=False)
             registered.append({"file": str(file), "path": entry.path, "version": entry.version,
-                               "catalog_id": entry.catalog_id, "created": entry.created})
+                               "catalog_id": entry.catalog_id, "created": entry.created,
+                               "warnings": list(entry.warnings)})
 
     def render() -> None:
         for entry in registered:

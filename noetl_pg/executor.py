@@ -29,6 +29,7 @@ from noetl_pg.store import ResultStore
 from noetl_pg.templating import ResultView, build_context, render_value
 from noetl_pg.tools.base import CredentialResolver, Tool, ToolContext
 from noetl_pg.tools.playbook import ChildRequest
+from noetl_pg.tools.python import CONTEXT_KEY
 from noetl_pg.tools.workbook import resolve_task
 
 log = logging.getLogger(__name__)
@@ -366,6 +367,8 @@ class CommandRunner:
         options = {k: v for k, v in (task.get("spec") or {}).items() if k != "policy"}
         if options:
             config["spec"] = options
+        if config.get("kind") == "python":
+            config[CONTEXT_KEY] = python_context(scope)
         return config
 
     def _tool_for(self, config: Mapping[str, Any]) -> Tool:
@@ -474,6 +477,26 @@ def _refuse_unstorable(outcome: Outcome) -> None:
         # Free text: escaping the offending characters keeps the message readable.
         outcome["error"] = outcome["error"].encode("utf-8", "backslashreplace").decode(
             "utf-8").replace("\x00", "\\x00")
+
+
+def python_context(scope: Mapping[str, Any]) -> dict[str, Any]:
+    """NoETL's `context` global of a python task: the execution's identity, workload and
+    ctx, and the iteration of a loop (plain JSON; step results stay templates' business)."""
+    context = {key: _plain(scope.get(key)) for key in ("execution_id", "job", "workload", "ctx")}
+    for key in ("iter", "loop"):
+        if scope.get(key) is not None:
+            context[key] = _plain(scope[key])
+    return context
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, Mapping):
+        return {str(key): _plain(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(item) for item in value]
+    if value is None or isinstance(value, bool | int | float | str):
+        return value
+    return str(value)
 
 
 def _with_timeout(context: ToolContext, timeout: Any) -> ToolContext:

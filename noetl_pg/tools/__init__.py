@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 from noetl_pg.extras import missing_extra_tool
+from noetl_pg.tools.artifact import ArtifactTool
 from noetl_pg.tools.base import Tool
 from noetl_pg.tools.http import HttpTool
 from noetl_pg.tools.noop import NoopTool
 from noetl_pg.tools.playbook import PlaybookTool
 from noetl_pg.tools.postgres import DUCKDB_CONFIG_KEYS, PostgresTool
 from noetl_pg.tools.python import PythonTool
+from noetl_pg.tools.transfer import TransferTool
+from noetl_pg.tools.unavailable import UNAVAILABLE_TOOL_CLASSES
 from noetl_pg.tools.workbook import WorkbookTool
 
 try:
@@ -26,6 +29,10 @@ TOOL_CLASSES: dict[str, type[Tool]] = {
     PostgresTool.kind: PostgresTool,
     DuckdbTool.kind: DuckdbTool,
     PlaybookTool.kind: PlaybookTool,
+    TransferTool.kind: TransferTool,
+    ArtifactTool.kind: ArtifactTool,
+    # NoETL kinds that need a service we do not have: registered, fail when reached.
+    **{tool_class.kind: tool_class for tool_class in UNAVAILABLE_TOOL_CLASSES},
 }
 
 

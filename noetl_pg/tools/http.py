@@ -157,7 +157,7 @@ class HttpTool:
     kind: ClassVar[str] = "http"
     config_keys: ClassVar[frozenset[str]] = frozenset({
         "method", "url", "endpoint", "headers", "params", "payload", "json", "body", "timeout",
-        "auth", "follow_redirects"})
+        "auth", "credential", "follow_redirects"})
 
     def run(self, config: Mapping[str, Any], context: ToolContext) -> Any:
         url = config.get("url") or config.get("endpoint")
@@ -165,7 +165,8 @@ class HttpTool:
             raise ToolError("http tool needs `url` (or `endpoint`)")
         method = str(config.get("method") or "GET").upper()
         arguments = _request_arguments(config, method)
-        header = auth_header(config.get("auth"), context)
+        # `credential:` is NoETL's other name for `auth:`.
+        header = auth_header(config.get("auth", config.get("credential")), context)
         if header:
             arguments["headers"]["Authorization"] = header
         timeout = float(config.get("timeout") or context.timeout_seconds or DEFAULT_TIMEOUT_SECONDS)

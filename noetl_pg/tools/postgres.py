@@ -1,7 +1,9 @@
 """`kind: postgres`: run SQL statements against a database named by a credential.
 
-Config keys: `auth`, `command` (alias `query`; several statements allowed), `params`,
-`timeout` (seconds; default the step's timeout; enforced as `statement_timeout`).
+Config keys: `auth` (alias `credential`), `command` (alias `query`; several statements
+allowed; or `script: {uri, source: {type: file|inline}}`, read at registration by
+noetl_pg.scripts), `params`, `timeout` (seconds; default the step's timeout; enforced as
+`statement_timeout`).
 
 `auth` is a credential name, `{credential: NAME}` (NoETL's `{type: postgres, credential:
 NAME}`), or an inline mapping of the same fields: `dsn`, or NoETL's `db_host`, `db_port`,
@@ -235,7 +237,8 @@ def script_result(per_statement: list[dict[str, Any]]) -> dict[str, Any]:
 
 # The keys of every SQL script tool (script_text, script_params, a timeout); duckdb's are
 # here too, so registration knows them on a machine without the duckdb extra.
-SCRIPT_CONFIG_KEYS = frozenset({"command", "query", "params", "timeout"})
+# `script` is read into `command` at registration (noetl_pg.scripts).
+SCRIPT_CONFIG_KEYS = frozenset({"command", "query", "params", "timeout", "script"})
 DUCKDB_CONFIG_KEYS = SCRIPT_CONFIG_KEYS | {"database"}
 
 
@@ -349,12 +352,14 @@ class PostgresTool:
     """Run a SQL script in one transaction; see the module docstring."""
 
     kind: ClassVar[str] = "postgres"
-    config_keys: ClassVar[frozenset[str]] = SCRIPT_CONFIG_KEYS | {"auth"}
+    # `credential` is NoETL's other name for `auth`.
+    config_keys: ClassVar[frozenset[str]] = SCRIPT_CONFIG_KEYS | {"auth", "credential"}
 
     def run(self, config: Mapping[str, Any], context: ToolContext) -> Any:
         statements = split_sql(localize_refs(script_text(config, self.kind), context, self.kind))
         params = script_params(config, self.kind)
-        fields = _credential_fields(config.get("auth"), context)
+        # `credential:` is NoETL's other name for `auth:`.
+        fields = _credential_fields(config.get("auth", config.get("credential")), context)
         secrets = secret_values(fields)
         conninfo = conninfo_for(fields)
         pool = worker_pools(context.worker_resources).pool(conninfo, secrets)

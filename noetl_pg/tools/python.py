@@ -59,6 +59,9 @@ DEFAULT_TIMEOUT_SECONDS = 600.0
 # What an executor captures of a step's output, in ToolContext.log_sink and on failure in
 # the ToolError output as `logs`.
 LOG_STREAMS = ("stdout", "stderr")
+# The config key the executor puts the `context` global under (no playbook can write it:
+# registration refuses unknown keys).
+CONTEXT_KEY = "_noetl_context"
 
 _pool_lock = threading.Lock()
 
@@ -108,7 +111,8 @@ class PythonTool:
     """Run a snippet inline or in an executor subprocess; see the module docstring."""
 
     kind: ClassVar[str] = "python"
-    config_keys: ClassVar[frozenset[str]] = frozenset({"code", "libs", "isolation"})
+    # `script` is read into `code` at registration (noetl_pg.scripts).
+    config_keys: ClassVar[frozenset[str]] = frozenset({"code", "libs", "isolation", "script"})
     spec_keys: ClassVar[frozenset[str]] = frozenset({"isolation"})
 
     def run(self, config: Mapping[str, Any], context: ToolContext) -> Any:
@@ -119,9 +123,11 @@ class PythonTool:
         libs = dict(config.get("libs") or {})
         filename = f"<step {context.step}>"
         if isolation_mode(config) == "inline":
-            return check_result(_run_inline(code, inputs, libs, filename))
+            return check_result(_run_inline(code, inputs, libs, filename,
+                                            config.get(CONTEXT_KEY)))
         timeout = timeout_seconds(context)
-        request = {"code": code, "input": inputs, "libs": libs, "filename": filename}
+        request = {"code": code, "input": inputs, "libs": libs, "filename": filename,
+                   "context": config.get(CONTEXT_KEY)}
         try:
             reply = worker_pool(context.worker_resources).run(request, timeout,
                                                               context.cancelled)
@@ -142,9 +148,10 @@ class PythonTool:
         return check_result(reply.get("value"))
 
 
-def _run_inline(code: str, inputs: dict[str, Any], libs: dict[str, str], filename: str) -> Any:
+def _run_inline(code: str, inputs: dict[str, Any], libs: dict[str, Any], filename: str,
+                context: Any = None) -> Any:
     try:
-        return run_snippet(code, inputs, libs, filename)
+        return run_snippet(code, inputs, libs, filename, context)
     except SnippetSyntaxError as exc:
         raise ToolError(str(exc)) from None
     except SnippetFailed as exc:

@@ -90,8 +90,8 @@ def compile_snippet(code: str, filename: str = DEFAULT_FILENAME) -> tuple[Any, b
     return compile(tree, filename, "exec"), has_top_level_return, code.splitlines(True)
 
 
-def run_snippet(code: str, inputs: Mapping[str, Any], libs: Mapping[str, str],
-                filename: str = DEFAULT_FILENAME) -> Any:
+def run_snippet(code: str, inputs: Mapping[str, Any], libs: Mapping[str, Any],
+                filename: str = DEFAULT_FILENAME, context: Any = None) -> Any:
     """Execute `code` with `inputs` and return its value: `result`, a top-level `return`,
     or `main(**input)`; None when the code provides none of them. An exception raised by the
     snippet (or a module of `libs` failing to import) becomes SnippetFailed."""
@@ -102,9 +102,11 @@ def run_snippet(code: str, inputs: Mapping[str, Any], libs: Mapping[str, str],
     namespace["input_data"] = dict(inputs)
     namespace["args"] = dict(inputs)
     namespace["input"] = dict(inputs)
+    # NoETL's `context` global: the execution's JSON context (executor.python_context).
+    namespace["context"] = context if context is not None else {}
     try:
         for alias, module in libs.items():
-            namespace[alias] = importlib.import_module(module)
+            namespace[alias] = _import(module)
         exec(compiled, namespace)
         if wrapped:
             return namespace[_FUNCTION_NAME]()
@@ -139,11 +141,22 @@ def describe_failure(exc: BaseException, filename: str) -> SnippetFailed:
     return SnippetFailed(message, trace)
 
 
+def _import(module: Any) -> Any:
+    """`libs` values: a module name, or NoETL's `{from: package, import: name}`."""
+    if isinstance(module, Mapping):
+        package = importlib.import_module(str(module["from"]))
+        name = str(module["import"])
+        if hasattr(package, name):
+            return getattr(package, name)
+        return importlib.import_module(f"{module['from']}.{name}")
+    return importlib.import_module(module)
+
+
 def _reply(request: Mapping[str, Any]) -> dict[str, Any]:
     try:
         value = run_snippet(request["code"], request.get("input") or {},
                             request.get("libs") or {},
-                            request.get("filename") or DEFAULT_FILENAME)
+                            request.get("filename") or DEFAULT_FILENAME, request.get("context"))
     except SnippetSyntaxError as exc:
         return {"ok": False, "error": str(exc), "syntax_error": True}
     except SnippetFailed as exc:

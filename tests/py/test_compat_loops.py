@@ -121,7 +121,7 @@ def test_an_arc_on_call_error_handles_the_failed_loop(engine: Engine) -> None:
           when: "{{ event.name == 'loop.done' }}"
         - step: recover
           when: "{{ event.name == 'call.error' }}"
-          set: {ctx.why: "{{ error.message }}"}
+          set: {ctx.why: "{{ error }}"}
     """
     recover = """
   - step: recover

@@ -312,3 +312,408 @@ def test_postgres_step_error_carries_sqlstate_and_position(engine: Engine) -> No
     assert "SQLSTATE 42703" in row["error"]
     assert "statement 1 (line 2, column 3)" in row["error"]
     assert "no_such_column" in row["error"]
+
+
+# --- tool forms -------------------------------------------------------------------------
+
+
+def _table(dsn: str) -> str:
+    name = f"compat_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute(f"create table public.{name} (id int primary key, label text)")
+    return name
+
+
+def test_transfer_postgres_to_duckdb_and_back(engine: Engine, tmp_path: Any) -> None:
+    source_table, back_table = _table(engine.dsn), _table(engine.dsn)
+    with psycopg.connect(engine.dsn, autocommit=True) as conn:
+        conn.execute(f"insert into public.{source_table} "
+                     "select g, 'row ' || g from generate_series(1, 25) as g")
+    duck = tmp_path / "transfer.duckdb"
+    source = textwrap.dedent(f"""
+        apiVersion: noetl.io/v2
+        kind: Playbook
+        metadata: {{name: transfer, path: test/compat/transfer}}
+        workload: {{dsn: "{engine.dsn}", duck: "{duck}"}}
+        workflow:
+          - step: prepare
+            tool:
+              kind: duckdb
+              database: "{{{{ workload.duck }}}}"
+              command: "create table copied (id integer, label varchar)"
+            next: [{{step: to_duck}}]
+          - step: to_duck
+            tool:
+              kind: transfer
+              source: {{tool: postgres, auth: {{dsn: "{{{{ workload.dsn }}}}"}},
+                       query: "select id, label from public.{source_table} order by id"}}
+              target: {{tool: duckdb, database: "{{{{ workload.duck }}}}", table: copied}}
+              chunk_size: 10
+            next: [{{step: to_pg}}]
+          - step: to_pg
+            tool:
+              kind: transfer
+              source: {{tool: duckdb, database: "{{{{ workload.duck }}}}",
+                       query: "select id, upper(label) as label from copied where id <= 5"}}
+              target: {{tool: postgres, credential: {{dsn: "{{{{ workload.dsn }}}}"}},
+                       table: "public.{back_table}"}}
+              mode: replace
+        """)
+    row = engine.run(source)
+    assert row["status"] == "COMPLETED", row["error"]
+    to_duck = engine.sql("select result from noetl.step_result where execution_id = %s "
+                         "and step_name = 'to_duck'", row["execution_id"])[0]["result"]
+    assert (to_duck["rows_transferred"], to_duck["chunks_processed"]) == (25, 3)
+    assert to_duck["direction"] == "postgres_to_duckdb" and to_duck["columns"] == ["id", "label"]
+    assert row["result"]["rows_transferred"] == 5
+    assert row["result"]["direction"] == "duckdb_to_postgres"
+    back = engine.sql(f"select id, label from public.{back_table} order by id")
+    assert back == [{"id": i, "label": f"ROW {i}"} for i in range(1, 6)]
+
+
+def test_transfer_refuses_a_bad_table_name_and_writes_nothing(engine: Engine) -> None:
+    table = _table(engine.dsn)
+    source = textwrap.dedent(f"""
+        apiVersion: noetl.io/v2
+        kind: Playbook
+        metadata: {{name: transferbad, path: test/compat/transferbad}}
+        workflow:
+          - step: copy
+            tool:
+              kind: transfer
+              source: {{tool: postgres, auth: {{dsn: "{engine.dsn}"}}, query: "select 1 as id"}}
+              target: {{tool: postgres, auth: {{dsn: "{engine.dsn}"}},
+                       table: "{table}; drop table {table}"}}
+        """)
+    row = engine.run(source)
+    assert row["status"] == "FAILED"
+    assert "target.table must be a table name" in row["error"]
+    assert engine.sql(f"select count(*) as n from public.{table}") == [{"n": 0}]
+
+
+def test_transfer_from_snowflake_fails_naming_the_service(engine: Engine) -> None:
+    source = textwrap.dedent("""
+        apiVersion: noetl.io/v2
+        kind: Playbook
+        metadata: {name: transfersf, path: test/compat/transfersf}
+        workflow:
+          - step: copy
+            tool:
+              kind: transfer
+              source: {tool: snowflake, auth: sf, query: "select 1"}
+              target: {tool: postgres, auth: pg, table: t}
+        """)
+    row = engine.run(source)
+    assert row["status"] == "FAILED"
+    assert "source 'snowflake' needs a service" in row["error"]
+
+
+def test_artifact_put_then_get(engine: Engine, tmp_path: Any) -> None:
+    source = textwrap.dedent(f"""
+        apiVersion: noetl.io/v2
+        kind: Playbook
+        metadata: {{name: artifact, path: test/compat/artifact}}
+        workflow:
+          - step: put
+            tool:
+              kind: artifact
+              action: put
+              uri: "file://{tmp_path}/out/data.json"
+              data: {{rows: [1, 2, 3], name: compat}}
+            next: [{{step: get}}]
+          - step: get
+            tool: {{kind: artifact, action: get, uri: "{{{{ put.uri }}}}"}}
+            next: [{{step: plain}}]
+          - step: plain
+            tool:
+              kind: artifact
+              action: put
+              uri: "{tmp_path}/plain.txt"
+              data: "just text"
+              compress: false
+        """)
+    row = engine.run(source)
+    assert row["status"] == "COMPLETED", row["error"]
+    stored = engine.sql("select step_name, result from noetl.step_result "
+                        "where execution_id = %s", row["execution_id"])
+    results = {r["step_name"]: r["result"] for r in stored}
+    assert results["put"]["uri"] == f"artifact://localfs{tmp_path}/out/data.json.gz"
+    assert results["put"]["compressed"] is True and len(results["put"]["sha256"]) == 64
+    assert results["get"]["data"] == {"rows": [1, 2, 3], "name": "compat"}
+    assert results["get"]["status"] == "success"
+    assert (tmp_path / "plain.txt").read_text() == "just text"
+
+
+def test_credential_is_an_alias_of_auth(fresh_engine: Engine) -> None:
+    from noetl_pg.credentials import MappingCredentialResolver
+
+    source = textwrap.dedent("""
+        apiVersion: noetl.io/v2
+        kind: Playbook
+        metadata: {name: credalias, path: test/compat/credalias}
+        workflow:
+          - step: query
+            tool: {kind: postgres, credential: pg_main, query: "select 6 * 7 as answer"}
+        """)
+    resolver = MappingCredentialResolver({"pg_main": {"dsn": fresh_engine.dsn}})
+    with fresh_engine.worker(credentials=resolver):
+        row = fresh_engine.run(source)
+    assert row["status"] == "COMPLETED", row["error"]
+    assert row["result"]["rows"] == [{"answer": 42}]
+
+
+def test_script_files_are_read_at_registration(engine: Engine, tmp_path: Any) -> None:
+    from noetl_pg import db
+    from noetl_pg.catalog import register_file
+
+    (tmp_path / "scripts").mkdir()
+    (tmp_path / "scripts" / "double.py").write_text("result = {'doubled': n * 2}\n")
+    (tmp_path / "scripts" / "count.sql").write_text("select %(n)s::int + 1 as plus_one\n")
+    path = f"test/compat/script-{uuid.uuid4().hex[:8]}"
+    playbook = tmp_path / "play.yaml"
+    playbook.write_text(textwrap.dedent(f"""
+        apiVersion: noetl.io/v2
+        kind: Playbook
+        metadata: {{name: script, path: {path}}}
+        workload: {{n: 20}}
+        workflow:
+          - step: py
+            tool:
+              kind: python
+              input: {{n: "{{{{ workload.n }}}}"}}
+              script: {{uri: scripts/double.py, source: {{type: file}}}}
+            next: [{{step: sql}}]
+          - step: sql
+            tool:
+              kind: postgres
+              auth: {{dsn: "{engine.dsn}"}}
+              params: {{n: "{{{{ py.doubled }}}}"}}
+              script: {{uri: ./scripts/count.sql, source: {{type: file}}}}
+            next: [{{step: inline}}]
+          - step: inline
+            tool:
+              kind: python
+              input: {{v: "{{{{ sql.rows[0].plus_one }}}}"}}
+              script: {{source: {{type: inline}}, code: "result = v + 1000"}}
+        """))
+    with db.connect(engine.dsn) as conn:
+        registered = register_file(conn, playbook)
+    # The stored spec holds the text: a worker needs no access to the file.
+    (tmp_path / "scripts" / "double.py").unlink()
+    row = engine.wait(engine.start(registered.path))
+    assert row["status"] == "COMPLETED", row["error"]
+    assert row["result"] == 1041
+    spec = engine.sql("select spec from noetl.catalog where catalog_id = %s",
+                      registered.catalog_id)[0]["spec"]
+    assert spec["workflow"][0]["tool"]["code"] == "result = {'doubled': n * 2}\n"
+    assert "script" not in spec["workflow"][0]["tool"]
+
+
+def test_script_file_outside_the_playbook_directory_is_refused(engine: Engine,
+                                                                tmp_path: Any) -> None:
+    import pytest
+
+    from noetl_pg import db
+    from noetl_pg.catalog import register_file
+    from noetl_pg.errors import PlaybookError
+
+    (tmp_path / "inner").mkdir()
+    playbook = tmp_path / "inner" / "play.yaml"
+    playbook.write_text(textwrap.dedent("""
+        apiVersion: noetl.io/v2
+        kind: Playbook
+        metadata: {name: scriptbad, path: test/compat/scriptbad}
+        workflow:
+          - step: py
+            tool: {kind: python, script: {uri: ../secret.py, source: {type: file}}}
+        """))
+    with db.connect(engine.dsn) as conn, pytest.raises(PlaybookError) as caught:
+        register_file(conn, playbook)
+    message = str(caught.value)
+    assert "step 'py'" in message and "tool.script.uri" in message
+    assert "leaves the playbook's directory" in message
+
+
+def test_python_context_global_and_libs_from_import(engine: Engine) -> None:
+    source = textwrap.dedent("""
+        apiVersion: noetl.io/v2
+        kind: Playbook
+        metadata: {name: pyctx, path: test/compat/pyctx}
+        workload: {region: eu}
+        workflow:
+          - step: each
+            loop: {in: "{{ [3, 4] }}", iterator: n}
+            tool:
+              kind: python
+              libs:
+                od: {from: collections, import: OrderedDict}
+                jp: {from: os, import: path}
+                m: math
+              input: {n: "{{ n }}"}
+              code: |
+                result = {
+                    "region": context["workload"]["region"],
+                    "execution_id": context["execution_id"],
+                    "index": context["iter"]["_index"],
+                    "od": type(od()).__name__,
+                    "joined": jp.join("a", "b"),
+                    "sqrt": m.isqrt(n * n),
+                }
+        """)
+    row = engine.run(source)
+    assert row["status"] == "COMPLETED", row["error"]
+    assert row["result"]["results"] == [
+        {"region": "eu", "execution_id": row["execution_id"], "index": i, "od": "OrderedDict",
+         "joined": "a/b", "sqrt": n} for i, n in enumerate([3, 4])]
+
+
+SERVICE_KIND = """
+apiVersion: noetl.io/v2
+kind: Playbook
+metadata: {name: probes, path: test/compat/probes}
+workload: {probe_snowflake: false}
+workflow:
+  - step: start
+    tool: {kind: noop}
+    next:
+      arcs:
+        - step: snowflake_probe
+          when: "{{ workload.probe_snowflake }}"
+        - step: done
+  - step: snowflake_probe
+    tool: {kind: snowflake, auth: sf_conn, command: "select current_version()", warehouse: wh}
+  - step: done
+    tool: {kind: python, code: "result = 'skipped the probe'"}
+"""
+
+
+def test_service_kind_registers_with_a_warning_and_fails_only_when_reached(
+    engine: Engine,
+) -> None:
+    from noetl_pg import db
+    from noetl_pg.catalog import register_text
+
+    with db.connect(engine.dsn) as conn:
+        registered = register_text(conn, SERVICE_KIND.replace(
+            "test/compat/probes", f"test/compat/probes-{uuid.uuid4().hex[:8]}"), source="t")
+    assert len(registered.warnings) == 1
+    assert "step 'snowflake_probe'" in registered.warnings[0]
+    assert "tool kind 'snowflake' needs a Snowflake account" in registered.warnings[0]
+    skipped = engine.wait(engine.start(registered.path))
+    assert skipped["status"] == "COMPLETED", skipped["error"]
+    assert skipped["result"] == "skipped the probe"
+    reached = engine.wait(engine.start(registered.path, {"probe_snowflake": True}))
+    assert reached["status"] == "FAILED"
+    assert reached["failed_step"] == "snowflake_probe"
+    assert "tool kind 'snowflake' needs a Snowflake account" in reached["error"]
+
+
+def test_a_kind_noetl_does_not_have_is_refused_at_registration(engine: Engine) -> None:
+    import pytest
+
+    from noetl_pg.errors import PlaybookError
+
+    with pytest.raises(PlaybookError) as caught:
+        engine.register(SERVICE_KIND.replace("kind: snowflake", "kind: snowflakes"))
+    assert "unknown tool kind 'snowflakes'" in str(caught.value)
+    assert "step 'snowflake_probe'" in str(caught.value)
+
+
+def test_transfer_upsert_between_postgres_tables(engine: Engine) -> None:
+    source_table, target_table = _table(engine.dsn), _table(engine.dsn)
+    with psycopg.connect(engine.dsn, autocommit=True) as conn:
+        conn.execute(f"insert into public.{source_table} values (1, 'new one'), (3, 'three')")
+        conn.execute(f"insert into public.{target_table} values (1, 'old one'), (2, 'two')")
+    source = textwrap.dedent(f"""
+        apiVersion: noetl.io/v2
+        kind: Playbook
+        metadata: {{name: upsert, path: test/compat/upsert}}
+        workflow:
+          - step: merge
+            tool:
+              kind: transfer
+              mode: upsert
+              source: {{tool: postgres, auth: {{dsn: "{engine.dsn}"}},
+                       query: "select id, label from public.{source_table}"}}
+              target: {{tool: postgres, auth: {{dsn: "{engine.dsn}"}}, table: {target_table}}}
+        """)
+    row = engine.run(source)
+    assert row["status"] == "COMPLETED", row["error"]
+    assert (row["result"]["mode"], row["result"]["rows_transferred"]) == ("upsert", 2)
+    merged = engine.sql(f"select id, label from public.{target_table} order by id")
+    assert merged == [{"id": 1, "label": "new one"}, {"id": 2, "label": "two"},
+                      {"id": 3, "label": "three"}]
+
+
+def test_artifact_get_of_a_missing_file_fails_naming_it(engine: Engine, tmp_path: Any) -> None:
+    source = textwrap.dedent(f"""
+        apiVersion: noetl.io/v2
+        kind: Playbook
+        metadata: {{name: artifactmissing, path: test/compat/artifactmissing}}
+        workflow:
+          - step: get
+            tool: {{kind: artifact, action: get, uri: "file://{tmp_path}/nothing.json"}}
+        """)
+    row = engine.run(source)
+    assert row["status"] == "FAILED"
+    assert f"artifact not found: {tmp_path}/nothing.json" in row["error"]
+
+
+def test_script_and_code_together_are_refused(engine: Engine) -> None:
+    import pytest
+
+    from noetl_pg.errors import PlaybookError
+
+    source = textwrap.dedent("""
+        apiVersion: noetl.io/v2
+        kind: Playbook
+        metadata: {name: scriptboth, path: test/compat/scriptboth}
+        workflow:
+          - step: py
+            tool:
+              kind: python
+              code: "result = 1"
+              script: {source: {type: inline}, code: "result = 2"}
+        """)
+    with pytest.raises(PlaybookError) as caught:
+        engine.register(source)
+    assert "`script` and `code` are both set" in str(caught.value)
+    assert "step 'py'" in str(caught.value)
+
+
+def test_policy_step_write_and_task_set_in_one_pipeline(engine: Engine) -> None:
+    source = textwrap.dedent("""
+        apiVersion: noetl.io/v2
+        kind: Playbook
+        metadata: {name: pipewrites, path: test/compat/pipewrites}
+        workflow:
+          - step: work
+            tool:
+              - name: fetch
+                kind: python
+                code: "result = {'items': [5, 6]}"
+                set: {ctx.first: "{{ output.data.items[0] }}"}
+              - name: total
+                kind: python
+                input: {values: "{{ fetch.items }}"}
+                code: "result = {'sum': sum(values)}"
+                spec:
+                  policy:
+                    rules:
+                      - else:
+                          then:
+                            do: continue
+                            set: {step.checked: true, ctx.total: "{{ output.data.sum }}"}
+            next: [{step: report}]
+          - step: report
+            tool:
+              kind: python
+              input:
+                first: "{{ ctx.first }}"
+                total: "{{ ctx.total }}"
+                checked: "{{ work.checked }}"
+              code: "result = [first, total, checked]"
+        """)
+    row = engine.run(source)
+    assert row["status"] == "COMPLETED", row["error"]
+    assert row["result"] == [5, 11, True]
