@@ -196,12 +196,15 @@ def noetl_run(dsn: str, playbook: str, items: int | None,
     with tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False) as handle:
         handle.write(playbook)
     try:
-        output = subprocess.run(
-            [*NOETL, "run", handle.name, "--json"], check=True, capture_output=True,
+        done = subprocess.run(
+            [*NOETL, "run", handle.name, "--json"], capture_output=True,
             text=True, env={**os.environ, **(env or {}), "NOETL_DSN": dsn}, timeout=1800,
-        ).stdout
+        )
     finally:
         os.unlink(handle.name)
+    if done.returncode != 0:
+        raise RuntimeError(f"noetl run failed: {done.stdout[-2000:]} {done.stderr[-2000:]}")
+    output = done.stdout
     return _execution_seconds(dsn, int(json.loads(output)["execution_id"]), items)
 
 
