@@ -20,7 +20,8 @@ once at N items through `noetl run` and through the floor (linearity: items/s at
 `--items`).
 
 Times are the server's: execution.finished_at - started_at (the floor: its first to last
-event), so process start-up and the driver's polling do not count. Prints a table and writes
+event), so process start-up and the driver's polling do not count. Before each engine run
+the projection backlog of earlier runs is folded (drain_projection). Prints a table and writes
 bench/results/user_paths.json. The machine is shared: compare the ratios, which are taken
 within one round, rather than absolute figures across runs.
 
@@ -47,7 +48,9 @@ import psycopg
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
+from noetl_pg import db
 from noetl_pg.migrate import migrate
+from noetl_pg.projection import Projector
 from noetl_pg.testdb import create_database, drop_database
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -163,6 +166,16 @@ def _floor_span(dsn: str, run_id: int) -> float:
 # --- the engine ----------------------------------------------------------------------
 
 
+def drain_projection(dsn: str) -> None:
+    """Fold every event so far, then release the shards: each timed run starts with no
+    projection backlog (a run's own projector folds only its own events, as in a steady
+    system, instead of the backlog of the bench's earlier runs)."""
+    projector = Projector(dsn)
+    with db.connect(dsn) as conn:
+        projector.catch_up(conn, timeout=1800)
+        db.fetch_one(conn, "release_projection_shards", owner=projector.owner)
+
+
 def _execution_seconds(dsn: str, execution_id: int, items: int | None) -> float:
     with psycopg.connect(dsn, row_factory=dict_row) as conn:
         row = conn.execute(
@@ -179,21 +192,26 @@ def _execution_seconds(dsn: str, execution_id: int, items: int | None) -> float:
 def noetl_run(dsn: str, playbook: str, items: int | None,
               env: dict[str, str] | None = None) -> float:
     """`noetl run FILE --json` with no tuning flags; the server's run time."""
+    drain_projection(dsn)
     with tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False) as handle:
         handle.write(playbook)
     try:
-        output = subprocess.run(
-            [*NOETL, "run", handle.name, "--json"], check=True, capture_output=True,
+        done = subprocess.run(
+            [*NOETL, "run", handle.name, "--json"], capture_output=True,
             text=True, env={**os.environ, **(env or {}), "NOETL_DSN": dsn}, timeout=1800,
-        ).stdout
+        )
     finally:
         os.unlink(handle.name)
+    if done.returncode != 0:
+        raise RuntimeError(f"noetl run failed: {done.stdout[-2000:]} {done.stderr[-2000:]}")
+    output = done.stdout
     return _execution_seconds(dsn, int(json.loads(output)["execution_id"]), items)
 
 
 def external_worker(dsn: str, path: str, items: int, flags: list[str],
                     env: dict[str, str]) -> float:
     """Start `path` served by one `noetl worker <flags>` process; the server's run time."""
+    drain_projection(dsn)
     with psycopg.connect(dsn, autocommit=True) as conn:
         conn.execute("update noetl.worker set stopped_at = now() where stopped_at is null")
         worker = subprocess.Popen(

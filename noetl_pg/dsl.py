@@ -369,17 +369,18 @@ def _template_reads(source: str, step_names: frozenset[str]) -> dict[str, Any] |
     except jinja2.TemplateSyntaxError:
         return None
     free = jinja2.meta.find_undeclared_variables(tree)
-    targets = {name: name for name in free & step_names}
-    targets.update({name: name[: -len("_ref")] for name in free
-                    if name.endswith("_ref") and name[: -len("_ref")] in step_names})
+    # `<step>_ref` is that step's ref (or inline result) unless a step has that name.
+    refs = {name: name[: -len("_ref")] for name in free - step_names
+            if name.endswith("_ref") and name[: -len("_ref")] in step_names}
+    targets = (free & step_names) | set(refs)
     if not targets:
         return {}
     reads: dict[str, Any] = {}
 
     def record(name: str, path: list[str]) -> None:
-        step_name = targets[name]
+        step_name = refs.get(name, name)
         keys = path[:2] if path[:1] == ["data"] and len(path) > 1 else path[:1]
-        if name != step_name or not keys or keys == ["data"] or reads.get(step_name) is True:
+        if name in refs or not keys or keys == ["data"] or reads.get(step_name) is True:
             reads[step_name] = True
         else:
             reads.setdefault(step_name, set()).update(keys)

@@ -55,11 +55,10 @@ begin
 end;
 $$;
 
--- noetl.issue_step(execution_id, catalog_id, step_name, cause, claimed_by) -> command_id
+-- noetl.issue_step(execution_id, catalog_id, step_name, cause) -> command_id
 -- Contract: issues the command that runs `step_name` once for `cause` (a string naming
---   what led here, e.g. the source command id). A loop step is issued as a 'loop' command
---   whose worker renders the collection and calls noetl.start_loop. Returns NULL when the
---   same cause issued it already.
+--   what led here, e.g. the source command id): reads the step's plan and calls
+--   issue_planned_step. Returns NULL when the same cause issued it already.
 -- Locks: as issue_command.
 -- Failure modes: raises when the step is not in the playbook's plan.
 create or replace function noetl.issue_step(
@@ -80,13 +79,30 @@ begin
         raise exception 'execution %: step "%" is not in the playbook', p_execution_id,
             p_step_name using errcode = '22023';
     end if;
+    return noetl.issue_planned_step(p_execution_id, v_step, p_cause);
+end;
+$$;
 
+-- noetl.issue_planned_step(execution_id, step, cause) -> command_id
+-- Contract: issue_step for a caller that has already read the step's plan row (arrive),
+--   so a transition reads each plan once. A loop step is issued as a 'loop' command whose
+--   worker renders the collection and calls noetl.start_loop. Returns NULL when the same
+--   cause issued it already.
+-- Locks: as issue_command.
+create or replace function noetl.issue_planned_step(
+    p_execution_id bigint,
+    p_step noetl.catalog_step,
+    p_cause text
+) returns bigint
+language plpgsql
+as $$
+begin
     return noetl.issue_command(
         p_execution_id,
-        p_step_name || '@' || p_cause,
-        case when v_step.has_loop then 'loop' else v_step.tool_kind end,
-        p_step_name,
-        case when v_step.has_loop then 1 else v_step.max_attempts end
+        p_step.step_name || '@' || p_cause,
+        case when p_step.has_loop then 'loop' else p_step.tool_kind end,
+        p_step.step_name,
+        case when p_step.has_loop then 1 else p_step.max_attempts end
     );
 end;
 $$;
@@ -170,14 +186,18 @@ create or replace function noetl.command_reads(
     p_reads jsonb,
     p_loop_reads jsonb
 ) returns jsonb
-language sql
+language plpgsql
 immutable
 as $$
-    select case p_kind
+-- plpgsql: describe_commands calls this per row; a SQL function that is not inlined there
+-- would be planned on every call (measured 2.4 ms a claim on a loaded 2-core machine).
+begin
+    return case p_kind
         when 'loop' then p_loop_reads
         when 'route' then p_reads || jsonb_build_object(p_step_name, true)
         else p_reads
     end;
+end;
 $$;
 
 -- noetl.claim_commands(worker_id, kinds, n) -> setof claimed commands

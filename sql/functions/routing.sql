@@ -97,9 +97,9 @@ create or replace function noetl.arrive(
 language plpgsql
 as $$
 declare
-    v_is_join boolean;
+    v_step noetl.catalog_step;
 begin
-    select s.is_join into v_is_join
+    select * into v_step
     from noetl.catalog_step as s
     where s.catalog_id = p_catalog_id and s.step_name = p_target;
     if not found then
@@ -107,7 +107,7 @@ begin
             using errcode = '22023';
     end if;
 
-    if v_is_join then
+    if v_step.is_join then
         insert into noetl.join_arrival (execution_id, step_name, source_command_id, arc_set)
         values (p_execution_id, p_target, p_source_command_id, p_arc_set)
         on conflict do nothing;
@@ -119,9 +119,8 @@ begin
         set ctx = e.ctx || p_arc_set
         where e.execution_id = p_execution_id;
     end if;
-    perform noetl.issue_step(
-        p_execution_id, p_catalog_id, p_target, p_source_command_id::text
-    );
+    -- The plan row read above: a transition reads the target's plan once.
+    perform noetl.issue_planned_step(p_execution_id, v_step, p_source_command_id::text);
 end;
 $$;
 

@@ -178,7 +178,7 @@ begin
         select 1 from noetl.command as q
         where q.status = 'queued' and q.available_at <= noetl.now()
     ) then
-        perform pg_notify('noetl_command', '');
+        perform noetl.notify_queue();
     end if;
 
     return query select * from noetl.describe_commands(v_routes || v_claimed);
@@ -239,7 +239,7 @@ begin
     where c.claimed_by = p_worker_id and c.status = 'claimed';
     get diagnostics v_released = row_count;
     if v_released > 0 then
-        perform pg_notify('noetl_command', '');
+        perform noetl.notify_queue();
     end if;
     return v_released;
 end;

@@ -2,7 +2,7 @@
 -- finish_and_claim (its done, fused-route, stale and claim paths), issue_command,
 -- describe_commands, notify_queue, worker registry calls.
 begin;
-select plan(23);
+select plan(24);
 
 create temporary table spec_fixture as
 select  -- noqa: LT09
@@ -194,6 +194,32 @@ select is(
     ),
     array[true, false],
     'describe_commands sends the context once per execution, step and kind'
+);
+
+-- issue_planned_step: the plan row a caller already read
+select
+    set_config(
+        'test.planned',
+        noetl.issue_planned_step(
+            current_setting('test.e3')::bigint,
+            (
+                select s from noetl.catalog_step as s
+                where s.step_name = 'a' and s.catalog_id = (
+                    select e.catalog_id from noetl.execution as e
+                    where e.execution_id = current_setting('test.e3')::bigint
+                )
+            ),
+            'planned'
+        )::text,
+        true
+    ) as planned;
+select is(
+    (
+        select c.kind || ' ' || c.command_key || ' ' || c.max_attempts
+        from noetl.command as c
+        where c.command_id = current_setting('test.planned')::bigint
+    ),
+    'noop a@planned 2', 'issue_planned_step issues the step its plan row describes'
 );
 
 -- the worker registry
