@@ -37,6 +37,7 @@ from noetl_pg.cli_common import (
 )
 from noetl_pg.cli_credential import credential_group
 from noetl_pg.cli_results import results_group
+from noetl_pg.cli_resume import register_resume_commands
 from noetl_pg.cli_run import register_run_commands
 from noetl_pg.cli_status import register_status_commands
 from noetl_pg.errors import NoetlError
@@ -359,6 +360,7 @@ def worker_start(concurrency: int | None, kinds: str | None, worker_id: str | No
 main.add_command(credential_group(get_dsn))
 main.add_command(results_group(get_dsn))
 register_run_commands(main)
+register_resume_commands(main)
 register_status_commands(main, get_dsn)
 main.add_command(server_group(get_dsn))
 remote.install(main)  # --server URL: run/exec/status/cancel/catalog over HTTP
