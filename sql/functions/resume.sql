@@ -9,7 +9,8 @@
 --   iterations (only those) and the iterations cancelled in flight run again, its counters
 --   forget those failures, and the loop closes and routes again when they are done.
 --   Finished steps are not run again, their results stay. The execution is RUNNING
---   again, `playbook.resumed` is written (meta: commands, loops), workers are woken. Returns how many commands were issued again.
+--   again, `playbook.resumed` is written (meta: commands, loops), workers are woken.
+--   Returns how many commands were issued again.
 --   If re-queuing the failed iterations of a loop would put more than its max_in_flight
 --   in flight, that loop's bound is raised to fit (meta.raised_in_flight names it).
 -- Locks: the execution row (FOR UPDATE) first, then its loop rows, then command rows, so it
