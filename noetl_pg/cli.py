@@ -36,6 +36,7 @@ from noetl_pg.cli_common import (
     wants_json,
 )
 from noetl_pg.cli_credential import credential_group
+from noetl_pg.cli_logs import register_logs_command
 from noetl_pg.cli_results import results_group
 from noetl_pg.cli_resume import register_resume_commands
 from noetl_pg.cli_run import register_run_commands
@@ -361,6 +362,7 @@ main.add_command(credential_group(get_dsn))
 main.add_command(results_group(get_dsn))
 register_run_commands(main)
 register_resume_commands(main)
+register_logs_command(main)
 register_status_commands(main, get_dsn)
 main.add_command(server_group(get_dsn))
 remote.install(main)  # --server URL: run/exec/status/cancel/catalog over HTTP

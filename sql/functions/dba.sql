@@ -29,8 +29,8 @@ $$;
 -- Contract: removes executions that finished more than `older_than` ago (with keep_failed,
 --   the default, FAILED ones stay), their child executions, and everything of theirs
 --   together in one transaction: events (deleted partition by partition, each through its
---   primary key), commands, step results, join arrivals, loops and loop items, result refs
---   and db-tier result blobs. stored_objects lists the fs/s3 objects of the deleted refs
+--   primary key), commands, step results, captured output, join arrivals, loops and loop
+--   items, result refs and db-tier result blobs. stored_objects lists the fs/s3 objects of the deleted refs
 --   ([{execution_id, store_tier, physical_uri}]) for the caller to delete: SQL cannot
 --   reach a filesystem or a bucket. Running executions are never touched.
 -- Locks: the deleted rows; a concurrent start or worker on other executions is unaffected.
@@ -84,6 +84,7 @@ begin
     from unnest(v_ids) as ids (id),
         lateral noetl.cleanup_execution_results(ids.id) as r;
 
+    delete from noetl.command_log as g where g.execution_id = any(v_ids);
     delete from noetl.loop_item as li where li.execution_id = any(v_ids);
     delete from noetl."loop" as l where l.execution_id = any(v_ids);
     delete from noetl.join_arrival as a where a.execution_id = any(v_ids);
