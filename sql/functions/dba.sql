@@ -30,7 +30,8 @@ $$;
 --   the default, FAILED ones stay), their child executions, and everything of theirs
 --   together in one transaction: events (deleted partition by partition, each through its
 --   primary key), commands, step results, captured output, join arrivals, loops and loop
---   items, result refs and db-tier result blobs. stored_objects lists the fs/s3 objects of the deleted refs
+--   items, result refs and db-tier result blobs. stored_objects lists the fs/s3 objects
+--   of the deleted refs
 --   ([{execution_id, store_tier, physical_uri}]) for the caller to delete: SQL cannot
 --   reach a filesystem or a bucket. Running executions are never touched.
 -- Locks: the deleted rows; a concurrent start or worker on other executions is unaffected.
