@@ -36,6 +36,7 @@ from noetl_pg.cli_common import (
     wants_json,
 )
 from noetl_pg.cli_credential import credential_group
+from noetl_pg.cli_embedded import register_embedded_commands
 from noetl_pg.cli_logs import register_logs_command
 from noetl_pg.cli_results import results_group
 from noetl_pg.cli_resume import register_resume_commands
@@ -110,6 +111,7 @@ def db_migrate(as_json: bool) -> None:
 
 
 db_group.add_command(db_migrate, "init")  # NoETL's name for creating the schema
+register_embedded_commands(db_group)
 
 
 @db_group.command("schema")
