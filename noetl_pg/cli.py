@@ -36,7 +36,10 @@ from noetl_pg.cli_common import (
     wants_json,
 )
 from noetl_pg.cli_credential import credential_group
+from noetl_pg.cli_embedded import register_embedded_commands
+from noetl_pg.cli_logs import register_logs_command
 from noetl_pg.cli_results import results_group
+from noetl_pg.cli_resume import register_resume_commands
 from noetl_pg.cli_run import register_run_commands
 from noetl_pg.cli_status import register_status_commands
 from noetl_pg.errors import NoetlError
@@ -108,6 +111,7 @@ def db_migrate(as_json: bool) -> None:
 
 
 db_group.add_command(db_migrate, "init")  # NoETL's name for creating the schema
+register_embedded_commands(db_group)
 
 
 @db_group.command("schema")
@@ -362,6 +366,8 @@ def worker_start(concurrency: int | None, kinds: str | None, worker_id: str | No
 main.add_command(credential_group(get_dsn))
 main.add_command(results_group(get_dsn))
 register_run_commands(main)
+register_resume_commands(main)
+register_logs_command(main)
 register_status_commands(main, get_dsn)
 main.add_command(server_group(get_dsn))
 remote.install(main)  # --server URL: run/exec/status/cancel/catalog over HTTP

@@ -33,7 +33,7 @@ from noetl_pg.cli_common import (
     sql_message,
     wants_json,
 )
-from noetl_pg.cli_status import follow, print_status
+from noetl_pg.cli_status import failed_step_trace, follow, print_status
 from noetl_pg.errors import NoetlError
 from noetl_pg.jsoncheck import storage_problem
 
@@ -106,7 +106,7 @@ def follow_to_end(dsn: str, execution_id: int, *, as_json: bool, timeout: float 
     if as_json:
         click.echo(dumps(row))
     else:
-        print_status(row)
+        print_status(row, failed_step_trace(dsn, row))
     sys.exit(0 if row["status"] == "COMPLETED" else EXIT_FAILED)
 
 

@@ -49,6 +49,16 @@ def fetch_progress(dsn: str, execution_id: int) -> dict[str, Any] | None:
         return db.fetch_one(conn, "execution_progress", execution_id=execution_id)
 
 
+def failed_step_trace(dsn: str, row: dict[str, Any]) -> str | None:
+    """The last stderr the failed step of a failed execution printed (its traceback)."""
+    if row["status"] != "FAILED" or not row["failed_step"]:
+        return None
+    with db.connect(dsn) as conn:
+        found = db.fetch_one(conn, "command_log_last_stderr", execution_id=row["execution_id"],
+                             step_name=row["failed_step"])
+    return found["body"] if found else None
+
+
 def caught_up(row: dict[str, Any]) -> bool:
     """True when the projection has folded the execution's final event."""
     return (row["status"] in TERMINAL_STATUSES
@@ -93,8 +103,9 @@ def status_table(state: dict[str, Any], loop_extra: dict[str, str] | None = None
     return table
 
 
-def print_status(row: dict[str, Any]) -> None:
-    """Render one `execution_progress` row: header, step table, lag, error or result."""
+def print_status(row: dict[str, Any], trace: str | None = None) -> None:
+    """Render one `execution_progress` row: header, step table, lag, error (with `trace`,
+    the failed step's captured stderr: its traceback) or result."""
     state = row["state"] or {}
     console.print(
         f"execution {row['execution_id']} [bold]{_paint(row['status'])}[/] "
@@ -114,6 +125,8 @@ def print_status(row: dict[str, Any]) -> None:
     if row["error"]:
         console.print(f"[red]error[/red] in step {row['failed_step']}: {row['error']}",
                       highlight=False)
+        if trace:
+            console.print(trace.rstrip(), highlight=False, markup=False)
     if row["result"] is not None:
         console.print("result:", json.dumps(row["result"], indent=2, default=str),
                       highlight=False)
@@ -203,7 +216,7 @@ def register_status_commands(main: click.Group, dsn: Callable[[], str]) -> None:
         if as_json:
             click.echo(dumps(row))
         else:
-            print_status(row)
+            print_status(row, failed_step_trace(target, row))
         if watch:
             sys.exit(0 if row["status"] == "COMPLETED" else EXIT_FAILED)
 

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 
 import psycopg
 
+from noetl_pg.comments import apply_comments, described_objects
 from noetl_pg.sqlfiles import sql_files, sql_root, stem
 
 # Any fixed 64-bit key works; this one is "noetl-migrate" hashed once, kept constant.
@@ -67,8 +68,11 @@ class SchemaStatus:
 
 
 def functions_digest() -> str:
-    """SHA-256 over the names and texts of the function files (and the comment generator)."""
+    """SHA-256 over the names and texts of the function and migration files: the comments
+    applied with the functions come from both."""
     digest = hashlib.sha256()
+    for path in sql_files("migrations"):
+        digest.update(path.name.encode() + b"\0")
     for path in sql_files("functions"):
         digest.update(path.name.encode() + b"\0" + path.read_bytes() + b"\0")
     return digest.hexdigest()
@@ -153,7 +157,8 @@ def migrate(dsn: str, *, reload_functions: bool = False) -> list[str]:
 
 
 def _load_functions(conn: psycopg.Connection[tuple[object, ...]], digest: str) -> None:
-    """Re-create every function file in one transaction and record their digest."""
+    """Re-create every function file in one transaction, describe every function, table and
+    view from its header comment (noetl_pg/comments.py), and record the files' digest."""
     with conn.transaction():
         # Function bodies may call functions from files loaded later.
         conn.execute("set local check_function_bodies = off")
@@ -162,6 +167,7 @@ def _load_functions(conn: psycopg.Connection[tuple[object, ...]], digest: str) -
                 conn.execute(path.read_text())
             except psycopg.Error as exc:
                 raise MigrationError(f"functions file {path.name} failed: {exc}") from exc
+        apply_comments(conn, described_objects())
         conn.execute(
             "insert into noetl.schema_functions (digest) values (%s) on conflict (singleton) "
             "do update set digest = excluded.digest, loaded_at = now()",

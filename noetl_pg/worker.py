@@ -26,6 +26,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Mapping
+from functools import partial
 from typing import Any
 
 import psycopg
@@ -36,6 +37,7 @@ from noetl_pg.credentials import DatabaseCredentialResolver
 from noetl_pg.dsl import Playbook
 from noetl_pg.executor import CommandRunner, Outcome
 from noetl_pg.keychain import RedactingFilter, SecretRedactor
+from noetl_pg.logs import store_command_logs
 from noetl_pg.slot_share import SharedClaims, StepTimings, context_group
 from noetl_pg.store import ResultStore
 from noetl_pg.tools import create_tools
@@ -471,6 +473,7 @@ class Worker:
             dsn=self.dsn,
             credentials=self._credentials,
             worker_resources=self._resources,
+            log_sink=partial(store_command_logs, self.dsn, command, self._redact),
         )
 
 

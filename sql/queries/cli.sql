@@ -53,3 +53,11 @@ select exists(
 delete from noetl.credential
 where name = %(credential_name)s
 returning name;
+
+-- name: resume_execution
+-- Continue a FAILED or CANCELLED execution; returns how many commands were issued again.
+select noetl.resume_execution(%(execution_id)s) as requeued;
+
+-- name: rerun_execution
+-- A new execution of the same playbook from `from_step`, reusing earlier results.
+select noetl.rerun_execution(%(execution_id)s, %(from_step)s) as execution_id;

@@ -1,0 +1,121 @@
+"""`noetl resume ID` and `noetl rerun ID --from STEP` (sql/functions/resume.sql).
+
+Both follow the execution to its end like `noetl run` (in-process workers unless
+`--runtime distributed`), or only start it with `--no-wait`.
+"""
+
+from __future__ import annotations
+
+import click
+import psycopg
+
+from noetl_pg import db
+from noetl_pg.cli_common import (
+    dumps,
+    err_console,
+    fail,
+    get_dsn,
+    json_option,
+    require_execution,
+    sql_message,
+    wants_json,
+)
+from noetl_pg.cli_run import follow_to_end
+
+
+def _follow(dsn: str, execution_id: int, *, runtime: str, concurrency: int, as_json: bool,
+            timeout: float | None) -> None:
+    from noetl_pg.projection import Projector  # heavy imports only when running workers
+    from noetl_pg.worker import build_worker
+
+    local = runtime == "local"
+    worker = build_worker(dsn, slots=concurrency, poll_interval=0.5) if local else None
+    projector = Projector(dsn) if local else None
+    if worker is not None and projector is not None:
+        worker.start()
+        projector.start()
+    try:
+        follow_to_end(dsn, execution_id, as_json=as_json, timeout=timeout,
+                      cancel_on_timeout=local)
+    finally:
+        if worker is not None and projector is not None:
+            worker.stop()
+            projector.stop()
+            worker.join(timeout=30)
+            projector.join(timeout=30)
+
+
+def _options(command: click.Command) -> click.Command:
+    for option in reversed([
+        click.option("--wait/--no-wait", default=True, show_default=True,
+                     help="Follow the execution to its end (exit like `noetl run`)."),
+        click.option("--runtime", type=click.Choice(["local", "distributed"]),
+                     default="local", show_default=True),
+        click.option("--concurrency", default=4, show_default=True,
+                     type=click.IntRange(min=1)),
+        click.option("--timeout", type=click.FloatRange(min=0, min_open=True)),
+        json_option,
+    ]):
+        command = option(command)
+    return command
+
+
+def register_resume_commands(main: click.Group) -> None:
+    """Add `resume` and `rerun` to the `noetl` group."""
+
+    @main.command("resume")
+    @click.argument("execution_id", type=int)
+    @_options
+    def resume_command(execution_id: int, wait: bool, runtime: str, concurrency: int,
+                       timeout: float | None, as_json: bool) -> None:
+        """Continue a FAILED or CANCELLED execution where it stopped: its failed commands
+        (for a loop, only the failed iterations) run again; finished steps do not."""
+        as_json = wants_json(as_json)
+        dsn = get_dsn("migrate-embedded")
+        require_execution(dsn, execution_id, as_json)
+        with db.connect(dsn) as conn:
+            try:
+                row = db.fetch_one(conn, "resume_execution", execution_id=execution_id)
+            except psycopg.Error as exc:
+                fail(sql_message(exc), as_json=as_json)
+        assert row is not None
+        if not as_json:
+            err_console.print(f"execution {execution_id} resumed: {row['requeued']} "
+                              "command(s) issued again", highlight=False)
+        if not wait:
+            if as_json:
+                click.echo(dumps({"execution_id": execution_id, "requeued": row["requeued"]}))
+            return
+        _follow(dsn, execution_id, runtime=runtime, concurrency=concurrency,
+                as_json=as_json, timeout=timeout)
+
+    @main.command("rerun")
+    @click.argument("execution_id", type=int)
+    @click.option("--from", "from_step", required=True, help="The step to start from.")
+    @_options
+    def rerun_command(execution_id: int, from_step: str, wait: bool, runtime: str,
+                      concurrency: int, timeout: float | None, as_json: bool) -> None:
+        """Start a new execution linked to EXECUTION_ID that reuses its results of the steps
+        before STEP and runs from STEP on."""
+        as_json = wants_json(as_json)
+        dsn = get_dsn("migrate-embedded")
+        require_execution(dsn, execution_id, as_json)
+        with db.connect(dsn) as conn:
+            try:
+                row = db.fetch_one(conn, "rerun_execution", execution_id=execution_id,
+                                   from_step=from_step)
+            except psycopg.Error as exc:
+                fail(sql_message(exc), as_json=as_json)
+        assert row is not None
+        new_id = int(row["execution_id"])
+        if not as_json:
+            err_console.print(f"execution {new_id} reruns {execution_id} from {from_step}",
+                              highlight=False)
+        if not wait:
+            if as_json:
+                click.echo(dumps({"execution_id": new_id, "rerun_of": execution_id}))
+            else:
+                click.echo(new_id)
+            return
+        _follow(dsn, new_id, runtime=runtime, concurrency=concurrency, as_json=as_json,
+                timeout=timeout)
