@@ -8,6 +8,9 @@ Creates a scratch database and starts `noetl server --worker-slots NOETL_BENCH_S
      /api/executions/{id} of that execution, sequentially, with include_events=false (the
      projection only) and with NoETL's default page of 100 events; p50/p99;
   3. GET /metrics, sequentially, during the same loop.
+Alongside 2., each sample also times an HTTP round trip that reads nothing (the favicon)
+and the endpoint's statement run straight through psycopg: on a shared, loaded machine the
+ratios say more than the absolute figures.
 Prints the figures and writes them to bench/results/server_api.json.
 """
 
@@ -28,6 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "py"))
 
 from server_harness import Server
 
+from noetl_pg import db
 from noetl_pg.migrate import migrate
 from noetl_pg.testdb import create_database, drop_database
 
@@ -92,16 +96,23 @@ async def concurrent_executes(url: str) -> dict[str, Any]:
 
 
 def timed_gets(client: httpx.Client, path: str, params: dict[str, Any] | None,
-               stop_when: Any) -> list[float]:
+               stop_when: Any, baseline: Any = None) -> tuple[list[float], dict[str, list]]:
+    """Sequential GETs of `path`; before each, the floors in `baseline` (name -> call) are
+    timed too, so that the figures of a loaded machine can be read as ratios."""
     values: list[float] = []
+    floors: dict[str, list[float]] = {name: [] for name in baseline or {}}
     for _ in range(SAMPLES):
+        for name, call in (baseline or {}).items():
+            started = time.perf_counter()
+            call()
+            floors[name].append((time.perf_counter() - started) * 1000)
         started = time.perf_counter()
         response = client.get(path, params=params)
         values.append((time.perf_counter() - started) * 1000)
         response.raise_for_status()
         if stop_when(response):
             break
-    return values
+    return values, floors
 
 
 def main() -> None:
@@ -133,14 +144,26 @@ def main() -> None:
             def finished(response: httpx.Response) -> bool:
                 return bool(response.json()["status"] != "RUNNING")
 
-            projection_only = timed_gets(client, path, {"include_events": "false"}, finished)
-            with_events = timed_gets(client, path, None, finished)
-            metrics = timed_gets(client, "/metrics", None, lambda response: False)
+            with db.connect(dsn) as conn:
+                baseline = {
+                    # An HTTP round trip that touches no database (the favicon's 204).
+                    "http_floor": lambda: client.get("/favicon.ico"),
+                    # The endpoint's own statement, straight from psycopg.
+                    "sql_only": lambda: db.fetch_one(conn, "server_execution",
+                                                     execution_id=int(execution_id),
+                                                     with_result=False),
+                }
+                projection_only, floors = timed_gets(
+                    client, path, {"include_events": "false"}, finished, baseline)
+            with_events, _ = timed_gets(client, path, None, finished)
+            metrics, _ = timed_gets(client, "/metrics", None, lambda response: False)
             progress = client.get(path, params={"include_events": "false"}).json()
             loop = progress["loops"][0] if progress["loops"] else {}
         figures = {
             "concurrent_execute": {"requests": CONCURRENT, **execute},
             "get_execution_projection_only": summary(projection_only),
+            "http_floor_same_samples": summary(floors["http_floor"]),
+            "sql_only_same_samples": summary(floors["sql_only"]),
             "get_execution_with_100_events": summary(with_events),
             "metrics": summary(metrics),
             "loop_items": ITEMS,

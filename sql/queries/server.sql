@@ -87,14 +87,14 @@ order by x.execution_id desc
 limit %(row_limit)s offset %(row_offset)s;
 
 -- name: server_execution
--- GET /api/executions/{id} and /status: the row with its projected state (no event scan).
+-- GET /api/executions/{id} and /status: the row with its projected state (no event scan);
+-- the result (it may be large) only when asked for.
 select
     x.execution_id,
     x.catalog_id,
     x.path,
     x.version,
     x.status,
-    x.result,
     x.error,
     x.failed_step,
     x.parent_execution_id,
@@ -102,6 +102,7 @@ select
     x.state,
     x.started_at,
     x.finished_at,
+    case when %(with_result)s then x.result end as result,
     (
         select count(*) from noetl.catalog_step as cs
         where cs.catalog_id = x.catalog_id

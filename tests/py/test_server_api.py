@@ -237,6 +237,10 @@ def test_execute_by_catalog_id_and_workload_alias(api: httpx.Client, server_dsn:
     stored = sql(server_dsn, "select path, result from noetl.execution "
                              "where execution_id = %s", int(execution_id))[0]
     assert stored == (path, {"items": 3, "bytes": 3 * 1024, "mode": "chunked_optimal"})
+    # As in NoETL, the detail leaves the (possibly large) result out unless asked.
+    assert api.get(f"/api/executions/{execution_id}").json()["result"] is None
+    with_result = api.get(f"/api/executions/{execution_id}", params={"include_result": "true"})
+    assert with_result.json()["result"] == stored[1]
 
 
 def test_failed_execution_reports_step_and_error(api: httpx.Client) -> None:
