@@ -68,6 +68,30 @@ workflow:
 """
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+class ServerCpu:
+    """CPU milliseconds the server process spent per request over a block: a figure the
+    machine's load does not inflate the way it inflates wall-clock latency."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+
+    def __enter__(self) -> ServerCpu:
+        self.start = cpu_seconds(self.pid)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.spent = cpu_seconds(self.pid) - self.start
+
+    def per_request_ms(self, requests: int) -> float:
+        return round(1000 * self.spent / max(requests, 1), 2)
+
+
 def summary(values_ms: list[float]) -> dict[str, float]:
     ordered = sorted(values_ms)
     if not ordered:
@@ -128,7 +152,10 @@ def main() -> None:
             # Warm up the pool and prepared statements.
             for _ in range(20):
                 client.get("/api/health")
-            execute = asyncio.run(concurrent_executes(server.url))
+            pid = server.process.pid
+            with ServerCpu(pid) as cpu_execute:
+                execute = asyncio.run(concurrent_executes(server.url))
+            execute["server_cpu_ms_per_request"] = cpu_execute.per_request_ms(CONCURRENT)
 
             execution_id = client.post("/api/execute", json={"path": "bench/server/big_loop"}) \
                 .json()["execution_id"]
@@ -155,17 +182,28 @@ def main() -> None:
                 }
                 projection_only, floors = timed_gets(
                     client, path, {"include_events": "false"}, finished, baseline)
-            with_events, _ = timed_gets(client, path, None, finished)
-            metrics, _ = timed_gets(client, "/metrics", None, lambda response: False)
+            with ServerCpu(pid) as cpu_events:
+                with_events, _ = timed_gets(client, path, None, finished)
+            with ServerCpu(pid) as cpu_metrics:
+                metrics, _ = timed_gets(client, "/metrics", None, lambda response: False)
+            with ServerCpu(pid) as cpu_detail:
+                detail_again, _ = timed_gets(client, path, {"include_events": "false"},
+                                             lambda response: False)
             progress = client.get(path, params={"include_events": "false"}).json()
             loop = progress["loops"][0] if progress["loops"] else {}
         figures = {
             "concurrent_execute": {"requests": CONCURRENT, **execute},
             "get_execution_projection_only": summary(projection_only),
+            "get_execution_projection_only_after_loop": {
+                **summary(detail_again),
+                "server_cpu_ms_per_request": cpu_detail.per_request_ms(len(detail_again))},
             "http_floor_same_samples": summary(floors["http_floor"]),
             "sql_only_same_samples": summary(floors["sql_only"]),
-            "get_execution_with_100_events": summary(with_events),
-            "metrics": summary(metrics),
+            "get_execution_with_100_events": {
+                **summary(with_events),
+                "server_cpu_ms_per_request": cpu_events.per_request_ms(len(with_events))},
+            "metrics": {**summary(metrics),
+                        "server_cpu_ms_per_request": cpu_metrics.per_request_ms(len(metrics))},
             "loop_items": ITEMS,
             "loop_done_when_sampling_ended": loop.get("done"),
             "loop_status_when_sampling_ended": progress["status"],
