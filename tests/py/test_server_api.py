@@ -176,9 +176,15 @@ def test_readme_curl_runs_the_heavy_payload_pipeline(api: httpx.Client, server_d
 def test_register_plain_and_base64_add_versions(api: httpx.Client, server_dsn: str) -> None:
     path, text = unique(FAILING_PLAYBOOK)
     first = register(api, text)
+    # NoETL's CLI sends base64; the same text again is recognised, not stored twice.
+    again = api.post("/api/catalog/register",
+                     json={"content": base64.b64encode(text.encode()).decode(),
+                           "resource_type": "Playbook"}).json()
+    assert (again["version"], again["catalog_id"]) == (1, first["catalog_id"])
+    assert "unchanged" in again["message"]
+    changed = text.replace("boom at step two", "boom at step 2")
     second = api.post("/api/catalog/register",
-                      json={"content": base64.b64encode(text.encode()).decode(),
-                            "resource_type": "Playbook"}).json()
+                      json={"content": base64.b64encode(changed.encode()).decode()}).json()
     assert (first["path"], first["version"], first["kind"]) == (path, 1, "Playbook")
     assert second["version"] == 2 and second["message"] == \
         f"Resource '{path}' version '2' registered."
@@ -188,7 +194,7 @@ def test_register_plain_and_base64_add_versions(api: httpx.Client, server_dsn: s
 
     listed = api.post("/api/catalog/list", json={"path": path}).json()["entries"]
     assert [entry["version"] for entry in listed] == [2, 1]
-    assert listed[0]["content"] == text
+    assert listed[0]["content"] == changed and listed[1]["content"] == text
     latest = api.post("/api/catalog/resource", json={"path": path, "version": "latest"})
     assert latest.json()["version"] == 2
     by_id = api.post("/api/catalog/resource", json={"catalog_id": first["catalog_id"]}).json()
