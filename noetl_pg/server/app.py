@@ -13,7 +13,14 @@ from fastapi.responses import JSONResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
 
 from noetl_pg import __version__
-from noetl_pg.server import api_catalog, api_credentials, api_executions, api_ops, metrics
+from noetl_pg.server import (
+    api_catalog,
+    api_credentials,
+    api_executions,
+    api_ops,
+    api_resume,
+    metrics,
+)
 from noetl_pg.server.auth import TokenAuth
 from noetl_pg.server.database import make_pool
 
@@ -80,6 +87,9 @@ def create_app(dsn: str, *, open_without_tokens: bool, pool_size: int = 10) -> F
 
     for module in (api_catalog, api_executions, api_credentials, api_ops, metrics):
         app.include_router(module.router)
+    # Resume and rerun exist only where their SQL functions do (read once, at start).
+    if all(api_resume.optional_functions(dsn).values()):
+        app.include_router(api_resume.router)
 
     @app.get("/", include_in_schema=False)
     async def root() -> RedirectResponse:

@@ -326,3 +326,17 @@ where token_sha256 = %(token_sha256)s and revoked_at is null;
 select count(*) as tokens
 from noetl.api_token
 where revoked_at is null;
+
+-- name: server_optional_functions
+-- Which optional SQL functions this database has (the resume/rerun endpoints need them).
+select
+    to_regprocedure('noetl.resume_execution(bigint)') is not null as resume,
+    to_regprocedure('noetl.rerun_execution(bigint, text)') is not null as rerun;
+
+-- name: server_resume_execution
+-- POST /api/executions/{id}/resume: noetl.resume_execution; how many commands it reissued.
+select noetl.resume_execution(%(execution_id)s) as commands;
+
+-- name: server_rerun_execution
+-- POST /api/executions/{id}/rerun: noetl.rerun_execution from a step; the new execution.
+select noetl.rerun_execution(%(execution_id)s, %(from_step)s) as execution_id;
