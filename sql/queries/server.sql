@@ -204,7 +204,8 @@ group by kind
 order by kind;
 
 -- name: server_metrics_counts
--- /metrics: executions by status (execution_status_idx), live workers and their slots.
+-- /metrics: executions by status (execution_status_idx), live workers and their slots,
+-- and the queue per kind (the partial indexes, as server_queue), in one round trip.
 select
     (
         select coalesce(jsonb_object_agg(s.status, s.n), '{}'::jsonb)
@@ -227,7 +228,25 @@ select
         where
             w.stopped_at is null
             and w.heartbeat_at > clock_timestamp() - make_interval(secs => %(alive_seconds)s)
-    ) as worker_slots;
+    ) as worker_slots,
+    (
+        select coalesce(jsonb_agg(to_jsonb(q) order by q.kind), '[]'::jsonb)
+        from (
+            select
+                kind,
+                count(*) filter (
+                    where status = 'queued' and available_at <= now()
+                ) as queued_due,
+                count(*) filter (
+                    where status = 'queued' and available_at > now()
+                ) as queued_later,
+                count(*) filter (where status = 'claimed') as claimed,
+                count(*) filter (where status = 'waiting') as waiting
+            from noetl.command
+            where status in ('queued', 'claimed', 'waiting')
+            group by kind
+        ) as q
+    ) as queue;
 
 -- name: server_projection_lag
 -- /metrics: how far execution.state is behind, over RUNNING executions: the age of the
