@@ -9,6 +9,7 @@ from pathlib import Path
 
 import psycopg
 from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
 
@@ -73,6 +74,14 @@ def create_app(dsn: str, *, open_without_tokens: bool, pool_size: int = 10) -> F
     app.state.dsn = dsn
     app.state.pool = pool
     app.state.auth = TokenAuth(pool, open_without_tokens=open_without_tokens)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
+        # FastAPI echoes the offending input by default; a credential body holds secrets,
+        # so an error says where and what, never the value.
+        errors = [{"loc": list(error.get("loc", ())), "msg": error.get("msg", ""),
+                   "type": error.get("type", "")} for error in exc.errors()]
+        return JSONResponse({"detail": errors}, status_code=422)
 
     @app.exception_handler(psycopg.Error)
     async def sql_error(request: Request, exc: psycopg.Error) -> JSONResponse:

@@ -373,6 +373,11 @@ def test_credentials_never_return_secrets(api: httpx.Client, server_dsn: str) ->
     stored = sql(server_dsn, "select public_data, secret_data from noetl.credential "
                              "where name = %s", name)[0]
     assert "db_password" not in stored[0] and secret.encode() not in bytes(stored[1])
+    # A bad request is refused without echoing the body (it may hold a secret).
+    echoed = api.post("/api/credentials", json={"name": name, "data": {"db_password": secret},
+                                                "colour": "red"})
+    assert echoed.status_code == 422 and "colour" in echoed.text
+    assert secret not in echoed.text
     refused = api.post("/api/credentials", json={"name": "x", "type": "snowflake", "data": {}})
     assert refused.status_code == 422 and "type must be one of" in refused.text
     assert api.get("/api/credentials/no-such-credential").status_code == 404
