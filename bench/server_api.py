@@ -8,6 +8,9 @@ Creates a scratch database and starts `noetl server --worker-slots NOETL_BENCH_S
      /api/executions/{id} of that execution, sequentially, with include_events=false (the
      projection only) and with NoETL's default page of 100 events; p50/p99;
   3. GET /metrics, sequentially, during the same loop.
+Alongside 2., each sample also times an HTTP round trip that reads nothing (the favicon)
+and the endpoint's statement run straight through psycopg: on a shared, loaded machine the
+ratios say more than the absolute figures.
 Prints the figures and writes them to bench/results/server_api.json.
 """
 
@@ -28,6 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "py"))
 
 from server_harness import Server
 
+from noetl_pg import db
 from noetl_pg.migrate import migrate
 from noetl_pg.testdb import create_database, drop_database
 
@@ -64,6 +68,30 @@ workflow:
 """
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+class ServerCpu:
+    """CPU milliseconds the server process spent per request over a block: a figure the
+    machine's load does not inflate the way it inflates wall-clock latency."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+
+    def __enter__(self) -> ServerCpu:
+        self.start = cpu_seconds(self.pid)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.spent = cpu_seconds(self.pid) - self.start
+
+    def per_request_ms(self, requests: int) -> float:
+        return round(1000 * self.spent / max(requests, 1), 2)
+
+
 def summary(values_ms: list[float]) -> dict[str, float]:
     ordered = sorted(values_ms)
     if not ordered:
@@ -92,16 +120,23 @@ async def concurrent_executes(url: str) -> dict[str, Any]:
 
 
 def timed_gets(client: httpx.Client, path: str, params: dict[str, Any] | None,
-               stop_when: Any) -> list[float]:
+               stop_when: Any, baseline: Any = None) -> tuple[list[float], dict[str, list]]:
+    """Sequential GETs of `path`; before each, the floors in `baseline` (name -> call) are
+    timed too, so that the figures of a loaded machine can be read as ratios."""
     values: list[float] = []
+    floors: dict[str, list[float]] = {name: [] for name in baseline or {}}
     for _ in range(SAMPLES):
+        for name, call in (baseline or {}).items():
+            started = time.perf_counter()
+            call()
+            floors[name].append((time.perf_counter() - started) * 1000)
         started = time.perf_counter()
         response = client.get(path, params=params)
         values.append((time.perf_counter() - started) * 1000)
         response.raise_for_status()
         if stop_when(response):
             break
-    return values
+    return values, floors
 
 
 def main() -> None:
@@ -117,7 +152,10 @@ def main() -> None:
             # Warm up the pool and prepared statements.
             for _ in range(20):
                 client.get("/api/health")
-            execute = asyncio.run(concurrent_executes(server.url))
+            pid = server.process.pid
+            with ServerCpu(pid) as cpu_execute:
+                execute = asyncio.run(concurrent_executes(server.url))
+            execute["server_cpu_ms_per_request"] = cpu_execute.per_request_ms(CONCURRENT)
 
             execution_id = client.post("/api/execute", json={"path": "bench/server/big_loop"}) \
                 .json()["execution_id"]
@@ -133,16 +171,39 @@ def main() -> None:
             def finished(response: httpx.Response) -> bool:
                 return bool(response.json()["status"] != "RUNNING")
 
-            projection_only = timed_gets(client, path, {"include_events": "false"}, finished)
-            with_events = timed_gets(client, path, None, finished)
-            metrics = timed_gets(client, "/metrics", None, lambda response: False)
+            with db.connect(dsn) as conn:
+                baseline = {
+                    # An HTTP round trip that touches no database (the favicon's 204).
+                    "http_floor": lambda: client.get("/favicon.ico"),
+                    # The endpoint's own statement, straight from psycopg.
+                    "sql_only": lambda: db.fetch_one(conn, "server_execution",
+                                                     execution_id=int(execution_id),
+                                                     with_result=False),
+                }
+                projection_only, floors = timed_gets(
+                    client, path, {"include_events": "false"}, finished, baseline)
+            with ServerCpu(pid) as cpu_events:
+                with_events, _ = timed_gets(client, path, None, finished)
+            with ServerCpu(pid) as cpu_metrics:
+                metrics, _ = timed_gets(client, "/metrics", None, lambda response: False)
+            with ServerCpu(pid) as cpu_detail:
+                detail_again, _ = timed_gets(client, path, {"include_events": "false"},
+                                             lambda response: False)
             progress = client.get(path, params={"include_events": "false"}).json()
             loop = progress["loops"][0] if progress["loops"] else {}
         figures = {
             "concurrent_execute": {"requests": CONCURRENT, **execute},
             "get_execution_projection_only": summary(projection_only),
-            "get_execution_with_100_events": summary(with_events),
-            "metrics": summary(metrics),
+            "get_execution_projection_only_after_loop": {
+                **summary(detail_again),
+                "server_cpu_ms_per_request": cpu_detail.per_request_ms(len(detail_again))},
+            "http_floor_same_samples": summary(floors["http_floor"]),
+            "sql_only_same_samples": summary(floors["sql_only"]),
+            "get_execution_with_100_events": {
+                **summary(with_events),
+                "server_cpu_ms_per_request": cpu_events.per_request_ms(len(with_events))},
+            "metrics": {**summary(metrics),
+                        "server_cpu_ms_per_request": cpu_metrics.per_request_ms(len(metrics))},
             "loop_items": ITEMS,
             "loop_done_when_sampling_ended": loop.get("done"),
             "loop_status_when_sampling_ended": progress["status"],

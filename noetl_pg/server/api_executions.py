@@ -33,9 +33,11 @@ MAX_EVENT_OFFSET = 100_000
 MAX_EXECUTION_OFFSET = 100_000
 
 
-async def _execution(request: Request, execution_id: int) -> dict[str, Any]:
+async def _execution(request: Request, execution_id: int, *,
+                     with_result: bool = False) -> dict[str, Any]:
     async with request.app.state.pool.connection() as conn:
-        row = await database.fetch_one(conn, "server_execution", execution_id=execution_id)
+        row = await database.fetch_one(conn, "server_execution", execution_id=execution_id,
+                                       with_result=with_result)
     if row is None:
         raise HTTPException(status_code=404, detail=f"Execution {execution_id} not found")
     return row
@@ -129,10 +131,12 @@ async def get_execution(
     before_event_id: EventId = None,
     event_type: Annotated[str | None, Query(max_length=100)] = None,
     include_events: bool = True,
+    include_result: bool = False,
 ) -> dict[str, Any]:
     """One execution from the projection: status, steps, loop progress, and a page of
-    events (newest first; include_events=false to skip them)."""
-    row = await _execution(request, execution_id)
+    events (newest first; include_events=false to skip them). The final result, which
+    NoETL leaves out here, comes with include_result=true."""
+    row = await _execution(request, execution_id, with_result=include_result)
     state = row["state"] or {}
     events: list = []
     pagination = None

@@ -9,11 +9,19 @@ from pathlib import Path
 
 import psycopg
 from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
 
 from noetl_pg import __version__
-from noetl_pg.server import api_catalog, api_credentials, api_executions, api_ops, metrics
+from noetl_pg.server import (
+    api_catalog,
+    api_credentials,
+    api_executions,
+    api_ops,
+    api_resume,
+    metrics,
+)
 from noetl_pg.server.auth import TokenAuth
 from noetl_pg.server.database import make_pool
 
@@ -67,6 +75,14 @@ def create_app(dsn: str, *, open_without_tokens: bool, pool_size: int = 10) -> F
     app.state.pool = pool
     app.state.auth = TokenAuth(pool, open_without_tokens=open_without_tokens)
 
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
+        # FastAPI echoes the offending input by default; a credential body holds secrets,
+        # so an error says where and what, never the value.
+        errors = [{"loc": list(error.get("loc", ())), "msg": error.get("msg", ""),
+                   "type": error.get("type", "")} for error in exc.errors()]
+        return JSONResponse({"detail": errors}, status_code=422)
+
     @app.exception_handler(psycopg.Error)
     async def sql_error(request: Request, exc: psycopg.Error) -> JSONResponse:
         if isinstance(exc, psycopg.OperationalError) and exc.sqlstate is None:
@@ -80,6 +96,9 @@ def create_app(dsn: str, *, open_without_tokens: bool, pool_size: int = 10) -> F
 
     for module in (api_catalog, api_executions, api_credentials, api_ops, metrics):
         app.include_router(module.router)
+    # Resume and rerun exist only where their SQL functions do (read once, at start).
+    if all(api_resume.optional_functions(dsn).values()):
+        app.include_router(api_resume.router)
 
     @app.get("/", include_in_schema=False)
     async def root() -> RedirectResponse:

@@ -1,5 +1,5 @@
 """The CLI's verbs over HTTP: with `--server URL` (or NOETL_SERVER_URL, or NoETL's
-`--host H --port P`), `run`, `exec`, `status`, `cancel` and `catalog register|list` call a
+`--host H --port P`), `run`/`exec`, `start`, `status`, `cancel` and `catalog register|list` call a
 noetl server instead of the database, as NoETL's CLI does.
 
 `install(main)` adds the options to the `noetl` group and wraps those commands: each runs
@@ -77,9 +77,15 @@ def remote_run(ctx: click.Context, client: ServerClient, target: str, payload: s
     sys.exit(_exit_code(status))
 
 
-def remote_exec(ctx: click.Context, client: ServerClient, path: str, payload: str | None,
-                sets: tuple[str, ...], version: int | None, **_: Any) -> None:
-    click.echo(client.execute(_catalog_path(client, path), parse_payload(payload, sets), version))
+def remote_start(ctx: click.Context, client: ServerClient, target: str, payload: str | None,
+                 sets: tuple[str, ...], version: int | None, as_json: bool = False,
+                 **_: Any) -> None:
+    path = _catalog_path(client, target)
+    execution_id = client.execute(path, parse_payload(payload, sets), version)
+    if as_json:
+        click.echo(json.dumps({"execution_id": execution_id, "path": path}))
+    else:
+        click.echo(execution_id)
 
 
 def remote_status(ctx: click.Context, client: ServerClient, execution_id: int,
@@ -118,7 +124,8 @@ def remote_catalog_list(ctx: click.Context, client: ServerClient, **_: Any) -> N
 
 REMOTE_VERBS: dict[tuple[str, ...], Callable[..., None]] = {
     ("run",): remote_run,
-    ("exec",): remote_exec,
+    ("exec",): remote_run,  # NoETL's name for run
+    ("start",): remote_start,
     ("status",): remote_status,
     ("cancel",): remote_cancel,
     ("catalog", "register"): remote_register,
@@ -149,7 +156,7 @@ def install(main: click.Group) -> None:
     """Add --server/--host/--port to `main` and route the verbs above through them."""
     main.params.extend([
         click.Option(["--server", "server_url"], envvar=SERVER_ENV, metavar="URL",
-                     help=f"Send run/exec/status/cancel/catalog to this noetl server "
+                     help=f"Send run/exec/start/status/cancel/catalog to this noetl server "
                           f"(or ${SERVER_ENV})."),
         click.Option(["--host", "server_host"], help="NoETL style: server host (with --port)."),
         click.Option(["--port", "server_port"], type=int, default=8082, show_default=True,

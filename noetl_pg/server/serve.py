@@ -36,14 +36,15 @@ def token_count(dsn: str) -> int:
 
 
 def check_bind(dsn: str, host: str) -> bool:
-    """Whether the server may run open (no tokens, loopback); raises when it may not run."""
-    if token_count(dsn) > 0:
-        return False
-    if not is_loopback(host):
+    """Whether requests without a token may come in while no live token exists (loopback
+    addresses only); raises when a non-loopback bind has no token to require."""
+    if is_loopback(host):
+        return True
+    if token_count(dsn) == 0:
         raise NoetlError(
             f"refusing to serve on {host} without authentication: create a token first "
             "(noetl server token add NAME --role admin) or bind to 127.0.0.1")
-    return True
+    return False
 
 
 def serve(dsn: str, *, host: str, port: int, worker_slots: int = 0,

@@ -87,14 +87,14 @@ order by x.execution_id desc
 limit %(row_limit)s offset %(row_offset)s;
 
 -- name: server_execution
--- GET /api/executions/{id} and /status: the row with its projected state (no event scan).
+-- GET /api/executions/{id} and /status: the row with its projected state (no event scan);
+-- the result (it may be large) only when asked for.
 select
     x.execution_id,
     x.catalog_id,
     x.path,
     x.version,
     x.status,
-    x.result,
     x.error,
     x.failed_step,
     x.parent_execution_id,
@@ -102,6 +102,7 @@ select
     x.state,
     x.started_at,
     x.finished_at,
+    case when %(with_result)s then x.result end as result,
     (
         select count(*) from noetl.catalog_step as cs
         where cs.catalog_id = x.catalog_id
@@ -203,7 +204,8 @@ group by kind
 order by kind;
 
 -- name: server_metrics_counts
--- /metrics: executions by status (execution_status_idx), live workers and their slots.
+-- /metrics: executions by status (execution_status_idx), live workers and their slots,
+-- and the queue per kind (the partial indexes, as server_queue), in one round trip.
 select
     (
         select coalesce(jsonb_object_agg(s.status, s.n), '{}'::jsonb)
@@ -226,7 +228,25 @@ select
         where
             w.stopped_at is null
             and w.heartbeat_at > clock_timestamp() - make_interval(secs => %(alive_seconds)s)
-    ) as worker_slots;
+    ) as worker_slots,
+    (
+        select coalesce(jsonb_agg(to_jsonb(q) order by q.kind), '[]'::jsonb)
+        from (
+            select
+                kind,
+                count(*) filter (
+                    where status = 'queued' and available_at <= now()
+                ) as queued_due,
+                count(*) filter (
+                    where status = 'queued' and available_at > now()
+                ) as queued_later,
+                count(*) filter (where status = 'claimed') as claimed,
+                count(*) filter (where status = 'waiting') as waiting
+            from noetl.command
+            where status in ('queued', 'claimed', 'waiting')
+            group by kind
+        ) as q
+    ) as queue;
 
 -- name: server_projection_lag
 -- /metrics: how far execution.state is behind, over RUNNING executions: the age of the
@@ -325,3 +345,17 @@ where token_sha256 = %(token_sha256)s and revoked_at is null;
 select count(*) as tokens
 from noetl.api_token
 where revoked_at is null;
+
+-- name: server_optional_functions
+-- Which optional SQL functions this database has (the resume/rerun endpoints need them).
+select
+    to_regprocedure('noetl.resume_execution(bigint)') is not null as resume,
+    to_regprocedure('noetl.rerun_execution(bigint, text)') is not null as rerun;
+
+-- name: server_resume_execution
+-- POST /api/executions/{id}/resume: noetl.resume_execution; how many commands it reissued.
+select noetl.resume_execution(%(execution_id)s) as commands;
+
+-- name: server_rerun_execution
+-- POST /api/executions/{id}/rerun: noetl.rerun_execution from a step; the new execution.
+select noetl.rerun_execution(%(execution_id)s, %(from_step)s) as execution_id;

@@ -176,9 +176,15 @@ def test_readme_curl_runs_the_heavy_payload_pipeline(api: httpx.Client, server_d
 def test_register_plain_and_base64_add_versions(api: httpx.Client, server_dsn: str) -> None:
     path, text = unique(FAILING_PLAYBOOK)
     first = register(api, text)
+    # NoETL's CLI sends base64; the same text again is recognised, not stored twice.
+    again = api.post("/api/catalog/register",
+                     json={"content": base64.b64encode(text.encode()).decode(),
+                           "resource_type": "Playbook"}).json()
+    assert (again["version"], again["catalog_id"]) == (1, first["catalog_id"])
+    assert "unchanged" in again["message"]
+    changed = text.replace("boom at step two", "boom at step 2")
     second = api.post("/api/catalog/register",
-                      json={"content": base64.b64encode(text.encode()).decode(),
-                            "resource_type": "Playbook"}).json()
+                      json={"content": base64.b64encode(changed.encode()).decode()}).json()
     assert (first["path"], first["version"], first["kind"]) == (path, 1, "Playbook")
     assert second["version"] == 2 and second["message"] == \
         f"Resource '{path}' version '2' registered."
@@ -188,7 +194,7 @@ def test_register_plain_and_base64_add_versions(api: httpx.Client, server_dsn: s
 
     listed = api.post("/api/catalog/list", json={"path": path}).json()["entries"]
     assert [entry["version"] for entry in listed] == [2, 1]
-    assert listed[0]["content"] == text
+    assert listed[0]["content"] == changed and listed[1]["content"] == text
     latest = api.post("/api/catalog/resource", json={"path": path, "version": "latest"})
     assert latest.json()["version"] == 2
     by_id = api.post("/api/catalog/resource", json={"catalog_id": first["catalog_id"]}).json()
@@ -237,6 +243,10 @@ def test_execute_by_catalog_id_and_workload_alias(api: httpx.Client, server_dsn:
     stored = sql(server_dsn, "select path, result from noetl.execution "
                              "where execution_id = %s", int(execution_id))[0]
     assert stored == (path, {"items": 3, "bytes": 3 * 1024, "mode": "chunked_optimal"})
+    # As in NoETL, the detail leaves the (possibly large) result out unless asked.
+    assert api.get(f"/api/executions/{execution_id}").json()["result"] is None
+    with_result = api.get(f"/api/executions/{execution_id}", params={"include_result": "true"})
+    assert with_result.json()["result"] == stored[1]
 
 
 def test_failed_execution_reports_step_and_error(api: httpx.Client) -> None:
@@ -363,6 +373,11 @@ def test_credentials_never_return_secrets(api: httpx.Client, server_dsn: str) ->
     stored = sql(server_dsn, "select public_data, secret_data from noetl.credential "
                              "where name = %s", name)[0]
     assert "db_password" not in stored[0] and secret.encode() not in bytes(stored[1])
+    # A bad request is refused without echoing the body (it may hold a secret).
+    echoed = api.post("/api/credentials", json={"name": name, "data": {"db_password": secret},
+                                                "colour": "red"})
+    assert echoed.status_code == 422 and "colour" in echoed.text
+    assert secret not in echoed.text
     refused = api.post("/api/credentials", json={"name": "x", "type": "snowflake", "data": {}})
     assert refused.status_code == 422 and "type must be one of" in refused.text
     assert api.get("/api/credentials/no-such-credential").status_code == 404

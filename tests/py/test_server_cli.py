@@ -51,7 +51,7 @@ def test_cli_verbs_over_http(server: Server, cli_dsn: str, tmp_path) -> None:
     assert registered.returncode == 0, registered.stderr
     assert "registered examples/branching version 1" in registered.stdout
 
-    started = noetl(cli_dsn, "exec", "catalog://examples/branching", "--set", "amount=5",
+    started = noetl(cli_dsn, "start", "catalog://examples/branching", "--set", "amount=5",
                     env=remote_env)
     assert started.returncode == 0, started.stderr
     execution_id = int(started.stdout.strip())
@@ -61,8 +61,8 @@ def test_cli_verbs_over_http(server: Server, cli_dsn: str, tmp_path) -> None:
                          f"where execution_id = {execution_id}") == [
         ("COMPLETED", {"handled": "small"})]
 
-    # NoETL's spelling: --host/--port and run -r distributed with a file.
-    run = noetl(cli_dsn, "--host", "127.0.0.1", "--port", str(server.port), "run",
+    # NoETL's spelling: --host/--port and exec -r distributed with a file.
+    run = noetl(cli_dsn, "--host", "127.0.0.1", "--port", str(server.port), "exec",
                 str(REPO_ROOT / "examples" / "loop_parallel.yaml"), "-r", "distributed",
                 "--json", env=noetl_env("host=127.0.0.1 port=1 dbname=none"))
     assert run.returncode == 0, run.stderr
@@ -71,7 +71,7 @@ def test_cli_verbs_over_http(server: Server, cli_dsn: str, tmp_path) -> None:
 
     slow = tmp_path / "slow.yaml"
     slow.write_text(SLOW)
-    slow_id = noetl(cli_dsn, "exec", str(slow), env=remote_env).stdout.strip()
+    slow_id = noetl(cli_dsn, "start", str(slow), env=remote_env).stdout.strip()
     cancelled = noetl(cli_dsn, "cancel", slow_id, "--reason", "cli test", env=remote_env)
     assert "Cancelled 1 execution(s)" in cancelled.stdout
     assert rows(cli_dsn, f"select status, error from noetl.execution "

@@ -67,6 +67,23 @@ workflow:
 """
 
 
+FAILING = """
+apiVersion: noetl.io/v2
+kind: Playbook
+metadata: {name: console_failing, path: PATH}
+workflow:
+  - step: ok
+    tool: {kind: noop}
+    next: {arcs: [{step: boom}]}
+  - step: boom
+    tool:
+      kind: python
+      code: |
+        print("fetching rows from upstream")
+        raise ValueError("boom at step two")
+"""
+
+
 @pytest.fixture(scope="module")
 def server() -> Iterator[Server]:
     database = create_database("noetl_server_console")
@@ -167,4 +184,19 @@ def test_cancel_button_and_failed_filter(server: Server, browser: Browser) -> No
     statuses = listing.locator("#executions td.status").all_inner_texts()
     assert statuses and set(statuses) == {"CANCELLED"}
     listing.close()
+    page.close()
+
+
+def test_failed_step_shows_error_and_logs(server: Server, browser: Browser) -> None:
+    _, execution_id = start(server, FAILING)
+    page = open_page(browser, f"{server.url}/console/execution.html?id={execution_id}")
+    page.wait_for_selector('#exec-status[data-status="FAILED"]', timeout=60_000)
+    page.wait_for_selector("#log-stdout", timeout=20_000)
+    assert "boom at step two" in page.locator("#error-text").inner_text()
+    assert "Failed step: boom" in page.locator("#failure h2").inner_text()
+    assert page.locator("#log-stdout").inner_text().strip() == "fetching rows from upstream"
+    assert "Traceback" in page.locator("#log-stderr").inner_text()
+    page.wait_for_selector('#graph g.node[data-step="boom"][data-status="failed"]')
+    page.screenshot(path=SHOTS / "console-failed.png", full_page=True)
+    assert page.errors == []  # type: ignore[attr-defined]
     page.close()

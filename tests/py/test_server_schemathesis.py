@@ -10,7 +10,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from server_harness import REPO_ROOT, Server
+from server_harness import Server
 
 from noetl_pg.migrate import migrate
 from noetl_pg.testdb import create_database, drop_database
@@ -37,7 +37,7 @@ def test_no_server_errors(server: Server, tmp_path: Path) -> None:
          "--phases", "coverage,fuzzing", "--max-examples", examples, "--seed", "15",
          "--workers", "2", "--request-timeout", "30", "--report", "junit",
          "--report-junit-path", str(tmp_path / "junit.xml")],
-        cwd=REPO_ROOT, capture_output=True, text=True, timeout=900, check=False)
+        cwd=tmp_path, capture_output=True, text=True, timeout=900, check=False)
     assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-2000:]
     report = (tmp_path / "junit.xml").read_text()
     # Every operation of the spec was exercised, and none failed.

@@ -40,14 +40,33 @@ function renderSteps(steps) {
       el("td", {}, step.error ? el("pre", {}, step.error) : ""))));
 }
 
-function renderFailure(detail) {
+let failureLogs = null;  // {stdout, stderr} of the failed step's last command.failed event
+
+async function loadFailureLogs(step) {
+  // One indexed page of command.failed events, read once: the run has finished.
+  const page = await api(`../api/executions/${executionId}/events?` +
+    new URLSearchParams({ event_type: "command.failed", page_size: 10 }));
+  const event = page.events.find((e) => e.node_name === step && e.result && e.result.logs);
+  failureLogs = event ? event.result.logs : {};
+}
+
+async function renderFailure(detail) {
   const box = document.getElementById("failure");
   if (detail.status !== "FAILED" && !detail.error) { box.replaceChildren(); return; }
+  if (detail.failed_step && failureLogs === null) await loadFailureLogs(detail.failed_step);
   const failed = detail.steps.find((s) => s.name === detail.failed_step);
+  const logs = [];
+  for (const stream of ["stdout", "stderr"]) {
+    if (failureLogs && failureLogs[stream]) {
+      logs.push(el("h3", {}, stream), el("div", { class: "error", id: `log-${stream}` },
+                                         failureLogs[stream]));
+    }
+  }
   box.replaceChildren(
     el("h2", {}, detail.failed_step ? `Failed step: ${detail.failed_step}` : "Error"),
     el("div", { class: "error", id: "error-text" },
-      (failed && failed.error) || detail.error || ""));
+      (failed && failed.error) || detail.error || ""),
+    ...logs);
 }
 
 async function refreshDetail() {
@@ -63,7 +82,7 @@ async function refreshDetail() {
     summaryItem("events", detail.projection.events || 0));
   renderLoops(detail.loops);
   renderSteps(detail.steps);
-  renderFailure(detail);
+  await renderFailure(detail);
   finished = detail.status !== "RUNNING";
   document.getElementById("cancel").hidden = finished;
   document.getElementById("resume").hidden = !(resumePath && detail.status === "FAILED");
