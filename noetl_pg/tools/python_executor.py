@@ -9,7 +9,8 @@ An executor is a guard and a runner process (`python_child.py`) in a session of 
   `DATABASE_URL` variable, and when the worker runs as root it runs as an unprivileged
   user (`NOETL_EXECUTOR_USER`, default `noetl-exec`, created as a system user on first
   use when missing), so it cannot read the worker's /proc/<pid>/environ or memory, nor
-  root's files. `NOETL_EXECUTOR_USER=root` opts out (steps then run as root). A worker not
+  root's files; having dropped root it is not dumpable, so concurrent steps cannot read
+  each other's either. `NOETL_EXECUTOR_USER=root` opts out (steps then run as root). A worker not
   running as root cannot switch users: its executors run as its own user.
 """
 

@@ -20,7 +20,7 @@ from engine_harness import Engine
 from pyexec_support import default_executors, noetl_worker, tool_context
 
 from noetl_pg.tools.python import PythonTool
-from noetl_pg.tools.python_executor import DEFAULT_EXECUTOR_USER
+from noetl_pg.tools.python_executor import DEFAULT_EXECUTOR_USER, Executor
 
 TOOLS_DIR = str(Path(PythonTool.__module__.replace(".", "/")).parent)
 
@@ -217,3 +217,30 @@ result = {"answer": hidden_module.ANSWER, "leaked": leaked, "uid": os.getuid(),
     assert found["answer"] == 42 and found["leaked"] is False
     assert found["uid"] == pwd.getpwnam(DEFAULT_EXECUTOR_USER).pw_uid
     assert found["file"].startswith("/proc/self/fd/")
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="switching users needs a root worker")
+def test_steps_cannot_read_each_others_memory(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Executors share the executor user but are not dumpable (they dropped root), so one
+    step cannot open another's /proc/<pid>/environ or mem (its inputs, its secrets)."""
+    peek = """
+def read(path):
+    try:
+        with open(path, "rb") as source:
+            return source.read(64).decode("utf-8", "replace")
+    except OSError as exc:
+        return f"denied: {type(exc).__name__}"
+result = {"environ": read(f"/proc/{other}/environ"), "mem": read(f"/proc/{other}/mem")}
+"""
+    with default_executors(monkeypatch):
+        victim, attacker = Executor(), Executor()
+        try:
+            other = victim.call({"code": "import os\nresult = os.getpid()", "input": {},
+                                 "libs": {}}, timeout=30)["value"]
+            reply = attacker.call({"code": peek, "input": {"other": other}, "libs": {}},
+                                  timeout=30)
+        finally:
+            victim.kill()
+            attacker.kill()
+    assert reply["value"] == {"environ": "denied: PermissionError",
+                              "mem": "denied: PermissionError"}
