@@ -156,16 +156,22 @@ workflow:
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="the separate executor user needs a root worker")
-def test_a_step_cannot_read_the_workers_secrets(fresh_engine: Engine, tmp_path: Path) -> None:
+@pytest.mark.parametrize("key_source", ["environment", "file"])
+def test_a_step_cannot_read_the_workers_secrets(
+    fresh_engine: Engine, tmp_path: Path, key_source: str,
+) -> None:
     """The attack of issue 12 against a real `noetl worker` with default settings: the step
     looks for the DSN and the credential key in its environment, its parent's and the
-    worker's /proc entries, and the key file."""
+    worker's /proc entries, and the key file (NOETL_CREDENTIAL_KEY or, the other way to
+    give it, NOETL_CREDENTIAL_KEY_FILE)."""
     key, pg_password = "attack-test-key-6f1d", "attack-test-pgpassword-93ab"
     key_file = tmp_path / "credential.key"
     key_file.write_text(key)
     key_file.chmod(0o600)
-    with noetl_worker(fresh_engine.dsn, tmp_path / "w.log", NOETL_CREDENTIAL_KEY=key,
-                      NOETL_CREDENTIAL_KEY_FILE=str(key_file), PGPASSWORD=pg_password) as proc:
+    secrets = ({"NOETL_CREDENTIAL_KEY": key} if key_source == "environment"
+               else {"NOETL_CREDENTIAL_KEY_FILE": str(key_file)})
+    with noetl_worker(fresh_engine.dsn, tmp_path / "w.log", PGPASSWORD=pg_password,
+                      **secrets) as proc:
         execution_id = fresh_engine.start(fresh_engine.register(ATTACK_PLAYBOOK),
                                           {"key_file": str(key_file)})
         row = fresh_engine.wait(execution_id, timeout=60)
