@@ -6,8 +6,10 @@ imports none of them) and with a `sys.path` that never holds this directory (`-P
 `import http.client` or `import duckdb` must find the real modules, not the engine's tool
 modules of the same name.
 
-An executor is two processes in a session of their own (the worker starts it with
-`start_new_session`, so its process group id is the guard's pid):
+An executor is two processes in a process group of their own (the worker starts the guard
+with `process_group=0`, so the group id is the guard's pid; not a session of its own, which
+would give it a scheduler autogroup of its own and, measured, slower round trips under
+load):
 - the **guard** (the process the worker started) drops root privileges if asked
   (`--uid/--gid`), forks the runner, then waits for one of two things: the runner's end
   (it then exits the same way, code or signal, so the worker reports it) or end-of-file on
@@ -204,11 +206,10 @@ def serve(log_bytes: int) -> None:
     stdout, stderr = sys.stdout, sys.stderr
     for line in requests:
         reply = _reply(json.loads(line))
-        # A snippet may have replaced sys.stdout/stderr: flush what it wrote, then restore.
-        for stream in {sys.stdout, sys.stderr, stdout, stderr}:
-            with contextlib.suppress(OSError, ValueError):
+        sys.stdout, sys.stderr = stdout, stderr  # in case the snippet replaced them
+        for stream in (stdout, stderr):
+            with contextlib.suppress(OSError, ValueError):  # e.g. closed by the snippet
                 stream.flush()
-        sys.stdout, sys.stderr = stdout, stderr
         for name, capture in outputs.items():
             text = capture.take()
             if text:

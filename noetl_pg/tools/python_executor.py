@@ -1,6 +1,7 @@
 """Executor processes for `kind: python` (process isolation): start, call, kill, pool.
 
-An executor is a guard and a runner process (`python_child.py`) in a session of their own:
+An executor is a guard and a runner process (`python_child.py`) in a process group of their
+own:
 - it cannot outlive the worker: the worker holds the only write end of a "lifeline" pipe;
   when the worker dies, even by SIGKILL, the guard reads end-of-file and kills the process
   group (the runner and whatever the step spawned); the runner also dies with the guard
@@ -9,8 +10,9 @@ An executor is a guard and a runner process (`python_child.py`) in a session of 
   `DATABASE_URL` variable, and when the worker runs as root it runs as an unprivileged
   user (`NOETL_EXECUTOR_USER`, default `noetl-exec`, created as a system user on first
   use when missing), so it cannot read the worker's /proc/<pid>/environ or memory, nor
-  root's files. `NOETL_EXECUTOR_USER=root` opts out (steps then run as root). A worker not
-  running as root cannot switch users: its executors run as its own user.
+  root's files; having dropped root it is not dumpable, so concurrent steps cannot read
+  each other's either. `NOETL_EXECUTOR_USER=root` opts out (steps then run as root). A
+  worker not running as root cannot switch users: its executors run as its own user.
 """
 
 from __future__ import annotations
@@ -158,7 +160,7 @@ class Executor:
             self.process = subprocess.Popen(
                 args, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
                 bufsize=0, env=executor_environment(user), close_fds=True,
-                pass_fds=(lifeline_read,), start_new_session=True,
+                pass_fds=(lifeline_read,), process_group=0,
             )
         except BaseException:
             os.close(self._lifeline)
@@ -224,7 +226,7 @@ class Executor:
             os.killpg(self.process.pid, signal.SIGKILL)
 
     def kill(self) -> None:
-        """Kill the executor and everything the step started in its session."""
+        """Kill the executor and everything the step started in its process group."""
         if self.process.returncode is None:
             self._kill_group()
         self.process.wait()

@@ -20,7 +20,7 @@ from engine_harness import Engine
 from pyexec_support import default_executors, noetl_worker, tool_context
 
 from noetl_pg.tools.python import PythonTool
-from noetl_pg.tools.python_executor import DEFAULT_EXECUTOR_USER
+from noetl_pg.tools.python_executor import DEFAULT_EXECUTOR_USER, Executor
 
 TOOLS_DIR = str(Path(PythonTool.__module__.replace(".", "/")).parent)
 
@@ -156,16 +156,22 @@ workflow:
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="the separate executor user needs a root worker")
-def test_a_step_cannot_read_the_workers_secrets(fresh_engine: Engine, tmp_path: Path) -> None:
+@pytest.mark.parametrize("key_source", ["environment", "file"])
+def test_a_step_cannot_read_the_workers_secrets(
+    fresh_engine: Engine, tmp_path: Path, key_source: str,
+) -> None:
     """The attack of issue 12 against a real `noetl worker` with default settings: the step
     looks for the DSN and the credential key in its environment, its parent's and the
-    worker's /proc entries, and the key file."""
+    worker's /proc entries, and the key file (NOETL_CREDENTIAL_KEY or, the other way to
+    give it, NOETL_CREDENTIAL_KEY_FILE)."""
     key, pg_password = "attack-test-key-6f1d", "attack-test-pgpassword-93ab"
     key_file = tmp_path / "credential.key"
     key_file.write_text(key)
     key_file.chmod(0o600)
-    with noetl_worker(fresh_engine.dsn, tmp_path / "w.log", NOETL_CREDENTIAL_KEY=key,
-                      NOETL_CREDENTIAL_KEY_FILE=str(key_file), PGPASSWORD=pg_password) as proc:
+    secrets = ({"NOETL_CREDENTIAL_KEY": key} if key_source == "environment"
+               else {"NOETL_CREDENTIAL_KEY_FILE": str(key_file)})
+    with noetl_worker(fresh_engine.dsn, tmp_path / "w.log", PGPASSWORD=pg_password,
+                      **secrets) as proc:
         execution_id = fresh_engine.start(fresh_engine.register(ATTACK_PLAYBOOK),
                                           {"key_file": str(key_file)})
         row = fresh_engine.wait(execution_id, timeout=60)
@@ -217,3 +223,30 @@ result = {"answer": hidden_module.ANSWER, "leaked": leaked, "uid": os.getuid(),
     assert found["answer"] == 42 and found["leaked"] is False
     assert found["uid"] == pwd.getpwnam(DEFAULT_EXECUTOR_USER).pw_uid
     assert found["file"].startswith("/proc/self/fd/")
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="switching users needs a root worker")
+def test_steps_cannot_read_each_others_memory(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Executors share the executor user but are not dumpable (they dropped root), so one
+    step cannot open another's /proc/<pid>/environ or mem (its inputs, its secrets)."""
+    peek = """
+def read(path):
+    try:
+        with open(path, "rb") as source:
+            return source.read(64).decode("utf-8", "replace")
+    except OSError as exc:
+        return f"denied: {type(exc).__name__}"
+result = {"environ": read(f"/proc/{other}/environ"), "mem": read(f"/proc/{other}/mem")}
+"""
+    with default_executors(monkeypatch):
+        victim, attacker = Executor(), Executor()
+        try:
+            other = victim.call({"code": "import os\nresult = os.getpid()", "input": {},
+                                 "libs": {}}, timeout=30)["value"]
+            reply = attacker.call({"code": peek, "input": {"other": other}, "libs": {}},
+                                  timeout=30)
+        finally:
+            victim.kill()
+            attacker.kill()
+    assert reply["value"] == {"environ": "denied: PermissionError",
+                              "mem": "denied: PermissionError"}
