@@ -41,6 +41,7 @@ from noetl_pg.cli_logs import register_logs_command
 from noetl_pg.cli_results import results_group
 from noetl_pg.cli_resume import register_resume_commands
 from noetl_pg.cli_run import register_run_commands
+from noetl_pg.cli_schedule import schedule_group
 from noetl_pg.cli_status import register_status_commands
 from noetl_pg.errors import NoetlError
 from noetl_pg.migrate import MigrationError, migrate, schema_status
@@ -333,12 +334,14 @@ def worker_start(concurrency: int | None, kinds: str | None, worker_id: str | No
     Migrates the schema first when it is behind. With --json, one JSON document is printed
     when the worker stops."""
     from noetl_pg.projection import Projector  # the worker's imports are heavy: only here
+    from noetl_pg.schedules import fire_due
     from noetl_pg.worker import build_worker, default_slots
 
     dsn = get_dsn("migrate")
     concurrency = concurrency or default_slots()
+    # A `noetl worker` fires due cron schedules from its heartbeat (`noetl run` does not).
     worker = build_worker(dsn, slots=concurrency, worker_id=worker_id, batch_size=batch_size,
-                          kinds=kinds.split(",") if kinds else None)
+                          kinds=kinds.split(",") if kinds else None, housekeeping=fire_due)
 
     def _stop(signum: int, frame: object) -> None:
         worker.stop()
@@ -370,6 +373,7 @@ register_resume_commands(main)
 register_logs_command(main)
 register_status_commands(main, get_dsn)
 main.add_command(server_group(get_dsn))
+main.add_command(schedule_group(get_dsn))
 remote.install(main)  # --server URL: run/exec/status/cancel/catalog over HTTP
 
 
