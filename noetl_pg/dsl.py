@@ -361,9 +361,11 @@ def _template_reads(source: str, step_names: frozenset[str]) -> dict[str, Any] |
     """
     try:
         tree = _PARSE_ENV.parse(source)
+        # Raises TemplateAssertionError for filters this plain environment does not know
+        # (to_json, sql_literal, ...): the reads are then unknown, not a crash.
+        free = jinja2.meta.find_undeclared_variables(tree)
     except jinja2.TemplateSyntaxError:
         return None
-    free = jinja2.meta.find_undeclared_variables(tree)
     targets = {name: name for name in free & step_names}
     targets.update({name: name[: -len("_ref")] for name in free
                     if name.endswith("_ref") and name[: -len("_ref")] in step_names})

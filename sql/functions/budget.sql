@@ -23,8 +23,8 @@ $$;
 
 -- noetl.count_command() -> trigger (after insert on noetl.command, loop iterations excluded)
 -- Contract: counts the command against its execution's budget: the playbook's
---   executor.spec.policy.limits.max_commands (or the NOETL_MAX_COMMANDS default the
---   registering client stored as spec.max_commands), else engine_limit 'max_commands'.
+--   executor.spec.policy.limits.max_commands (where the registering client also writes
+--   its NOETL_MAX_COMMANDS default), else engine_limit 'max_commands'.
 --   The command that goes one past the budget fails the execution (noetl.fail_execution:
 --   queued commands, this one included, are cancelled) with an error naming the playbook
 --   and the limit; a runaway cycle stops there instead of running forever.
@@ -46,7 +46,6 @@ begin
     if not found then
         select coalesce(
             (c.spec #>> '{executor,spec,policy,limits,max_commands}')::bigint,
-            (c.spec ->> 'max_commands')::bigint,
             noetl.engine_limit('max_commands')
         ) into v_max
         from noetl.execution as e
