@@ -125,3 +125,24 @@ def test_worker_runs_a_playbook_with_only_the_worker_api(fresh_engine: Engine) -
         refused(conn, "update noetl.command set status = 'done'")
         refused(conn, "delete from noetl.event")
         refused(conn, "select * from noetl.api_token")
+
+
+def test_db_roles_command(fresh_dsn: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    from click.testing import CliRunner
+
+    from noetl_pg.cli import main
+
+    with psycopg.connect(fresh_dsn, autocommit=True) as conn:
+        conn.execute("grant insert on noetl.event to noetl_reader")
+        conn.execute("alter function noetl.claim_commands(text, text[], integer)"
+                     " security invoker")
+    monkeypatch.setenv("NOETL_DSN", fresh_dsn)
+    result = CliRunner().invoke(main, ["db", "roles"])
+    assert result.exit_code == 0, result.output
+    assert "noetl_admin" in result.output and "noetl_reader" in result.output
+    with psycopg.connect(fresh_dsn) as conn:
+        assert conn.execute("select prosecdef from pg_proc where oid ="
+                            " 'noetl.claim_commands'::regproc").fetchone() == (True,)
+        # Re-applying does not revoke an extra grant a DBA made; it restores what it owns.
+        assert conn.execute("select has_table_privilege('noetl_reader', 'noetl.event',"
+                            " 'select')").fetchone() == (True,)
