@@ -1,7 +1,7 @@
 """Fuzzing (hypothesis) of the YAML loader, the SQL renderer and the payload path, in a
 separate process under a memory cap: every generated case ends in a value or a one-line
-engine error, never another exception. `make test` runs a short profile; set
-NOETL_FUZZ_EXAMPLES (cases per target, default 500 here: 1,500 cases) for a longer run, e.g. `make fuzz`."""
+engine error, never another exception. `make test` runs 500 cases per target (1,500 in
+all); NOETL_FUZZ_EXAMPLES sets another number (`make fuzz` runs 5,000 per target)."""
 
 from __future__ import annotations
 
