@@ -8,7 +8,7 @@ PYTHON := $(VENV)/bin/python
 VENV_STAMP := $(VENV)/.installed
 SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 
-.PHONY: venv run lint pgtap pytest test bench regression clean
+.PHONY: venv run lint pgtap pytest test bench regression fuzz clean
 
 venv: $(VENV_STAMP)
 
@@ -68,3 +68,8 @@ regression: venv
 clean:
 	rm -rf $(VENV) .cache .pytest_cache .ruff_cache build *.egg-info
 	find . -path ./.pgdata -prune -o -name __pycache__ -type d -prune -exec rm -rf {} +
+
+# Longer fuzzing run (make test runs 500 cases per target): FUZZ_EXAMPLES cases per target.
+FUZZ_EXAMPLES ?= 5000
+fuzz: venv
+	NOETL_FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) $(VENV)/bin/pytest -q tests/py/test_fuzz.py

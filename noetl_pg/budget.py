@@ -1,10 +1,11 @@
 """The command budget of a playbook's executions (sql/functions/budget.sql enforces it).
 
 A playbook sets it with `executor.spec.policy.limits.max_commands` (NoETL's executor
-policy `limits`); without one, the registering client's `NOETL_MAX_COMMANDS` is stored in
-the spec as `max_commands`; without either, the database's engine_limit 'max_commands'
-(default 10,000) applies. An execution that issues more commands (loop iterations are not
-counted) fails with an error naming the playbook and the limit.
+policy `limits`); a playbook without one gets the registering client's
+`NOETL_MAX_COMMANDS` written into that field of its stored spec; without either, the
+database's engine_limit 'max_commands' (default 10,000) applies. An execution that issues
+more commands (loop iterations are not counted) fails with an error naming the playbook
+and the limit.
 """
 
 from __future__ import annotations
@@ -18,6 +19,14 @@ FIELD = "executor.spec.policy.limits.max_commands"
 ENV = "NOETL_MAX_COMMANDS"
 
 
+def _mapping(holder: dict[str, Any], key: str) -> dict[str, Any]:
+    """holder[key] as a mapping, created empty when missing or null."""
+    if not isinstance(holder.get(key), dict):
+        holder[key] = {}
+    child: dict[str, Any] = holder[key]
+    return child
+
+
 def apply_command_budget(spec: dict[str, Any], *, playbook: str) -> None:
     """Check the playbook's budget, or store the environment's default in `spec`."""
     limits = (((spec.get("executor") or {}).get("spec") or {}).get("policy") or {}).get(
@@ -29,8 +38,9 @@ def apply_command_budget(spec: dict[str, Any], *, playbook: str) -> None:
                                 playbook=playbook, field=FIELD)
         return
     raw = os.environ.get(ENV, "").strip()
-    if raw:
-        if not raw.isdigit() or int(raw) < 1:
-            raise PlaybookError(f"{ENV} must be a positive integer, got {raw!r}",
-                                playbook=playbook)
-        spec["max_commands"] = int(raw)
+    if not raw:
+        return
+    if not raw.isdigit() or int(raw) < 1:
+        raise PlaybookError(f"{ENV} must be a positive integer, got {raw!r}", playbook=playbook)
+    policy = _mapping(_mapping(_mapping(spec, "executor"), "spec"), "policy")
+    _mapping(policy, "limits")["max_commands"] = int(raw)

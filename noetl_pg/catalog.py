@@ -85,6 +85,10 @@ def register_file(conn: psycopg.Connection[Any], file: Path) -> Registered:
     except OSError as exc:
         raise PlaybookError(f"cannot read playbook file: {exc.strerror}",
                             playbook=str(file)) from exc
+    except UnicodeDecodeError as exc:
+        line = exc.object[: exc.start].count(b"\n") + 1
+        raise PlaybookError("the file is not UTF-8 text", playbook=str(file),
+                            line=line) from None
     default_path = str(file.with_suffix("")) if not file.is_absolute() else file.stem
     return register_text(conn, text, source=str(file), default_path=default_path,
                          base_dir=file.parent)

@@ -45,6 +45,7 @@ from noetl_pg.cli_schedule import schedule_group
 from noetl_pg.cli_status import register_status_commands
 from noetl_pg.errors import NoetlError
 from noetl_pg.migrate import MigrationError, migrate, schema_status
+from noetl_pg.roles import ROLES, apply_roles
 from noetl_pg.runtime import resolve_dsn
 from noetl_pg.server import remote
 from noetl_pg.server.cli import server_group
@@ -126,6 +127,22 @@ def db_schema(as_json: bool) -> None:
         "schema up to date" if status.up_to_date else f"schema behind: {value}",
         highlight=False))
     sys.exit(0 if status.up_to_date else EXIT_FAILED)
+
+
+@db_group.command("roles")
+@json_option
+def db_roles(as_json: bool) -> None:
+    """Create noetl_admin/worker/operator/reader and apply ownership and grants."""
+    try:
+        present = apply_roles(resolve_dsn(schema="none"))
+    except psycopg.Error as exc:
+        fail(f"cannot apply roles: {sql_message(exc)}", EXIT_FAILED, as_json=as_json)
+    missing = sorted(set(ROLES) - set(present))
+    if missing:
+        fail(f"roles missing (this user may not create roles): {', '.join(missing)}",
+             EXIT_FAILED, as_json=as_json)
+    emit({"roles": present}, as_json,
+         lambda: console.print(f"roles in place: {', '.join(present)}", highlight=False))
 
 
 @main.command("query")

@@ -28,7 +28,7 @@ from noetl_pg.dsl_keys import STORE_TIERS, Path, check_document, is_branch, key_
 from noetl_pg.errors import PlaybookError
 from noetl_pg.policy import DEFAULT_RULE_ATTEMPTS
 from noetl_pg.tools import tool_config_keys
-from noetl_pg.yamlbound import load_bounded
+from noetl_pg.yamlbound import load_bounded, text_bytes
 
 DEFAULT_PARALLEL_IN_FLIGHT = 10
 # The `when` of a case `else` branch's arcs: taken after any event once no branch held.
@@ -427,11 +427,10 @@ def load_playbook(text: str, *, source: str | None = None) -> Playbook:
     """Parse and validate playbook YAML; raises PlaybookError naming what is wrong."""
     label = source or "<playbook>"
     limit = max_playbook_bytes()
-    if len(text.encode()) > limit:
-        raise PlaybookError(
-            f"playbook is {len(text.encode())} bytes, over the limit of {limit}",
-            playbook=label,
-        )
+    size = text_bytes(text, playbook=label)
+    if size > limit:
+        raise PlaybookError(f"playbook is {size} bytes, over the limit of {limit}",
+                            playbook=label)
     try:
         document, root_node = load_bounded(text, playbook=label, max_bytes=limit)
     except yaml.YAMLError as exc:

@@ -30,7 +30,10 @@ ACCEPTED: dict[str, frozenset[str]] = {
     "document": frozenset({"apiVersion", "kind", "metadata", "workload", "workbook",
                            "workflow", "executor", "keychain"}),
     "executor": frozenset({"spec", "requires"}),
-    "executor.spec": frozenset({"entry_step", "no_next_is_error"}),
+    "executor.spec": frozenset({"entry_step", "no_next_is_error", "policy"}),
+    # The command budget of each execution (noetl_pg.budget, sql/functions/budget.sql).
+    "executor.spec.policy": frozenset({"limits"}),
+    "executor.spec.policy.limits": frozenset({"max_commands"}),
     "executor.requires": frozenset({"tools"}),
     "workbook": frozenset({"name", "tool"}),
     "step": frozenset({"step", "tool", "input", "loop", "set", "next", "case"}),
@@ -77,8 +80,16 @@ REFUSED: dict[str, dict[str, str]] = {
     },
     "executor.spec": {
         "final_step": "executor.spec.final_step is not supported",
-        "policy": "executor.spec.policy (global defaults) is not supported: set timeouts "
-                  "and policy on each tool's spec",
+    },
+    "executor.spec.policy": {
+        "defaults": "executor.spec.policy.defaults (global defaults) is not supported: set "
+                    "timeouts and policy on each tool's spec",
+        "results": "executor.spec.policy.results is not supported",
+    },
+    "executor.spec.policy.limits": {
+        "max_payload_bytes": "executor.spec.policy.limits.max_payload_bytes is not "
+                             "supported: the payload limit is the database's "
+                             "noetl.engine_limit 'max_payload_bytes'",
     },
     "executor.requires": {
         "features": "executor.requires.features is not supported",
@@ -267,7 +278,13 @@ class _Checker:
     def executor(self, executor: Any) -> None:
         executor = self.keys(executor, ("executor",), "executor")
         if executor.get("spec") is not None:
-            self.keys(executor["spec"], ("executor", "spec"), "executor.spec")
+            spec = self.keys(executor["spec"], ("executor", "spec"), "executor.spec")
+            if spec.get("policy") is not None:
+                path: Path = ("executor", "spec", "policy")
+                policy = self.keys(spec["policy"], path, "executor.spec.policy")
+                if policy.get("limits") is not None:
+                    self.keys(policy["limits"], (*path, "limits"),
+                              "executor.spec.policy.limits")
         requires = executor.get("requires")
         if requires is not None:
             requires = self.keys(requires, ("executor", "requires"), "executor.requires")

@@ -159,6 +159,17 @@ def _measure(text: str, limits: Limits, playbook: str, loader: type) -> None:
                 stack[-1].size += done.size
 
 
+def text_bytes(text: str, *, playbook: str) -> int:
+    """The UTF-8 size of `text`; PlaybookError when it holds a lone surrogate (which no
+    file and no database text can carry), naming its line."""
+    try:
+        return len(text.encode("utf-8"))
+    except UnicodeEncodeError as exc:
+        line = text.count("\n", 0, exc.start) + 1
+        raise PlaybookError("the text holds a lone surrogate (U+D800..U+DFFF), which is "
+                            "not valid Unicode text", playbook=playbook, line=line) from None
+
+
 def load_bounded(
     text: str, *, playbook: str, max_bytes: int = DEFAULT_MAX_BYTES
 ) -> tuple[Any, yaml.Node | None]:

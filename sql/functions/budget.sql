@@ -23,13 +23,17 @@ $$;
 
 -- noetl.count_command() -> trigger (after insert on noetl.command, loop iterations excluded)
 -- Contract: counts the command against its execution's budget: the playbook's
---   executor.spec.policy.limits.max_commands (or the NOETL_MAX_COMMANDS default the
---   registering client stored as spec.max_commands), else engine_limit 'max_commands'.
---   The command that goes one past the budget fails the execution (noetl.fail_execution:
---   queued commands, this one included, are cancelled) with an error naming the playbook
---   and the limit; a runaway cycle stops there instead of running forever.
--- Locks: the execution's noetl.execution_budget row (one short update per command); on
---   the failing command, what noetl.fail_execution locks.
+--   executor.spec.policy.limits.max_commands (where the registering client also writes
+--   its NOETL_MAX_COMMANDS default), else engine_limit 'max_commands'.
+--   The command that takes the count past the budget fails the execution
+--   (noetl.fail_execution: queued commands, this one included, are cancelled) with an
+--   error naming the playbook and the limit; a runaway cycle stops there instead of
+--   running forever.
+-- Locks: the execution's noetl.execution_budget row, never waiting for it: when another
+--   transaction holds it the command goes to noetl.execution_budget_pending (no lock) and
+--   is folded in by the next command that gets the row, so parallel branches may run a
+--   few commands past the budget before one of them sees it. On the failing command, what
+--   noetl.fail_execution locks.
 create or replace function noetl.count_command() returns trigger
 language plpgsql
 set search_path = pg_catalog, noetl
@@ -37,27 +41,50 @@ as $$
 declare
     v_issued bigint;
     v_max bigint;
+    v_pending bigint;
     v_path text;
 begin
-    update noetl.execution_budget as b
-    set issued = b.issued + 1
+    select b.issued, b.max_commands into v_issued, v_max
+    from noetl.execution_budget as b
     where b.execution_id = new.execution_id
-    returning b.issued, b.max_commands into v_issued, v_max;
+    for update skip locked;
     if not found then
+        if exists (
+            select 1 from noetl.execution_budget as b where b.execution_id = new.execution_id
+        ) then
+            insert into noetl.execution_budget_pending (execution_id) values (new.execution_id);
+            return null;
+        end if;
         select coalesce(
             (c.spec #>> '{executor,spec,policy,limits,max_commands}')::bigint,
-            (c.spec ->> 'max_commands')::bigint,
             noetl.engine_limit('max_commands')
         ) into v_max
         from noetl.execution as e
         inner join noetl.catalog as c on e.catalog_id = c.catalog_id
         where e.execution_id = new.execution_id;
         insert into noetl.execution_budget as b (execution_id, max_commands, issued)
-        values (new.execution_id, v_max, 1)
-        on conflict (execution_id) do update set issued = b.issued + 1
-        returning b.issued, b.max_commands into v_issued, v_max;
+        values (new.execution_id, v_max, 0)
+        on conflict (execution_id) do nothing;
+        if not found then
+            -- Created by a concurrent first command: count this one as pending.
+            insert into noetl.execution_budget_pending (execution_id) values (new.execution_id);
+            return null;
+        end if;
+        v_issued := 0;
     end if;
-    if v_issued = v_max + 1 then
+
+    with folded as (
+        delete from noetl.execution_budget_pending as p
+        where p.execution_id = new.execution_id
+        returning 1
+    )
+    select count(*) into v_pending from folded;
+    update noetl.execution_budget as b
+    set issued = b.issued + 1 + v_pending
+    where b.execution_id = new.execution_id
+    returning b.issued into v_issued;
+
+    if v_issued > v_max and v_issued - 1 - v_pending <= v_max then
         select e.path into v_path from noetl.execution as e
         where e.execution_id = new.execution_id;
         perform noetl.fail_execution(

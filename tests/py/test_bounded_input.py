@@ -176,3 +176,26 @@ def test_unstorable_results_fail_the_step_naming_the_field(engine: Engine, code:
     row = engine.run(json.dumps(playbook), timeout=120)
     assert row["status"] == "FAILED", row
     assert expected in row["error"], row["error"]
+
+
+def test_parallel_cycles_stop_near_their_budget(fresh_engine: Engine) -> None:
+    """Two branches cycling at once on four slots: counted without waiting on each other
+    (a busy budget row sends the count to execution_budget_pending), still stopped."""
+    playbook = {
+        "metadata": {"name": "cycles", "path": "security/cycles"},
+        "executor": {"spec": {"policy": {"limits": {"max_commands": 60}}}},
+        "workflow": [
+            {"step": "start", "tool": {"kind": "noop"},
+             "next": {"spec": {"mode": "inclusive"}, "arcs": [{"step": "a"}, {"step": "b"}]}},
+            {"step": "a", "tool": {"kind": "noop"}, "next": {"arcs": [{"step": "a"}]}},
+            {"step": "b", "tool": {"kind": "noop"}, "next": {"arcs": [{"step": "b"}]}},
+        ],
+    }
+    with fresh_engine.worker(slots=4):
+        row = fresh_engine.run(json.dumps(playbook), timeout=120)
+    assert row["status"] == "FAILED" and "more than 60 commands" in row["error"]
+    issued = fresh_engine.sql("select count(*) as n from noetl.command")[0]["n"]
+    budget = fresh_engine.sql("select issued from noetl.execution_budget")[0]["issued"]
+    pending = fresh_engine.sql("select count(*) as n from noetl.execution_budget_pending")[0]
+    assert issued == budget + pending["n"]
+    assert 60 < issued <= 70

@@ -33,7 +33,7 @@ LEVELS: dict[str, str | None] = {
     "Executor": "executor",
     "ExecutorSpecFull": "executor.spec",
     "ExecutorRequires": "executor.requires",
-    "ExecutorPolicy": None,
+    "ExecutorPolicy": "executor.spec.policy",
     "Step": "step",
     "StepSpec": None,
     "StepPolicy": None,
@@ -64,6 +64,7 @@ PROPERTIES: dict[str, list[str]] = {
     "Executor": ["profile", "version", "requires", "spec"],
     "ExecutorSpecFull": ["entry_step", "final_step", "no_next_is_error", "policy"],
     "ExecutorRequires": ["tools", "features"],
+    "ExecutorPolicy": ["defaults", "results", "limits"],
     "Step": ["step", "desc", "spec", "input", "loop", "tool", "next", "set"],
     "ToolSpec": ["kind", "spec", "output"],
     "TaskSpec": ["timeout", "policy"],
@@ -145,9 +146,10 @@ def _with_key(level: str, key: str) -> tuple[str, str]:
     if level == "document":
         holder, prefix = document, ""
     elif level.startswith("executor"):
-        document["executor"] = {"spec": {}, "requires": {}}
+        document["executor"] = {"spec": {"policy": {}}, "requires": {}}
         holder = {"executor": document["executor"],
                   "executor.spec": document["executor"]["spec"],
+                  "executor.spec.policy": document["executor"]["spec"]["policy"],
                   "executor.requires": document["executor"]["requires"]}[level]
         prefix = level + "."
     elif level == "step":
