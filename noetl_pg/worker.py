@@ -45,6 +45,9 @@ log = logging.getLogger(__name__)
 
 DEFAULT_HEARTBEAT_SECONDS = 5.0
 DEFAULT_CLAIM_TIMEOUT_SECONDS = 300.0
+# How many times a command may be taken back from a worker that died holding it before
+# the next loss fails it as poison (a crash is not a tool error: it spends no attempt).
+DEFAULT_MAX_RECLAIMS = 5
 
 
 def _seconds_from_env(name: str, default: float) -> float:
@@ -59,6 +62,24 @@ def _seconds_from_env(name: str, default: float) -> float:
     if value <= 0:
         raise ValueError(f"{name}={raw!r} must be greater than 0")
     return value
+
+
+def _count_from_env(name: str, default: int) -> int:
+    """A whole number >= 0 from the environment; ValueError names a bad value."""
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return default
+    if not raw.isdigit():
+        raise ValueError(f"{name}={raw!r} must be a whole number >= 0")
+    return int(raw)
+
+
+def _log_refusal(diagnostic: psycopg.errors.Diagnostic) -> None:
+    """NOTICE from noetl.refuse_outcome: an outcome of a claim this worker no longer
+    holds (taken back while it was paused or cut off, or already applied) was refused."""
+    message = diagnostic.message_primary or ""
+    if message.startswith("outcome refused:"):
+        log.warning("%s", message)
 
 
 class SpecCache:
@@ -129,6 +150,7 @@ class Worker:
         heartbeat_interval: float | None = None,
         claim_timeout: float | None = None,
         orphan_claim_age: float | None = None,
+        max_reclaims: int | None = None,
         credentials: CredentialResolver | None = None,
         redact: Callable[[str], str] | None = None,
         housekeeping: Callable[[psycopg.Connection[Any]], None] | None = None,
@@ -148,6 +170,8 @@ class Worker:
         # This worker's own claims that no slot holds are taken back after this long: far
         # longer than a slot needs between a claim's commit and holding its rows.
         self.orphan_claim_age = orphan_claim_age or max(10.0, 3 * self.heartbeat_interval)
+        self.max_reclaims = max_reclaims if max_reclaims is not None else _count_from_env(
+            "NOETL_MAX_RECLAIMS", DEFAULT_MAX_RECLAIMS)
         self._credentials = credentials
         self._redact = redact or (lambda text: text)
         self._housekeeping = housekeeping
@@ -179,8 +203,11 @@ class Worker:
     def start(self) -> None:
         with db.connect(self.dsn) as conn:
             # Claims left by an earlier process with this worker id will never be finished.
-            db.fetch_one(conn, "reap_orphan_claims", worker_id=self.worker_id, held=[],
-                         min_age_seconds=0)
+            row = db.fetch_one(conn, "reap_earlier_process", worker_id=self.worker_id,
+                               max_reclaims=self.max_reclaims)
+            if row is not None and row["reaped"]:
+                log.warning("took back %d claims of an earlier process with this worker id",
+                            row["reaped"])
             self._register(conn)
         targets: list[tuple[str, Callable[[], None]]] = [
             ("listener", self._listen), ("heartbeat", self._heartbeat)
@@ -271,7 +298,8 @@ class Worker:
                 if row is not None and not row["alive"]:
                     # Our row was removed: register again so our claims count as alive.
                     self._register(conn)
-                row = db.fetch_one(conn, "reap_stale_claims", timeout_seconds=self.claim_timeout)
+                row = db.fetch_one(conn, "reap_stale_claims", timeout_seconds=self.claim_timeout,
+                                   max_reclaims=self.max_reclaims)
                 if row is not None and row["reaped"]:
                     log.warning("reaper took back %d stale claims", row["reaped"])
                 row = db.fetch_one(conn, "reap_orphan_claims", worker_id=self.worker_id,
@@ -303,6 +331,7 @@ class Worker:
             try:
                 with db.connect(self.dsn) as conn:
                     backoff = 0.1
+                    conn.add_notice_handler(_log_refusal)
                     runner = self._runner(conn)
                     pending = self._serve(conn, runner, pending)
                     return
@@ -381,8 +410,12 @@ class Worker:
                 # cancel_execution already cancelled the command; any outcome would be stale.
                 continue
             started = time.monotonic()
-            outcomes.append(self._run_one(runner, row, contexts[group]))
+            outcome = self._run_one(runner, row, contexts[group])
             self._timings.observe(row, time.monotonic() - started)
+            # The claim's fencing token: refused if the claim was taken back meanwhile,
+            # even when the command went back to the queue at the same attempt.
+            outcome["claim"] = row["claim_gen"]
+            outcomes.append(outcome)
         return outcomes
 
     def _run_one(
@@ -445,7 +478,8 @@ class Worker:
             # The outcome itself cannot be applied (e.g. a loop collection the database
             # rejects): record it as the command's failure so the run does not hang.
             failure = {"op": "fail", "command_id": outcome["command_id"],
-                       "attempt": outcome["attempt"], "retry_delay": None,
+                       "attempt": outcome["attempt"], "claim": outcome.get("claim"),
+                       "retry_delay": None,
                        "error": self._redact(str(exc.diag.message_primary or exc))}
             return db.fetch_all(conn, "finish_and_claim", worker_id=self.worker_id,
                                 outcomes=Jsonb([failure]), kinds=self.kinds, n=0)

@@ -2,9 +2,10 @@
 
 Each test gets a database of its own (the reaper of one test must not touch another's
 claims). Workers are `noetl worker` subprocesses with a short heartbeat and claim timeout,
-so a dead worker's claims come back within about two seconds. Python steps append a line
-to a file for every run of the tool: that file counts side effects, independently of the
-engine's own bookkeeping.
+so a dead worker's claims come back within about two seconds; everything else is default
+(`max_attempts` 1, NOETL_MAX_RECLAIMS 5): a crash must not spend the step's attempt.
+Python steps append a line to a file for every run of the tool: that file counts side
+effects, independently of the engine's own bookkeeping.
 """
 
 from __future__ import annotations
@@ -104,7 +105,6 @@ workflow:
     loop: {in: "{{ items }}", iterator: item, spec: {mode: parallel, max_in_flight: 40}}
     tool:
       kind: python
-      retry: {max_attempts: 3}
       input: {item: "{{ item }}", log: "{{ log }}", pause: "{{ pause }}"}
       code: |
         import time
@@ -115,38 +115,101 @@ workflow:
 """
 
 
+def _events(engine: Engine, execution_id: int, event_type: str) -> list[dict[str, Any]]:
+    return engine.sql("select node_name, iter_index, attempt, meta, error from noetl.event "
+                      "where execution_id = %s and event_type = %s order by event_id",
+                      execution_id, event_type)
+
+
 def test_sigkill_worker_mid_loop(fresh_engine: Engine, workers: Workers, tmp_path: Path) -> None:
-    """A worker killed with 200-item loop half done: the rest is reaped and finished once."""
+    """One of two workers killed with a 400-item loop half done, default max_attempts (1):
+    the loop completes, every item's result once, only the victim's items run again."""
     engine, log = fresh_engine, tmp_path / "runs.log"
     workers.start("victim")
+    workers.start("survivor")
     execution_id = engine.start(engine.register(LOOP_PLAYBOOK),
-                                {"items": list(range(200)), "log": str(log), "pause": 0.04})
-    wait_until(lambda: sum(line_counts(log).values()) >= 100, what="100 items run")
+                                {"items": list(range(400)), "log": str(log), "pause": 0.04})
+    wait_until(lambda: sum(line_counts(log).values()) >= 150, what="150 items run")
     workers.signal("victim", signal.SIGKILL)
     time.sleep(0.3)  # a statement running when it died still commits or rolls back
     held = {row["iter_index"] for row in engine.sql(
         "select iter_index from noetl.command where execution_id = %s "
         "and status = 'claimed' and claimed_by = 'victim'", execution_id)}
-    workers.start("rescuer")
 
-    row = engine.wait(execution_id, timeout=40)
+    row = engine.wait(execution_id, timeout=60)
     assert row["status"] == "COMPLETED", row["error"]
-    assert row["result"]["stats"] == {"total": 200, "success": 200, "failed": 0}
+    assert row["result"]["stats"] == {"total": 400, "success": 400, "failed": 0}
+    assert row["result"]["results"] == [{"item": i} for i in range(400)]
 
-    done = collections.Counter(r["iter_index"] for r in engine.sql(
-        "select iter_index from noetl.event where execution_id = %s "
-        "and event_type = 'call.done'", execution_id))
-    assert sorted(done) == list(range(200)) and set(done.values()) == {1}, \
+    done = collections.Counter(e["iter_index"] for e in _events(engine, execution_id,
+                                                                "call.done"))
+    assert sorted(done) == list(range(400)) and set(done.values()) == {1}, \
         "every item has exactly one done outcome"
-    reaped = {r["iter_index"] for r in engine.sql(
-        "select iter_index from noetl.event where execution_id = %s "
-        "and event_type = 'command.reaped' and meta ->> 'worker_id' = 'victim'", execution_id)}
-    assert held and reaped == held, "the reaper took back exactly the victim's claims"
+    assert {e["attempt"] for e in _events(engine, execution_id, "call.done")} == {1}, \
+        "the crash spent no attempt"
+    assert _events(engine, execution_id, "command.failed") == []
+    reaped = _events(engine, execution_id, "command.reaped")
+    assert held and {e["iter_index"] for e in reaped} == held, \
+        "the reaper took back exactly the victim's claims"
+    assert {(e["attempt"], e["meta"]["worker_id"], e["meta"]["outcome"]) for e in reaped} \
+        == {(1, "victim", "requeued")}
     runs = line_counts(log)
-    assert set(runs) == {str(i) for i in range(200)}
+    assert set(runs) == {str(i) for i in range(400)}
     twice = {int(item) for item, count in runs.items() if count > 1}
     assert max(runs.values()) <= 2
     assert twice <= held, "only items the killed worker held ran twice"
+
+
+def _steps_playbook() -> str:
+    """A chain a -> b -> c of python steps (direct arcs), each logging each run as it
+    starts; b takes 1.5 s, long enough to kill its worker in the middle of it."""
+    code = """
+        with open(log, "a") as out:
+            out.write(name + "\\n")
+        import time
+        time.sleep(1.5 if name == "b" else 0.2)
+        result = {"step": name}"""
+    steps = []
+    for name, arcs in (("a", "next: [{step: b}]"), ("b", "next: [{step: c}]"), ("c", "")):
+        steps.append(f"""
+  - step: {name}
+    tool:
+      kind: python
+      input: {{name: {name}, log: "{{{{ log }}}}"}}
+      code: |{code}
+    {arcs}""")
+    return ("apiVersion: noetl.io/v2\nkind: Playbook\n"
+            "metadata: {name: crash_steps, path: test/crash_steps}\nworkflow:"
+            + "".join(steps) + "\n")
+
+
+def test_sigkill_worker_mid_chain(fresh_engine: Engine, workers: Workers,
+                                  tmp_path: Path) -> None:
+    """The worker running step b of a chain is killed; default max_attempts (1): b runs
+    again once, at the same attempt, a and c once, and the chain completes."""
+    engine, log = fresh_engine, tmp_path / "runs.log"
+    workers.start("victim", concurrency=1, batch_size=1)
+    execution_id = engine.start(engine.register(_steps_playbook()), {"log": str(log)})
+    wait_until(lambda: line_counts(log).get("b"), what="step b running")
+    workers.signal("victim", signal.SIGKILL)
+    workers.start("rescuer", concurrency=1, batch_size=1)
+
+    row = engine.wait(execution_id, timeout=30)
+    assert row["status"] == "COMPLETED", row["error"]
+    assert row["result"] == {"step": "c"}
+    assert line_counts(log) == {"a": 1, "b": 2, "c": 1}, "b ran again once, a and c once"
+    commands = engine.sql("select step_name, attempt, reclaims, status from noetl.command "
+                          "where execution_id = %s order by command_id", execution_id)
+    assert commands == [
+        {"step_name": "a", "attempt": 1, "reclaims": 0, "status": "done"},
+        {"step_name": "b", "attempt": 1, "reclaims": 1, "status": "done"},
+        {"step_name": "c", "attempt": 1, "reclaims": 0, "status": "done"},
+    ]
+    reaped = _events(engine, execution_id, "command.reaped")
+    assert [(e["node_name"], e["attempt"], e["meta"]["worker_id"]) for e in reaped] \
+        == [("b", 1, "victim")]
+    done = _events(engine, execution_id, "call.done")
+    assert [e["node_name"] for e in done] == ["a", "b", "c"]
 
 
 def _chain_step(name: str, arcs: str) -> str:
@@ -224,7 +287,6 @@ workflow:
   - step: slow
     tool:
       kind: python
-      retry: {max_attempts: 2}
       input: {log: "{{ log }}"}
       code: |
         import os, time
@@ -238,7 +300,9 @@ workflow:
 
 def test_sigstop_worker_late_completion_refused(fresh_engine: Engine, workers: Workers,
                                                 tmp_path: Path) -> None:
-    """A paused worker loses its claim; after SIGCONT its completion is refused."""
+    """A paused worker loses its claim (back to the queue at the same attempt, default
+    max_attempts 1); after SIGCONT its completion is refused by claim generation, with a
+    command.outcome_refused event and a line in the worker's log."""
     engine, log = fresh_engine, tmp_path / "runs.log"
     workers.start("sleeper")
     execution_id = engine.start(engine.register(PAUSE_PLAYBOOK), {"log": str(log)})
@@ -259,9 +323,14 @@ def test_sigstop_worker_late_completion_refused(fresh_engine: Engine, workers: W
                         "where execution_id = %s and node_name = 'slow' order by event_id",
                         execution_id)
     done = [e for e in events if e["event_type"] == "call.done"]
-    assert [e["attempt"] for e in done] == [2], "only the second attempt completed"
+    assert [e["attempt"] for e in done] == [1], "the rescuer completed attempt 1"
     reaped = [e for e in events if e["event_type"] == "command.reaped"]
-    assert [(e["attempt"], e["meta"]["worker_id"]) for e in reaped] == [(2, "sleeper")]
+    assert [(e["attempt"], e["meta"]["worker_id"]) for e in reaped] == [(1, "sleeper")]
+    refused = [e for e in events if e["event_type"] == "command.outcome_refused"]
+    assert [(e["attempt"], e["meta"]["worker_id"], e["meta"]["claim"], e["meta"]["status"])
+            for e in refused] == [(1, "sleeper", 1, "done")], \
+        "the sleeper's late outcome (attempt 1, claim 1) was refused"
+    assert "outcome refused: command" in (tmp_path / "sleeper.log").read_text()
     assert engine.sql("select result from noetl.step_result where execution_id = %s",
                       execution_id)[0]["result"] == {"worker": "rescuer"}
     assert line_counts(log) == {"sleeper": 1, "rescuer": 1}
