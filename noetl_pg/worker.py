@@ -29,6 +29,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 import psycopg
+from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
 from noetl_pg import db
@@ -201,7 +202,7 @@ class Worker:
     # --- lifecycle -------------------------------------------------------------------
 
     def start(self) -> None:
-        with db.connect(self.dsn) as conn:
+        with self._connect() as conn:
             # Claims left by an earlier process with this worker id will never be finished.
             row = db.fetch_one(conn, "reap_earlier_process", worker_id=self.worker_id,
                                max_reclaims=self.max_reclaims)
@@ -219,6 +220,12 @@ class Worker:
             self._threads.append(thread)
         log.info("worker %s started with %d slots", self.worker_id, self.slots)
 
+    def _connect(self) -> psycopg.Connection[dict[str, Any]]:
+        """A connection named after this worker in pg_stat_activity (application_name), so a
+        DBA, or a test that killed the worker, can tell which backends are its."""
+        return psycopg.connect(self.dsn, autocommit=True, row_factory=dict_row,
+                               application_name=f"noetl worker {self.worker_id}"[:63])
+
     def _register(self, conn: psycopg.Connection[Any]) -> None:
         db.fetch_one(conn, "register_worker", worker_id=self.worker_id,
                      hostname=socket.gethostname(), pid=os.getpid(), slots=self.slots,
@@ -235,7 +242,7 @@ class Worker:
             remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
             thread.join(remaining)
         try:
-            with db.connect(self.dsn) as conn:
+            with self._connect() as conn:
                 row = db.fetch_one(conn, "stop_worker", worker_id=self.worker_id)
                 if row and row["released"]:
                     log.info("released %d claimed commands", row["released"])
@@ -270,7 +277,7 @@ class Worker:
         backoff = 0.1
         while not self._stopping.is_set():
             try:
-                with psycopg.connect(self.dsn, autocommit=True) as conn:
+                with self._connect() as conn:
                     conn.execute("listen noetl_command")
                     conn.execute("listen noetl_cancel")
                     backoff = 0.1
@@ -293,7 +300,7 @@ class Worker:
         while not self._stopping.wait(self.heartbeat_interval):
             try:
                 if conn is None or conn.closed:
-                    conn = db.connect(self.dsn)
+                    conn = self._connect()
                 row = db.fetch_one(conn, "worker_heartbeat", worker_id=self.worker_id)
                 if row is not None and not row["alive"]:
                     # Our row was removed: register again so our claims count as alive.
@@ -329,7 +336,7 @@ class Worker:
         pending: list[Outcome] = []
         while True:
             try:
-                with db.connect(self.dsn) as conn:
+                with self._connect() as conn:
                     backoff = 0.1
                     conn.add_notice_handler(_log_refusal)
                     runner = self._runner(conn)

@@ -17,6 +17,9 @@ create or replace function noetl.cancel_execution(
     p_reason text default 'cancelled by request'
 ) returns integer
 language plpgsql
+-- Planned for the execution at hand: a generic plan for "this execution's active
+-- commands" may scan the whole queue when one execution holds most of it.
+set plan_cache_mode = force_custom_plan
 as $$
 declare
     v_status text;

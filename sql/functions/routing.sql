@@ -211,6 +211,7 @@ declare
     v_join record;
     v_command_id bigint;
     v_arc_set jsonb;
+    v_active boolean := false;
 begin
     perform noetl.lock_executions(array[p_execution_id]);
     select * into v_exec from noetl.execution as e
@@ -225,15 +226,18 @@ begin
         where a.execution_id = p_execution_id and a.consumed_by is null
         group by a.step_name
     loop
-        continue when exists (
-            select 1
-            from noetl.command as c
-            inner join noetl.catalog_step as s
-                on s.catalog_id = v_exec.catalog_id and c.step_name = s.step_name
-            where c.execution_id = p_execution_id
-                and c.status in ('queued', 'claimed', 'waiting')
-                and v_join.step_name = any(s.reaches)
-        );
+        -- An active command that can still reach the join (ordered by step_name for
+        -- command_active_idx, see the completion check below).
+        perform 1
+        from noetl.command as c
+        inner join noetl.catalog_step as s
+            on s.catalog_id = v_exec.catalog_id and c.step_name = s.step_name
+        where c.execution_id = p_execution_id
+            and c.status in ('queued', 'claimed', 'waiting')
+            and v_join.step_name = any(s.reaches)
+        order by c.step_name
+        limit 1;
+        continue when found;
         for v_arc_set in
             select a.arc_set from noetl.join_arrival as a
             where a.execution_id = p_execution_id
@@ -257,11 +261,17 @@ begin
             and a.consumed_by is null;
     end loop;
 
-    if exists (
-        select 1 from noetl.command as c
-        where c.execution_id = p_execution_id
-            and c.status in ('queued', 'claimed', 'waiting')
-    ) or exists (
+    -- Ordered like command_active_idx so even a generic plan reads that index: with one
+    -- execution holding most of the queue, "first matching row of a scan" looks cheaper
+    -- to the planner and walks the whole table for any other execution. (Not EXISTS: the
+    -- planner drops ORDER BY and LIMIT inside EXISTS.)
+    select true into v_active
+    from noetl.command as c
+    where c.execution_id = p_execution_id
+        and c.status in ('queued', 'claimed', 'waiting')
+    order by c.step_name
+    limit 1;
+    if v_active or exists (
         select 1 from noetl.join_arrival as a
         where a.execution_id = p_execution_id and a.consumed_by is null
     ) then
@@ -291,6 +301,9 @@ create or replace function noetl.fail_execution(
     p_error text
 ) returns void
 language plpgsql
+-- Planned for the execution at hand: a generic plan for "this execution's active
+-- commands" may scan the whole queue when one execution holds most of it.
+set plan_cache_mode = force_custom_plan
 as $$
 declare
     v_child bigint;

@@ -12,83 +12,33 @@ from __future__ import annotations
 
 import collections
 import contextlib
-import os
 import signal
 import subprocess
-import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import psycopg
 import pytest
 from engine_harness import Engine
+from worker_procs import Workers, line_counts, wait_until
 
 from noetl_pg.migrate import migrate
 from noetl_pg.worker import Worker
 
-NOETL = str(Path(sys.executable).parent / "noetl")
 HEARTBEAT_SECONDS = "0.2"
 CLAIM_TIMEOUT_SECONDS = "1.5"
 
 
-class Workers:
-    """`noetl worker` subprocesses of one test; every one left is killed at the end."""
-
-    def __init__(self, dsn: str, log_dir: Path) -> None:
-        self.dsn = dsn
-        self.log_dir = log_dir
-        self.procs: dict[str, subprocess.Popen[bytes]] = {}
-
-    def start(self, worker_id: str, *, kinds: str | None = None, concurrency: int = 4,
-              batch_size: int = 4) -> subprocess.Popen[bytes]:
-        env = {**os.environ, "NOETL_DSN": self.dsn, "TEST_WORKER_NAME": worker_id,
-               "NOETL_WORKER_HEARTBEAT_SECONDS": HEARTBEAT_SECONDS,
-               "NOETL_COMMAND_HEARTBEAT_TIMEOUT_SECONDS": CLAIM_TIMEOUT_SECONDS}
-        args = [NOETL, "worker", "--worker-id", worker_id, "--concurrency", str(concurrency),
-                "--batch-size", str(batch_size)]
-        if kinds:
-            args += ["--kinds", kinds]
-        log = (self.log_dir / f"{worker_id}.log").open("wb")
-        proc = subprocess.Popen(args, env=env, stdout=log, stderr=subprocess.STDOUT)
-        self.procs[worker_id] = proc
-        return proc
-
-    def signal(self, worker_id: str, signum: int) -> None:
-        self.procs[worker_id].send_signal(signum)
-        if signum == signal.SIGKILL:
-            self.procs[worker_id].wait(10)
-
-    def close(self) -> None:
-        for proc in self.procs.values():
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGCONT)
-                proc.kill()
-                proc.wait(10)
-
-
 @pytest.fixture
 def workers(fresh_dsn: str, tmp_path: Path) -> Iterator[Workers]:
-    pool = Workers(fresh_dsn, tmp_path)
+    pool = Workers(fresh_dsn, tmp_path, heartbeat_seconds=HEARTBEAT_SECONDS,
+                   claim_timeout_seconds=CLAIM_TIMEOUT_SECONDS)
     try:
         yield pool
     finally:
         pool.close()
-
-
-def wait_until(condition: Callable[[], Any], timeout: float = 20, what: str = "condition") -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(0.02)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-
-
-def line_counts(log: Path) -> collections.Counter[str]:
-    return collections.Counter(log.read_text().split()) if log.exists() else collections.Counter()
 
 
 def _one(engine: Engine, statement: str, *params: Any) -> Any:
@@ -131,7 +81,11 @@ def test_sigkill_worker_mid_loop(fresh_engine: Engine, workers: Workers, tmp_pat
                                 {"items": list(range(400)), "log": str(log), "pause": 0.04})
     wait_until(lambda: sum(line_counts(log).values()) >= 150, what="150 items run")
     workers.signal("victim", signal.SIGKILL)
-    time.sleep(0.3)  # a statement running when it died still commits or rolls back
+    # A statement running when it died still commits or rolls back: what the victim holds
+    # is known once its backends are gone.
+    wait_until(lambda: not _one(engine, "select count(*) from pg_stat_activity "
+                                "where application_name = 'noetl worker victim'"),
+               what="the victim's backends to exit")
     held = {row["iter_index"] for row in engine.sql(
         "select iter_index from noetl.command where execution_id = %s "
         "and status = 'claimed' and claimed_by = 'victim'", execution_id)}
