@@ -335,3 +335,46 @@ def _status(engine: Engine, execution_id: int) -> dict[str, Any] | None:
     except psycopg.OperationalError:
         return None
     return row if row["status"] != "RUNNING" else None
+
+
+POISON_PLAYBOOK = """
+apiVersion: noetl.io/v2
+kind: Playbook
+metadata: {name: poison, path: test/poison}
+workflow:
+  - step: deadly
+    tool:
+      kind: python
+      input: {log: "{{ log }}"}
+      code: |
+        import os, signal
+        with open(log, "a") as out:
+            out.write("deadly\\n")
+        # The executor's parent is the worker process: this step kills every worker.
+        os.kill(os.getppid(), signal.SIGKILL)
+"""
+
+
+def test_command_that_keeps_killing_workers_fails_as_poison(
+        fresh_engine: Engine, workers: Workers, tmp_path: Path) -> None:
+    """Default NOETL_MAX_RECLAIMS (5): a step that kills its worker is re-queued five times
+    (a crash is not its failure) and the sixth loss fails it as poison."""
+    engine, log = fresh_engine, tmp_path / "runs.log"
+    execution_id = engine.start(engine.register(POISON_PLAYBOOK), {"log": str(log)})
+    deadline = time.monotonic() + 180
+    while _status(engine, execution_id) is None:
+        assert time.monotonic() < deadline, "the poison step never failed"
+        proc = workers.procs.get("phoenix")
+        if proc is None or proc.poll() is not None:
+            # Restarted under the same id: its start-up sweep takes the dead claim back.
+            workers.start("phoenix", concurrency=1, batch_size=1)
+        time.sleep(0.1)
+    row = engine.sql("select status, error, failed_step from noetl.execution "
+                     "where execution_id = %s", execution_id)[0]
+    assert row["status"] == "FAILED" and row["failed_step"] == "deadly"
+    assert "poison: the command was taken back 6 times" in row["error"]
+    assert "(NOETL_MAX_RECLAIMS=5)" in row["error"]
+    assert line_counts(log) == {"deadly": 6}, "it ran once per worker it killed, no more"
+    reaped = _events(engine, execution_id, "command.reaped")
+    assert [(e["attempt"], e["meta"]["outcome"], e["meta"]["reclaims"]) for e in reaped] == \
+        [(1, "requeued", n) for n in range(1, 6)] + [(1, "poison", 6)]

@@ -39,7 +39,7 @@ class Workers:
                 "--batch-size", str(batch_size)]
         if kinds:
             args += ["--kinds", kinds]
-        log = (self.log_dir / f"{worker_id}.log").open("wb")
+        log = (self.log_dir / f"{worker_id}.log").open("ab")
         proc = subprocess.Popen(args, env={**self.env, "TEST_WORKER_NAME": worker_id},
                                 stdout=log, stderr=subprocess.STDOUT)
         self.procs[worker_id] = proc
