@@ -8,7 +8,7 @@ PYTHON := $(VENV)/bin/python
 VENV_STAMP := $(VENV)/.installed
 SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 
-.PHONY: venv run lint pgtap pytest test bench chaos failover clean
+.PHONY: venv run lint pgtap pytest test bench chaos failover partition clean
 
 venv: $(VENV_STAMP)
 
@@ -67,6 +67,12 @@ chaos: venv
 # a synchronous standby on local ports, the primary killed mid-loop, the standby promoted.
 failover: venv
 	$(VENV)/bin/pytest -q -s tests/py/test_failover.py
+
+# A worker cut off by the network (tests/py/test_partition.py, also part of `make test`):
+# PostgreSQL and two workers in network namespaces; skipped, with the reason, where
+# `ip netns` is not permitted.
+partition: venv
+	$(VENV)/bin/pytest -q -s -rs tests/py/test_partition.py
 
 bench: venv
 	@shopt -s nullglob; benches=(bench/*.py); \

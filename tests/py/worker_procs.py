@@ -28,6 +28,8 @@ class Workers:
         self.log_dir = log_dir
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
         self.env = {**os.environ, "NOETL_DSN": dsn}
+        # Run before the worker command (e.g. `ip netns exec <namespace>`).
+        self.prefix: list[str] = []
         if heartbeat_seconds is not None:
             self.env["NOETL_WORKER_HEARTBEAT_SECONDS"] = heartbeat_seconds
         if claim_timeout_seconds is not None:
@@ -35,8 +37,8 @@ class Workers:
 
     def start(self, worker_id: str, *, kinds: str | None = None, concurrency: int = 4,
               batch_size: int = 4) -> subprocess.Popen[bytes]:
-        args = [NOETL, "worker", "--worker-id", worker_id, "--concurrency", str(concurrency),
-                "--batch-size", str(batch_size)]
+        args = [*self.prefix, NOETL, "worker", "--worker-id", worker_id,
+                "--concurrency", str(concurrency), "--batch-size", str(batch_size)]
         if kinds:
             args += ["--kinds", kinds]
         log = (self.log_dir / f"{worker_id}.log").open("ab")
