@@ -52,7 +52,7 @@ begin
     if not pg_try_advisory_xact_lock(hashtextextended('noetl.reaper', 0)) then
         return 0;
     end if;
-    v_cutoff := now() - make_interval(secs => p_timeout_seconds);
+    v_cutoff := noetl.now() - make_interval(secs => p_timeout_seconds);
 
     select
         array_agg(c.command_id order by c.command_id),
@@ -144,7 +144,7 @@ begin
         where e.execution_id = v_cmd.execution_id and e.status = 'RUNNING'
     ) then
         update noetl.command as c
-        set status = 'cancelled', finished_at = now()
+        set status = 'cancelled', finished_at = noetl.now()
         where c.command_id = v_cmd.command_id;
         perform noetl.record_reap(v_cmd, p_reason, 'cancelled', v_cmd.reclaims, v_error);
         return true;
@@ -168,7 +168,7 @@ begin
 
     update noetl.command as c
     set status = 'queued',
-        available_at = now(),
+        available_at = noetl.now(),
         claimed_by = null,
         claimed_at = null,
         reclaims = v_reclaims
@@ -229,7 +229,7 @@ begin
     from noetl.command as c
     where c.claimed_by = p_worker_id
         and c.status = 'claimed'
-        and c.claimed_at <= now() - make_interval(secs => p_min_age_seconds)
+        and c.claimed_at <= noetl.now() - make_interval(secs => p_min_age_seconds)
         and not c.command_id = any(coalesce(p_held_command_ids, '{}'));
     if v_ids is null then
         return 0;
