@@ -8,7 +8,7 @@ PYTHON := $(VENV)/bin/python
 VENV_STAMP := $(VENV)/.installed
 SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 
-.PHONY: venv run lint pgtap pytest test bench regression fuzz clean
+.PHONY: venv run lint pgtap pytest test bench regression fuzz chaos failover partition clean
 
 venv: $(VENV_STAMP)
 
@@ -53,6 +53,26 @@ test: venv
 	done; \
 	if [ -n "$$failed" ]; then echo "make test: FAILED:$$failed" >&2; exit 1; fi; \
 	echo "make test: all checks passed"
+
+# Chaos suite (tests/py/test_chaos.py): mixed executions on a private PostgreSQL cluster
+# while it restarts, backends are terminated and workers are SIGKILLed; every run exact.
+# `make test` runs a short version (CHAOS_EXECUTIONS=25, one run).
+CHAOS_EXECUTIONS ?= 1000
+CHAOS_RUNS ?= 10
+chaos: venv
+	CHAOS_EXECUTIONS=$(CHAOS_EXECUTIONS) CHAOS_RUNS=$(CHAOS_RUNS) \
+	    $(VENV)/bin/pytest -q -s tests/py/test_chaos.py
+
+# PostgreSQL failover (tests/py/test_failover.py, also part of `make test`): a primary and
+# a synchronous standby on local ports, the primary killed mid-loop, the standby promoted.
+failover: venv
+	$(VENV)/bin/pytest -q -s tests/py/test_failover.py
+
+# A worker cut off by the network (tests/py/test_partition.py, also part of `make test`):
+# PostgreSQL and two workers in network namespaces; skipped, with the reason, where
+# `ip netns` is not permitted.
+partition: venv
+	$(VENV)/bin/pytest -q -s -rs tests/py/test_partition.py
 
 bench: venv
 	@shopt -s nullglob; benches=(bench/*.py); \

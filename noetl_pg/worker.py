@@ -30,6 +30,7 @@ from functools import partial
 from typing import Any
 
 import psycopg
+from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
 from noetl_pg import db
@@ -47,6 +48,9 @@ log = logging.getLogger(__name__)
 
 DEFAULT_HEARTBEAT_SECONDS = 5.0
 DEFAULT_CLAIM_TIMEOUT_SECONDS = 300.0
+# How many times a command may be taken back from a worker that died holding it before
+# the next loss fails it as poison (a crash is not a tool error: it spends no attempt).
+DEFAULT_MAX_RECLAIMS = 5
 
 
 def _seconds_from_env(name: str, default: float) -> float:
@@ -61,6 +65,24 @@ def _seconds_from_env(name: str, default: float) -> float:
     if value <= 0:
         raise ValueError(f"{name}={raw!r} must be greater than 0")
     return value
+
+
+def _count_from_env(name: str, default: int) -> int:
+    """A whole number >= 0 from the environment; ValueError names a bad value."""
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return default
+    if not raw.isdigit():
+        raise ValueError(f"{name}={raw!r} must be a whole number >= 0")
+    return int(raw)
+
+
+def _log_refusal(diagnostic: psycopg.errors.Diagnostic) -> None:
+    """NOTICE from noetl.refuse_outcome: an outcome of a claim this worker no longer
+    holds (taken back while it was paused or cut off, or already applied) was refused."""
+    message = diagnostic.message_primary or ""
+    if message.startswith("outcome refused:"):
+        log.warning("%s", message)
 
 
 class SpecCache:
@@ -131,6 +153,7 @@ class Worker:
         heartbeat_interval: float | None = None,
         claim_timeout: float | None = None,
         orphan_claim_age: float | None = None,
+        max_reclaims: int | None = None,
         credentials: CredentialResolver | None = None,
         redact: Callable[[str], str] | None = None,
         housekeeping: Callable[[psycopg.Connection[Any]], None] | None = None,
@@ -150,6 +173,8 @@ class Worker:
         # This worker's own claims that no slot holds are taken back after this long: far
         # longer than a slot needs between a claim's commit and holding its rows.
         self.orphan_claim_age = orphan_claim_age or max(10.0, 3 * self.heartbeat_interval)
+        self.max_reclaims = max_reclaims if max_reclaims is not None else _count_from_env(
+            "NOETL_MAX_RECLAIMS", DEFAULT_MAX_RECLAIMS)
         self._credentials = credentials
         self._redact = redact or (lambda text: text)
         self._housekeeping = housekeeping
@@ -179,10 +204,13 @@ class Worker:
     # --- lifecycle -------------------------------------------------------------------
 
     def start(self) -> None:
-        with db.connect(self.dsn) as conn:
+        with self._connect() as conn:
             # Claims left by an earlier process with this worker id will never be finished.
-            db.fetch_one(conn, "reap_orphan_claims", worker_id=self.worker_id, held=[],
-                         min_age_seconds=0)
+            row = db.fetch_one(conn, "reap_earlier_process", worker_id=self.worker_id,
+                               max_reclaims=self.max_reclaims)
+            if row is not None and row["reaped"]:
+                log.warning("took back %d claims of an earlier process with this worker id",
+                            row["reaped"])
             self._register(conn)
         targets: list[tuple[str, Callable[[], None]]] = [
             ("listener", self._listen), ("heartbeat", self._heartbeat)
@@ -193,6 +221,12 @@ class Worker:
             thread.start()
             self._threads.append(thread)
         log.info("worker %s started with %d slots", self.worker_id, self.slots)
+
+    def _connect(self) -> psycopg.Connection[dict[str, Any]]:
+        """A connection named after this worker in pg_stat_activity (application_name), so a
+        DBA, or a test that killed the worker, can tell which backends are its."""
+        return psycopg.connect(self.dsn, autocommit=True, row_factory=dict_row,
+                               application_name=f"noetl worker {self.worker_id}"[:63])
 
     def _register(self, conn: psycopg.Connection[Any]) -> None:
         db.fetch_one(conn, "register_worker", worker_id=self.worker_id,
@@ -210,7 +244,7 @@ class Worker:
             remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
             thread.join(remaining)
         try:
-            with db.connect(self.dsn) as conn:
+            with self._connect() as conn:
                 row = db.fetch_one(conn, "stop_worker", worker_id=self.worker_id)
                 if row and row["released"]:
                     log.info("released %d claimed commands", row["released"])
@@ -245,7 +279,7 @@ class Worker:
         backoff = 0.1
         while not self._stopping.is_set():
             try:
-                with psycopg.connect(self.dsn, autocommit=True) as conn:
+                with self._connect() as conn:
                     conn.execute("listen noetl_command")
                     conn.execute("listen noetl_cancel")
                     backoff = 0.1
@@ -268,12 +302,13 @@ class Worker:
         while not self._stopping.wait(self.heartbeat_interval):
             try:
                 if conn is None or conn.closed:
-                    conn = db.connect(self.dsn)
+                    conn = self._connect()
                 row = db.fetch_one(conn, "worker_heartbeat", worker_id=self.worker_id)
                 if row is not None and not row["alive"]:
                     # Our row was removed: register again so our claims count as alive.
                     self._register(conn)
-                row = db.fetch_one(conn, "reap_stale_claims", timeout_seconds=self.claim_timeout)
+                row = db.fetch_one(conn, "reap_stale_claims", timeout_seconds=self.claim_timeout,
+                                   max_reclaims=self.max_reclaims)
                 if row is not None and row["reaped"]:
                     log.warning("reaper took back %d stale claims", row["reaped"])
                 row = db.fetch_one(conn, "reap_orphan_claims", worker_id=self.worker_id,
@@ -303,8 +338,9 @@ class Worker:
         pending: list[Outcome] = []
         while True:
             try:
-                with db.connect(self.dsn) as conn:
+                with self._connect() as conn:
                     backoff = 0.1
+                    conn.add_notice_handler(_log_refusal)
                     runner = self._runner(conn)
                     pending = self._serve(conn, runner, pending)
                     return
@@ -383,8 +419,12 @@ class Worker:
                 # cancel_execution already cancelled the command; any outcome would be stale.
                 continue
             started = time.monotonic()
-            outcomes.append(self._run_one(runner, row, contexts[group]))
+            outcome = self._run_one(runner, row, contexts[group])
             self._timings.observe(row, time.monotonic() - started)
+            # The claim's fencing token: refused if the claim was taken back meanwhile,
+            # even when the command went back to the queue at the same attempt.
+            outcome["claim"] = row["claim_gen"]
+            outcomes.append(outcome)
         return outcomes
 
     def _run_one(
@@ -447,7 +487,8 @@ class Worker:
             # The outcome itself cannot be applied (e.g. a loop collection the database
             # rejects): record it as the command's failure so the run does not hang.
             failure = {"op": "fail", "command_id": outcome["command_id"],
-                       "attempt": outcome["attempt"], "retry_delay": None,
+                       "attempt": outcome["attempt"], "claim": outcome.get("claim"),
+                       "retry_delay": None,
                        "error": self._redact(str(exc.diag.message_primary or exc))}
             return db.fetch_all(conn, "finish_and_claim", worker_id=self.worker_id,
                                 outcomes=Jsonb([failure]), kinds=self.kinds, n=0)

@@ -8,35 +8,49 @@
 --   routes), running loops are marked cancelled, and the execution finishes CANCELLED
 --   with `playbook.cancelled` (error: the reason). Returns how many
 --   executions it cancelled: 0 when the execution had already finished (a no-op).
--- Locks: each execution row (FOR UPDATE), parent before child, then its command rows.
+-- Locks: in the lock order (locking.sql): the execution with its ancestors, then its
+--   running loops by loop_id, then its active command rows by command_id; then each child
+--   the same way (its ancestors are held already, so nothing else can hold its rows).
 -- Failure modes: raises no_data_found naming the id when the execution does not exist.
 create or replace function noetl.cancel_execution(
     p_execution_id bigint,
     p_reason text default 'cancelled by request'
 ) returns integer
 language plpgsql
+-- Planned for the execution at hand: a generic plan for "this execution's active
+-- commands" may scan the whole queue when one execution holds most of it.
+set plan_cache_mode = force_custom_plan
 as $$
 declare
     v_status text;
     v_child bigint;
     v_cancelled integer := 0;
 begin
+    perform noetl.lock_executions(array[p_execution_id]);
     select e.status into v_status
     from noetl.execution as e
-    where e.execution_id = p_execution_id
-    for update;
+    where e.execution_id = p_execution_id;
     if not found then
         raise exception 'execution % does not exist', p_execution_id using errcode = 'P0002';
     end if;
 
     if v_status = 'RUNNING' then
+        perform 1 from noetl.loop as l
+        where l.execution_id = p_execution_id and l.status = 'running'
+        order by l.loop_id
+        for update;
+        perform 1 from noetl.command as c
+        where c.execution_id = p_execution_id
+            and c.status in ('queued', 'claimed', 'waiting')
+        order by c.command_id
+        for update;
+        update noetl.loop as l
+        set status = 'cancelled'
+        where l.execution_id = p_execution_id and l.status = 'running';
         update noetl.command as c
         set status = 'cancelled', finished_at = noetl.now()
         where c.execution_id = p_execution_id
             and c.status in ('queued', 'claimed', 'waiting');
-        update noetl.loop as l
-        set status = 'cancelled'
-        where l.execution_id = p_execution_id and l.status = 'running';
 
         perform noetl.finish_execution(p_execution_id, 'CANCELLED', null, p_reason, null);
         perform pg_notify('noetl_cancel', p_execution_id::text);

@@ -6,11 +6,10 @@
 -- execution.parent_command_id. What the parent command waits for is kept in
 -- command.input -> 'child': {execution_id, return_step, retry_delay}.
 --
--- Lock order: a finishing child holds its own execution row, then takes the parent
--- command row, then (through routing) the parent execution row: the same order as
--- complete_command (command, then execution). A cancellation that walks from a parent to
--- its children should finish or lock the children before it locks the parent's rows, or
--- accept that PostgreSQL may abort one side as a deadlock (the worker retries it).
+-- Lock order (locking.sql): whoever finishes a child execution took the child's
+-- execution row with all its ancestors first, so the parent execution row is already held
+-- when the child's end reports to the parent command; a cancellation walks down from a
+-- parent it holds. Neither waits for a row the other holds.
 
 
 drop function if exists noetl.await_child(
@@ -107,9 +106,9 @@ $$;
 --   (its next attempt starts a fresh child), otherwise it fails and routes 'call.error'.
 --   A parent command that is no longer waiting for this child (cancelled, failed with its
 --   execution, or retried with a newer child) is left alone.
--- Locks: the parent command row (FOR UPDATE), then what complete_command or fail_command
---   lock (the loop row, the parent execution row). The caller holds the child execution
---   row (see the lock order at the top of this file).
+-- Locks: the parent command's execution (already held with the child's ancestors), its
+--   loop row, then the parent command row (lock_command_rows, the lock order); then what
+--   complete_command or fail_command lock, all held by then.
 create or replace function noetl.child_finished(p_child noetl.execution) returns void
 language plpgsql
 as $$
@@ -118,9 +117,9 @@ declare
     v_waiting jsonb;
     v_result jsonb;
 begin
+    perform noetl.lock_command_rows(array[p_child.parent_command_id]);
     select * into v_cmd from noetl.command as c
-    where c.command_id = p_child.parent_command_id
-    for update;
+    where c.command_id = p_child.parent_command_id;
     if not found then
         return;
     end if;

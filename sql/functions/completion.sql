@@ -12,7 +12,8 @@
 --   applied in this transaction instead. outcome is 'ok', or 'stale' when the command is
 --   no longer claimed at that attempt (it was reaped, retried, cancelled or completed): a
 --   stale call changes nothing.
--- Locks: the command row (FOR UPDATE); through routing, the execution row.
+-- Locks: in the lock order, its execution (with ancestors), its loop and the command row
+--   (lock_claimed_command); routing then re-uses the execution row it holds.
 -- Failure modes: raises no_data_found for an unknown command id.
 create or replace function noetl.complete_command(
     p_command_id bigint,
@@ -80,7 +81,7 @@ $$;
 --   fails (`command.failed`, outcome 'failed'): a loop iteration is counted as failed by
 --   its loop; a step routes through its conditional arcs with event.name 'call.error' or,
 --   with none, fails the execution. 'stale' as in complete_command.
--- Locks: the command row (FOR UPDATE); through routing, the execution row.
+-- Locks: as complete_command (execution, loop, command row, in the lock order).
 create or replace function noetl.fail_command(
     p_command_id bigint,
     p_attempt integer,
@@ -206,11 +207,14 @@ end;
 $$;
 
 -- noetl.lock_claimed_command(command_id, attempt, kind) -> noetl.command
--- Contract: the fencing check every outcome goes through. Locks the command row and
---   returns it when it is claimed at `attempt`; returns NULL (the caller reports 'stale')
---   when it is not: reaped, retried, cancelled or finished meanwhile. With `kind`, a
+-- Contract: the fencing check of every outcome applied directly (a worker's outcomes are
+--   fenced first, by claim generation too, in finish_and_claim). Takes the locks of the
+--   command in the lock order and returns the command when it is claimed at `attempt`;
+--   returns NULL (the caller reports 'stale') when it is not: taken back, retried,
+--   cancelled or finished meanwhile. A refusal is recorded (refuse_outcome). With `kind`, a
 --   command of another kind is an error (a route command finished as a loop, say).
--- Locks: the command row (FOR UPDATE).
+-- Locks: its execution (with ancestors), its loop, then the command row
+--   (lock_command_rows); rows a caller such as finish_and_claim already holds are free.
 -- Failure modes: raises no_data_found (P0002) naming an unknown command id, and 22023
 --   for a kind mismatch.
 create or replace function noetl.lock_claimed_command(
@@ -223,7 +227,8 @@ as $$
 declare
     v_cmd noetl.command;
 begin
-    select * into v_cmd from noetl.command as c where c.command_id = p_command_id for update;
+    perform noetl.lock_command_rows(array[p_command_id]);
+    select * into v_cmd from noetl.command as c where c.command_id = p_command_id;
     if not found then
         raise exception 'command % does not exist', p_command_id using errcode = 'P0002';
     end if;
@@ -232,8 +237,46 @@ begin
             using errcode = '22023';
     end if;
     if v_cmd.status <> 'claimed' or v_cmd.attempt <> p_attempt then
+        perform noetl.refuse_outcome(v_cmd, p_attempt, null, null, null);
         return null;
     end if;
     return v_cmd;
+end;
+$$;
+
+-- noetl.refuse_outcome(command, attempt, claim, op, worker_id) -> void
+-- Contract: the trace of an outcome refused as stale (its claim was taken back, retried,
+--   cancelled or already finished): writes `command.outcome_refused` with the refused
+--   attempt and meta {op, claim, worker_id, status, current_attempt, current_claim,
+--   holder} (what the command is now); for a worker's outcome (`worker_id` given) also
+--   raises a NOTICE starting "outcome refused:", which the worker logs. Changes no state.
+-- Locks: none beyond the event insert (the caller holds the command row).
+create or replace function noetl.refuse_outcome(
+    p_cmd noetl.command,
+    p_attempt integer,
+    p_claim integer,
+    p_op text,
+    p_worker_id text
+) returns void
+language plpgsql
+as $$
+begin
+    perform noetl.record_event(
+        p_cmd.execution_id, 'command.outcome_refused', p_cmd.step_name, p_cmd.command_id,
+        p_attempt, null, null,
+        jsonb_strip_nulls(jsonb_build_object(
+            'op', p_op, 'claim', p_claim, 'worker_id', p_worker_id, 'status', p_cmd.status,
+            'current_attempt', p_cmd.attempt, 'current_claim', p_cmd.claim_gen,
+            'holder', p_cmd.claimed_by
+        )),
+        p_cmd.loop_id, p_cmd.iter_index
+    );
+    if p_worker_id is not null then
+        raise notice 'outcome refused: command % (execution %, step ''%'') attempt % claim % '
+            'from worker %: the command is now % at attempt % claim %',
+            p_cmd.command_id, p_cmd.execution_id, p_cmd.step_name, p_attempt,
+            coalesce(p_claim::text, '?'), p_worker_id, p_cmd.status, p_cmd.attempt,
+            p_cmd.claim_gen;
+    end if;
 end;
 $$;

@@ -200,6 +200,10 @@ begin
 end;
 $$;
 
+-- Return types changed (claim_gen): drop the old shapes before re-creating them.
+drop function if exists noetl.claim_commands(text, text[], integer);
+drop function if exists noetl.describe_commands(bigint[]);
+
 -- noetl.claim_commands(worker_id, kinds, n) -> setof claimed commands
 -- Contract: claims up to `n` queued commands that are due (available_at <= noetl.now()), whose
 --   kind is in `kinds` (NULL: any kind), highest priority then oldest first, marks them
@@ -208,7 +212,8 @@ $$;
 --   the same (execution_id, step_name, kind, loop_id is null) in the batch and NULL on the
 --   others: the caller reuses it for that group's other rows. It holds only the results
 --   the step reads (noetl.command_reads).
---   Loop iterations carry their item in `item`.
+--   Loop iterations carry their item in `item`; `claim_gen` is the claim's fencing token,
+--   which the worker's outcome names (see finish_and_claim).
 -- Locks: FOR UPDATE SKIP LOCKED on the chosen queue rows (in claim_command_ids), so
 --   concurrent claimers never wait on each other and never get the same command.
 create or replace function noetl.claim_commands(
@@ -226,7 +231,8 @@ create or replace function noetl.claim_commands(
     iter_index integer,
     input jsonb,
     item jsonb,
-    context jsonb
+    context jsonb,
+    claim_gen integer
 )
 language plpgsql
 as $$
@@ -259,7 +265,8 @@ returns table (
     iter_index integer,
     input jsonb,
     item jsonb,
-    context jsonb
+    context jsonb,
+    claim_gen integer
 )
 language sql
 stable
@@ -284,7 +291,8 @@ as $$
                     c.execution_id,
                     noetl.command_reads(c.kind, c.step_name, s.reads, s.loop_reads)
                 )
-        end
+        end,
+        c.claim_gen
     from noetl.command as c
     inner join noetl.execution as e on c.execution_id = e.execution_id
     left join noetl.catalog_step as s

@@ -10,7 +10,8 @@
 --   command, so it exists once; with `worker_id` it is created claimed by that worker and
 --   its id returned. A 'call.error' with no conditional arcs fails the execution.
 --   Nothing is routed once the execution is no longer RUNNING.
--- Locks: the execution row (via check_progress).
+-- Locks: the execution row (check_progress), which the caller holds already: every
+--   caller took its command's locks in the lock order first.
 create or replace function noetl.route_after(
     p_cmd noetl.command,
     p_event text,
@@ -130,7 +131,8 @@ $$;
 --   rendered each `set`). Each chosen step is issued at most once (keys name the source
 --   command). For a 'call.error' route with no chosen arc the execution fails with the
 --   step's error. Writes `route.applied`. Returns 'ok', or 'stale' like complete_command.
--- Locks: the route command row (FOR UPDATE), then the execution row.
+-- Locks: in the lock order, the execution (with ancestors) then the route command row
+--   (lock_claimed_command).
 create or replace function noetl.apply_route(
     p_command_id bigint,
     p_attempt integer,
@@ -193,7 +195,8 @@ $$;
 -- Contract: after any step-level change, issues each join step whose arrivals are in and
 --   which no active command can still reach, then completes the execution when nothing is
 --   active and no arrival waits: `playbook.completed` with the result of `last_step`.
--- Locks: the execution row (FOR UPDATE). This serialises the "is anything still active?"
+-- Locks: the execution row with its ancestors (lock_executions; callers hold them
+--   already, in the lock order). This serialises the "is anything still active?"
 --   question per execution: two branches finishing at once cannot both see the other as
 --   running, because the second re-reads after the first commits.
 create or replace function noetl.check_progress(
@@ -207,10 +210,11 @@ declare
     v_join record;
     v_command_id bigint;
     v_arc_set jsonb;
+    v_active boolean := false;
 begin
+    perform noetl.lock_executions(array[p_execution_id]);
     select * into v_exec from noetl.execution as e
-    where e.execution_id = p_execution_id
-    for update;
+    where e.execution_id = p_execution_id;
     if v_exec.status <> 'RUNNING' then
         return;
     end if;
@@ -221,15 +225,18 @@ begin
         where a.execution_id = p_execution_id and a.consumed_by is null
         group by a.step_name
     loop
-        continue when exists (
-            select 1
-            from noetl.command as c
-            inner join noetl.catalog_step as s
-                on s.catalog_id = v_exec.catalog_id and c.step_name = s.step_name
-            where c.execution_id = p_execution_id
-                and c.status in ('queued', 'claimed', 'waiting')
-                and v_join.step_name = any(s.reaches)
-        );
+        -- An active command that can still reach the join (ordered by step_name for
+        -- command_active_idx, see the completion check below).
+        perform 1
+        from noetl.command as c
+        inner join noetl.catalog_step as s
+            on s.catalog_id = v_exec.catalog_id and c.step_name = s.step_name
+        where c.execution_id = p_execution_id
+            and c.status in ('queued', 'claimed', 'waiting')
+            and v_join.step_name = any(s.reaches)
+        order by c.step_name
+        limit 1;
+        continue when found;
         for v_arc_set in
             select a.arc_set from noetl.join_arrival as a
             where a.execution_id = p_execution_id
@@ -253,11 +260,17 @@ begin
             and a.consumed_by is null;
     end loop;
 
-    if exists (
-        select 1 from noetl.command as c
-        where c.execution_id = p_execution_id
-            and c.status in ('queued', 'claimed', 'waiting')
-    ) or exists (
+    -- Ordered like command_active_idx so even a generic plan reads that index: with one
+    -- execution holding most of the queue, "first matching row of a scan" looks cheaper
+    -- to the planner and walks the whole table for any other execution. (Not EXISTS: the
+    -- planner drops ORDER BY and LIMIT inside EXISTS.)
+    select true into v_active
+    from noetl.command as c
+    where c.execution_id = p_execution_id
+        and c.status in ('queued', 'claimed', 'waiting')
+    order by c.step_name
+    limit 1;
+    if v_active or exists (
         select 1 from noetl.join_arrival as a
         where a.execution_id = p_execution_id and a.consumed_by is null
     ) then
@@ -278,19 +291,27 @@ $$;
 --   waiting commands, finishes it FAILED with the step and its error, and cancels its
 --   running child executions (noetl.cancel_execution). Commands already claimed finish
 --   normally; their outcomes are recorded but route nowhere.
--- Locks: the execution row, then the cancelled command rows, then each child (parent
---   before child, as cancel_execution).
+-- Locks: in the lock order: the execution row with its ancestors (held by the caller
+--   already), then the command rows it cancels by command_id, then each child
+--   (cancel_execution).
 create or replace function noetl.fail_execution(
     p_execution_id bigint,
     p_step_name text,
     p_error text
 ) returns void
 language plpgsql
+-- Planned for the execution at hand: a generic plan for "this execution's active
+-- commands" may scan the whole queue when one execution holds most of it.
+set plan_cache_mode = force_custom_plan
 as $$
 declare
     v_child bigint;
 begin
-    perform 1 from noetl.execution as e where e.execution_id = p_execution_id for update;
+    perform noetl.lock_executions(array[p_execution_id]);
+    perform 1 from noetl.command as c
+    where c.execution_id = p_execution_id and c.status in ('queued', 'waiting')
+    order by c.command_id
+    for update;
     update noetl.command as c
     set status = 'cancelled', finished_at = noetl.now()
     where c.execution_id = p_execution_id and c.status in ('queued', 'waiting');

@@ -1,10 +1,21 @@
 -- worker_api.sql: the calls a worker daemon makes, batched so a busy worker needs one
 -- round trip per batch.
 
+-- Return types changed (claim_gen): drop the old shapes before re-creating them.
+drop function if exists noetl.finish_and_claim(text, jsonb, text[], integer);
+
 -- noetl.claim_command_ids(worker_id, kinds, n) -> bigint[]
 -- Contract: claims up to `n` due queued commands of the given kinds (NULL: any), marks
---   them claimed by `worker_id`, writes `command.claimed` for each, returns their ids.
--- Locks: FOR UPDATE SKIP LOCKED on the queue rows (the one place the queue is scanned).
+--   them claimed by `worker_id` with a new claim generation (claim_gen + 1: the fencing
+--   token the worker's outcome must name), writes `command.claimed` for each, returns
+--   their ids. Highest priority then oldest first; with `kinds`, that order holds within
+--   each kind and across them.
+-- Cost: O(n) index entries, whatever the backlog: NULL kinds read command_queue_idx, a
+--   kind list reads command_queue_kind_idx once per kind (up to n entries each; one short
+--   query planned per kind). Rows due later (a retry's backoff) are stepped over.
+-- Locks: FOR UPDATE SKIP LOCKED on the queue rows (the one place the queue is scanned); it
+--   never waits. With several kinds, up to n rows per kind are locked and only the first
+--   n claimed; the others are released at commit.
 create or replace function noetl.claim_command_ids(
     p_worker_id text,
     p_kinds text[],
@@ -13,27 +24,62 @@ create or replace function noetl.claim_command_ids(
 language plpgsql
 as $$
 declare
+    v_kind text;
+    v_candidates bigint[] := '{}';
+    v_candidate_priorities integer[] := '{}';
+    v_priorities integer[];
+    v_picked bigint[];
     v_ids bigint[];
 begin
     if p_n is null or p_n <= 0 then
         return '{}';
     end if;
-    with picked as (
-        select q.command_id
-        from noetl.command as q
-        where q.status = 'queued'
-            and q.available_at <= noetl.now()
-            and (p_kinds is null or q.kind = any(p_kinds))
-        order by q.priority desc, q.command_id
-        limit p_n
-        for update skip locked
-    ),
+    if p_kinds is null then
+        select array_agg(q.command_id) into v_picked
+        from (
+            select c.command_id
+            from noetl.command as c
+            where c.status = 'queued' and c.available_at <= noetl.now()
+            order by c.priority desc, c.command_id
+            limit p_n
+            for update skip locked
+        ) as q;
+    else
+        -- One claim per kind, each planned for its literal kind (EXECUTE): with the kind
+        -- as a parameter the planner may walk command_queue_idx past the whole backlog of
+        -- other kinds, its estimate for a parameter being "as common as any kind".
+        for v_kind in select distinct k.kind from unnest(p_kinds) as k (kind) loop
+            execute format(
+                'select coalesce(array_agg(c.command_id), ''{}''), '
+                '    coalesce(array_agg(c.priority), ''{}'') '
+                'from (select q.command_id, q.priority from noetl.command as q '
+                '      where q.status = ''queued'' and q.kind = %L '
+                '          and q.available_at <= noetl.now() '
+                '      order by q.priority desc, q.command_id '
+                '      limit $1 for update skip locked) as c',
+                v_kind
+            ) into v_ids, v_priorities using p_n;
+            v_candidates := v_candidates || v_ids;
+            v_candidate_priorities := v_candidate_priorities || v_priorities;
+        end loop;
+        select array_agg(u.command_id order by u.priority desc, u.command_id)
+        into v_picked
+        from (
+            select u.command_id, u.priority
+            from unnest(v_candidates, v_candidate_priorities) as u (command_id, priority)
+            order by u.priority desc, u.command_id
+            limit p_n
+        ) as u;
+    end if;
+    if v_picked is null then
+        return '{}';
+    end if;
 
-    claimed as (
+    with claimed as (
         update noetl.command as c
-        set status = 'claimed', claimed_by = p_worker_id, claimed_at = noetl.now()
-        from picked
-        where c.command_id = picked.command_id
+        set status = 'claimed', claimed_by = p_worker_id, claimed_at = noetl.now(),
+            claim_gen = c.claim_gen + 1
+        where c.command_id = any(v_picked)
         returning c.*
     ),
 
@@ -44,7 +90,8 @@ begin
         )
         select
             cl.execution_id, 'command.claimed', cl.step_name, cl.command_id, cl.attempt,
-            cl.loop_id, cl.iter_index, jsonb_build_object('worker_id', p_worker_id)
+            cl.loop_id, cl.iter_index,
+            jsonb_build_object('worker_id', p_worker_id, 'claim', cl.claim_gen)
         from claimed as cl
     )
 
@@ -57,22 +104,30 @@ $$;
 -- noetl.finish_and_claim(worker_id, outcomes, kinds, n) -> setof claimed commands
 -- Contract: applies a worker's finished work and claims its next, in one transaction:
 --   `outcomes` is a JSON array of
---     {op: done,  command_id, attempt, result, ctx_set, targets?} -> complete_command
+--     {op: done,  command_id, attempt, claim, result, ctx_set, targets?} -> complete_command
 --       (`targets`: the step's conditional arcs as the worker evaluated them, applied in
 --       this transaction when the worker serves routes: no route command)
---     {op: fail,  command_id, attempt, error, retry_delay, output} -> fail_command
---     {op: route, command_id, attempt, targets}                -> apply_route
---     {op: loop,  command_id, attempt, items, loop}            -> start_loop
---     {op: await_child, command_id, attempt, path, version, payload, return_step,
+--     {op: fail,  command_id, attempt, claim, error, retry_delay, output} -> fail_command
+--     {op: route, command_id, attempt, claim, targets}                -> apply_route
+--     {op: loop,  command_id, attempt, claim, items, loop}            -> start_loop
+--     {op: await_child, command_id, attempt, claim, path, version, payload, return_step,
 --      retry_delay, pipeline}                                -> await_child (child.sql)
 --   then up to `n` commands are claimed. Returns (like claim_commands) the route commands
 --   created claimed by this worker while finishing (only when `kinds` is NULL or has
 --   'route'; otherwise they are queued for a router), then the newly claimed commands
 --   (loop iterations issued by these outcomes are created claimed, within `n`).
---   A stale outcome is skipped (its function returns 'stale'). If any outcome raises, the
---   whole call rolls back and the caller retries the outcomes one by one. Workers are
---   woken (NOTIFY) only if the outcomes issued work and due work is left after the claim.
--- Locks: those of the functions it calls; the queue rows with SKIP LOCKED.
+--   Fencing: an outcome is applied only while its command is still claimed at its
+--   `attempt` and claim generation `claim` (the claim_gen it was handed; an outcome
+--   without `claim` is fenced by attempt alone). Any other outcome is refused: it changes
+--   nothing, writes `command.outcome_refused` (refuse_outcome) and raises a NOTICE that
+--   the worker logs. If any outcome raises, the whole call rolls back and the caller
+--   retries the outcomes one by one. Workers are woken (NOTIFY) only if the outcomes
+--   issued work and due work is left after the claim.
+-- Locks: first, in the lock order (locking.sql), the executions (with ancestors), loops
+--   and command rows of every outcome (lock_command_rows), so what the outcomes then lock
+--   (routing, loop counters, cancelled children) is already held or lies below a held
+--   execution; last, the queue rows with SKIP LOCKED.
+-- Failure modes: an unknown command id raises no_data_found (P0002); an unknown op 22023.
 create or replace function noetl.finish_and_claim(
     p_worker_id text,
     p_outcomes jsonb,
@@ -89,12 +144,16 @@ create or replace function noetl.finish_and_claim(
     iter_index integer,
     input jsonb,
     item jsonb,
-    context jsonb
+    context jsonb,
+    claim_gen integer
 )
 language plpgsql
 as $$
 declare
+    v_outcomes jsonb := coalesce(p_outcomes, '[]');
     v_outcome jsonb;
+    v_stale record;
+    v_refused bigint[] := '{}';
     v_route bigint;
     v_routes bigint[] := '{}';
     v_id bigint;
@@ -110,17 +169,48 @@ begin
     -- Wake-ups for what these outcomes issue are decided once, after our own claim.
     perform set_config('noetl.defer_notify', 'on', true);
     perform set_config('noetl.notify_pending', 'off', true);
+
+    perform noetl.lock_command_rows(array(
+        select (o.value ->> 'command_id')::bigint from jsonb_array_elements(v_outcomes) as o
+    ));
+    for v_stale in
+        select o.value as outcome, c as cmd, c.command_id is null as unknown
+        from jsonb_array_elements(v_outcomes) as o (value)
+        left join noetl.command as c on c.command_id = (o.value ->> 'command_id')::bigint
+        where c.command_id is null
+            or c.status <> 'claimed'
+            or c.attempt <> (o.value ->> 'attempt')::integer
+            or c.claim_gen <> coalesce((o.value ->> 'claim')::integer, c.claim_gen)
+    loop
+        if v_stale.unknown then
+            raise exception 'command % does not exist', v_stale.outcome ->> 'command_id'
+                using errcode = 'P0002';
+        end if;
+        perform noetl.refuse_outcome(
+            v_stale.cmd, (v_stale.outcome ->> 'attempt')::integer,
+            (v_stale.outcome ->> 'claim')::integer, v_stale.outcome ->> 'op', p_worker_id
+        );
+        v_refused := v_refused || (v_stale.cmd).command_id;
+    end loop;
+    if cardinality(v_refused) > 0 then
+        v_outcomes := coalesce((
+            select jsonb_agg(o.value order by o.ordinality)
+            from jsonb_array_elements(v_outcomes) with ordinality as o (value, ordinality)
+            where not (o.value ->> 'command_id')::bigint = any(v_refused)
+        ), '[]');
+    end if;
+
     -- Loop iterations that finished are completed set-based, each loop counted once.
-    if jsonb_path_exists(coalesce(p_outcomes, '[]'), '$[*] ? (@.loop_id != null)') then
+    if jsonb_path_exists(v_outcomes, '$[*] ? (@.loop_id != null)') then
         select f.handled, f.route_ids, f.claimed into v_loop_done, v_routes, v_loop_claimed
         from noetl.finish_loop_iterations(
-            v_router, p_outcomes, p_worker_id, p_kinds, p_n
+            v_router, v_outcomes, p_worker_id, p_kinds, p_n
         ) as f;
     end if;
     v_loop_done := coalesce(v_loop_done, '{}');
     v_routes := coalesce(v_routes, '{}');
     v_loop_claimed := coalesce(v_loop_claimed, '{}');
-    for v_outcome in select value from jsonb_array_elements(coalesce(p_outcomes, '[]')) loop
+    for v_outcome in select value from jsonb_array_elements(v_outcomes) loop
         v_id := (v_outcome ->> 'command_id')::bigint;
         continue when v_id = any(v_loop_done);
         v_attempt := (v_outcome ->> 'attempt')::integer;
@@ -225,8 +315,10 @@ $$;
 
 -- noetl.stop_worker(worker_id) -> integer
 -- Contract: a worker leaving cleanly: marks it stopped and puts its remaining claims back
---   on the queue at the same attempt (they never ran to an outcome). Returns how many.
--- Locks: the worker row, then its claimed command rows.
+--   on the queue at the same attempt (they never ran to an outcome; not a reclaim).
+--   Returns how many.
+-- Locks: the worker row (alone, in its own statement), then the claims' executions, loops
+--   and command rows in the lock order (lock_command_rows).
 create or replace function noetl.stop_worker(p_worker_id text) returns integer
 language plpgsql
 as $$
@@ -234,6 +326,10 @@ declare
     v_released integer;
 begin
     update noetl.worker as w set stopped_at = noetl.now() where w.worker_id = p_worker_id;
+    perform noetl.lock_command_rows(array(
+        select c.command_id from noetl.command as c
+        where c.claimed_by = p_worker_id and c.status = 'claimed'
+    ));
     update noetl.command as c
     set status = 'queued', claimed_by = null, claimed_at = null
     where c.claimed_by = p_worker_id and c.status = 'claimed';

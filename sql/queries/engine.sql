@@ -113,8 +113,9 @@ order by execution_id desc
 limit %(row_limit)s;
 
 -- name: reap_stale_claims
--- Take back claims of workers silent for timeout_seconds (a no-op while another daemon reaps).
-select noetl.reap_stale_claims(%(timeout_seconds)s) as reaped;
+-- Take back claims of workers silent for timeout_seconds (a no-op while another daemon reaps):
+-- re-queued at the same attempt, or failed as poison past max_reclaims.
+select noetl.reap_stale_claims(%(timeout_seconds)s, %(max_reclaims)s) as reaped;
 
 -- name: cancel_execution
 -- Cancel an execution and its running children; returns how many were cancelled.

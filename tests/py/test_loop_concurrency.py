@@ -103,7 +103,8 @@ def _loop_state(engine: Engine, execution_id: int, loop_id: int) -> dict[str, An
                 where e.execution_id = %s and e.event_type = 'loop.done') as loop_done,
                (select count(*) from noetl.command as c
                 where c.execution_id = %s and c.step_name = 'after') as after_commands,
-               (select count(*) from noetl.event as e where e.execution_id = %s) as events
+               (select count(*) from noetl.event as e where e.execution_id = %s
+                and e.event_type <> 'command.outcome_refused') as events
            from noetl.loop as l where l.loop_id = %s""",
         execution_id, execution_id, execution_id, loop_id,
     )[0]
@@ -134,6 +135,10 @@ def test_twenty_simultaneous_completions_close_the_loop_once(fresh_engine: Engin
     for _ in range(50):
         assert set(_complete_all_at_once(fresh_engine.dsn, calls)) == {"stale"}
     assert _loop_state(fresh_engine, execution_id, loop_id) == state
+    assert fresh_engine.sql(
+        "select count(*) as n from noetl.event where execution_id = %s "
+        "and event_type = 'command.outcome_refused'", execution_id) == [{"n": 1000}], \
+        "each refused duplicate left its trace"
 
 
 def test_ten_thousand_items_two_worker_processes_keep_the_bound(fresh_engine: Engine) -> None:

