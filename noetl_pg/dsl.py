@@ -163,9 +163,11 @@ class Playbook(_Model):
     @model_validator(mode="before")
     @classmethod
     def _drop_entry_step(cls, data: Any) -> Any:
-        # A stored spec carries the entry_step to_spec derived (the property below).
-        if isinstance(data, dict) and "entry_step" in data:
-            data = {key: value for key, value in data.items() if key != "entry_step"}
+        # A stored spec carries what registration derived for SQL: the entry_step (the
+        # property below) and the command budget (noetl_pg.budget).
+        if isinstance(data, dict) and data.keys() & {"entry_step", "max_commands"}:
+            data = {key: value for key, value in data.items()
+                    if key not in ("entry_step", "max_commands")}
         return data
 
     @property

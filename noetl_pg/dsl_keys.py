@@ -400,20 +400,16 @@ class _Checker:
             raise self.fail(path, f"must be an integer >= 1 or a template, got {bound!r}")
 
     def set_keys(self, writes: Any, path: Path, place: str) -> None:
-        writes = self.keys(writes, path, "set", extra=frozenset(
-            key for key in (writes if isinstance(writes, Mapping) else {})
-            if isinstance(key, str)))
+        """Each key of a `set` names a scope this place writes (a bare name is ctx)."""
+        if not isinstance(writes, Mapping):
+            raise self.fail(path, f"must be a mapping, got {_type_name(writes)}")
         scopes = SET_SCOPES[place]
         for key in writes:
             scope, dot, rest = str(key).partition(".")
-            if not dot:
-                if "ctx" in scopes:
-                    continue  # a bare name is a ctx write
-                raise self.fail((*path, key), f"a {place} `set` writes "
-                                f"{', '.join(sorted(s + '.*' for s in scopes))}, not '{key}'")
-            if scope not in scopes or not rest:
-                raise self.fail((*path, key), f"a {place} `set` writes "
-                                f"{', '.join(sorted(s + '.*' for s in scopes))}, not '{key}'")
+            if (scope in scopes and rest) or (not dot and "ctx" in scopes):
+                continue
+            raise self.fail((*path, key), f"a {place} `set` writes "
+                            f"{', '.join(sorted(s + '.*' for s in scopes))}, not '{key}'")
 
     def next(self, value: Any, path: Path) -> None:
         if isinstance(value, str):
