@@ -347,28 +347,33 @@ workflow:
       kind: python
       input: {log: "{{ log }}"}
       code: |
-        import os, signal
+        import time
         with open(log, "a") as out:
             out.write("deadly\\n")
-        # The executor's parent is the worker process: this step kills every worker.
-        os.kill(os.getppid(), signal.SIGKILL)
+        time.sleep(60)
 """
 
 
 def test_command_that_keeps_killing_workers_fails_as_poison(
         fresh_engine: Engine, workers: Workers, tmp_path: Path) -> None:
-    """Default NOETL_MAX_RECLAIMS (5): a step that kills its worker is re-queued five times
-    (a crash is not its failure) and the sixth loss fails it as poison."""
+    """Default NOETL_MAX_RECLAIMS (5): a step whose worker dies every time it runs it (the
+    test SIGKILLs the worker as soon as the step starts, like an OOM killer would) is
+    re-queued five times, a crash not being its failure, and the sixth loss fails it as
+    poison."""
     engine, log = fresh_engine, tmp_path / "runs.log"
     execution_id = engine.start(engine.register(POISON_PLAYBOOK), {"log": str(log)})
     deadline = time.monotonic() + 180
+    killed = 0
     while _status(engine, execution_id) is None:
         assert time.monotonic() < deadline, "the poison step never failed"
         proc = workers.procs.get("phoenix")
         if proc is None or proc.poll() is not None:
             # Restarted under the same id: its start-up sweep takes the dead claim back.
             workers.start("phoenix", concurrency=1, batch_size=1)
-        time.sleep(0.1)
+        elif line_counts(log).get("deadly", 0) > killed:
+            workers.signal("phoenix", signal.SIGKILL)
+            killed += 1
+        time.sleep(0.05)
     row = engine.sql("select status, error, failed_step from noetl.execution "
                      "where execution_id = %s", execution_id)[0]
     assert row["status"] == "FAILED" and row["failed_step"] == "deadly"
