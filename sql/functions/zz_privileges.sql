@@ -60,10 +60,12 @@ declare
         'result_ref_put', 'result_ref_get', 'result_ref_list', 'result_blob_id',
         'result_blob_write_chunk', 'result_blob_read_chunk', 'result_blob_delete',
         'claim_projection_shards', 'project_shard', 'release_projection_shards',
-        'set_projection_shard_count', 'projection_shard_lag'
+        'set_projection_shard_count', 'projection_shard_lag', 'reap_earlier_process',
+        'cleanup_execution_results', 'due_schedules', 'fire_schedule'
     ];
     v_operator_api constant text[] := array[
-        'start_execution', 'cancel_execution', 'resume_execution', 'rerun_execution'
+        'start_execution', 'cancel_execution', 'resume_execution', 'rerun_execution',
+        'add_schedule', 'delete_schedule', 'pause_schedule'
     ];
     v_reader_api constant text[] := array['projection_shard_lag', 'max_payload_bytes'];
     v_secret_tables constant text[] := array['credential', 'api_token'];
@@ -152,6 +154,16 @@ begin
     execute 'grant select on noetl.catalog, noetl.command, noetl.execution to noetl_worker';
     execute 'grant select on noetl.credential to noetl_worker';
     execute 'grant execute on function noetl.get_credential(text) to noetl_worker';
+    -- The engine's clock is read inside queries row by row: granted, left inlinable.
+    for v_object in
+        select p.oid::regprocedure as signature from pg_proc as p
+        where p.pronamespace = 'noetl'::regnamespace and p.proname = 'now'
+    loop
+        execute format(
+            'grant execute on function %s to noetl_worker, noetl_operator, noetl_reader',
+            v_object.signature
+        );
+    end loop;
     execute 'grant execute on function noetl.credential_in_use(text) to noetl_worker';
     execute 'alter table noetl.credential enable row level security';
     execute 'drop policy if exists credential_of_running_commands on noetl.credential';

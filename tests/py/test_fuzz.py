@@ -10,6 +10,7 @@ import resource
 import subprocess
 import sys
 
+import pytest
 from engine_harness import REPO_ROOT
 
 MEMORY_CAP_BYTES = 2 * 1024 * 1024 * 1024
@@ -20,11 +21,12 @@ def _cap_memory() -> None:
     resource.setrlimit(resource.RLIMIT_AS, (MEMORY_CAP_BYTES, MEMORY_CAP_BYTES))
 
 
+@pytest.mark.timeout(3600)  # `make fuzz` runs far more cases than make test's 500
 def test_fuzz_inputs_under_a_memory_cap(fresh_dsn: str) -> None:
     examples = os.environ.get("NOETL_FUZZ_EXAMPLES", "500")
     result = subprocess.run([sys.executable, str(DRIVER), fresh_dsn], cwd=REPO_ROOT,
                             env={**os.environ, "NOETL_FUZZ_EXAMPLES": examples},
-                            capture_output=True, text=True, timeout=1800,
+                            capture_output=True, text=True, timeout=3500,
                             preexec_fn=_cap_memory)
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
     assert f"fuzzed {examples} cases per target" in result.stdout
