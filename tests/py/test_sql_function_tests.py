@@ -25,6 +25,11 @@ UNTESTED = frozenset({
     "release_projection_shards", "result_blob_delete", "result_blob_id",
     "result_blob_read_chunk", "result_blob_write_chunk", "result_ref_get",
     "result_ref_list", "result_ref_of", "result_ref_put", "route_after",
+    # Added on main while this check was being written (by other changes); listed so the
+    # check holds the line from here on.
+    "count_command", "credential_in_use", "decrypt_pgp_credential", "engine_limit",
+    "lock_command_rows", "lock_executions", "purge_executions", "record_reap",
+    "refuse_outcome", "schema_version",
 })
 
 
