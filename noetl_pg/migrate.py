@@ -61,6 +61,8 @@ class SchemaStatus:
     missing: bool
     pending: list[str] = field(default_factory=list)
     functions_current: bool = False
+    # Applied migrations this installation has no file for: the database is newer.
+    unknown: list[str] = field(default_factory=list)
 
     @property
     def up_to_date(self) -> bool:
@@ -89,17 +91,29 @@ def schema_status(dsn: str) -> SchemaStatus:
         recorded = {row[0] for row in conn.execute("select version from noetl.schema_migrations")}
         loaded = conn.execute("select digest from noetl.schema_functions").fetchone() \
             if present[1] else None
-    pending = [stem(path) for path in sql_files("migrations") if stem(path) not in recorded]
-    return SchemaStatus(missing=False, pending=pending,
+    files = {stem(path) for path in sql_files("migrations")}
+    pending = sorted(files - recorded)
+    return SchemaStatus(missing=False, pending=pending, unknown=sorted(recorded - files),
                         functions_current=loaded is not None and loaded[0] == functions_digest())
 
 
-def ensure_schema(dsn: str, *, migrate_if_behind: bool) -> SchemaStatus:
-    """Check the schema; when behind, migrate it (`migrate_if_behind`) or raise SchemaBehind."""
+def ensure_schema(dsn: str, *, migrate_if_behind: bool,
+                  reload_other_functions: bool = False) -> SchemaStatus:
+    """Check the schema; when behind, migrate it (`migrate_if_behind`) or raise SchemaBehind.
+
+    A database with migrations this installation does not have is newer: always refused,
+    so an old worker never replaces newer functions. Function files that merely differ
+    (no migration pending) are reloaded only with `reload_other_functions` (the embedded
+    server, whose schema belongs to this installation)."""
     status = schema_status(dsn)
     if status.up_to_date:
         return status
-    if not migrate_if_behind:
+    if status.unknown:
+        raise SchemaBehind(
+            f"the database schema is newer than this noetl-pg (migrations "
+            f"{', '.join(status.unknown)} unknown here): upgrade noetl-pg")
+    behind = status.missing or bool(status.pending)
+    if not migrate_if_behind or not (behind or reload_other_functions):
         what = ("has no noetl schema" if status.missing else
                 f"has pending migrations ({', '.join(status.pending)})" if status.pending else
                 "has SQL functions from another noetl-pg version")

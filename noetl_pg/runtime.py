@@ -21,8 +21,9 @@ from noetl_pg import db
 from noetl_pg.embedded import start_embedded
 from noetl_pg.migrate import ensure_schema
 
-# "check": fail with SchemaBehind when behind; "migrate": migrate when behind;
-# "migrate-embedded": migrate when behind on the embedded server, check otherwise;
+# "check": fail with SchemaBehind when behind; "migrate": apply pending migrations (not a
+# mere difference of function files: that may be a newer version's);
+# "migrate-embedded": bring the embedded server fully up to date, check otherwise;
 # "none": do not look (db migrate, db start).
 SchemaPolicy = Literal["check", "migrate", "migrate-embedded", "none"]
 
@@ -45,8 +46,9 @@ def resolve_dsn(*, schema: SchemaPolicy = "check") -> str:
             if not exists:
                 conn.execute(sql.SQL("create database {}").format(sql.Identifier("noetl")))
     if schema != "none":
-        ensure_schema(dsn, migrate_if_behind=schema == "migrate"
-                      or (schema == "migrate-embedded" and embedded))
+        own = schema == "migrate-embedded" and embedded
+        ensure_schema(dsn, migrate_if_behind=schema == "migrate" or own,
+                      reload_other_functions=own)
     return dsn
 
 

@@ -18,7 +18,7 @@ DEFINITION = re.compile(r"create\s+or\s+replace\s+function\s+noetl\.([a-z_0-9]+)
 UNTESTED = frozenset({
     "advance_loop", "after_command_failed", "arrive", "await_child", "check_progress",
     "child_finished", "cleanup_execution_results", "cleanup_expired_results",
-    "fail_command_finally", "finish_execution", "finish_loop_item", "fold_iteration",
+    "fail_command_finally", "finish_loop_item", "fold_iteration",
     "fold_step", "get_credential", "issue_loop_items", "list_credentials",
     "lock_claimed_command", "loop_failure_message", "max_payload_bytes",
     "projection_shard_lag", "put_credential", "record_store_fallbacks",
