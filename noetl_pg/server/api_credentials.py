@@ -1,7 +1,8 @@
 """Credential endpoints (NoETL's /api/credentials): store and list, secrets never returned.
 
-They call the public functions of noetl_pg.credentials (the same as `noetl credential`),
-so encryption stays where that module puts it. Only admins reach them.
+Storing calls noetl_pg.credentials.put_credential (the same as `noetl credential add`), so
+encryption stays where that module puts it; listing runs that module's `credential_list`
+statement on the server's pool. Only admins reach them.
 """
 
 from __future__ import annotations
@@ -14,9 +15,9 @@ from starlette.concurrency import run_in_threadpool
 from noetl_pg.credentials import (
     CREDENTIAL_TYPES,
     CredentialError,
-    list_credentials,
     put_credential,
 )
+from noetl_pg.server import database
 from noetl_pg.server.auth import require
 from noetl_pg.server.schemas import (
     CredentialCreateRequest,
@@ -45,7 +46,10 @@ def _response(row: dict[str, Any]) -> dict[str, Any]:
 
 
 async def _all(request: Request) -> list[dict[str, Any]]:
-    return await run_in_threadpool(list_credentials, request.app.state.dsn)
+    # The statement noetl_pg.credentials.list_credentials runs (no secret in it), on the
+    # server's pool rather than a new connection per request.
+    async with request.app.state.pool.connection() as conn:
+        return await database.fetch_all(conn, "credential_list")
 
 
 @router.post("/credentials", response_model=CredentialResponse)
