@@ -33,13 +33,14 @@ class Registered:
 
 def register_text(
     conn: psycopg.Connection[Any], text: str, *, source: str, default_path: str | None = None,
-    base_dir: Path | None = None,
+    base_dir: Path | None = None, reuse_unchanged: bool = False,
 ) -> Registered:
     """Validate playbook YAML and store it as a new version; nothing is stored on error.
 
-    Unchanged text (the latest version has the same content and spec) is not stored again:
-    its version is returned with `created` False, so `noetl run FILE` does not add a
-    version per run. A new parser producing a different spec still stores a new version.
+    With `reuse_unchanged`, unchanged text (the latest version has the same content and
+    spec) is not stored again: its version is returned with `created` False, so
+    `noetl run FILE` does not add a version per run (registration adds one each time).
+    A new parser producing a different spec still stores a new version.
     `script` files of its tasks are read relative to `base_dir` (noetl_pg.scripts)."""
     playbook = load_playbook(text, source=source)
     path = playbook.path or default_path
@@ -50,7 +51,8 @@ def register_text(
     inline_scripts(spec, base_dir, path)
     check_inline_secrets(spec, text, playbook=path)
     apply_command_budget(spec, playbook=path)
-    same = db.fetch_one(conn, "catalog_latest_same", path=path, content=text, spec=spec)
+    same = (db.fetch_one(conn, "catalog_latest_same", path=path, content=text, spec=spec)
+            if reuse_unchanged else None)
     if same is not None:
         return Registered(path=path, version=same["version"], catalog_id=same["catalog_id"],
                           created=False)
@@ -78,7 +80,8 @@ def service_kind_warnings(spec: dict[str, Any], path: str) -> tuple[str, ...]:
     return tuple(found)
 
 
-def register_file(conn: psycopg.Connection[Any], file: Path) -> Registered:
+def register_file(conn: psycopg.Connection[Any], file: Path, *,
+                  reuse_unchanged: bool = False) -> Registered:
     """Register a playbook file; its path defaults to the file path without `.yaml`."""
     try:
         text = file.read_text()
@@ -91,4 +94,4 @@ def register_file(conn: psycopg.Connection[Any], file: Path) -> Registered:
                             line=line) from None
     default_path = str(file.with_suffix("")) if not file.is_absolute() else file.stem
     return register_text(conn, text, source=str(file), default_path=default_path,
-                         base_dir=file.parent)
+                         base_dir=file.parent, reuse_unchanged=reuse_unchanged)

@@ -66,7 +66,7 @@ def start_target(conn: psycopg.Connection[Any], target: str, payload: dict[str, 
     candidate = Path(target)
     if candidate.suffix in (".yaml", ".yml") and candidate.exists():
         try:
-            path = register_file(conn, candidate).path
+            path = register_file(conn, candidate, reuse_unchanged=True).path
         except NoetlError as exc:
             fail(str(exc))
     problem = storage_problem(payload, "payload")
@@ -110,9 +110,9 @@ def follow_to_end(dsn: str, execution_id: int, *, as_json: bool, timeout: float 
     sys.exit(0 if row["status"] == "COMPLETED" else EXIT_FAILED)
 
 
-def _start_options(command: Callable[..., Any]) -> Callable[..., Any]:
+def _start_options(command: Callable[..., Any], argument: str = "target") -> Callable[..., Any]:
     options = [
-        click.argument("target"),
+        click.argument(argument),
         click.option("--payload", help="JSON object merged over the playbook's workload."),
         click.option("--set", "--var", "sets", multiple=True,
                      help="key=value merged into the payload (repeatable)."),
@@ -169,20 +169,32 @@ def register_run_commands(main: click.Group) -> None:
     timeout_option = click.option("--timeout", type=click.FloatRange(min=0, min_open=True),
                                   help="Give up after this many seconds (exit 124).")
 
-    for name in ("run", "exec"):
-        @main.command(name)
-        @_start_options
-        @runtime_option
-        @concurrency_option
-        @timeout_option
-        def run_command(target: str, payload: str | None, sets: tuple[str, ...],
-                        version: int | None, as_json: bool, runtime: str,
-                        concurrency: int | None, timeout: float | None) -> None:
-            """Register FILE (or take a catalog PATH), run it to the end, print the result.
+    @main.command("run")
+    @_start_options
+    @runtime_option
+    @concurrency_option
+    @timeout_option
+    def run_command(target: str, payload: str | None, sets: tuple[str, ...],
+                    version: int | None, as_json: bool, runtime: str, concurrency: int,
+                    timeout: float | None) -> None:
+        """Register FILE (or take a catalog PATH), run it to the end, print the result.
 
-            Exit status 0 when the execution COMPLETED, 1 when it FAILED or was CANCELLED,
-            124 on --timeout, 130 on Ctrl-C (the execution is cancelled)."""
-            _run(target, payload, sets, version, as_json, runtime, concurrency, timeout)
+        Exit status 0 when the execution COMPLETED, 1 when it FAILED or was CANCELLED,
+        124 on --timeout, 130 on Ctrl-C (the execution is cancelled)."""
+        _run(target, payload, sets, version, as_json, runtime, concurrency, timeout)
+
+    # NoETL's `exec` runs to the end like `run` (its argument keeps the name `path`, which
+    # the --server remote verbs rely on).
+    @main.command("exec")
+    @lambda command: _start_options(command, "path")
+    @runtime_option
+    @concurrency_option
+    @timeout_option
+    def exec_command(path: str, payload: str | None, sets: tuple[str, ...],
+                     version: int | None, as_json: bool, runtime: str, concurrency: int,
+                     timeout: float | None) -> None:
+        """Run FILE or PATH to the end, like `noetl run` (NoETL's name)."""
+        _run(path, payload, sets, version, as_json, runtime, concurrency, timeout)
 
     @main.command("start")
     @_start_options
