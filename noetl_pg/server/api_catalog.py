@@ -38,10 +38,9 @@ async def register_resource(body: CatalogRegisterRequest, request: Request) -> d
         registered = await run_in_threadpool(_register, request.app.state.dsn, body.content)
     except NoetlError as exc:
         raise HTTPException(status_code=422, detail=str(exc)) from None
-    done = "registered" if registered.created else "unchanged, already registered"
     return {
         "status": "success",
-        "message": f"Resource '{registered.path}' version '{registered.version}' {done}.",
+        "message": f"Resource '{registered.path}' version '{registered.version}' registered.",
         "path": registered.path,
         "version": registered.version,
         "catalog_id": str(registered.catalog_id),

@@ -176,27 +176,28 @@ def test_readme_curl_runs_the_heavy_payload_pipeline(api: httpx.Client, server_d
 def test_register_plain_and_base64_add_versions(api: httpx.Client, server_dsn: str) -> None:
     path, text = unique(FAILING_PLAYBOOK)
     first = register(api, text)
-    # NoETL's CLI sends base64; the same text again is recognised, not stored twice.
+    # NoETL's CLI sends base64; as in NoETL, every registration adds a version, the same
+    # text included (only `noetl run FILE` reuses the version of unchanged text).
     again = api.post("/api/catalog/register",
                      json={"content": base64.b64encode(text.encode()).decode(),
                            "resource_type": "Playbook"}).json()
-    assert (again["version"], again["catalog_id"]) == (1, first["catalog_id"])
-    assert "unchanged" in again["message"]
+    assert again["version"] == 2 and again["catalog_id"] != first["catalog_id"]
     changed = text.replace("boom at step two", "boom at step 2")
     second = api.post("/api/catalog/register",
                       json={"content": base64.b64encode(changed.encode()).decode()}).json()
     assert (first["path"], first["version"], first["kind"]) == (path, 1, "Playbook")
-    assert second["version"] == 2 and second["message"] == \
-        f"Resource '{path}' version '2' registered."
+    assert second["version"] == 3 and second["message"] == \
+        f"Resource '{path}' version '3' registered."
     rows = sql(server_dsn, "select catalog_id::text, version from noetl.catalog "
                            "where path = %s order by version", path)
-    assert rows == [(first["catalog_id"], 1), (second["catalog_id"], 2)]
+    assert rows == [(first["catalog_id"], 1), (again["catalog_id"], 2),
+                    (second["catalog_id"], 3)]
 
     listed = api.post("/api/catalog/list", json={"path": path}).json()["entries"]
-    assert [entry["version"] for entry in listed] == [2, 1]
-    assert listed[0]["content"] == changed and listed[1]["content"] == text
+    assert [entry["version"] for entry in listed] == [3, 2, 1]
+    assert listed[0]["content"] == changed and listed[2]["content"] == text
     latest = api.post("/api/catalog/resource", json={"path": path, "version": "latest"})
-    assert latest.json()["version"] == 2
+    assert latest.json()["version"] == 3
     by_id = api.post("/api/catalog/resource", json={"catalog_id": first["catalog_id"]}).json()
     assert (by_id["path"], by_id["version"]) == (path, 1)
     assert api.post("/api/catalog/resource", json={"path": path, "version": 9}).status_code \
