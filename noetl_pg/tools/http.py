@@ -13,7 +13,8 @@ or bytes as the raw body.
 gets `Authorization: Bearer <token>`; one with `username` and `password` gets basic auth.
 An inline mapping may say `type: bearer|basic`; `{credential: NAME}` names a credential.
 
-Result: `{status_code, headers, data}`; `data` is the decoded JSON when the response says
+Result: `{status_code, headers, url, elapsed, data}` (as NoETL; `url` without its query
+string or user-info, `elapsed` in seconds); `data` is the decoded JSON when the response says
 JSON, the text for textual types, and base64 for binary types (then `encoding: base64`).
 A non-2xx response raises `ToolError` with output `{"http": {"status": code}, "data": body}`;
 a timeout raises `ToolTimeout`. Request headers are never part of a result, and messages
@@ -196,9 +197,13 @@ class HttpTool:
                 f"http {where} returned {response.status_code}",
                 output={"http": {"status": response.status_code}, "data": data},
             )
+        # NoETL's shape: status, headers, the final URL (without query string or
+        # user-info, which may carry secrets) and the seconds the exchange took.
         result: dict[str, Any] = {
             "status_code": response.status_code,
             "headers": dict(response.headers),
+            "url": safe_url(str(response.url)),
+            "elapsed": response.elapsed.total_seconds(),
             "data": data,
         }
         if encoding:
