@@ -176,9 +176,13 @@ def test_ctrl_c_on_run_cancels_the_execution_and_exits_130(fresh_engine: Engine,
                                                             tmp_path: Path) -> None:
     file = tmp_path / "sleeper.yaml"
     file.write_text(SLEEPER)
+    # As from a terminal: SIGINT at its default disposition. A suite started in the
+    # background by a non-interactive shell inherits SIGINT ignored, and Python keeps an
+    # ignored SIGINT ignored, so without this the test would measure how it was started.
     process = subprocess.Popen([NOETL, "run", str(file)], env=_env(fresh_engine.dsn),
                                cwd=REPO_ROOT, text=True, stdout=subprocess.PIPE,
-                               stderr=subprocess.PIPE)
+                               stderr=subprocess.PIPE,
+                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         execution_id = _wait_until_claimed(fresh_engine, "nap")
         process.send_signal(signal.SIGINT)
