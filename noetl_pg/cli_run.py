@@ -110,9 +110,9 @@ def follow_to_end(dsn: str, execution_id: int, *, as_json: bool, timeout: float 
     sys.exit(0 if row["status"] == "COMPLETED" else EXIT_FAILED)
 
 
-def _start_options(command: Callable[..., Any], argument: str = "target") -> Callable[..., Any]:
+def _start_options(command: Callable[..., Any]) -> Callable[..., Any]:
     options = [
-        click.argument(argument),
+        click.argument("target"),
         click.option("--payload", help="JSON object merged over the playbook's workload."),
         click.option("--set", "--var", "sets", multiple=True,
                      help="key=value merged into the payload (repeatable)."),
@@ -183,18 +183,18 @@ def register_run_commands(main: click.Group) -> None:
         124 on --timeout, 130 on Ctrl-C (the execution is cancelled)."""
         _run(target, payload, sets, version, as_json, runtime, concurrency, timeout)
 
-    # NoETL's `exec` runs to the end like `run` (its argument keeps the name `path`, which
-    # the --server remote verbs rely on).
+    # NoETL's `exec` runs to the end like `run`, with the same arguments (the --server
+    # remote verbs pass them by name).
     @main.command("exec")
-    @lambda command: _start_options(command, "path")
+    @_start_options
     @runtime_option
     @concurrency_option
     @timeout_option
-    def exec_command(path: str, payload: str | None, sets: tuple[str, ...],
+    def exec_command(target: str, payload: str | None, sets: tuple[str, ...],
                      version: int | None, as_json: bool, runtime: str, concurrency: int,
                      timeout: float | None) -> None:
         """Run FILE or PATH to the end, like `noetl run` (NoETL's name)."""
-        _run(path, payload, sets, version, as_json, runtime, concurrency, timeout)
+        _run(target, payload, sets, version, as_json, runtime, concurrency, timeout)
 
     @main.command("start")
     @_start_options
