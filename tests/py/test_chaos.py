@@ -219,7 +219,6 @@ class Driver:
         self.stopping = threading.Event()
         self.restarts = self.kills = self.terminations = 0
         self.recoveries: list[float] = []
-        self.spawned = len(workers.procs)
         self.errors: list[str] = []
         self.thread = threading.Thread(target=self._run, daemon=True)
 
@@ -294,8 +293,9 @@ class Driver:
         started = time.monotonic()
         self.workers.signal(victim, signal.SIGKILL)
         self.kills += 1
-        self.spawned += 1
-        self.workers.start(f"w{self.spawned}")
+        # A name no worker of this run had: reusing a live worker's name would drop its
+        # process handle, and that worker would outlive the test.
+        self.workers.start(f"w{len(self.workers.procs)}")
         self._measure_recovery(before, started)
 
 
