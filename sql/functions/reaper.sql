@@ -88,7 +88,7 @@ begin
     end loop;
 
     if v_reaped > 0 then
-        perform pg_notify('noetl_command', '');
+        perform noetl.notify_queue();
     end if;
     return v_reaped;
 end;
@@ -244,7 +244,7 @@ begin
         end if;
     end loop;
     if v_reaped > 0 then
-        perform pg_notify('noetl_command', '');
+        perform noetl.notify_queue();
     end if;
     return v_reaped;
 end;
@@ -286,7 +286,7 @@ begin
         end if;
     end loop;
     if v_reaped > 0 then
-        perform pg_notify('noetl_command', '');
+        perform noetl.notify_queue();
     end if;
     return v_reaped;
 end;
