@@ -380,7 +380,7 @@ def _one_run(server: Any, tmp_path: Path, seed: int) -> dict[str, Any]:
         began = time.monotonic()
         driver.start()
         started = _start_all(engine, paths, log, markers)
-        wait_until(lambda: _finished(engine, list(started)), timeout=600,
+        wait_until(lambda: _finished(engine, list(started)), timeout=max(600, 3 * EXECUTIONS),
                    what="every execution to finish")
         elapsed = time.monotonic() - began
         driver.stop()
