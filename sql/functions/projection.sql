@@ -128,7 +128,9 @@ begin
             v_step := v_step || jsonb_build_object('status', 'queued');
         end if;
     elsif p_event.event_type in ('call.done', 'loop.done') then
-        v_step := v_step || jsonb_build_object(
+        -- An earlier attempt's error (a retry, or a resumed execution) no longer describes
+        -- a step that is done; the events keep it.
+        v_step := (v_step - 'error') || jsonb_build_object(
             'status', 'done', 'finished', v_at, 'attempts', v_attempts
         );
     elsif p_event.event_type = 'command.failed' then

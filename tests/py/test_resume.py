@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 from engine_harness import Engine
+from worker_procs import wait_until
 
 from noetl_pg.cli import main
 
@@ -97,6 +98,14 @@ def test_resume_runs_only_the_failed_iterations_then_rerun_reuses_results(
         "select count(*) as n from noetl.event where execution_id = %s "
         "and event_type = 'call.done' and node_name = 'work'", execution_id)
     assert runs == [{"n": 100}]
+    # The projection shows the resumed step done, without the error its first run had.
+    wait_until(lambda: fresh_engine.sql(
+        "select state ->> 'status' as s from noetl.execution where execution_id = %s",
+        execution_id) == [{"s": "COMPLETED"}], timeout=30, what="the projection to catch up")
+    steps = fresh_engine.sql("select state -> 'steps' as steps from noetl.execution "
+                             "where execution_id = %s", execution_id)[0]["steps"]
+    assert {name: (step["status"], "error" in step) for name, step in steps.items()} == {
+        "work": ("done", False), "total": ("done", False)}
 
     rerun = _cli(fresh_engine.dsn, "rerun", str(execution_id), "--from", "total")
     assert (rerun["exit"], rerun["status"]) == (0, "COMPLETED")
