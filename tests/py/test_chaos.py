@@ -233,10 +233,8 @@ class Driver:
     def _run(self) -> None:
         try:
             # The first restart and the first kill follow progress, not the clock: they come
-            # as soon as every execution is started (the driver starts then: a start is a
-            # client's call, not the engine's, and is not retried) and work has begun, while
-            # most executions are still running, so even the short run in `make test`, which
-            # can finish in two seconds, meets both. The
+            # as soon as work has begun, while most executions are still running, so even the
+            # short run in `make test`, which can finish in two seconds, meets both. The
             # intervals after them are the suite's (restarts every 2-10 s, kills every 3-6 s).
             while not self.stopping.is_set() and not self._work_begun():
                 time.sleep(0.02)
@@ -377,10 +375,13 @@ def _one_run(server: Any, tmp_path: Path, seed: int) -> dict[str, Any]:
     workers = Workers(run_dsn, tmp_path, heartbeat_seconds="0.2", claim_timeout_seconds="1.5")
     driver = Driver(server, run_dsn, workers, seed)
     try:
+        # Every execution is started before the workers and the faults: a start is the
+        # client's call, not the engine's, and is not retried through a restart; the faults
+        # then meet a full queue, whatever the run's size.
+        started = _start_all(engine, paths, log, markers)
+        began = time.monotonic()
         for index in range(3):
             workers.start(f"w{index}", concurrency=4, batch_size=8)
-        began = time.monotonic()
-        started = _start_all(engine, paths, log, markers)
         driver.start()
         wait_until(lambda: _finished(engine, list(started)), timeout=max(600, 3 * EXECUTIONS),
                    what="every execution to finish")
