@@ -436,6 +436,8 @@ def _one_run(server: Any, tmp_path: Path, seed: int) -> dict[str, Any]:
             "repeated_effects": sum(extra.values()), "recoveries": driver.recoveries}
 
 
+# `make chaos` (1000 executions x 10 runs) takes far longer than the suite's 300 s per test.
+@pytest.mark.timeout(max(300, 4 * EXECUTIONS * RUNS))
 def test_chaos_runs_are_exact(chaos_server: Any, tmp_path: Path) -> None:
     runs = [_one_run(chaos_server, tmp_path, seed) for seed in range(RUNS)]
     recoveries = [seconds for run in runs for seconds in run["recoveries"]]
