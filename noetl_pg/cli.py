@@ -35,6 +35,7 @@ from noetl_pg.cli_common import (
     sql_message,
     wants_json,
 )
+from noetl_pg.cli_config import config_group
 from noetl_pg.cli_credential import credential_group
 from noetl_pg.cli_embedded import register_embedded_commands
 from noetl_pg.cli_logs import register_logs_command
@@ -399,6 +400,7 @@ register_logs_command(main)
 register_status_commands(main, get_dsn)
 main.add_command(server_group(get_dsn))
 main.add_command(schedule_group(get_dsn))
+main.add_command(config_group)
 remote.install(main)  # --server URL: run/exec/status/cancel/catalog over HTTP
 
 

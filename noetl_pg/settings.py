@@ -115,7 +115,7 @@ class Settings(BaseSettings):
         section=_WORKERS, expects="a whole number >= 0", ge=0)
     shard_count: int | None = _setting(
         None, "projection shards (executions folded into `execution.state` per shard)",
-        section=_WORKERS, expects=_COUNT, shown_default="16", ge=1)
+        section=_WORKERS, expects=_COUNT, shown_default="`16`", ge=1)
     python_isolation: Literal["process", "inline"] = _setting(
         "process", "`process` (an executor process per slot) or `inline` (in the worker thread)",
         section=_WORKERS, expects="process or inline")
@@ -127,10 +127,10 @@ class Settings(BaseSettings):
         expects="a number of bytes > 0", ge=1)
     executor_user: str | None = _setting(
         None, "the OS user python executors run as under a root worker", section=_WORKERS,
-        expects="a user name", shown_default="noetl-exec")
+        expects="a user name", shown_default="`noetl-exec`")
     pg_pool_max_size: int | None = _setting(
         None, "connections per pool of the postgres tool", section=_WORKERS, expects=_COUNT,
-        shown_default="the worker's slots", ge=1)
+        shown_default="the worker's slots (`4` outside a worker)", ge=1)
     http_max_connections: int = _setting(
         100, "http tool: connections per worker", section=_WORKERS, expects=_COUNT, ge=1)
     http_max_keepalive_connections: int = _setting(
@@ -210,7 +210,7 @@ def field_name(env_variable: str) -> str:
     return env_variable.removeprefix(PREFIX).lower()
 
 
-def _extra(info: FieldInfo) -> dict[str, Any]:
+def field_extra(info: FieldInfo) -> dict[str, Any]:
     extra = info.json_schema_extra
     assert isinstance(extra, dict), "every setting is declared with _setting()"
     return extra
@@ -223,8 +223,8 @@ def _error(exc: ValidationError, given: Mapping[str, Any]) -> SettingsError:
     info = Settings.model_fields.get(name)
     if info is None:
         return SettingsError(f"bad NOETL_* setting: {first['msg']}")
-    shown = REDACTED if _extra(info)["secret"] else given.get(name, first.get("input"))
-    return SettingsError(f"{variable(name)}={shown!r}: expects {_extra(info)['expects']}")
+    shown = REDACTED if field_extra(info)["secret"] else given.get(name, first.get("input"))
+    return SettingsError(f"{variable(name)}={shown!r}: expects {field_extra(info)['expects']}")
 
 
 def _noetl_items(env: Mapping[str, str]) -> tuple[tuple[str, str], ...]:

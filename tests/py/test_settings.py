@@ -4,6 +4,7 @@ and checked at start: a bad value is one line naming the variable and what it ex
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -89,3 +90,27 @@ def test_the_environment_is_read_for_noetl_variables_in_settings_only() -> None:
                 undeclared.add(name)
     assert readers == []
     assert sorted(undeclared) == []
+
+
+def test_config_show_redacts_secrets_and_says_what_was_set() -> None:
+    env = {key: val for key, val in os.environ.items() if not key.startswith("NOETL_")}
+    env.update(NOETL_DSN="host=db user=u password=s3cret dbname=noetl",
+               NOETL_CREDENTIAL_KEY="k3y", NOETL_S3_SECRET_ACCESS_KEY="s3-secret",
+               NOETL_SHARD_COUNT="4")
+    done = subprocess.run([sys.executable, "-m", "noetl_pg.cli", "config", "show", "--json"],
+                          env=env, capture_output=True, text=True, timeout=60, cwd=REPO_ROOT)
+    assert done.returncode == 0, done.stderr
+    shown = json.loads(done.stdout)
+    assert set(shown) == _declared()
+    assert "s3cret" not in done.stdout and "k3y" not in done.stdout
+    assert "s3-secret" not in done.stdout
+    assert sorted(shown["NOETL_DSN"].split()) == ["dbname=noetl", "host=db", "password=***",
+                                                 "user=u"]
+    assert (shown["NOETL_CREDENTIAL_KEY"], shown["NOETL_S3_SECRET_ACCESS_KEY"]) == ("***", "***")
+    assert (shown["NOETL_SHARD_COUNT"], shown["NOETL_PORT"], shown["NOETL_SERVER_TOKEN"]) == (
+        4, 8082, None)
+    human = subprocess.run([sys.executable, "-m", "noetl_pg.cli", "config", "show"], env={
+        **env, "COLUMNS": "200"}, capture_output=True, text=True, timeout=60, cwd=REPO_ROOT)
+    rows = {line.split("│")[1].strip(): line.split("│")[3].strip()
+            for line in human.stdout.splitlines() if line.startswith("│")}
+    assert (rows["NOETL_SHARD_COUNT"], rows["NOETL_PORT"]) == ("environment", "default")
