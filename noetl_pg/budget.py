@@ -10,9 +10,9 @@ and the limit.
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
+from noetl_pg import settings
 from noetl_pg.errors import PlaybookError
 
 FIELD = "executor.spec.policy.limits.max_commands"
@@ -37,10 +37,8 @@ def apply_command_budget(spec: dict[str, Any], *, playbook: str) -> None:
             raise PlaybookError(f"must be a positive integer, got {value!r}",
                                 playbook=playbook, field=FIELD)
         return
-    raw = os.environ.get(ENV, "").strip()
-    if not raw:
+    default = settings.current().max_commands
+    if default is None:
         return
-    if not raw.isdigit() or int(raw) < 1:
-        raise PlaybookError(f"{ENV} must be a positive integer, got {raw!r}", playbook=playbook)
     policy = _mapping(_mapping(_mapping(spec, "executor"), "spec"), "policy")
-    _mapping(policy, "limits")["max_commands"] = int(raw)
+    _mapping(policy, "limits")["max_commands"] = default

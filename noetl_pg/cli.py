@@ -19,7 +19,7 @@ import click
 import psycopg
 from rich.table import Table
 
-from noetl_pg import db
+from noetl_pg import db, settings
 from noetl_pg.catalog import register_file
 from noetl_pg.cli_common import (
     EXIT_FAILED,
@@ -35,6 +35,7 @@ from noetl_pg.cli_common import (
     sql_message,
     wants_json,
 )
+from noetl_pg.cli_config import config_group
 from noetl_pg.cli_credential import credential_group
 from noetl_pg.cli_embedded import register_embedded_commands
 from noetl_pg.cli_logs import register_logs_command
@@ -62,6 +63,13 @@ def _version() -> str:
 class NoetlGroup(click.Group):
     """Turns the errors a user can cause into one line and an exit code, never a traceback."""
 
+    def make_context(self, info_name: str | None, args: list[str],
+                     parent: click.Context | None = None, **extra: Any) -> click.Context:
+        try:  # option defaults read settings (--server): a bad value is one line here too
+            return super().make_context(info_name, args, parent, **extra)
+        except NoetlError as exc:
+            fail(str(exc), EXIT_USAGE)
+
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
@@ -83,6 +91,7 @@ class NoetlGroup(click.Group):
 def main(ctx: click.Context, as_json: bool, verbose: bool) -> None:
     """noetl-pg: run NoETL playbooks with PostgreSQL holding the correctness."""
     ctx.obj = {"json": as_json}
+    settings.current()  # a bad NOETL_* value stops here: one line, exit 2
     logging.basicConfig(
         level=logging.INFO if verbose else logging.WARNING,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
@@ -391,6 +400,7 @@ register_logs_command(main)
 register_status_commands(main, get_dsn)
 main.add_command(server_group(get_dsn))
 main.add_command(schedule_group(get_dsn))
+main.add_command(config_group)
 remote.install(main)  # --server URL: run/exec/status/cancel/catalog over HTTP
 
 

@@ -26,6 +26,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
+from noetl_pg import settings
 from noetl_pg.errors import NoetlError
 
 KEY_ENV = "NOETL_CREDENTIAL_KEY"
@@ -88,8 +89,9 @@ def key_from_env(
     file_variable: str = KEY_FILE_ENV,
 ) -> CredentialKey | None:
     """The key from `variable` or the file `file_variable` names; None when neither is set."""
-    env = os.environ if env is None else env
-    text, path = env.get(variable) or "", env.get(file_variable) or ""
+    configured = settings.current() if env is None else settings.from_mapping(env)
+    text = getattr(configured, settings.field_name(variable)) or ""
+    path = getattr(configured, settings.field_name(file_variable)) or ""
     if text and path:
         raise CredentialKeyError(f"set {variable} or {file_variable}, not both")
     if path:

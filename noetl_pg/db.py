@@ -8,7 +8,6 @@ by name; a name defined in two files is an error. On a broken connection psycopg
 
 from __future__ import annotations
 
-import os
 import re
 from functools import cache
 from typing import Any
@@ -17,6 +16,7 @@ import psycopg
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
+from noetl_pg import settings
 from noetl_pg.sqlfiles import sql_files, sql_root
 
 _HEADER = re.compile(r"^-- name: (?P<name>\w+)\s*$", re.MULTILINE)
@@ -69,4 +69,4 @@ def _adapt(params: dict[str, Any]) -> dict[str, Any]:
 
 
 def dsn_from_env() -> str | None:
-    return os.environ.get("NOETL_DSN") or None
+    return settings.current().dsn

@@ -13,7 +13,6 @@ and the field, with a line number where the YAML has one.
 
 from __future__ import annotations
 
-import os
 from functools import cached_property
 from typing import Any, Literal
 
@@ -23,7 +22,7 @@ import jinja2.nodes
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from noetl_pg import router
+from noetl_pg import router, settings
 from noetl_pg.dsl_keys import STORE_TIERS, Path, check_document, is_branch, key_lines
 from noetl_pg.errors import PlaybookError
 from noetl_pg.policy import DEFAULT_RULE_ATTEMPTS
@@ -33,13 +32,11 @@ from noetl_pg.yamlbound import load_bounded, text_bytes
 DEFAULT_PARALLEL_IN_FLIGHT = 10
 # The `when` of a case `else` branch's arcs: taken after any event once no branch held.
 CASE_ELSE_WHEN = "{{ true }}"
-MAX_PLAYBOOK_BYTES = 1_048_576
 
 
 def max_playbook_bytes() -> int:
     """The largest playbook accepted: NOETL_MAX_PLAYBOOK_BYTES, default 1 MiB."""
-    raw = os.environ.get("NOETL_MAX_PLAYBOOK_BYTES", "").strip()
-    return int(raw) if raw.isdigit() else MAX_PLAYBOOK_BYTES
+    return settings.current().max_playbook_bytes
 
 
 class _Model(BaseModel):

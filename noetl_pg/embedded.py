@@ -19,6 +19,7 @@ import os
 import warnings
 from pathlib import Path
 
+from noetl_pg import settings
 from noetl_pg.errors import NoetlError
 
 log = logging.getLogger(__name__)
@@ -32,9 +33,9 @@ ROOT_DATA_DIR = Path("/var/lib/noetl-pg")
 
 def data_root() -> Path:
     """Where embedded servers keep their data directories (one per server name)."""
-    override = os.environ.get("NOETL_EMBEDDED_DIR")
-    if override:
-        return Path(override)
+    override = settings.current().embedded_dir
+    if override is not None:
+        return override
     if os.name == "posix" and os.geteuid() == 0:
         return ROOT_DATA_DIR
     from platformdirs import user_data_dir

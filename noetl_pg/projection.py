@@ -24,22 +24,15 @@ from typing import Any
 
 import psycopg
 
-from noetl_pg import db
+from noetl_pg import db, settings
 
 log = logging.getLogger(__name__)
 
-DEFAULT_SHARD_COUNT = 16
 
 
 def shard_count_from_env() -> int | None:
-    """NOETL_SHARD_COUNT as an int, or None when unset. ValueError when not a positive int."""
-    raw = os.environ.get("NOETL_SHARD_COUNT")
-    if not raw:
-        return None
-    count = int(raw)
-    if count < 1:
-        raise ValueError(f"NOETL_SHARD_COUNT must be at least 1, got {raw!r}")
-    return count
+    """NOETL_SHARD_COUNT, or None when unset. SettingsError when not a positive int."""
+    return settings.current().shard_count
 
 
 class Projector:

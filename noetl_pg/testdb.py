@@ -18,16 +18,16 @@ import psycopg
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
+from noetl_pg import settings
+
 LOCAL_DSN = "host=127.0.0.1 port=5432 user=postgres dbname=postgres connect_timeout=2"
 
 
 def server_dsn() -> str:
     """DSN of a server where test databases can be created."""
-    forced = os.environ.get("NOETL_TEST_SERVER", "")
-    if forced not in ("", "embedded"):
-        raise ValueError(f"NOETL_TEST_SERVER={forced!r}: the only accepted value is 'embedded'")
-    if forced != "embedded":
-        explicit = os.environ.get("NOETL_TEST_DSN")
+    configured = settings.current()
+    if configured.test_server != "embedded":
+        explicit = configured.test_dsn
         if explicit:
             return explicit
         try:

@@ -33,7 +33,7 @@ import psycopg
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
-from noetl_pg import db
+from noetl_pg import db, settings
 from noetl_pg.credentials import DatabaseCredentialResolver
 from noetl_pg.dsl import Playbook
 from noetl_pg.executor import CommandRunner, Outcome
@@ -46,35 +46,6 @@ from noetl_pg.tools.base import CredentialResolver, Tool, ToolContext
 
 log = logging.getLogger(__name__)
 
-DEFAULT_HEARTBEAT_SECONDS = 5.0
-DEFAULT_CLAIM_TIMEOUT_SECONDS = 300.0
-# How many times a command may be taken back from a worker that died holding it before
-# the next loss fails it as poison (a crash is not a tool error: it spends no attempt).
-DEFAULT_MAX_RECLAIMS = 5
-
-
-def _seconds_from_env(name: str, default: float) -> float:
-    """A positive number of seconds from the environment; ValueError names a bad value."""
-    raw = os.environ.get(name, "").strip()
-    if not raw:
-        return default
-    try:
-        value = float(raw)
-    except ValueError:
-        raise ValueError(f"{name}={raw!r} is not a number of seconds") from None
-    if value <= 0:
-        raise ValueError(f"{name}={raw!r} must be greater than 0")
-    return value
-
-
-def _count_from_env(name: str, default: int) -> int:
-    """A whole number >= 0 from the environment; ValueError names a bad value."""
-    raw = os.environ.get(name, "").strip()
-    if not raw:
-        return default
-    if not raw.isdigit():
-        raise ValueError(f"{name}={raw!r} must be a whole number >= 0")
-    return int(raw)
 
 
 def _log_refusal(diagnostic: psycopg.errors.Diagnostic) -> None:
@@ -165,16 +136,15 @@ class Worker:
         self.worker_id = worker_id or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
         self.batch_size = batch_size
         self.poll_interval = poll_interval
-        self.heartbeat_interval = heartbeat_interval or _seconds_from_env(
-            "NOETL_WORKER_HEARTBEAT_SECONDS", DEFAULT_HEARTBEAT_SECONDS)
+        configured = settings.current()
+        self.heartbeat_interval = heartbeat_interval or configured.worker_heartbeat_seconds
         # Claims of a worker silent for this long are taken back by the reaper.
-        self.claim_timeout = claim_timeout or _seconds_from_env(
-            "NOETL_COMMAND_HEARTBEAT_TIMEOUT_SECONDS", DEFAULT_CLAIM_TIMEOUT_SECONDS)
+        self.claim_timeout = claim_timeout or configured.command_heartbeat_timeout_seconds
         # This worker's own claims that no slot holds are taken back after this long: far
         # longer than a slot needs between a claim's commit and holding its rows.
         self.orphan_claim_age = orphan_claim_age or max(10.0, 3 * self.heartbeat_interval)
-        self.max_reclaims = max_reclaims if max_reclaims is not None else _count_from_env(
-            "NOETL_MAX_RECLAIMS", DEFAULT_MAX_RECLAIMS)
+        self.max_reclaims = (max_reclaims if max_reclaims is not None
+                             else configured.max_reclaims)
         self._credentials = credentials
         self._redact = redact or (lambda text: text)
         self._housekeeping = housekeeping

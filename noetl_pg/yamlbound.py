@@ -9,7 +9,7 @@ bytes and its depth. Only a document within the limits is composed and construct
 one pass that yields both the Python value and the node tree (dsl uses the nodes' line
 numbers). Every refusal is a one-line PlaybookError naming the playbook and the limit.
 
-Limits (environment, read on every call):
+Limits (noetl_pg.settings, read on every call):
 - the expanded scalar bytes: NOETL_MAX_PLAYBOOK_BYTES (the same limit as the raw text,
   default 1 MiB, noetl_pg.dsl.max_playbook_bytes);
 - NOETL_MAX_PLAYBOOK_NODES, default 200,000 nodes after expansion;
@@ -21,34 +21,23 @@ Limits (environment, read on every call):
 from __future__ import annotations
 
 import contextlib
-import os
 from dataclasses import dataclass, field
 from typing import Any
 
 import yaml
 
+from noetl_pg import settings
 from noetl_pg.errors import PlaybookError
 
 DEFAULT_MAX_BYTES = 1_048_576
-DEFAULT_MAX_NODES = 200_000
-DEFAULT_MAX_DEPTH = 64
-DEFAULT_MAX_STEPS = 1_000
-
-
-def _limit(variable: str, default: int) -> int:
-    raw = os.environ.get(variable, "").strip()
-    return int(raw) if raw.isdigit() and int(raw) > 0 else default
 
 
 @dataclass(frozen=True)
 class Limits:
     max_bytes: int
-    max_nodes: int = field(default_factory=lambda: _limit("NOETL_MAX_PLAYBOOK_NODES",
-                                                          DEFAULT_MAX_NODES))
-    max_depth: int = field(default_factory=lambda: _limit("NOETL_MAX_PLAYBOOK_DEPTH",
-                                                          DEFAULT_MAX_DEPTH))
-    max_steps: int = field(default_factory=lambda: _limit("NOETL_MAX_PLAYBOOK_STEPS",
-                                                          DEFAULT_MAX_STEPS))
+    max_nodes: int = field(default_factory=lambda: settings.current().max_playbook_nodes)
+    max_depth: int = field(default_factory=lambda: settings.current().max_playbook_depth)
+    max_steps: int = field(default_factory=lambda: settings.current().max_playbook_steps)
 
 
 # libyaml's parser when PyYAML has it: the measuring pass then costs a fraction of the load.

@@ -9,7 +9,6 @@ bound to any other address refuses to start without a token (see `serve.check_bi
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -18,12 +17,13 @@ from fastapi import Depends, HTTPException, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from psycopg_pool import AsyncConnectionPool
 
+from noetl_pg import settings
 from noetl_pg.server import database
 from noetl_pg.server.tokens import role_allows, token_hash
 
 # How long a looked-up token (or the "no tokens exist" answer) is trusted before the
 # database is asked again: revoking a token takes effect within this many seconds.
-CACHE_SECONDS = float(os.environ.get("NOETL_SERVER_AUTH_CACHE_SECONDS", "5"))
+CACHE_SECONDS = settings.current().server_auth_cache_seconds
 # Declares the scheme in the OpenAPI spec; the check itself is TokenAuth's.
 BEARER = HTTPBearer(auto_error=False, description="An API token (noetl server token add)")
 

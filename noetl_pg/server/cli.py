@@ -9,7 +9,7 @@ import click
 from rich.console import Console
 from rich.table import Table
 
-from noetl_pg import db
+from noetl_pg import db, settings
 from noetl_pg.errors import NoetlError
 from noetl_pg.server.tokens import ROLES, add_token
 
@@ -21,8 +21,10 @@ def server_group(get_dsn: Callable[[], str]) -> click.Group:
     """The `server` command group; `get_dsn` is called when a command needs the database."""
 
     @click.group("server", invoke_without_command=True)
-    @click.option("--host", default="127.0.0.1", show_default=True, envvar="NOETL_HOST")
-    @click.option("--port", default=8082, show_default=True, type=int, envvar="NOETL_PORT")
+    @click.option("--host", default=lambda: settings.current().host,
+                  show_default="$NOETL_HOST or 127.0.0.1")
+    @click.option("--port", default=lambda: settings.current().port, type=int,
+                  show_default="$NOETL_PORT or 8082")
     @click.option("--worker-slots", default=0, show_default=True, type=int,
                   help="Also run a worker with this many slots in this process.")
     @click.option("--projector/--no-projector", "with_projector", default=True,

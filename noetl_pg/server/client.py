@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import os
 import time
 from typing import Any
 
 import httpx
 
+from noetl_pg import settings
 from noetl_pg.errors import NoetlError
-
-TOKEN_ENV = "NOETL_SERVER_TOKEN"
 
 
 class RemoteError(NoetlError):
@@ -23,7 +21,7 @@ class ServerClient:
     def __init__(self, base_url: str, token: str | None = None, *,
                  timeout: float = 30.0) -> None:
         self.base_url = base_url.rstrip("/")
-        token = token if token is not None else os.environ.get(TOKEN_ENV) or None
+        token = token if token is not None else settings.current().server_token
         headers = {"Authorization": f"Bearer {token}"} if token else {}
         self._http = httpx.Client(base_url=self.base_url, headers=headers, timeout=timeout)
 

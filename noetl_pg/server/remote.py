@@ -19,6 +19,7 @@ from click.core import ParameterSource
 from rich.console import Console
 from rich.table import Table
 
+from noetl_pg import settings
 from noetl_pg.cli_common import fail
 from noetl_pg.cli_run import parse_payload
 from noetl_pg.server.client import RemoteError, ServerClient
@@ -155,7 +156,8 @@ def _wrap(command: click.Command, remote: Callable[..., None]) -> None:
 def install(main: click.Group) -> None:
     """Add --server/--host/--port to `main` and route the verbs above through them."""
     main.params.extend([
-        click.Option(["--server", "server_url"], envvar=SERVER_ENV, metavar="URL",
+        click.Option(["--server", "server_url"], default=lambda: settings.current().server_url,
+                     metavar="URL",
                      help=f"Send run/exec/start/status/cancel/catalog to this noetl server "
                           f"(or ${SERVER_ENV})."),
         click.Option(["--host", "server_host"], help="NoETL style: server host (with --port)."),

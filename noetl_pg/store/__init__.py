@@ -19,7 +19,6 @@ import contextlib
 import hashlib
 import json
 import logging
-import os
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -29,6 +28,7 @@ from typing import TYPE_CHECKING, Any, BinaryIO
 import psycopg
 from psycopg.rows import class_row
 
+from noetl_pg import settings
 from noetl_pg.extras import require_extra
 from noetl_pg.store.base import (
     TIERS,
@@ -148,17 +148,14 @@ class ResultStore:
     def from_env(cls, dsn: str, s3_credentials: Mapping[str, str] | None = None) -> ResultStore:
         """A store configured from `NOETL_INLINE_MAX_BYTES`, `NOETL_PVC_MOUNT_PATH`,
         `NOETL_PVC_TIER_THRESHOLD_BYTES` and `NOETL_S3_*` (see `S3Tier.from_env`)."""
-        mount_path = os.environ.get("NOETL_PVC_MOUNT_PATH")
+        configured = settings.current()
+        mount_path = configured.pvc_mount_path
         return cls(
             dsn,
             fs=FsTier(mount_path) if mount_path else None,
             s3=_s3_tier_from_env(s3_credentials),
-            inline_max_bytes=int(
-                os.environ.get("NOETL_INLINE_MAX_BYTES", DEFAULT_INLINE_MAX_BYTES)
-            ),
-            pvc_tier_threshold_bytes=int(
-                os.environ.get("NOETL_PVC_TIER_THRESHOLD_BYTES", DEFAULT_PVC_TIER_THRESHOLD_BYTES)
-            ),
+            inline_max_bytes=configured.inline_max_bytes,
+            pvc_tier_threshold_bytes=configured.pvc_tier_threshold_bytes,
         )
 
     def externalize(
@@ -505,7 +502,7 @@ class _OneShot:
 
 def _s3_tier_from_env(credentials: Mapping[str, str] | None) -> S3Tier | None:
     """The s3 tier when NOETL_S3_ENDPOINT is set; boto3 (the `s3` extra) is imported only then."""
-    if not os.environ.get("NOETL_S3_ENDPOINT"):
+    if not settings.current().s3_endpoint:
         return None
     require_extra("s3", "NOETL_S3_ENDPOINT (the s3 result tier)")
     from noetl_pg.store.s3 import S3Tier

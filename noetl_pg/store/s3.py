@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import itertools
-import os
 from collections.abc import Iterable, Iterator, Mapping
 from typing import Any, BinaryIO
 
@@ -19,6 +18,7 @@ import boto3
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
+from noetl_pg import settings
 from noetl_pg.store.base import (
     CHUNK_SIZE,
     ChunkReader,
@@ -74,20 +74,16 @@ class S3Tier(Tier):
         """The tier configured by `NOETL_S3_ENDPOINT` (None when unset), `NOETL_S3_BUCKET`
         (default `noetl-results`), `NOETL_S3_REGION` and, unless `credentials` is given,
         `NOETL_S3_ACCESS_KEY_ID` / `NOETL_S3_SECRET_ACCESS_KEY`."""
-        endpoint = os.environ.get("NOETL_S3_ENDPOINT")
+        configured = settings.current()
+        endpoint = configured.s3_endpoint
         if not endpoint:
             return None
-        if credentials is None and os.environ.get("NOETL_S3_ACCESS_KEY_ID"):
+        if credentials is None and configured.s3_access_key_id:
             credentials = {
-                "access_key_id": os.environ["NOETL_S3_ACCESS_KEY_ID"],
-                "secret_access_key": os.environ.get("NOETL_S3_SECRET_ACCESS_KEY", ""),
+                "access_key_id": configured.s3_access_key_id,
+                "secret_access_key": configured.s3_secret_access_key or "",
             }
-        return cls(
-            endpoint,
-            os.environ.get("NOETL_S3_BUCKET", "noetl-results"),
-            credentials,
-            os.environ.get("NOETL_S3_REGION", "us-east-1"),
-        )
+        return cls(endpoint, configured.s3_bucket, credentials, configured.s3_region)
 
     def ensure_ready(self) -> None:
         """Check the bucket exists, creating it when it does not."""

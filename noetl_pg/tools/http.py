@@ -24,7 +24,6 @@ carry the URL without its query string or user-info.
 from __future__ import annotations
 
 import base64
-import os
 import threading
 import urllib.parse
 from collections.abc import Mapping
@@ -32,6 +31,7 @@ from typing import Any, ClassVar
 
 import httpx
 
+from noetl_pg import settings
 from noetl_pg.errors import ToolError, ToolTimeout
 from noetl_pg.tools.base import ToolContext
 
@@ -42,22 +42,13 @@ TEXT_CONTENT_MARKERS = ("text/", "xml", "javascript", "x-www-form-urlencoded", "
 _client_lock = threading.Lock()
 
 
-def _env_number(name: str, default: float) -> float:
-    raw = os.environ.get(name)
-    if not raw:
-        return default
-    try:
-        return float(raw)
-    except ValueError:
-        raise ToolError(f"environment variable {name} must be a number, got {raw!r}") from None
-
-
 def build_client() -> httpx.Client:
     """A pooled client sized from the NOETL_HTTP_* environment variables."""
+    configured = settings.current()
     limits = httpx.Limits(
-        max_connections=int(_env_number("NOETL_HTTP_MAX_CONNECTIONS", 100)),
-        max_keepalive_connections=int(_env_number("NOETL_HTTP_MAX_KEEPALIVE_CONNECTIONS", 20)),
-        keepalive_expiry=_env_number("NOETL_HTTP_KEEPALIVE_EXPIRY_SECONDS", 5.0),
+        max_connections=configured.http_max_connections,
+        max_keepalive_connections=configured.http_max_keepalive_connections,
+        keepalive_expiry=configured.http_keepalive_expiry_seconds,
     )
     return httpx.Client(limits=limits)
 

@@ -38,7 +38,6 @@ import base64
 import datetime as dt
 import decimal
 import math
-import os
 import threading
 import uuid
 from collections.abc import Mapping, Sequence
@@ -50,6 +49,7 @@ from psycopg.conninfo import make_conninfo
 from psycopg.rows import dict_row
 from psycopg_pool import ConnectionPool, PoolTimeout
 
+from noetl_pg import settings
 from noetl_pg.credentials import redact, secret_values
 from noetl_pg.errors import ToolError, ToolTimeout
 from noetl_pg.tools.base import ToolContext, localize_refs
@@ -336,10 +336,8 @@ def worker_pools(resources: dict[str, Any]) -> PostgresPools:
     worker's `worker_slots`."""
     pools = resources.get(PostgresTool.kind)
     if pools is None:
-        raw = os.environ.get("NOETL_PG_POOL_MAX_SIZE", "").strip()
         slots = resources.get("worker_slots")
-        max_size = int(raw) if raw.isdigit() and int(raw) > 0 else int(
-            slots or DEFAULT_POOL_MAX_SIZE)
+        max_size = settings.current().pg_pool_max_size or int(slots or DEFAULT_POOL_MAX_SIZE)
         with _pools_lock:
             pools = resources.setdefault(PostgresTool.kind, PostgresPools(max(max_size, 1)))
     return pools

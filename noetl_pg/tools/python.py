@@ -36,11 +36,11 @@ Timeout: `spec.timeout` (seconds or `{read: N}`), else env `NOETL_PYTHON_TIMEOUT
 
 from __future__ import annotations
 
-import os
 import threading
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
+from noetl_pg import settings
 from noetl_pg.errors import ToolError, ToolTimeout
 from noetl_pg.tools.base import ToolContext
 from noetl_pg.tools.python_child import SnippetFailed, SnippetSyntaxError, run_snippet
@@ -51,11 +51,7 @@ from noetl_pg.tools.python_executor import (
     ExecutorTimeout,
 )
 
-ISOLATION_ENV = "NOETL_PYTHON_ISOLATION"
-TIMEOUT_ENV = "NOETL_PYTHON_TIMEOUT"
 ISOLATION_MODES = ("process", "inline")
-DEFAULT_ISOLATION = "process"
-DEFAULT_TIMEOUT_SECONDS = 600.0
 # What an executor captures of a step's output, in ToolContext.log_sink and on failure in
 # the ToolError output as `logs`.
 LOG_STREAMS = ("stdout", "stderr")
@@ -87,7 +83,7 @@ def check_result(value: Any) -> Any:
 
 def isolation_mode(config: Mapping[str, Any]) -> str:
     mode = (config.get("spec") or {}).get("isolation") or config.get("isolation") \
-        or os.environ.get(ISOLATION_ENV) or DEFAULT_ISOLATION
+        or settings.current().python_isolation
     if mode not in ISOLATION_MODES:
         raise ToolError(f"python isolation must be one of {', '.join(ISOLATION_MODES)}, "
                         f"got {mode!r}")
@@ -97,14 +93,8 @@ def isolation_mode(config: Mapping[str, Any]) -> str:
 def timeout_seconds(context: ToolContext) -> float | None:
     if context.timeout_seconds is not None:
         return context.timeout_seconds if context.timeout_seconds > 0 else None
-    raw = os.environ.get(TIMEOUT_ENV)
-    if raw:
-        try:
-            seconds = float(raw)
-        except ValueError:
-            raise ToolError(f"{TIMEOUT_ENV} must be a number of seconds, got {raw!r}") from None
-        return seconds if seconds > 0 else None
-    return DEFAULT_TIMEOUT_SECONDS
+    seconds = settings.current().python_timeout
+    return seconds if seconds > 0 else None
 
 
 class PythonTool:

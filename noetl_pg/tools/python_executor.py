@@ -33,6 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from noetl_pg import settings
 from noetl_pg.errors import ToolError
 
 log = logging.getLogger(__name__)
@@ -40,8 +41,6 @@ log = logging.getLogger(__name__)
 CHILD_SCRIPT = Path(__file__).resolve().with_name("python_child.py")
 EXECUTOR_USER_ENV = "NOETL_EXECUTOR_USER"
 DEFAULT_EXECUTOR_USER = "noetl-exec"
-LOG_BYTES_ENV = "NOETL_PYTHON_LOG_BYTES"
-DEFAULT_LOG_BYTES = 64 * 1024
 # An executor is replaced after this many calls, bounding what a leaky snippet can hold.
 MAX_CALLS_PER_EXECUTOR = 10_000
 # How often a waiting call looks at its cancel flag.
@@ -118,7 +117,7 @@ def _create_default_user() -> pwd.struct_passwd:
 
 def executor_user() -> ExecutorUser | None:
     """Whom executors run as: None for the worker's own user (see the module docstring)."""
-    requested = os.environ.get(EXECUTOR_USER_ENV, "").strip()
+    requested = settings.current().executor_user or ""
     if os.geteuid() != 0:
         own = pwd.getpwuid(os.geteuid()).pw_name
         if requested and requested != own:
@@ -137,12 +136,7 @@ def executor_user() -> ExecutorUser | None:
 
 
 def log_bytes() -> int:
-    raw = os.environ.get(LOG_BYTES_ENV, "").strip()
-    if not raw:
-        return DEFAULT_LOG_BYTES
-    if not raw.isdigit() or int(raw) < 1:
-        raise ToolError(f"{LOG_BYTES_ENV} must be a positive number of bytes, got {raw!r}")
-    return int(raw)
+    return settings.current().python_log_bytes
 
 
 class Executor:
