@@ -157,7 +157,8 @@ $$;
 -- noetl.after_command_failed(command, error, output, worker_id) -> route_command_id
 -- Contract: what a definitive failure leads to: a route command that failed (its arcs could
 --   not be evaluated) fails the execution; a loop iteration is counted by its loop; a step
---   stores {status: error, error, output} as its result and routes with 'call.error'.
+--   stores {status: error, error, output} as its result (no output key when `output` is
+--   NULL) and routes with 'call.error'.
 -- Locks: through routing, the loop or execution row.
 create or replace function noetl.after_command_failed(
     p_cmd noetl.command,
@@ -168,8 +169,10 @@ create or replace function noetl.after_command_failed(
 language plpgsql
 as $$
 declare
+    -- (jsonb_build_object never returns NULL: a NULL output is left out explicitly.)
     v_error_result jsonb := jsonb_build_object('status', 'error', 'error', p_error)
-        || coalesce(jsonb_build_object('output', p_output), '{}'::jsonb);
+        || case when p_output is null then '{}'::jsonb
+            else jsonb_build_object('output', p_output) end;
 begin
     if p_cmd.kind = 'route' then
         -- A route that cannot be evaluated (bad template) must not route again.
