@@ -16,12 +16,9 @@ DEFINITION = re.compile(r"create\s+or\s+replace\s+function\s+noetl\.([a-z_0-9]+)
                         re.IGNORECASE)
 
 UNTESTED = frozenset({
-    "cleanup_execution_results", "cleanup_expired_results", "count_command",
-    "credential_in_use", "decrypt_pgp_credential", "engine_limit", "get_credential",
-    "list_credentials", "max_payload_bytes", "put_credential", "record_reap",
-    "record_store_fallbacks", "result_blob_delete", "result_blob_id",
-    "result_blob_read_chunk", "result_blob_write_chunk", "result_ref_get",
-    "result_ref_list", "result_ref_of", "result_ref_put",
+    "count_command", "credential_in_use", "decrypt_pgp_credential", "engine_limit",
+    "get_credential", "list_credentials", "max_payload_bytes", "put_credential",
+    "record_reap",
 })
 
 
