@@ -16,9 +16,7 @@ DEFINITION = re.compile(r"create\s+or\s+replace\s+function\s+noetl\.([a-z_0-9]+)
                         re.IGNORECASE)
 
 UNTESTED = frozenset({
-    "count_command", "credential_in_use", "decrypt_pgp_credential", "engine_limit",
-    "get_credential", "list_credentials", "max_payload_bytes", "put_credential",
-    "record_reap",
+    "count_command", "engine_limit", "max_payload_bytes", "record_reap",
 })
 
 
