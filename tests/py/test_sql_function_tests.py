@@ -16,7 +16,7 @@ DEFINITION = re.compile(r"create\s+or\s+replace\s+function\s+noetl\.([a-z_0-9]+)
                         re.IGNORECASE)
 
 UNTESTED = frozenset({
-    "count_command", "engine_limit", "max_payload_bytes", "record_reap",
+    "record_reap",
 })
 
 
