@@ -2,7 +2,9 @@
 -- steps with and without fused targets, call.error, finished runs), arrive (plain and join
 -- targets, arc sets, idempotence) and check_progress (join readiness, arc sets in source
 -- order, completion with the last step's result). Commands are marked done by hand before
--- routing, as the outcome functions do.
+-- routing, as the outcome functions do. Plans give both "successors" (arc targets) and
+-- "reaches" (their closure): the join rule reads one or the other, depending on the
+-- schema version.
 begin;
 select plan(37);
 
@@ -11,25 +13,28 @@ select  -- noqa: LT09
     '{"entry_step": "start", "workflow": [
       {"step": "start", "tool": {"kind": "noop"},
        "plan": {"kind": "noop", "route_mode": "direct", "direct_targets": ["a", "b"],
-                "is_join": false, "has_loop": false, "reaches": ["a", "b", "j", "z"],
-                "max_attempts": 1}},
+                "is_join": false, "has_loop": false, "successors": ["a", "b"],
+                "reaches": ["a", "b", "j", "z"], "max_attempts": 1}},
       {"step": "a", "tool": {"kind": "noop"},
        "plan": {"kind": "noop", "route_mode": "direct", "direct_targets": ["j"],
-                "is_join": false, "has_loop": false, "reaches": ["j", "z"],
-                "max_attempts": 1}},
+                "is_join": false, "has_loop": false, "successors": ["j"],
+                "reaches": ["j", "z"], "max_attempts": 1}},
       {"step": "b", "tool": {"kind": "noop"},
        "plan": {"kind": "noop", "route_mode": "direct", "direct_targets": ["j"],
-                "is_join": false, "has_loop": false, "reaches": ["j", "z"],
-                "max_attempts": 1}},
+                "is_join": false, "has_loop": false, "successors": ["j"],
+                "reaches": ["j", "z"], "max_attempts": 1}},
       {"step": "j", "tool": {"kind": "noop"},
        "plan": {"kind": "noop", "route_mode": "direct", "direct_targets": ["z"],
-                "is_join": true, "has_loop": false, "reaches": ["z"], "max_attempts": 1}},
+                "is_join": true, "has_loop": false, "successors": ["z"],
+                "reaches": ["z"], "max_attempts": 1}},
       {"step": "r", "tool": {"kind": "noop"},
        "plan": {"kind": "noop", "route_mode": "router", "direct_targets": [],
-                "is_join": false, "has_loop": false, "reaches": ["z"], "max_attempts": 1}},
+                "is_join": false, "has_loop": false, "successors": ["z"],
+                "reaches": ["z"], "max_attempts": 1}},
       {"step": "z", "tool": {"kind": "noop"},
        "plan": {"kind": "noop", "route_mode": "none", "direct_targets": [],
-                "is_join": false, "has_loop": false, "reaches": [], "max_attempts": 1}}
+                "is_join": false, "has_loop": false, "successors": [],
+                "reaches": [], "max_attempts": 1}}
     ]}'::jsonb as spec;
 select * from noetl.register_playbook('t/r81', 'yaml', (select spec from spec_fixture));
 select * from noetl.register_playbook(

@@ -1,11 +1,10 @@
--- Direct tests of credentials (sql/functions/credential.sql, the row-level security of
--- sql/functions/zz_privileges.sql): put_credential (insert, replace, bad input),
--- get_credential, list_credentials (never the secret), decrypt_pgp_credential (the
--- pre-0012 rows; with or without pgcrypto on the server) and credential_in_use, also
--- seen through the noetl_worker role's policy. Secrets here are opaque bytes: the client
--- encrypts them.
+-- Direct tests of credentials (sql/functions/credential.sql): put_credential (insert,
+-- replace, bad input), get_credential, list_credentials (never the secret) and
+-- decrypt_pgp_credential (the pre-0012 rows; with or without pgcrypto on the server).
+-- Secrets here are opaque bytes: the client encrypts them. credential_in_use is in
+-- 89_credential_in_use_test.sql.
 begin;
-select plan(27);
+select plan(16);
 
 -- put_credential and get_credential
 select noetl.put_credential('pg_main', 'postgres', '{"host": "h"}', '\xdead', 'k1');
@@ -130,74 +129,6 @@ select case
         'a wrong key is refused, naming the credential only'
     )
 end;
-
--- credential_in_use: the credentials of claimed commands
-select * from noetl.register_playbook('t/cred', 'yaml', '{"workload": {"db": {"cred": "pg_wl"}},
-    "workflow": [
-      {"step": "q", "tool": {"kind": "postgres", "auth": "pg_main"},
-       "plan": {"kind": "postgres", "route_mode": "none", "direct_targets": [],
-                "is_join": false, "has_loop": false, "reaches": [], "max_attempts": 1}}
-    ]}');
-create temporary table run as
-select noetl.start_execution('t/cred') as execution_id;
-select is(
-    noetl.credential_in_use('pg_main'), false,
-    'a credential of a queued command only is not in use'
-);
-update noetl.command as c set status = 'claimed', claimed_by = 'w1'
-from run
-where c.execution_id = run.execution_id;
-select is(
-    noetl.credential_in_use('pg_main'), true,
-    'a credential named by the playbook of a claimed command is in use'
-);
-select is(
-    noetl.credential_in_use('pg_wl'), true, 'so is one named by its workload'
-);
-select is(
-    noetl.credential_in_use('auth'), false, 'a key is not a name: only string values count'
-);
-select is(noetl.credential_in_use('plain'), false, 'an unnamed credential is not in use');
-
--- the worker's view: row-level security through credential_in_use
-create function pg_temp.as_worker(p_sql text) returns text
-language plpgsql as $$
-declare
-    v_out text;
-begin
-    set local role noetl_worker;
-    begin
-        execute p_sql into v_out;
-    exception when others then
-        v_out := sqlstate || ': ' || sqlerrm;
-    end;
-    reset role;
-    return v_out;
-end;
-$$;
-select is(
-    pg_temp.as_worker($$select string_agg(name, ',' order by name) from noetl.credential$$),
-    'pg_main', 'noetl_worker sees only the credentials in use'
-);
-select is(
-    pg_temp.as_worker($$select key_id from noetl.get_credential('pg_main')$$),
-    'k2', 'and reads one in use through get_credential'
-);
-select is(
-    pg_temp.as_worker($$select key_id from noetl.get_credential('plain')$$),
-    'P0002: credential "plain" not found', 'a credential not in use does not exist for it'
-);
-update noetl.command as c set status = 'done'
-from run
-where c.execution_id = run.execution_id;
-select is(
-    noetl.credential_in_use('pg_main'), false, 'once the command is done it is no longer in use'
-);
-select is(
-    pg_temp.as_worker($$select count(*)::text from noetl.credential$$), '0',
-    'and the worker sees no credential'
-);
-select is(current_user::text, session_user::text, 'the test is back in its own role');
 
 select * from finish();
 rollback;
