@@ -146,7 +146,7 @@ begin
         if jsonb_typeof(v_waiting -> 'pipeline') = 'object' then
             update noetl.command as c
             set status = 'queued', claimed_by = null, claimed_at = null,
-                available_at = now(),
+                available_at = noetl.now(),
                 input = c.input || jsonb_build_object(
                     'pipeline', (v_waiting -> 'pipeline')
                     || jsonb_build_object('child_result', v_result)

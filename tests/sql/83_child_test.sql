@@ -4,7 +4,7 @@
 -- child that is no longer awaited, a second report). child_finished is called with the
 -- child's row after its status is set by hand, as finish_execution would hand it over.
 begin;
-select plan(30);
+select plan(31);
 
 create temporary table parent_spec as
 select  -- noqa: LT09
@@ -216,11 +216,22 @@ select
         p6.id, 1, 't/child', null, '{}', null, null, 'w1', '{"task_index": 2, "done": ["a"]}'
     )
 from p6;
+-- On the engine clock (set back an hour here), so the resumed command is due at once.
+select set_config('noetl.clock', (now() - interval '1 hour')::text, true) as clock;
 select pg_temp.child_ends(pg_temp.child_of(p6.id), 'COMPLETED', '{"n": 3}', null, null)
 from p6;
 select is(
-    (select (c.status, c.attempt, c.claimed_by)::text from p6, pg_temp.cmd(p6.id) as c),
-    '(queued,1,)', 'a parked pipeline is queued again at the same attempt'
+    (select array_agg(c.command_id) from noetl.claim_commands('w2', array['playbook'], 5) as c),
+    (select array[p6.id] from p6),
+    'the resumed command is due on the engine clock and claimed'
+);
+select set_config('noetl.clock', '', true) as clock;
+select is(
+    (
+        select (e.event_type, e.attempt)::text from p6, noetl.event as e
+        where e.command_id = p6.id and e.event_type in ('command.resumed', 'command.retried')
+    ),
+    '(command.resumed,1)', 'a parked pipeline is queued again at the same attempt'
 );
 select is(
     (select c.input -> 'pipeline' from p6, pg_temp.cmd(p6.id) as c),
