@@ -57,7 +57,7 @@ begin
         update noetl.command as c
         set status = 'queued', attempt = c.attempt + 1,
             max_attempts = greatest(c.max_attempts, c.attempt + 1),
-            available_at = now(), claimed_by = null, claimed_at = null, finished_at = null
+            available_at = noetl.now(), claimed_by = null, claimed_at = null, finished_at = null
         where c.execution_id = p_execution_id
             and c.loop_id is null
             and not exists (
@@ -114,7 +114,7 @@ begin
             update noetl.command as c
             set status = 'queued', attempt = c.attempt + 1,
                 max_attempts = greatest(c.max_attempts, c.attempt + 1),
-                available_at = now(), claimed_by = null, claimed_at = null,
+                available_at = noetl.now(), claimed_by = null, claimed_at = null,
                 finished_at = null
             from noetl.loop_item as li
             where c.loop_id = v_loop.loop_id
