@@ -23,9 +23,17 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from noetl_pg import router, settings
-from noetl_pg.dsl_keys import STORE_TIERS, Path, check_document, is_branch, key_lines
+from noetl_pg.dsl_keys import (
+    STORE_TIERS,
+    Path,
+    check_document,
+    is_branch,
+    key_lines,
+    spelled_arc,
+)
 from noetl_pg.errors import PlaybookError
 from noetl_pg.policy import DEFAULT_RULE_ATTEMPTS
+from noetl_pg.stream import check_streams
 from noetl_pg.tools import tool_config_keys
 from noetl_pg.yamlbound import load_bounded, text_bytes
 
@@ -110,6 +118,9 @@ class Arc(_Model):
     # The older case/when/then branch this arc came from: one branch is one choice (see
     # noetl_pg.router). None for canonical arcs.
     group: int | None = None
+    # `call.partial`: taken per chunk of a streamed step, never when it ends
+    # (noetl_pg.stream). None: an arc of the step's end (call.done, call.error, loop.done).
+    on: Literal["call.partial"] | None = None
 
 
 class NextSpec(_Model):
@@ -119,6 +130,16 @@ class NextSpec(_Model):
     @property
     def mode(self) -> str:
         return str(self.spec.get("mode", "exclusive"))
+
+    @property
+    def route_arcs(self) -> list[Arc]:
+        """The arcs evaluated when the step ends (every arc but `on: call.partial`)."""
+        return [arc for arc in self.arcs if arc.on is None]
+
+    @property
+    def partial_arcs(self) -> list[Arc]:
+        """The `on: call.partial` arcs, evaluated per chunk of a streamed step."""
+        return [arc for arc in self.arcs if arc.on is not None]
 
 
 class Step(_Model):
@@ -207,7 +228,7 @@ def build_plans(playbook: Playbook) -> dict[str, dict[str, Any]]:
 
     plans: dict[str, dict[str, Any]] = {}
     for step in playbook.workflow:
-        arcs = step.next.arcs if step.next else []
+        arcs = step.next.route_arcs if step.next else []
         direct = router.direct_targets(arcs, step.next.mode if step.next else "exclusive")
         if not arcs:
             route_mode, direct_targets = "none", []
@@ -225,6 +246,9 @@ def build_plans(playbook: Playbook) -> dict[str, dict[str, Any]]:
             "max_attempts": _max_attempts(step),
             **_reads(step, playbook),
         }
+        if step.next and step.next.partial_arcs:
+            # What noetl.record_partial may issue per chunk (sql/functions/stream.sql).
+            plans[step.step]["partial_targets"] = [arc.step for arc in step.next.partial_arcs]
     return plans
 
 
@@ -461,6 +485,7 @@ def load_playbook(text: str, *, source: str | None = None) -> Playbook:
     except ValidationError as exc:
         raise _validation_error(exc, document, label, lines) from exc
     _check_graph(playbook, label, step_lines)
+    check_streams(playbook, label, step_lines)
     return playbook
 
 
@@ -590,7 +615,7 @@ def _arc(arc: Any) -> dict[str, Any]:
         return {"step": arc}
     if not isinstance(arc, dict):
         return {"step": arc}
-    arc = dict(arc)
+    arc = dict(spelled_arc(arc))
     when = arc.get("when")
     if when is True or (isinstance(when, str) and when.strip().lower() in ("true", "{{ true }}")):
         arc.pop("when")

@@ -23,6 +23,7 @@ from typing import Any
 import yaml
 
 from noetl_pg.errors import PlaybookError
+from noetl_pg.stream import MAX_CHUNK_ROWS
 
 Path = tuple[str | int, ...]
 
@@ -42,8 +43,10 @@ ACCEPTED: dict[str, frozenset[str]] = {
     "task": frozenset({"kind", "name", "input", "args", "spec", "retry", "output", "set"}),
     "task.spec": frozenset({"timeout", "policy"}),
     "task.retry": frozenset({"max_attempts", "retry_on", "backoff", "delay"}),
-    "task.output": frozenset({"store"}),
+    # `stream` (noetl_pg.stream) is ours: NoETL has no spelling for streamed results.
+    "task.output": frozenset({"store", "stream"}),
     "task.output.store": frozenset({"kind"}),
+    "task.output.stream": frozenset({"chunk_rows"}),
     "policy": frozenset({"rules", "mode"}),
     "policy.rule": frozenset({"when", "then", "else"}),
     "policy.else": frozenset({"then"}),
@@ -56,7 +59,9 @@ ACCEPTED: dict[str, frozenset[str]] = {
     "loop.spec.fanout": frozenset({"max_shard_retries"}),
     "next": frozenset({"spec", "arcs"}),
     "next.spec": frozenset({"mode", "on_no_match"}),
-    "arc": frozenset({"step", "when", "set"}),
+    # `on: call.partial`: the arc is taken per chunk of a streamed step (noetl_pg.stream),
+    # never after call.done; NoETL has no spelling for it.
+    "arc": frozenset({"step", "when", "set", "on"}),
     # The older conditional list items: `next: [{when, then: [...]}, {else: [...]}]`.
     "next.branch": frozenset({"when", "then", "else"}),
     "case": frozenset({"when", "then", "else"}),
@@ -169,6 +174,7 @@ ACCEPTED_VALUES: dict[tuple[str, str], frozenset[Any]] = {
     ("next.spec", "mode"): frozenset({"exclusive", "inclusive"}),
     # With no arc matching, a branch ends here; the execution completes when all end.
     ("next.spec", "on_no_match"): frozenset({"complete"}),
+    ("arc", "on"): frozenset({"call.partial"}),
 }
 
 # `tool.output.store` (a name, or NoETL's `{kind: ...}`) -> the tier of noetl_pg.store it
@@ -346,6 +352,8 @@ class _Checker:
             output = self.keys(task["output"], (*path, "output"), "task.output")
             if output.get("store") is not None:
                 self.store(output["store"], (*path, "output", "store"))
+            if output.get("stream") is not None:
+                self.stream(output["stream"], (*path, "output", "stream"))
         if task.get("set") is not None:
             self.set_keys(task["set"], (*path, "set"), "task")
 
@@ -356,6 +364,13 @@ class _Checker:
         if store not in STORE_TIERS:
             raise self.fail(path, f"store {store!r} is not supported (supported: "
                             f"{', '.join(STORE_TIERS)})")
+
+    def stream(self, stream: Any, path: Path) -> None:
+        stream = self.keys(stream, path, "task.output.stream")
+        rows = stream.get("chunk_rows")
+        if isinstance(rows, bool) or not isinstance(rows, int) or not 1 <= rows <= MAX_CHUNK_ROWS:
+            raise self.fail((*path, "chunk_rows"), f"must be an integer from 1 to "
+                            f"{MAX_CHUNK_ROWS:,}, got {rows!r}")
 
     def policy(self, policy: Any, path: Path) -> None:
         policy = self.keys(policy, path, "policy")
@@ -440,7 +455,7 @@ class _Checker:
     def arc(self, arc: Any, path: Path) -> None:
         if isinstance(arc, str):
             return
-        arc = self.keys(arc, path, "arc")
+        arc = self.keys(spelled_arc(arc), path, "arc")
         if not isinstance(arc.get("step"), str):
             raise self.fail((*path, "step"), "an arc needs `step`, the name of a step")
         if arc.get("set") is not None:
@@ -501,6 +516,14 @@ class _Checker:
             target = self.keys(target, target_path, "then.target")
             if not isinstance(target.get("step"), str):
                 raise self.fail((*target_path, "step"), "a target needs `step`")
+
+
+def spelled_arc(arc: Any) -> Any:
+    """An arc mapping with its `on` key as written: YAML 1.1 (PyYAML) reads a bare `on`
+    key as the boolean true, which no other arc key can be."""
+    if isinstance(arc, Mapping) and True in arc.keys():
+        return {("on" if key is True else key): value for key, value in arc.items()}
+    return arc
 
 
 def is_branch(item: Any) -> bool:

@@ -26,6 +26,13 @@ from noetl_pg.results import CommandResults
 from noetl_pg.router import choose, direct_targets, route_scope
 from noetl_pg.sqlrender import render_tool_config
 from noetl_pg.store import ResultStore
+from noetl_pg.stream import (
+    PARTIAL_EVENT,
+    ChunkEmitter,
+    PartialRecorder,
+    chunk_view,
+    streamed_chunk_rows,
+)
 from noetl_pg.templating import ResultView, build_context, render_value
 from noetl_pg.tools.base import CredentialResolver, Tool, ToolContext
 from noetl_pg.tools.playbook import ChildRequest
@@ -52,6 +59,7 @@ class CommandRunner:
         redact: Callable[[str], str] = lambda text: text,
         credentials: CredentialResolver | None = None,
         store: ResultStore | None = None,
+        partials: PartialRecorder | None = None,
     ) -> None:
         self._tools = tools
         self._spec_loader = spec_loader
@@ -60,6 +68,8 @@ class CommandRunner:
         self._credentials = credentials
         # Results over the store's inline limit are written to it; refs are resolved by it.
         self._store = store
+        # Where a streamed step records its chunks (noetl_pg.stream); None: no streams.
+        self._partials = partials
 
     def run(self, command: Mapping[str, Any], context: Mapping[str, Any]) -> Outcome:
         playbook = self._spec_loader(command["catalog_id"])
@@ -160,6 +170,9 @@ class CommandRunner:
             namespace["loop"] = {"index": index, "first": index == 0, "length": total,
                                  "last": index == total - 1}
             namespace["loop_index"] = index
+        chunk = chunk_view(command.get("input"), results)
+        if chunk is not None:
+            namespace["chunk"] = chunk
         return namespace
 
     # --- route -----------------------------------------------------------------------
@@ -170,7 +183,7 @@ class CommandRunner:
         command_input = command.get("input") or {}
         event = command_input.get("event", "call.done")
         scope = route_scope(namespace, step.step, event, command_input.get("error"))
-        arcs = step.next.arcs if step.next else []
+        arcs = step.next.route_arcs if step.next else []
         chosen = choose(arcs, step.next.mode if step.next else "exclusive", event, scope)
         return [{"step": target["step"], "set": _ctx_writes(target["set"])
                  if target["set"] else None} for target in chosen]
@@ -206,6 +219,35 @@ class CommandRunner:
             targets = self._redact.redact_value(targets)
         return targets
 
+    # --- stream ----------------------------------------------------------------------
+
+    def _chunk_sink(
+        self, step: Step, command: Mapping[str, Any], namespace: dict[str, Any]
+    ) -> ChunkEmitter | None:
+        """Where a streamed step's tool hands its chunks (None for any other step)."""
+        if streamed_chunk_rows(step) is None:
+            return None
+        if self._partials is None or self._store is None:
+            raise ToolError("output.stream needs a worker attached to the engine database")
+        partial_arcs = step.next.partial_arcs if step.next else []
+        mode = step.next.mode if step.next else "exclusive"
+
+        def targets(chunk: Mapping[str, Any]) -> list[dict[str, Any]]:
+            if not partial_arcs:
+                return []
+            scope = {**namespace, "chunk": chunk,
+                     "event": {"name": PARTIAL_EVENT, "step": step.step, "type": "tool.partial"}}
+            chosen = [{"step": target["step"], "set": _ctx_writes(target["set"])
+                       if target["set"] else None}
+                      for target in choose(partial_arcs, mode, PARTIAL_EVENT, scope)]
+            if isinstance(self._redact, SecretRedactor):
+                chosen = self._redact.redact_value(chosen)
+            return chosen
+
+        scrub = self._redact.redact_value if isinstance(self._redact, SecretRedactor) else None
+        return ChunkEmitter(command, self._store, self._partials, targets,
+                            output_store=_output_store(step), scrub=scrub)
+
     # --- loop ------------------------------------------------------------------------
 
     def _loop(self, step: Step, namespace: dict[str, Any]) -> dict[str, Any]:
@@ -238,7 +280,8 @@ class CommandRunner:
         self, step: Step, command: Mapping[str, Any], namespace: dict[str, Any],
         playbook: Playbook, results: CommandResults | None = None,
     ) -> Outcome:
-        tool_context = dataclasses.replace(self._make_tool_context(command), results=results)
+        tool_context = dataclasses.replace(self._make_tool_context(command), results=results,
+                                           stream=self._chunk_sink(step, command, namespace))
         step_input = render_value(step.input, namespace) if step.input else {}
         try:
             run = self._run_tasks(
@@ -458,7 +501,7 @@ def _in_flight_bound(value: Any) -> int | None:
 
 def _has_conditional_arcs(step: Step) -> bool:
     """Whether the step routes through a router (its plan's route_mode 'router')."""
-    arcs = step.next.arcs if step.next else []
+    arcs = step.next.route_arcs if step.next else []
     return bool(arcs) and direct_targets(arcs, step.next.mode if step.next else
                                          "exclusive") is None
 

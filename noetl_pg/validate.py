@@ -74,12 +74,20 @@ def _known_names(playbook: Playbook) -> set[str]:
 def check_templates(playbook: Playbook) -> list[Problem]:
     """Every template name that nothing in the playbook defines, and every syntax error."""
     known = _known_names(playbook)
+    # A streamed step's partial arcs and the steps they lead to read the chunk.
+    chunk_steps: set[str] = set()
+    for step in playbook.workflow:
+        partial = step.next.partial_arcs if step.next else []
+        if partial:
+            chunk_steps |= {step.step, *(arc.step for arc in partial)}
     problems: list[Problem] = []
     for step in playbook.workflow:
         raw = step.model_dump(mode="json", by_alias=True, exclude_none=True)
         local = set(known) | set((step.input or {}).keys())
         if step.loop is not None:
             local.add(step.loop.iterator)
+        if step.step in chunk_steps:
+            local.add("chunk")
         for task in step.task_configs:
             # a pipeline task reads the tasks before it by name, and its own input keys
             local |= set((task.get("input") or {}).keys()) | {str(task.get("name", ""))}

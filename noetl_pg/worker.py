@@ -41,6 +41,7 @@ from noetl_pg.keychain import RedactingFilter, SecretRedactor
 from noetl_pg.logs import store_command_logs
 from noetl_pg.slot_share import SharedClaims, StepTimings, context_group
 from noetl_pg.store import ResultStore
+from noetl_pg.stream import DbPartialRecorder
 from noetl_pg.tools import create_tools
 from noetl_pg.tools.base import CredentialResolver, Tool, ToolContext
 
@@ -338,6 +339,7 @@ class Worker:
             self._redact,
             self._credentials,
             store=self._store,
+            partials=DbPartialRecorder(conn),
         )
 
     def _serve(

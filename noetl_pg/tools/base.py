@@ -12,9 +12,12 @@ import re
 import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Protocol
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 from noetl_pg.errors import ToolError
+
+if TYPE_CHECKING:
+    from noetl_pg.stream import ChunkSink
 
 
 class CredentialResolver(Protocol):
@@ -73,6 +76,8 @@ class ToolContext:
     # str}` (only the streams written to), once per run that wrote any: for the engine to
     # store as the command's logs. None: captured output is dropped.
     log_sink: Callable[[Mapping[str, str]], None] | None = None
+    # A streamed step's chunks go here (noetl_pg.stream.ChunkSink); None: not streamed.
+    stream: ChunkSink | None = None
 
 
 class Tool(Protocol):

@@ -26,9 +26,11 @@ from typing import Any, ClassVar
 import duckdb
 
 from noetl_pg.errors import ToolError, ToolTimeout
+from noetl_pg.stream import chunk_rows_of, pump
 from noetl_pg.tools.base import ToolContext, localize_refs
 from noetl_pg.tools.postgres import (
     DUCKDB_CONFIG_KEYS,
+    json_safe,
     script_params,
     script_result,
     script_text,
@@ -79,6 +81,7 @@ class DuckdbTool:
         except duckdb.Error as exc:
             raise ToolError(f"duckdb cannot open database {database!r}: {exc}") from None
         timer = threading.Timer(float(timeout), conn.interrupt) if timeout else None
+        chunk_rows = chunk_rows_of(config)
         per_statement: list[dict[str, Any]] = []
         try:
             if timer:
@@ -91,7 +94,10 @@ class DuckdbTool:
                     with contextlib.suppress(duckdb.Error):
                         conn.rollback()
                     raise _statement_error(exc, index, timeout) from None
-                per_statement.append(_result(conn, statement.type))
+                if chunk_rows is not None and index == len(statements) - 1:
+                    per_statement.append(_stream(conn, chunk_rows, context, index, timeout))
+                else:
+                    per_statement.append(_result(conn, statement.type))
             conn.commit()
         except duckdb.Error as exc:
             raise _statement_error(exc, None, timeout) from None
@@ -108,6 +114,28 @@ def _statement_error(exc: duckdb.Error, index: int | None, timeout: Any) -> Tool
     if isinstance(exc, duckdb.InterruptException) and timeout:
         return ToolTimeout(f"{where} timed out after {float(timeout):g}s", output=output)
     return ToolError(f"{where} failed ({type(exc).__name__}): {exc}", output=output)
+
+
+def _stream(conn: duckdb.DuckDBPyConnection, chunk_rows: int, context: ToolContext,
+            index: int, timeout: Any) -> dict[str, Any]:
+    """The last statement's rows handed to `context.stream` chunk by chunk (fetchmany
+    reads DuckDB's streaming result; noetl_pg.stream.pump)."""
+    if context.stream is None:
+        raise ToolError("duckdb: output.stream needs a worker that records chunks")
+    sink = context.stream
+    columns = [column[0] for column in conn.description or []]
+
+    def fetch(n: int) -> list[dict[str, Any]]:
+        if not columns:
+            return []
+        return [json_safe(dict(zip(columns, row, strict=True))) for row in conn.fetchmany(n)]
+
+    try:
+        return pump(columns, fetch, chunk_rows, sink, context.cancelled)
+    except duckdb.Error as exc:
+        with contextlib.suppress(duckdb.Error):
+            conn.rollback()
+        raise _statement_error(exc, index, timeout) from None
 
 
 def _result(conn: duckdb.DuckDBPyConnection, statement_type: Any) -> dict[str, Any]:

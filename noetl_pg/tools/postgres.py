@@ -52,6 +52,7 @@ from psycopg_pool import ConnectionPool, PoolTimeout
 from noetl_pg import settings
 from noetl_pg.credentials import redact, secret_values
 from noetl_pg.errors import ToolError, ToolTimeout
+from noetl_pg.stream import chunk_rows_of, pump
 from noetl_pg.tools.base import ToolContext, localize_refs
 
 CONNECT_TIMEOUT_SECONDS = 10
@@ -362,6 +363,7 @@ class PostgresTool:
         conninfo = conninfo_for(fields)
         pool = worker_pools(context.worker_resources).pool(conninfo, secrets)
         timeout = config.get("timeout") or context.timeout_seconds
+        chunk_rows = chunk_rows_of(config)
         per_statement: list[dict[str, Any]] = []
         try:
             with pool.connection() as conn, conn.transaction(), conn.cursor(
@@ -375,6 +377,10 @@ class PostgresTool:
                         (f"{int(float(timeout) * 1000)}ms",),
                     )
                 for index, statement in enumerate(statements):
+                    if chunk_rows is not None and index == len(statements) - 1:
+                        per_statement.append(_stream(conn, statement, params, chunk_rows,
+                                                     context, (index, secrets, timeout)))
+                        continue
                     try:
                         cursor.execute(
                             statement.text, params if statement.has_placeholder else None
@@ -390,6 +396,28 @@ class PostgresTool:
         except PoolTimeout:
             raise ToolTimeout("postgres: no pooled connection became free in time") from None
         return script_result(per_statement)
+
+
+def _stream(
+    conn: psycopg.Connection[Any], statement: SqlStatement,
+    params: Mapping[str, Any] | list[Any] | None, chunk_rows: int, context: ToolContext,
+    where: tuple[int, list[str], Any],
+) -> dict[str, Any]:
+    """The last statement of a streamed step through a server-side (named) cursor, its
+    rows handed to `context.stream` chunk by chunk (noetl_pg.stream.pump)."""
+    if context.stream is None:
+        raise ToolError("postgres: output.stream needs a worker that records chunks")
+    sink = context.stream
+    index, secrets, timeout = where
+    try:
+        with conn.cursor(name=f"noetl_stream_{context.command_id}",
+                         row_factory=dict_row) as server:
+            server.execute(statement.text, params if statement.has_placeholder else None)
+            columns = [column.name for column in server.description or []]
+            return pump(columns, lambda n: [json_safe(dict(row)) for row in server.fetchmany(n)],
+                        chunk_rows, sink, context.cancelled)
+    except psycopg.Error as exc:
+        raise _statement_error(exc, index, secrets, timeout, statement.text) from None
 
 
 def _cursor_result(cursor: psycopg.Cursor[dict[str, Any]]) -> dict[str, Any]:

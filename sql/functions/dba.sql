@@ -89,6 +89,7 @@ begin
     delete from noetl.loop_item as li where li.execution_id = any(v_ids);
     delete from noetl."loop" as l where l.execution_id = any(v_ids);
     delete from noetl.join_arrival as a where a.execution_id = any(v_ids);
+    delete from noetl.stream_chunk as sc where sc.execution_id = any(v_ids);
     delete from noetl.step_result as r where r.execution_id = any(v_ids);
     delete from noetl.command as c where c.execution_id = any(v_ids);
     delete from noetl.execution as e where e.execution_id = any(v_ids);

@@ -61,7 +61,8 @@ declare
         'result_blob_write_chunk', 'result_blob_read_chunk', 'result_blob_delete',
         'claim_projection_shards', 'project_shard', 'release_projection_shards',
         'set_projection_shard_count', 'projection_shard_lag', 'reap_earlier_process',
-        'cleanup_execution_results', 'due_schedules', 'fire_schedule'
+        'cleanup_execution_results', 'due_schedules', 'fire_schedule',
+        'record_partial', 'stream_chunks'
     ];
     v_operator_api constant text[] := array[
         'start_execution', 'cancel_execution', 'resume_execution', 'rerun_execution',
