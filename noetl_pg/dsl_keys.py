@@ -521,7 +521,7 @@ class _Checker:
 def spelled_arc(arc: Any) -> Any:
     """An arc mapping with its `on` key as written: YAML 1.1 (PyYAML) reads a bare `on`
     key as the boolean true, which no other arc key can be."""
-    if isinstance(arc, Mapping) and True in arc.keys():
+    if isinstance(arc, Mapping) and any(key is True for key in arc):
         return {("on" if key is True else key): value for key, value in arc.items()}
     return arc
 

@@ -30,7 +30,7 @@ from noetl_pg.stream import chunk_rows_of, pump
 from noetl_pg.tools.base import ToolContext, localize_refs
 from noetl_pg.tools.postgres import (
     DUCKDB_CONFIG_KEYS,
-    json_safe,
+    json_safe_row,
     script_params,
     script_result,
     script_text,
@@ -128,7 +128,8 @@ def _stream(conn: duckdb.DuckDBPyConnection, chunk_rows: int, context: ToolConte
     def fetch(n: int) -> list[dict[str, Any]]:
         if not columns:
             return []
-        return [json_safe(dict(zip(columns, row, strict=True))) for row in conn.fetchmany(n)]
+        return [json_safe_row(dict(zip(columns, row, strict=True)))
+                for row in conn.fetchmany(n)]
 
     try:
         return pump(columns, fetch, chunk_rows, sink, context.cancelled)

@@ -212,6 +212,16 @@ def json_safe(value: Any) -> Any:
     return str(value)
 
 
+_PLAIN_TYPES = frozenset({int, str, bool, type(None)})
+
+
+def json_safe_row(row: Mapping[str, Any]) -> dict[str, Any]:
+    """json_safe of one row keyed by column names, its plain values (most) passed through
+    without the type dispatch: a stream converts millions of rows."""
+    return {key: value if type(value) in _PLAIN_TYPES else json_safe(value)
+            for key, value in row.items()}
+
+
 def statement_result(
     columns: list[str], rows: Sequence[Mapping[str, Any]], row_count: int, status: str | None
 ) -> dict[str, Any]:
@@ -414,7 +424,7 @@ def _stream(
                          row_factory=dict_row) as server:
             server.execute(statement.text, params if statement.has_placeholder else None)
             columns = [column.name for column in server.description or []]
-            return pump(columns, lambda n: [json_safe(dict(row)) for row in server.fetchmany(n)],
+            return pump(columns, lambda n: [json_safe_row(row) for row in server.fetchmany(n)],
                         chunk_rows, sink, context.cancelled)
     except psycopg.Error as exc:
         raise _statement_error(exc, index, secrets, timeout, statement.text) from None

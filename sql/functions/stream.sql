@@ -163,4 +163,3 @@ as $$
     )
         and s.command_id = p_command_id and s.attempt = p_attempt;
 $$;
-
