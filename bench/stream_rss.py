@@ -1,7 +1,8 @@
 """Worker memory while a postgres step streams a large result (`tool.output.stream`).
 
 Runs on a database of its own (noetl_pg.testdb). A `noetl worker` process (2 slots) runs a
-postgres step that streams `--rows` rows (default 10,000,000) in chunks of `--chunk-rows`
+postgres step (`--tool duckdb`: a duckdb step over `range`) that streams `--rows` rows
+(default 10,000,000; about 80 s on a loaded 2-core machine) in chunks of `--chunk-rows`
 (default 100,000) to a `noop` step wired `on: call.partial`; its resident set (VmRSS of
 /proc/<pid>/status) is sampled every 0.1 s. A second, fresh worker process runs the same
 query limited to one chunk without streaming: what holding one chunk costs the worker
@@ -13,7 +14,7 @@ at each quarter of its chunks (flat: no growth with the rows read), the ratio of
 stream's peak growth to one chunk's, and rows/s. Chunks over the inline limit go to the
 fs tier in a temporary directory (removed at the end), not to the database.
 
-Usage: .venv/bin/python bench/stream_rss.py [--rows N] [--chunk-rows C]
+Usage: .venv/bin/python bench/stream_rss.py [--rows N] [--chunk-rows C] [--tool postgres|duckdb]
 """
 
 from __future__ import annotations
@@ -37,9 +38,12 @@ from noetl_pg.migrate import migrate
 from noetl_pg.testdb import create_database, drop_database
 
 ROOT = Path(__file__).resolve().parent.parent
-RESULTS = ROOT / "bench" / "results" / "stream_rss.json"
+RESULTS = ROOT / "bench" / "results" / "stream_rss_{tool}.json"
 NOETL = Path(sys.executable).with_name("noetl")
-QUERY = "select g as id, g % 997 as bucket from generate_series(1, {rows}) as g"
+QUERIES = {
+    "postgres": "select g as id, g % 997 as bucket from generate_series(1, {rows}) as g",
+    "duckdb": "select g as id, g % 997 as bucket from range(1, {rows} + 1) as t (g)",
+}
 
 STREAM = """
 apiVersion: noetl.io/v2
@@ -47,11 +51,7 @@ kind: Playbook
 metadata: {{name: stream_rss, path: bench/stream_rss_{rows}}}
 workflow:
   - step: scan
-    tool:
-      kind: postgres
-      auth: {{dsn: "{dsn}"}}
-      query: "{query}"
-      output: {{stream: {{chunk_rows: {chunk_rows}}}}}
+    tool: {{{tool}, output: {{stream: {{chunk_rows: {chunk_rows}}}}}}}
     next:
       arcs:
         - {{step: each, on: call.partial}}
@@ -65,7 +65,7 @@ kind: Playbook
 metadata: {{name: plain_rss, path: bench/plain_rss_{rows}}}
 workflow:
   - step: scan
-    tool: {{kind: postgres, auth: {{dsn: "{dsn}"}}, query: "{query}"}}
+    tool: {{{tool}}}
 """
 
 
@@ -138,21 +138,24 @@ def wait(dsn: str, execution_id: int, timeout: float) -> dict[str, Any]:
     raise TimeoutError(f"execution {execution_id} still running after {timeout}s")
 
 
-def playbook(template: str, dsn: str, rows: int, chunk_rows: int) -> str:
-    return template.format(dsn=dsn, rows=rows, chunk_rows=chunk_rows,
-                           query=QUERY.format(rows=rows))
+def playbook(template: str, kind: str, dsn: str, rows: int, chunk_rows: int) -> str:
+    query = QUERIES[kind].format(rows=rows)
+    tool = (f'kind: postgres, auth: {{dsn: "{dsn}"}}, query: "{query}"' if kind == "postgres"
+            else f'kind: duckdb, query: "{query}"')
+    return template.format(tool=tool, rows=rows, chunk_rows=chunk_rows)
 
 
-def warm(dsn: str, chunk_rows: int) -> None:
+def warm(dsn: str, kind: str) -> None:
     for template in (STREAM, PLAIN):
-        wait(dsn, start(dsn, playbook(template, dsn, 100, min(chunk_rows, 50))), 60)
+        wait(dsn, start(dsn, playbook(template, kind, dsn, 100, 50)), 60)
 
 
-def measure(dsn: str, env: dict[str, str], text: str, timeout: float) -> dict[str, Any]:
+def measure(dsn: str, env: dict[str, str], kind: str, text: str,
+            timeout: float) -> dict[str, Any]:
     """Baseline and peak RSS (KiB) of a fresh worker running `text` after a warm-up."""
     worker = start_worker(dsn, env)
     try:
-        warm(dsn, 100)
+        warm(dsn, kind)
         time.sleep(0.5)
         baseline = rss_kib(worker.pid)
         with Sampler(worker.pid, dsn) as sampler:
@@ -181,6 +184,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--rows", type=int, default=10_000_000)
     parser.add_argument("--chunk-rows", type=int, default=100_000)
+    parser.add_argument("--tool", choices=sorted(QUERIES), default="postgres")
     parser.add_argument("--timeout", type=float, default=600)
     args = parser.parse_args()
     dsn = create_database("noetl_bench_stream")
@@ -189,9 +193,11 @@ def main() -> None:
            "NOETL_PVC_TIER_THRESHOLD_BYTES": "65536"}
     try:
         migrate(dsn)
-        stream = measure(dsn, env, playbook(STREAM, dsn, args.rows, args.chunk_rows),
+        stream = measure(dsn, env, args.tool,
+                         playbook(STREAM, args.tool, dsn, args.rows, args.chunk_rows),
                          args.timeout)
-        one_chunk = measure(dsn, env, playbook(PLAIN, dsn, args.chunk_rows, args.chunk_rows),
+        one_chunk = measure(dsn, env, args.tool,
+                            playbook(PLAIN, args.tool, dsn, args.chunk_rows, args.chunk_rows),
                             args.timeout)
         with db.connect(dsn) as conn:
             row = conn.execute(
@@ -201,7 +207,7 @@ def main() -> None:
         chunks = -(-args.rows // args.chunk_rows)
         assert row is not None and row["n"] == chunks, (row, chunks)
         result = {
-            "rows": args.rows, "chunk_rows": args.chunk_rows, "chunks": chunks,
+            "tool": args.tool, "rows": args.rows, "chunk_rows": args.chunk_rows, "chunks": chunks,
             "stream_seconds": stream["seconds"],
             "rows_per_second": round(args.rows / stream["seconds"]),
             "stream_baseline_mib": round(stream["baseline_kib"] / 1024, 1),
@@ -216,8 +222,9 @@ def main() -> None:
     finally:
         drop_database(dsn)
         shutil.rmtree(store_dir, ignore_errors=True)
-    RESULTS.parent.mkdir(exist_ok=True)
-    RESULTS.write_text(json.dumps(result, indent=2) + "\n")
+    results = Path(str(RESULTS).format(tool=args.tool))
+    results.parent.mkdir(exist_ok=True)
+    results.write_text(json.dumps(result, indent=2) + "\n")
     width = max(len(key) for key in result)
     for key, value in result.items():
         print(f"{key:<{width}}  {value}")
