@@ -271,6 +271,6 @@ def chunk_view(command_input: Mapping[str, Any] | None,
         return None
     view = dict(chunk)
     rows = view.get("rows")
-    if results is not None and results.is_ref(rows):
+    if results is not None and isinstance(rows, Mapping) and results.is_ref(rows):
         view["rows"] = LazyResult(rows, results)
     return view

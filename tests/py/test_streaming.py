@@ -5,18 +5,24 @@ step's other arcs; the refused forms; a stream run again records and issues noth
 
 from __future__ import annotations
 
+import collections
 import json
+import signal
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 from engine_harness import Engine
 from psycopg.types.json import Jsonb
+from worker_procs import Workers, wait_until
 
 from noetl_pg import db
 from noetl_pg.dsl import load_playbook
 from noetl_pg.errors import PlaybookError
 from noetl_pg.store import ResultStore
 from noetl_pg.stream import ChunkEmitter, DbPartialRecorder, pump
+from noetl_pg.validate import validate_text
 
 CHECK_CHUNK = """
 def main(rows, index, has_more, row_count):
@@ -274,6 +280,46 @@ def test_a_reclaimed_stream_skips_the_chunks_it_recorded(fresh_engine: Engine) -
     assert rows == {"n": 4}
 
 
+@pytest.fixture
+def workers(fresh_dsn: str, tmp_path: Path) -> Iterator[Workers]:
+    pool = Workers(fresh_dsn, tmp_path, heartbeat_seconds="0.2", claim_timeout_seconds="1.5")
+    try:
+        yield pool
+    finally:
+        pool.close()
+
+
+def test_sigkill_mid_stream_runs_each_chunk_once(fresh_engine: Engine,
+                                                 workers: Workers) -> None:
+    """The worker streaming is killed after its third chunk: the stream runs again at the
+    same attempt on the survivor, which skips the recorded chunks; each chunk has one
+    call.partial and its step ran once."""
+    engine = fresh_engine
+    # 0.4 s at the first row of each chunk, so the stream is still going when it is killed.
+    slow = ("select g as id, md5(g::text) as tag, case when g % 1000 = 1 then "
+            "(select 0 from pg_sleep(0.4)) else 0 end as pause "
+            "from generate_series(1, 10000) as g")
+    scan = json.dumps({"kind": "postgres", "auth": {"dsn": engine.dsn}, "query": slow,
+                       "output": {"stream": {"chunk_rows": 1000}}})
+    workers.start("victim", kinds="postgres")
+    execution_id = engine.start(engine.register(_playbook(scan)))
+    wait_until(lambda: engine.sql("select 1 from noetl.stream_chunk where execution_id = %s "
+                                  "offset 2", execution_id), what="three chunks recorded")
+    workers.signal("victim", signal.SIGKILL)
+    workers.start("survivor")
+    row = engine.wait(execution_id, timeout=120)
+    assert row["status"] == "COMPLETED", row.get("error")
+    _assert_ten_chunks_checked(engine, execution_id)
+    partials = collections.Counter(
+        (event["attempt"], event["meta"]["chunk_index"])
+        for event in _by_type(engine, execution_id, "call.partial", "scan"))
+    assert partials == {(1, index): 1 for index in range(10)}
+    checked = collections.Counter(event["result"]["index"] for event in
+                                  _by_type(engine, execution_id, "call.done", "check"))
+    assert checked == {index: 1 for index in range(10)}
+    assert _by_type(engine, execution_id, "command.reaped", "scan"), "the stream was taken back"
+
+
 # --- refused forms --------------------------------------------------------------------------
 
 
@@ -338,3 +384,13 @@ def test_the_plan_keeps_partial_arcs_out_of_routing() -> None:
     assert plan["route_mode"] == "direct" and plan["direct_targets"] == ["done"]
     assert plan["partial_targets"] == ["check"]
     assert set(plan["reaches"]) == {"check", "done"}
+
+
+def test_validate_knows_chunk_only_where_a_chunk_is() -> None:
+    text = _one_step(PG % "5", "    next: {arcs: [{step: check, on: call.partial, "
+                     "when: '{{ chunk.has_more }}'}, {step: done}]}",
+                     "  - step: done\n    tool: {kind: python, code: 'result = 1', "
+                     "input: {n: '{{ chunk.index }}'}}")
+    _, _, problems = validate_text(text, "stream.yaml")
+    assert [str(problem) for problem in problems] == [
+        "step 'done', field 'tool.input.n': template names 'chunk', which nothing defines"]
