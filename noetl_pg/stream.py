@@ -29,6 +29,7 @@ import threading
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
+import psycopg
 from psycopg.types.json import Jsonb
 
 from noetl_pg import db
@@ -37,8 +38,6 @@ from noetl_pg.jsoncheck import storage_problem
 from noetl_pg.templating import LazyResult
 
 if TYPE_CHECKING:
-    import psycopg
-
     from noetl_pg.dsl import Playbook, Step
     from noetl_pg.store import ResultStore
     from noetl_pg.tools.base import ResultAccess
@@ -173,25 +172,45 @@ class PartialRecorder(Protocol):
     def record(self, chunk: Mapping[str, Any]) -> str: ...
 
 
+class EngineConnectionLost(Exception):
+    """The engine connection broke while a stream recorded a chunk. Not a psycopg error, so
+    the tool that streams (whose own errors are psycopg's or DuckDB's) does not take it for
+    its query's failure; the worker re-raises `connection_error` and reconnects."""
+
+    def __init__(self, connection_error: psycopg.OperationalError) -> None:
+        super().__init__(str(connection_error))
+        self.connection_error = connection_error
+
+
 class DbPartialRecorder:
     """record_partial and stream_chunks on a worker slot's connection (autocommit: each
     chunk commits on its own, so the steps downstream start while the stream goes on).
-    A lost connection raises psycopg.OperationalError; the slot reconnects and the
-    command's claim is taken back and run again like any other."""
+    A lost connection raises EngineConnectionLost (the slot reconnects; the command's
+    claim is taken back and the stream runs again at the same attempt); any other database
+    error fails the step with a ToolError naming the chunk."""
 
     def __init__(self, conn: psycopg.Connection[Any]) -> None:
         self._conn = conn
 
     def recorded(self, command_id: int, attempt: int) -> frozenset[int]:
-        row = db.fetch_one(self._conn, "stream_chunks", command_id=command_id, attempt=attempt)
+        row = self._call("stream_chunks", command_id=command_id, attempt=attempt)
         return frozenset(row["chunk_indexes"] if row else [])
 
     def record(self, chunk: Mapping[str, Any]) -> str:
         params = dict(chunk)
         for key in ("columns", "rows", "targets"):
             params[key] = Jsonb(params[key])
-        row = db.fetch_one(self._conn, "record_partial", **params)
+        row = self._call("record_partial", **params)
         return str(row["status"]) if row else "stale"
+
+    def _call(self, name: str, **params: Any) -> dict[str, Any] | None:
+        try:
+            return db.fetch_one(self._conn, name, **params)
+        except psycopg.OperationalError as exc:
+            raise EngineConnectionLost(exc) from exc
+        except psycopg.Error as exc:
+            raise ToolError(f"stream: chunk {params.get('chunk_index', '')} not recorded: "
+                            f"{exc.diag.message_primary or exc}") from None
 
 
 class ChunkEmitter:

@@ -41,7 +41,7 @@ from noetl_pg.keychain import RedactingFilter, SecretRedactor
 from noetl_pg.logs import store_command_logs
 from noetl_pg.slot_share import SharedClaims, StepTimings, context_group
 from noetl_pg.store import ResultStore
-from noetl_pg.stream import DbPartialRecorder
+from noetl_pg.stream import DbPartialRecorder, EngineConnectionLost
 from noetl_pg.tools import create_tools
 from noetl_pg.tools.base import CredentialResolver, Tool, ToolContext
 
@@ -404,6 +404,10 @@ class Worker:
     ) -> Outcome:
         try:
             return runner.run(row, context)
+        except EngineConnectionLost as lost:
+            # A stream lost this slot's connection: reconnect, like a lost finish. The
+            # command stays claimed by us; the orphan sweep gives it back to the queue.
+            raise lost.connection_error from None
         except Exception as exc:  # a bug or an unexpected library error: fail the command
             log.exception("command %s failed unexpectedly", row["command_id"])
             return {"op": "fail", "command_id": row["command_id"], "attempt": row["attempt"],

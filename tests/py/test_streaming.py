@@ -14,14 +14,15 @@ from typing import Any
 
 import pytest
 from engine_harness import Engine
+from psycopg import OperationalError
 from psycopg.types.json import Jsonb
 from worker_procs import Workers, wait_until
 
 from noetl_pg import db
 from noetl_pg.dsl import load_playbook
-from noetl_pg.errors import PlaybookError
+from noetl_pg.errors import PlaybookError, ToolError
 from noetl_pg.store import ResultStore
-from noetl_pg.stream import ChunkEmitter, DbPartialRecorder, pump
+from noetl_pg.stream import ChunkEmitter, DbPartialRecorder, EngineConnectionLost, pump
 from noetl_pg.validate import validate_text
 
 CHECK_CHUNK = """
@@ -394,3 +395,17 @@ def test_validate_knows_chunk_only_where_a_chunk_is() -> None:
     _, _, problems = validate_text(text, "stream.yaml")
     assert [str(problem) for problem in problems] == [
         "step 'done', field 'tool.input.n': template names 'chunk', which nothing defines"]
+
+
+def test_recorder_errors_are_not_the_query_s(engine: Engine) -> None:
+    chunk = {"command_id": -1, "attempt": 1, "claim": None, "chunk_index": 0,
+             "has_more": False, "row_count": 0, "columns": [], "rows": [], "targets": []}
+    with db.connect(engine.dsn) as conn:
+        with pytest.raises(ToolError, match="stream: chunk 0 not recorded: command -1 does "
+                                            "not exist"):
+            DbPartialRecorder(conn).record(chunk)
+        with pytest.raises(OperationalError):
+            conn.execute("select pg_terminate_backend(pg_backend_pid())")
+        with pytest.raises(EngineConnectionLost) as lost:
+            DbPartialRecorder(conn).record(chunk)
+    assert isinstance(lost.value.connection_error, OperationalError)
