@@ -8,6 +8,7 @@ from __future__ import annotations
 import collections
 import json
 import signal
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -87,10 +88,12 @@ def _assert_ten_chunks_checked(engine: Engine, execution_id: int) -> None:
     assert all(result["rows"] == 1000 for result in checked)
     assert [result["first"] for result in checked] == [i * 1000 + 1 for i in range(10)]
     assert [result["has_more"] for result in checked] == [True] * 9 + [False]
-    partials = _by_type(engine, execution_id, "call.partial", "scan")
+    (done,) = _by_type(engine, execution_id, "call.done", "scan")
+    # The attempt that completed streamed every chunk, in order.
+    partials = [event for event in _by_type(engine, execution_id, "call.partial", "scan")
+                if event["attempt"] == done["attempt"]]
     assert [event["meta"]["chunk_index"] for event in partials] == list(range(10))
     assert [event["meta"]["row_count"] for event in partials] == [1000] * 10
-    (done,) = _by_type(engine, execution_id, "call.done", "scan")
     assert done["event_id"] > max(event["event_id"] for event in partials)
     assert done["result"]["row_count"] == 10_000 and done["result"]["chunks"] == 10
     assert "rows" not in done["result"]
@@ -126,6 +129,36 @@ def test_partials_without_call_done_route_no_other_arc(engine: Engine) -> None:
     assert [event["meta"]["chunk_index"] for event in partials] == [0, 1, 2, 3, 4]
     assert not _by_type(engine, execution_id, "call.done", "scan")
     assert not _by_type(engine, execution_id, "command.issued", "after")
+
+
+def test_a_resumed_stream_issues_no_chunk_twice(engine: Engine) -> None:
+    # The stream fails in chunk 5 (a zero divisor), the divisor is fixed, the execution is
+    # resumed: the stream runs again as attempt 2 and records all ten chunks, but only
+    # chunks 5-9 get a new chunk command; each chunk is checked once.
+    table = f"stream_divisors_{uuid.uuid4().hex[:8]}"
+    engine.sql(f"create table {table} as select g as id, case when g = 5500 then 0 else 1 "
+               "end as divisor from generate_series(1, 10000) as g")
+    # An index to read in order: a cursor's plan then fetches rows as it goes (a sort
+    # would divide every row, and fail, before the first chunk).
+    engine.sql(f"alter table {table} add primary key (id)")
+    try:
+        query = (f"select id, md5(id::text) || repeat('', 1 / divisor) as tag "
+                 f"from {table} order by id")
+        scan = json.dumps({"kind": "postgres", "auth": {"dsn": engine.dsn}, "query": query,
+                           "output": {"stream": {"chunk_rows": 1000}}})
+        execution_id = engine.start(engine.register(_playbook(scan)))
+        failed = engine.wait(execution_id, timeout=120)
+        assert failed["status"] == "FAILED" and "division by zero" in failed["error"]
+        engine.sql(f"update {table} set divisor = 1")
+        engine.sql("select noetl.resume_execution(%s)", execution_id)
+        row = engine.wait(execution_id, timeout=120)
+    finally:
+        engine.sql(f"drop table {table}")
+    assert row["status"] == "COMPLETED", row.get("error")
+    _assert_ten_chunks_checked(engine, execution_id)
+    partials = [(event["attempt"], event["meta"]["chunk_index"])
+                for event in _by_type(engine, execution_id, "call.partial", "scan")]
+    assert partials == [(1, index) for index in range(5)] + [(2, index) for index in range(10)]
 
 
 def test_large_chunks_go_by_reference(fresh_engine: Engine) -> None:
