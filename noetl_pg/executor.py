@@ -184,9 +184,8 @@ class CommandRunner:
         event = command_input.get("event", "call.done")
         scope = route_scope(namespace, step.step, event, command_input.get("error"))
         arcs = step.next.route_arcs if step.next else []
-        chosen = choose(arcs, step.next.mode if step.next else "exclusive", event, scope)
-        return [{"step": target["step"], "set": _ctx_writes(target["set"])
-                 if target["set"] else None} for target in chosen]
+        return _targets(choose(arcs, step.next.mode if step.next else "exclusive", event,
+                               scope))
 
     def _fused_targets(
         self, step: Step, command: Mapping[str, Any], namespace: dict[str, Any],
@@ -237,9 +236,7 @@ class CommandRunner:
                 return []
             scope = {**namespace, "chunk": chunk,
                      "event": {"name": PARTIAL_EVENT, "step": step.step, "type": "tool.partial"}}
-            chosen = [{"step": target["step"], "set": _ctx_writes(target["set"])
-                       if target["set"] else None}
-                      for target in choose(partial_arcs, mode, PARTIAL_EVENT, scope)]
+            chosen = _targets(choose(partial_arcs, mode, PARTIAL_EVENT, scope))
             if isinstance(self._redact, SecretRedactor):
                 chosen = self._redact.redact_value(chosen)
             return chosen
@@ -570,6 +567,13 @@ def _view(result: Any) -> Any:
 def _output_extra(output: Mapping[str, Any]) -> dict[str, Any] | None:
     extra = {key: value for key, value in output.items() if key not in ("status", "error")}
     return extra or None
+
+
+def _targets(chosen: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Chosen arcs as noetl.apply_route and noetl.record_partial take them: each `set` as
+    its ctx writes."""
+    return [{"step": target["step"], "set": _ctx_writes(target["set"]) if target["set"]
+             else None} for target in chosen]
 
 
 def _ctx_writes(writes: Mapping[str, Any] | None) -> dict[str, Any]:
