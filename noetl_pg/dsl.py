@@ -70,7 +70,7 @@ class ToolSpec(_Model):
 
 
 class LoopRunSpec(_Model):
-    mode: Literal["sequential", "parallel"] = "sequential"
+    mode: Literal["sequential", "parallel", "cursor"] = "sequential"
     # An integer, or a template rendered when the loop starts (executor._loop checks it).
     max_in_flight: int | str | None = None
     policy: dict[str, Any] | None = None
@@ -81,10 +81,27 @@ class LoopRunSpec(_Model):
     on_error: Literal["fail", "continue"] = "fail"
 
 
+class CursorSpec(_Model):
+    """NoETL's CursorSpec: a claim statement run on `auth`'s database (noetl_pg.cursor)."""
+
+    kind: Literal["postgres"]
+    auth: str
+    claim: str
+    options: dict[str, Any] | None = None
+
+
 class LoopSpec(_Model):
-    in_: Any = Field(alias="in")
+    in_: Any = Field(None, alias="in")
+    # A pull-model loop (loop.cursor): no collection; see sql/functions/cursor_loop.sql.
+    cursor: CursorSpec | None = None
     iterator: str = "item"
     spec: LoopRunSpec = Field(default_factory=LoopRunSpec)
+
+    @model_validator(mode="after")
+    def _one_source(self) -> LoopSpec:
+        if self.cursor is None and self.in_ is None:
+            raise ValueError("a loop needs `in` (a collection) or `cursor`")
+        return self
 
     @property
     def is_fanout(self) -> bool:
@@ -105,7 +122,7 @@ class LoopSpec(_Model):
     @property
     def in_flight_bound(self) -> int:
         """The static bound (a templated one is known when the loop starts)."""
-        if self.spec.mode == "sequential":
+        if self.spec.mode == "sequential" and self.cursor is None:
             return 1
         bound = self.spec.max_in_flight
         return bound if isinstance(bound, int) else DEFAULT_PARALLEL_IN_FLIGHT
@@ -339,7 +356,8 @@ def _reads(step: Step, playbook: Playbook) -> dict[str, StepReads]:
     if reads is not None and step.loop is not None:
         # Iterations never see their own loop's aggregate (nor other iterations' results).
         reads.pop(step.step, None)
-    loop_reads = (_names_read([loop_part.get("in"), loop_part.get("spec"), *extras],
+    loop_reads = (_names_read([loop_part.get("in"), loop_part.get("cursor"),
+                               loop_part.get("spec"), *extras],
                               step_names) if step.loop is not None else {})
     return {"reads": reads, "loop_reads": loop_reads}
 
@@ -543,6 +561,8 @@ def _normalise_loop(loop: dict[str, Any]) -> dict[str, Any]:
     mode = loop.pop("mode", None) or spec.get("mode")
     if mode == "async":
         mode = "parallel"
+    if loop.get("cursor") is not None:
+        mode = "cursor"
     if mode:
         spec["mode"] = mode
     concurrency = loop.pop("concurrency", None)

@@ -52,7 +52,11 @@ ACCEPTED: dict[str, frozenset[str]] = {
     "policy.else": frozenset({"then"}),
     "policy.then": frozenset({"do", "attempts", "backoff", "delay", "to", "set"}),
     # `mode` and `concurrency` are the older spellings of spec.mode and spec.max_in_flight.
-    "loop": frozenset({"in", "iterator", "spec", "mode", "concurrency"}),
+    "loop": frozenset({"in", "cursor", "iterator", "spec", "mode", "concurrency"}),
+    # NoETL's CursorSpec (a pull-model loop, noetl_pg.cursor): the claim runs on `auth`'s
+    # database; `options.key` (ours) names the columns that identify a claimed row.
+    "loop.cursor": frozenset({"kind", "auth", "claim", "options"}),
+    "loop.cursor.options": frozenset({"key", "timeout"}),
     "loop.spec": frozenset({"mode", "max_in_flight", "policy", "loop_mode", "fanout",
                             "on_error"}),
     "loop.spec.policy": frozenset({"exec"}),
@@ -137,8 +141,16 @@ REFUSED: dict[str, dict[str, str]] = {
         "after": "policy.after hooks are not supported",
         "finally": "policy.finally hooks are not supported",
     },
-    "loop": {
-        "cursor": "cursor loops (loop.cursor) are not supported: loop over `in`",
+    "loop.cursor.options": {
+        "reclaim_after": "loop.cursor.options.reclaim_after is not needed: rows claimed by "
+                         "a worker that died are offered again by the engine "
+                         "(docs/dsl.md, cursor loops)",
+        "max_attempts": "loop.cursor.options.max_attempts is not supported: retry a row "
+                        "with the tool's retry policy",
+        "max_iterations": "loop.cursor.options.max_iterations is not supported: a slot "
+                          "claims until the claim returns no row",
+        "pool_size": "loop.cursor.options.pool_size is not supported: the worker's pool "
+                     "is sized by NOETL_PG_POOL_MAX_SIZE",
     },
     "loop.spec": {
         "frame": "loop.spec.frame (cursor frames) is not supported",
@@ -167,7 +179,8 @@ ACCEPTED_VALUES: dict[tuple[str, str], frozenset[Any]] = {
     ("policy", "mode"): frozenset({"exclusive"}),
     ("policy.then", "do"): frozenset({"continue", "retry", "fail", "break", "jump"}),
     ("loop", "mode"): frozenset({"sequential", "parallel", "async"}),
-    ("loop.spec", "mode"): frozenset({"sequential", "parallel", "async"}),
+    ("loop.spec", "mode"): frozenset({"sequential", "parallel", "async", "cursor"}),
+    ("loop.cursor", "kind"): frozenset({"postgres"}),
     ("loop.spec.policy", "exec"): frozenset({"local", "distributed"}),
     ("loop.spec", "on_error"): frozenset({"fail", "continue"}),
     ("executor.spec", "no_next_is_error"): frozenset({True, False}),
@@ -396,16 +409,44 @@ class _Checker:
         if "concurrency" in loop:
             self.in_flight(loop["concurrency"], (*path, "concurrency"))
         spec = loop.get("spec")
+        if loop.get("cursor") is not None:
+            self.cursor(loop, (*path, "cursor"))
+        elif isinstance(spec, Mapping) and spec.get("mode") == "cursor":
+            raise self.fail((*path, "spec", "mode"), "mode 'cursor' needs loop.cursor "
+                            "(kind, auth, claim)")
         if spec is not None:
             spec = self.keys(spec, (*path, "spec"), "loop.spec")
             if "max_in_flight" in spec:
                 self.in_flight(spec["max_in_flight"], (*path, "spec", "max_in_flight"))
-            if spec.get("mode") == "cursor":
-                raise self.fail((*path, "spec", "mode"), "cursor loops are not supported")
             if spec.get("policy") is not None:
                 self.keys(spec["policy"], (*path, "spec", "policy"), "loop.spec.policy")
             if spec.get("fanout") is not None:
                 self.keys(spec["fanout"], (*path, "spec", "fanout"), "loop.spec.fanout")
+
+    def cursor(self, loop: Mapping[str, Any], path: Path) -> None:
+        """loop.cursor: NoETL's CursorSpec, alone as the loop's source."""
+        cursor = self.keys(loop["cursor"], path, "loop.cursor")
+        for key in ("kind", "auth", "claim"):
+            if not isinstance(cursor.get(key), str) or not cursor[key].strip():
+                raise self.fail((*path, key), f"loop.cursor needs `{key}` (a string)")
+        if loop.get("in") is not None:
+            raise self.fail((*path[:-1], "in"), "a loop has `in` or `cursor`, not both")
+        if cursor.get("options") is not None:
+            options = self.keys(cursor["options"], (*path, "options"), "loop.cursor.options")
+            key = options.get("key")
+            if key is not None and (not isinstance(key, list) or not key or not all(
+                    isinstance(column, str) and column for column in key)):
+                raise self.fail((*path, "options", "key"), "must be a list of column names")
+        spec = loop.get("spec") if isinstance(loop.get("spec"), Mapping) else {}
+        mode = spec.get("mode", loop.get("mode"))
+        if mode not in (None, "cursor"):
+            raise self.fail((*path[:-1], "spec", "mode"), f"a cursor loop runs in mode "
+                            f"'cursor', not {mode!r}")
+        policy = spec.get("policy") if isinstance(spec.get("policy"), Mapping) else {}
+        if policy.get("exec") == "distributed" or spec.get("loop_mode") == "fanout":
+            raise self.fail((*path[:-1], "spec"), "a cursor loop cannot be a fan-out "
+                            "(spec.policy.exec: distributed, spec.loop_mode: fanout): its "
+                            "slots already run on any worker")
 
     def in_flight(self, bound: Any, path: Path) -> None:
         """An integer >= 1, or a template rendered when the loop starts."""

@@ -98,7 +98,7 @@ class CommandRunner:
                     raise NoetlError("no arc matched (executor.spec.no_next_is_error)")
                 return {**base, "op": "route", "targets": targets}
             if command["kind"] == "loop":
-                return {**base, "op": "loop", **self._loop(step, namespace)}
+                return {**base, "op": "loop", **self._loop(step, namespace, playbook)}
             outcome = self._scrub(self._step(step, command, namespace, playbook, results))
             _refuse_unstorable(outcome)
             targets = self._fused_targets(step, command, namespace, outcome, playbook)
@@ -158,17 +158,20 @@ class CommandRunner:
             )
         if command.get("loop_id") is not None and step.loop is not None:
             index = command["iter_index"]
-            total = (command.get("input") or {}).get("loop_total", 0)
+            # A cursor loop's length is known only when its cursor has drained.
+            total = None if step.loop.cursor is not None else (
+                (command.get("input") or {}).get("loop_total", 0))
+            last = total is not None and index == total - 1
             item = command.get("item")
             namespace[step.loop.iterator] = item
             namespace["iter"] = {
                 step.loop.iterator: item,
                 "_index": index,
                 "_first": index == 0,
-                "_last": index == total - 1,
+                "_last": last,
             }
             namespace["loop"] = {"index": index, "first": index == 0, "length": total,
-                                 "last": index == total - 1}
+                                 "last": last}
             namespace["loop_index"] = index
         chunk = chunk_view(command.get("input"), results)
         if chunk is not None:
@@ -247,8 +250,10 @@ class CommandRunner:
 
     # --- loop ------------------------------------------------------------------------
 
-    def _loop(self, step: Step, namespace: dict[str, Any]) -> dict[str, Any]:
+    def _loop(self, step: Step, namespace: dict[str, Any], playbook: Playbook) -> dict[str, Any]:
         assert step.loop is not None
+        if step.loop.cursor is not None:
+            return self._cursor_loop(step, namespace, playbook)
         items = render_value(step.loop.in_, namespace)
         if isinstance(items, Mapping):
             items = [{"key": key, "value": value} for key, value in items.items()]
@@ -268,6 +273,33 @@ class CommandRunner:
                 "is_fanout": step.loop.is_fanout,
                 "max_shard_retries": int(fanout.get("max_shard_retries", 2)),
                 "on_error": run_spec.on_error,
+            },
+        }
+
+    def _cursor_loop(
+        self, step: Step, namespace: dict[str, Any], playbook: Playbook
+    ) -> dict[str, Any]:
+        """A cursor loop's start: its claim rendered once, here, as a postgres script is
+        (values escaped for their SQL positions, a templated `auth` checked); the claim
+        commands run it as rendered (noetl_pg.cursor)."""
+        assert step.loop is not None and step.loop.cursor is not None
+        cursor = step.loop.cursor
+        rendered = render_tool_config(
+            {"kind": "postgres", "auth": cursor.auth, "command": cursor.claim}, namespace,
+            step=step.step, playbook_workload=playbook.workload,
+        )
+        run_spec = step.loop.spec
+        return {
+            "items": [],
+            "loop": {
+                "iterator": step.loop.iterator,
+                "mode": "cursor",
+                "max_in_flight": _in_flight_bound(render_value(run_spec.max_in_flight,
+                                                               namespace)),
+                "on_error": run_spec.on_error,
+                "cursor": {"kind": cursor.kind, "auth": rendered["auth"],
+                           "claim": rendered["command"],
+                           "options": render_value(cursor.options or {}, namespace)},
             },
         }
 

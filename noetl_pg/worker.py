@@ -35,6 +35,8 @@ from psycopg.types.json import Jsonb
 
 from noetl_pg import db, settings
 from noetl_pg.credentials import DatabaseCredentialResolver
+from noetl_pg.cursor import KIND as CURSOR_KIND
+from noetl_pg.cursor import CursorClaims
 from noetl_pg.dsl import Playbook
 from noetl_pg.executor import CommandRunner, Outcome
 from noetl_pg.keychain import RedactingFilter, SecretRedactor
@@ -171,6 +173,9 @@ class Worker:
         # Claimed commands of slow steps a slot set aside for any free slot (slot_share).
         self._shared = SharedClaims()
         self._timings = StepTimings()
+        # Claim commands of cursor loops (noetl_pg.cursor): run here, not by CommandRunner.
+        self._cursor_claims = CursorClaims(self.worker_id, kinds, self._tool_context,
+                                           self._redact)
 
     # --- lifecycle -------------------------------------------------------------------
 
@@ -366,6 +371,10 @@ class Worker:
                 if not rows:
                     self._wait_for_work(generation)
                     continue
+            rows = self._run_cursor_claims(conn, rows)
+            self._hold(rows)
+            if not rows:
+                continue
             rows = self._shared.split(rows, self._timings)
             self._hold(rows)
             if len(self._shared):
@@ -377,6 +386,26 @@ class Worker:
             # Set-aside commands come first: claim no more while some wait for a slot.
             rows = self._finish(conn, outcomes, 0 if len(self._shared) else sizer.size)
             pending.clear()
+
+    def _run_cursor_claims(
+        self, conn: psycopg.Connection[Any], rows: list[dict[str, Any]]
+    ) -> list[dict[str, Any]]:
+        """Runs the claim commands of cursor loops among `rows` (each applies its own
+        outcome, see noetl_pg.cursor); returns the other rows, then the commands those
+        claims created already claimed by this worker."""
+        others = [row for row in rows if row["kind"] != CURSOR_KIND]
+        created: list[int] = []
+        for row in rows:
+            if row["kind"] != CURSOR_KIND or row["execution_id"] in self._cancelled:
+                continue
+            try:
+                created += self._cursor_claims.run(conn, row)
+            finally:
+                with self._running_lock:
+                    self._running.pop(row["command_id"], None)
+        if created:
+            others += db.fetch_all(conn, "cursor_claimed_commands", command_ids=created)
+        return others
 
     def _run_batch(self, runner: CommandRunner, rows: list[dict[str, Any]]) -> list[Outcome]:
         # claim rows carry the context (what the step reads) on the first row of each

@@ -35,10 +35,13 @@ begin
         outcome := 'stale';
         return;
     end if;
-    if v_cmd.kind in ('route', 'loop') then
+    if v_cmd.kind in ('route', 'loop', 'cursor') then
         raise exception 'command % is a % command; it is finished by %', p_command_id,
             v_cmd.kind,
-            case v_cmd.kind when 'route' then 'apply_route' else 'start_loop' end
+            case v_cmd.kind
+                when 'route' then 'apply_route' when 'loop' then 'start_loop'
+                else 'finish_cursor_claim'
+            end
             using errcode = '22023';
     end if;
 
@@ -178,6 +181,10 @@ begin
         -- A route that cannot be evaluated (bad template) must not route again.
         perform noetl.fail_execution(p_cmd.execution_id, p_cmd.step_name, p_error);
         return null;
+    end if;
+    if p_cmd.kind = 'cursor' then
+        -- A cursor loop's claim (poison, say): a failed item, its slot drained.
+        return noetl.cursor_claim_failed(p_cmd, p_error, p_worker_id);
     end if;
     if p_cmd.loop_id is not null then
         return noetl.finish_loop_item(p_cmd, 'failed', v_error_result, p_worker_id);

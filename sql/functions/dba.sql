@@ -87,6 +87,7 @@ begin
 
     delete from noetl.command_log as g where g.execution_id = any(v_ids);
     delete from noetl.loop_item as li where li.execution_id = any(v_ids);
+    delete from noetl.cursor_loop as k where k.execution_id = any(v_ids);
     delete from noetl."loop" as l where l.execution_id = any(v_ids);
     delete from noetl.join_arrival as a where a.execution_id = any(v_ids);
     delete from noetl.stream_chunk as sc where sc.execution_id = any(v_ids);

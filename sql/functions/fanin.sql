@@ -71,6 +71,14 @@ begin
         );
     end if;
 
+    if v_loop.mode = 'cursor' then
+        -- The item's slot goes on (cursor_loop.sql); a cursor loop closes when drained.
+        perform noetl.advance_cursor_loop(
+            p_cmd.loop_id, (p_status = 'done')::integer, (p_status = 'failed')::integer,
+            array[p_cmd.iter_index]
+        );
+        return null;
+    end if;
     return (noetl.advance_loop(
         p_cmd.loop_id, (p_status = 'done')::integer, (p_status = 'failed')::integer,
         p_worker_id

@@ -18,7 +18,8 @@ drop function if exists noetl.finish_loop_iterations(text, jsonb);
 --   (or `loop.fanout.started`) with loop_id and collection_size, puts the loop command in
 --   'waiting' (it stays active until the loop closes) and issues the first
 --   min(max_in_flight, total) iterations (max_in_flight is 1 for a sequential loop).
---   An empty collection closes the loop at once.
+--   An empty collection closes the loop at once. A cursor loop (mode 'cursor') has no
+--   collection: start_cursor_loop (cursor_loop.sql) starts it.
 --   loop_spec: {iterator, mode, max_in_flight, is_fanout, max_shard_retries, on_error}
 --   (on_error: 'fail', the default, or 'continue'; see close_loop).
 --   Returns a claimed route command when an empty loop routes through conditional arcs.
@@ -45,6 +46,9 @@ begin
     v_cmd := noetl.lock_claimed_command(p_command_id, p_attempt, 'loop');
     if v_cmd.command_id is null then
         return null;
+    end if;
+    if v_mode = 'cursor' then
+        return noetl.start_cursor_loop(v_cmd, p_attempt, p_loop_spec);
     end if;
     if jsonb_typeof(p_items) is distinct from 'array' then
         raise exception 'step "%": loop.in must render to a list, got %', v_cmd.step_name,
@@ -285,6 +289,7 @@ language plpgsql
 as $$
 declare
     v_loop_ids bigint[];
+    v_iter_indexes integer[];
     v_count record;
     v_advanced record;
 begin
@@ -340,16 +345,27 @@ begin
 
     select
         coalesce(array_agg(f.command_id), '{}'),
-        coalesce(array_agg(f.loop_id), '{}')
-    into handled, v_loop_ids
+        coalesce(array_agg(f.loop_id), '{}'),
+        coalesce(array_agg(f.iter_index), '{}')
+    into handled, v_loop_ids, v_iter_indexes
     from finished as f;
 
     for v_count in
-        select u.loop_id, count(*)::integer as n
-        from unnest(v_loop_ids) as u (loop_id)
+        select u.loop_id, count(*)::integer as n, array_agg(u.iter_index) as indexes,
+            bool_or(l.mode = 'cursor') as is_cursor
+        from unnest(v_loop_ids, v_iter_indexes) as u (loop_id, iter_index)
+        inner join noetl."loop" as l on u.loop_id = l.loop_id
         group by u.loop_id
         order by u.loop_id
     loop
+        if v_count.is_cursor then
+            -- A cursor loop moves each finished item's slot on (cursor_loop.sql).
+            claimed := claimed || noetl.advance_cursor_loop(
+                v_count.loop_id, v_count.n, 0, v_count.indexes, p_worker_id,
+                coalesce(p_claim_n, 0) - cardinality(claimed), p_kinds
+            );
+            continue;
+        end if;
         select * into v_advanced from noetl.advance_loop(
             v_count.loop_id, v_count.n, 0, p_router, p_worker_id,
             coalesce(p_claim_n, 0) - cardinality(claimed), p_kinds

@@ -99,7 +99,7 @@ declare
     v_at jsonb := to_jsonb(p_event.created_at);
 begin
     if p_event.event_type = 'command.issued' then
-        if p_event.meta ->> 'kind' = 'route'
+        if p_event.meta ->> 'kind' in ('route', 'cursor')
             or p_event.command_id <= coalesce((v_step ->> 'command_id')::bigint, 0) then
             return p_state;
         end if;

@@ -56,7 +56,7 @@ declare
         'claim_commands', 'claim_command_ids', 'finish_and_claim', 'register_worker',
         'worker_heartbeat', 'stop_worker', 'reap_stale_claims', 'reap_command',
         'reap_orphan_claims', 'reap_earlier_process', 'record_store_fallbacks', 'command_context',
-        'describe_commands',
+        'describe_commands', 'finish_cursor_claim',
         'result_ref_put', 'result_ref_get', 'result_ref_list', 'result_blob_id',
         'result_blob_write_chunk', 'result_blob_read_chunk', 'result_blob_delete',
         'claim_projection_shards', 'project_shard', 'release_projection_shards',
