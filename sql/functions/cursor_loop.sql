@@ -323,8 +323,9 @@ end;
 $$;
 
 -- noetl.drain_cursor_slot(loop, worker_id) -> route_command_id
--- Contract: counts one more drained slot; the one that drains the last slot closes the
---   loop (close_loop) and returns its route command. A slot drains only after its items
+-- Contract: counts one more drained slot of a running loop (a loop no longer running is
+--   left as it is); the one that drains the last slot closes the loop (close_loop) and
+--   returns its route command. A slot drains only after its items
 --   finished, so every item is counted by then.
 -- Locks: the cursor_loop row; through close_loop, the loop row the caller holds.
 create or replace function noetl.drain_cursor_slot(p_loop noetl.loop, p_worker_id text)
@@ -334,6 +335,9 @@ as $$
 declare
     v_cursor noetl.cursor_loop;
 begin
+    if p_loop.status <> 'running' then
+        return null;
+    end if;
     update noetl.cursor_loop as k
     set drained = k.drained + 1
     where k.loop_id = p_loop.loop_id

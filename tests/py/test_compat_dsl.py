@@ -175,14 +175,18 @@ REFUSED = [
                         then: {do: continue, notify: ops}
         """, "s", "tool.spec.policy.rules[0].else.then.notify", 12,
      "unknown key 'notify'"),
-    ("loop-cursor", """\
+    ("loop-cursor-reclaim", """\
         workflow:
           - step: s
             loop:
               iterator: row
-              cursor: {kind: postgres, auth: pg, claim: "select 1"}
+              cursor:
+                kind: postgres
+                auth: pg
+                claim: "select 1"
+                options: {reclaim_after: 300}
             tool: {kind: noop}
-        """, "s", "loop.cursor", 8, "cursor loops"),
+        """, "s", "loop.cursor.options.reclaim_after", 12, "offered again by the engine"),
     ("loop-unknown", """\
         workflow:
           - step: s
@@ -209,7 +213,7 @@ REFUSED = [
               iterator: x
               spec: {mode: cursor}
             tool: {kind: noop}
-        """, "s", "loop.spec.mode", 9, "'cursor' is not supported"),
+        """, "s", "loop.spec.mode", 9, "mode 'cursor' needs loop.cursor"),
     ("loop-max-in-flight-zero", """\
         workflow:
           - step: s

@@ -27,7 +27,7 @@ SCHEMA_PATH = Path(os.environ.get("NOETL_REF", "/work/noetl-ref")) / \
     "noetl/core/dsl/playbook.schema.json"
 
 # Schema definition -> our level. Definitions only reachable through a refused key
-# (StepSpec under step.spec, CursorSpec under loop.cursor, ...) map to None.
+# (StepSpec under step.spec, FramePolicy under loop.spec.frame, ...) map to None.
 LEVELS: dict[str, str | None] = {
     "<root>": "document",
     "Executor": "executor",
@@ -49,7 +49,7 @@ LEVELS: dict[str, str | None] = {
     "LoopSpec": "loop.spec",
     "LoopPolicy": "loop.spec.policy",
     "FramePolicy": None,
-    "CursorSpec": None,
+    "CursorSpec": "loop.cursor",
     "NextRouter": "next",
     "NextSpec": "next.spec",
     "Arc": "arc",
@@ -76,6 +76,7 @@ PROPERTIES: dict[str, list[str]] = {
     "Loop": ["in", "cursor", "iterator", "spec"],
     "LoopSpec": ["mode", "max_in_flight", "policy", "frame"],
     "LoopPolicy": ["exec"],
+    "CursorSpec": ["kind", "auth", "claim", "options"],
     "NextRouter": ["spec", "arcs"],
     "NextSpec": ["mode", "on_no_match", "policy"],
     "Arc": ["step", "when", "set", "spec"],

@@ -8,20 +8,15 @@ tables named after itself.
 from __future__ import annotations
 
 import collections
-import signal
-import time
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
-from engine_harness import REPO_ROOT, Engine
-from worker_procs import Workers, wait_until
+from engine_harness import Engine
 
-from noetl_pg import db
-from noetl_pg.credentials import MappingCredentialResolver, put_credential
-from noetl_pg.errors import PlaybookError
+from noetl_pg.credentials import MappingCredentialResolver
 from noetl_pg.dsl import load_playbook
+from noetl_pg.errors import PlaybookError
 
 
 def _credentials(dsn: str) -> MappingCredentialResolver:
