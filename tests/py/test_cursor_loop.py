@@ -8,13 +8,19 @@ tables named after itself.
 from __future__ import annotations
 
 import collections
+import importlib.util
+import signal
+import sys
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
-from engine_harness import Engine
+from engine_harness import REPO_ROOT, Engine
+from psycopg.conninfo import conninfo_to_dict
+from worker_procs import Workers, wait_until
 
-from noetl_pg.credentials import MappingCredentialResolver
+from noetl_pg.credentials import MappingCredentialResolver, put_credential
 from noetl_pg.dsl import load_playbook
 from noetl_pg.errors import PlaybookError
 
@@ -39,9 +45,10 @@ def _queue(engine: Engine, name: str, rows: int) -> None:
 
 def _claim(table: str, batch: int) -> str:
     return f"""
+          with c as (select id from {table} where status = 'pending'
+                     order by id limit {batch} for update skip locked)
           update {table} q set status = 'claimed', claims = q.claims + 1
-          where q.id in (select id from {table} where status = 'pending'
-                         order by id limit {batch} for update skip locked)
+          from c where q.id = c.id
           returning q.id"""
 
 
@@ -100,6 +107,9 @@ def test_cursor_loop_runs_every_claimed_row_once(cursor_engine: Engine) -> None:
                                                                 "call.done")
                                if e["node_name"] == "drain" and e["iter_index"] is not None)
     assert sorted(done) == list(range(57)) and set(done.values()) == {1}
+    claimed = _events(engine, execution_id, "cursor.claimed")
+    assert sum(e["meta"]["new"] for e in claimed) == 57
+    assert max(e["meta"]["rows"] for e in claimed) == 5, "claims of at most a batch"
     drained = _events(engine, execution_id, "cursor.drained")
     assert sorted(e["meta"]["slot"] for e in drained) == [0, 1, 2]
     claims = engine.sql("select count(*) as n, max(claims) as most from q_basic "
@@ -207,3 +217,115 @@ def test_cursor_loop_keys_dsl() -> None:
             load_playbook(playbook_text)
         assert message in str(raised.value), (message, str(raised.value))
         assert "'drain'" in str(raised.value), "the error names the step"
+
+
+# --- the pft example (examples/pft), reduced --------------------------------------------
+
+PFT = REPO_ROOT / "examples" / "pft"
+PFT_SIZE = {"num_facilities": 3, "patients_per_facility": 200, "claim_batch": 20,
+            "slots": 3, "units_in_flight": 5}
+
+
+def _pft_module() -> Any:
+    """examples/pft/run.py (register, start, credentials)."""
+    spec = importlib.util.spec_from_file_location("pft_run", PFT / "run.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # its dataclass looks its module up
+    spec.loader.exec_module(module)
+    return module
+
+
+def _assert_pft_complete(engine: Engine, execution_id: int) -> dict[str, Any]:
+    """200/200 for every facility and data type, nothing doubled: one result row per
+    patient and type, and each cursor loop holds each claimed row once with one done
+    outcome per item. Returns the per-patient tool runs (above 1: run again)."""
+    final = engine.wait(execution_id, timeout=600)
+    assert final["status"] == "COMPLETED", final["error"]
+    patients = PFT_SIZE["patients_per_facility"]
+    assert final["result"]["complete"] == f"{patients}/{patients}"
+    counts = engine.sql(
+        "select facility_id, data_type, count(*) as n, count(distinct patient_id) as d "
+        "from pft_result where run_id = %s group by 1, 2 order by 1, 2", execution_id)
+    assert len(counts) == PFT_SIZE["num_facilities"] * 5
+    assert {(row["n"], row["d"]) for row in counts} == {(patients, patients)}
+    queue = engine.sql("select status, count(*) as n from pft_work_queue where run_id = %s "
+                       "group by 1", execution_id)
+    assert queue == [{"status": "done", "n": 3 * 200 * 5}]
+    loops = engine.sql(
+        "select l.loop_id, l.total, l.done, l.failed, count(li.*) as items, "
+        "count(distinct li.row_key) as keys, count(distinct li.item_value) as rows "
+        "from noetl.loop l join noetl.execution e on e.execution_id = l.execution_id "
+        "join noetl.loop_item li on li.loop_id = l.loop_id "
+        "where e.parent_execution_id = %s and l.mode = 'cursor' group by l.loop_id",
+        execution_id)
+    assert len(loops) == 15
+    for loop in loops:
+        assert (loop["total"], loop["done"], loop["failed"], loop["items"], loop["keys"],
+                loop["rows"]) == (200, 200, 0, 200, 200, 200), loop
+    done = engine.sql(
+        "select ev.loop_id, ev.iter_index, count(*) as n from noetl.event ev "
+        "join noetl.execution e on e.execution_id = ev.execution_id "
+        "where e.parent_execution_id = %s and ev.event_type = 'call.done' "
+        "and ev.iter_index is not null and ev.node_name = 'fetch' group by 1, 2",
+        execution_id)
+    assert len(done) == 15 * 200 and {row["n"] for row in done} == {1}, \
+        "each claimed row's result recorded once"
+    return {(r["facility_id"], r["data_type"], r["patient_id"]): r["runs"] for r in engine.sql(
+        "select facility_id, data_type, patient_id, runs from pft_result where run_id = %s",
+        execution_id)}
+
+
+def test_pft_example_reduced_end_to_end(fresh_engine: Engine) -> None:
+    """3 facilities x 200 patients x 5 data types: 200/200 everywhere, every patient's
+    tool run exactly once (no worker died)."""
+    pft, engine = _pft_module(), fresh_engine
+    pft.register(engine.dsn)
+    with engine.worker(slots=4, credentials=pft.credentials(engine.dsn)):
+        execution_id = pft.start(engine.dsn, PFT_SIZE)
+        runs = _assert_pft_complete(engine, execution_id)
+    assert set(runs.values()) == {1}
+
+
+@pytest.fixture
+def workers(fresh_dsn: str, tmp_path: Path) -> Iterator[Workers]:
+    pool = Workers(fresh_dsn, tmp_path, heartbeat_seconds="0.2", claim_timeout_seconds="1.5")
+    try:
+        yield pool
+    finally:
+        pool.close()
+
+
+def test_pft_example_survives_a_sigkilled_worker(fresh_engine: Engine, workers: Workers) -> None:
+    """The same with two `noetl worker` processes, one SIGKILLed a third of the way in:
+    still 200/200 everywhere and nothing doubled; the victim's claims were taken back
+    (the engine re-offered its rows, no reclaim SQL), and only rows it held ran twice."""
+    pft, engine = _pft_module(), fresh_engine
+    fields = conninfo_to_dict(engine.dsn)
+    put_credential(engine.dsn, "pft_pg", "postgres", {
+        "db_host": fields.get("host", "127.0.0.1"), "db_port": fields.get("port", "5432"),
+        "db_user": fields.get("user", "postgres"), "db_name": fields["dbname"]})
+    pft.register(engine.dsn)
+    workers.start("victim", concurrency=4)
+    workers.start("survivor", concurrency=4)
+    execution_id = pft.start(engine.dsn, PFT_SIZE)
+    wait_until(lambda: engine.sql("select count(*) as n from pft_result where run_id = %s",
+                                  execution_id)[0]["n"] >= 1000,
+               timeout=300, what="1000 results written")
+    workers.signal("victim", signal.SIGKILL)
+    wait_until(lambda: not engine.sql("select 1 from pg_stat_activity "
+                                      "where application_name = 'noetl worker victim'"),
+               what="the victim's backends to exit")
+    held = engine.sql("select c.kind, c.iter_index, c.loop_id from noetl.command c "
+                      "where c.status = 'claimed' and c.claimed_by = 'victim'")
+    runs = _assert_pft_complete(engine, execution_id)
+    reaped = engine.sql("select ev.meta from noetl.event ev where ev.event_type = "
+                        "'command.reaped'")
+    assert held and len(reaped) >= len(held), "the victim's claims were taken back"
+    assert {r["meta"]["worker_id"] for r in reaped} == {"victim"}
+    twice = [key for key, count in runs.items() if count > 1]
+    assert max(runs.values()) <= 2
+    assert len(twice) <= len([h for h in held if h["kind"] != "cursor"]), \
+        "only rows whose iteration the victim held ran again"
+    assert engine.sql("select count(*) as n from noetl.event where event_type = "
+                      "'command.failed'") == [{"n": 0}]
