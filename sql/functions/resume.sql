@@ -19,7 +19,8 @@
 --   COMPLETED (22023, naming its status); nothing is left to resume (22023).
 --   The raise rolls back the whole call (the execution stays as it was).
 --   Not handled: a command of another branch that finished after the execution failed has
---   its result recorded but is not routed again.
+--   its result recorded but is not routed again. A cursor loop to reopen raises 22023
+--   (nothing changes): rerun from its step instead.
 create or replace function noetl.resume_execution(p_execution_id bigint)
 returns integer
 language plpgsql
@@ -94,6 +95,12 @@ begin
         order by l.loop_id
         for update
     loop
+        if v_loop.mode = 'cursor' then
+            -- Its slots drained; what to claim again is the playbook's table's business.
+            raise exception 'execution %: step "%" is a cursor loop, which cannot be '
+                'resumed: rerun the execution from that step', p_execution_id,
+                v_loop.step_name using errcode = '22023';
+        end if;
         -- A loop closes once per loop_id (event_loop_close_once_idx): the reopened loop,
         -- its items and its commands take a new id, so its second close is a new one.
         v_old_loop_id := v_loop.loop_id;

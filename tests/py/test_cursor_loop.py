@@ -309,8 +309,9 @@ def test_pft_example_survives_a_sigkilled_worker(fresh_engine: Engine, workers: 
     workers.start("victim", concurrency=4)
     workers.start("survivor", concurrency=4)
     execution_id = pft.start(engine.dsn, PFT_SIZE)
-    wait_until(lambda: engine.sql("select count(*) as n from pft_result where run_id = %s",
-                                  execution_id)[0]["n"] >= 1000,
+    wait_until(lambda: engine.sql("select to_regclass('pft_result') as t")[0]["t"]
+               and engine.sql("select count(*) as n from pft_result where run_id = %s",
+                              execution_id)[0]["n"] >= 1000,
                timeout=300, what="1000 results written")
     workers.signal("victim", signal.SIGKILL)
     wait_until(lambda: not engine.sql("select 1 from pg_stat_activity "

@@ -3,7 +3,7 @@
 -- failed claim, stale claims. `work` is a python step with a cursor loop, then `after`.
 
 begin;
-select plan(30);
+select plan(31);
 
 select lives_ok(
     $$select * from noetl.register_playbook('tap/cursor', '', '{
@@ -239,6 +239,13 @@ select is(
         inner join noetl.command as c on l.command_id = c.command_id
     ),
     '(done,1,1,failed)', 'the failed claim is a failed item and the loop step fails'
+);
+
+select throws_like(
+    $$select noetl.resume_execution(l.execution_id) from t_fail, noetl.loop as l
+      where l.loop_id = t_fail.loop_id$$,
+    '%is a cursor loop, which cannot be resumed%',
+    'a failed cursor loop is not resumed (rerun it)'
 );
 
 -- The building blocks, called directly.
