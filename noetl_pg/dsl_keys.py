@@ -433,16 +433,18 @@ class _Checker:
             raise self.fail((*path[:-1], "in"), "a loop has `in` or `cursor`, not both")
         if cursor.get("options") is not None:
             options = self.keys(cursor["options"], (*path, "options"), "loop.cursor.options")
-            key = options.get("key")
-            if key is not None and (not isinstance(key, list) or not key or not all(
-                    isinstance(column, str) and column for column in key)):
+            columns = options.get("key")
+            if columns is not None and (not isinstance(columns, list) or not columns or not all(
+                    isinstance(column, str) and column for column in columns)):
                 raise self.fail((*path, "options", "key"), "must be a list of column names")
-        spec = loop.get("spec") if isinstance(loop.get("spec"), Mapping) else {}
+        raw_spec = loop.get("spec")
+        spec: Mapping[str, Any] = raw_spec if isinstance(raw_spec, Mapping) else {}
         mode = spec.get("mode", loop.get("mode"))
         if mode not in (None, "cursor"):
             raise self.fail((*path[:-1], "spec", "mode"), f"a cursor loop runs in mode "
                             f"'cursor', not {mode!r}")
-        policy = spec.get("policy") if isinstance(spec.get("policy"), Mapping) else {}
+        raw_policy = spec.get("policy")
+        policy: Mapping[str, Any] = raw_policy if isinstance(raw_policy, Mapping) else {}
         if policy.get("exec") == "distributed" or spec.get("loop_mode") == "fanout":
             raise self.fail((*path[:-1], "spec"), "a cursor loop cannot be a fan-out "
                             "(spec.policy.exec: distributed, spec.loop_mode: fanout): its "
