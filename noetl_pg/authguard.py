@@ -95,6 +95,9 @@ def _tool_auths(step: Mapping[str, Any]) -> Iterator[tuple[str, Any]]:
     for index, tool in enumerate(tools if isinstance(tools, list) else []):
         if isinstance(tool, Mapping) and "auth" in tool:
             yield ("tool.auth" if len(tools) == 1 else f"tool[{index}].auth"), tool["auth"]
+    cursor = (step.get("loop") or {}).get("cursor")
+    if isinstance(cursor, Mapping) and "auth" in cursor:
+        yield "loop.cursor.auth", cursor["auth"]
 
 
 def check_inline_secrets(spec: Mapping[str, Any], text: str, *, playbook: str) -> None:

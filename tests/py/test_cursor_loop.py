@@ -330,3 +330,14 @@ def test_pft_example_survives_a_sigkilled_worker(fresh_engine: Engine, workers: 
         "only rows whose iteration the victim held ran again"
     assert engine.sql("select count(*) as n from noetl.event where event_type = "
                       "'command.failed'") == [{"n": 0}]
+
+
+def test_cursor_auth_naming_a_workload_secret_is_refused(engine: Engine) -> None:
+    """loop.cursor.auth is checked like tool.auth at registration: a workload entry it
+    names may not hold a literal password."""
+    text = _playbook("q_secret", batch=1, slots=1, tool=PYTHON_ROW).replace(
+        "auth: cursor_db", 'auth: "{{ db }}"').replace(
+        "workflow:", "workload:\n  db: {db_host: h, db_password: hunter2}\nworkflow:", 1)
+    with pytest.raises(PlaybookError, match="secret is written inline") as raised:
+        engine.register(text)
+    assert "workload.db.db_password" in str(raised.value)
