@@ -74,7 +74,8 @@ def _loop_text(state: dict[str, Any], step: str) -> str:
     loop = (state.get("loop") or {}).get(step)
     if not loop:
         return ""
-    text = f"{loop['done']}/{loop['total']}"
+    # A cursor loop's total is unknown until its cursor drains.
+    text = f"{loop['done']}/{'?' if loop['total'] is None else loop['total']}"
     if loop["failed"]:
         text += f" ({loop['failed']} failed)"
     fanout = (state.get("fanout") or {}).get(step)
@@ -146,7 +147,7 @@ class LoopRates:
         if elapsed < 0.5 or finished <= first_count:
             return ""
         rate = (finished - first_count) / elapsed
-        remaining = max(int(loop["total"]) - finished, 0)
+        remaining = 0 if loop["total"] is None else max(int(loop["total"]) - finished, 0)
         eta = f", ETA {remaining / rate:.0f}s" if remaining else ""
         return f" {rate:.1f}/s{eta}"
 

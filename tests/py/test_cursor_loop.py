@@ -341,3 +341,18 @@ def test_cursor_auth_naming_a_workload_secret_is_refused(engine: Engine) -> None
     with pytest.raises(PlaybookError, match="secret is written inline") as raised:
         engine.register(text)
     assert "workload.db.db_password" in str(raised.value)
+
+
+def test_status_shows_a_running_cursor_loop_without_a_total(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """`noetl status` of a cursor loop still claiming: done/? and no ETA (its total is
+    unknown until its cursor drains), where it used to raise on the missing total."""
+    from noetl_pg import cli_status
+
+    loop = {"loop_id": 1, "total": None, "done": 7, "failed": 1, "completed": False}
+    assert cli_status._loop_text({"loop": {"drain": loop}}, "drain").startswith("7/? (1 failed)")
+    clock = iter([100.0, 110.0])
+    monkeypatch.setattr(cli_status.time, "monotonic", lambda: next(clock))
+    rates = cli_status.LoopRates()
+    rates.text("drain", {**loop, "done": 0, "failed": 0})
+    assert rates.text("drain", loop) == " 0.8/s"
