@@ -7,7 +7,6 @@ Both follow the execution to its end like `noetl run` (in-process workers unless
 from __future__ import annotations
 
 import click
-import psycopg
 
 from noetl_pg import db
 from noetl_pg.cli_common import (
@@ -21,6 +20,7 @@ from noetl_pg.cli_common import (
     wants_json,
 )
 from noetl_pg.cli_run import follow_to_end
+from noetl_pg.errors import DatabaseError
 
 
 def _follow(dsn: str, execution_id: int, *, runtime: str, concurrency: int, as_json: bool,
@@ -73,10 +73,10 @@ def register_resume_commands(main: click.Group) -> None:
         as_json = wants_json(as_json)
         dsn = get_dsn("migrate-embedded")
         require_execution(dsn, execution_id, as_json)
-        with db.connect(dsn) as conn:
+        with db.connection(dsn) as conn:
             try:
                 row = db.fetch_one(conn, "resume_execution", execution_id=execution_id)
-            except psycopg.Error as exc:
+            except DatabaseError as exc:
                 fail(sql_message(exc), as_json=as_json)
         assert row is not None
         if not as_json:
@@ -100,11 +100,11 @@ def register_resume_commands(main: click.Group) -> None:
         as_json = wants_json(as_json)
         dsn = get_dsn("migrate-embedded")
         require_execution(dsn, execution_id, as_json)
-        with db.connect(dsn) as conn:
+        with db.connection(dsn) as conn:
             try:
                 row = db.fetch_one(conn, "rerun_execution", execution_id=execution_id,
                                    from_step=from_step)
-            except psycopg.Error as exc:
+            except DatabaseError as exc:
                 fail(sql_message(exc), as_json=as_json)
         assert row is not None
         new_id = int(row["execution_id"])

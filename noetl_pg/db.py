@@ -3,8 +3,8 @@
 Every statement the engine runs lives in a file of `sql/queries/` (one file per concern,
 `engine.sql` for the worker's hot path) under a `-- name: <name>` header and is run by name
 (`fetch_all`, `fetch_one`, `execute`); a name defined in two files is an error. Statements
-that need an identifier (a database name) are built by the database itself with
-`format(%I)` and run with `execute_built`. Outside this module only user SQL runs as text
+that need an identifier (a database name) are built by the database itself
+(quote_ident) and run with `execute_built`. Outside this module only user SQL runs as text
 (`noetl query`, the postgres/duckdb/transfer tools on the user's databases) and the files of
 `sql/migrations/` and `sql/functions/` (noetl_pg.migrate); tests/py/test_db_layer.py checks.
 
@@ -37,6 +37,7 @@ from functools import cache
 from typing import Any
 
 import psycopg
+from psycopg.conninfo import conninfo_to_dict
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 from psycopg_pool import ConnectionPool, PoolTimeout
@@ -111,7 +112,7 @@ def query(name: str) -> str:
         raise KeyError(f"no query named {name!r} in {sql_root() / 'queries'}") from None
 
 
-def fetch_all(conn: psycopg.Connection[Any], name: str, **params: Any) -> list[dict[str, Any]]:
+def fetch_all(conn: psycopg.Connection[Any], name: str, /, **params: Any) -> list[dict[str, Any]]:
     """Run the named query; its rows. Driver errors as `database_error`."""
     try:
         return list(conn.execute(query(name), _adapt(params)).fetchall())
@@ -119,7 +120,7 @@ def fetch_all(conn: psycopg.Connection[Any], name: str, **params: Any) -> list[d
         raise database_error(exc, name) from exc
 
 
-def fetch_one(conn: psycopg.Connection[Any], name: str, **params: Any) -> dict[str, Any] | None:
+def fetch_one(conn: psycopg.Connection[Any], name: str, /, **params: Any) -> dict[str, Any] | None:
     """Run the named query; its first row or None. Driver errors as `database_error`."""
     try:
         row: dict[str, Any] | None = conn.execute(query(name), _adapt(params)).fetchone()
@@ -128,7 +129,7 @@ def fetch_one(conn: psycopg.Connection[Any], name: str, **params: Any) -> dict[s
     return row
 
 
-def execute(conn: psycopg.Connection[Any], name: str, **params: Any) -> None:
+def execute(conn: psycopg.Connection[Any], name: str, /, **params: Any) -> None:
     """Run the named statement for its effect (LISTEN, an update). Errors as `fetch_all`."""
     try:
         conn.execute(query(name), _adapt(params))
@@ -136,9 +137,9 @@ def execute(conn: psycopg.Connection[Any], name: str, **params: Any) -> None:
         raise database_error(exc, name) from exc
 
 
-def execute_built(conn: psycopg.Connection[Any], name: str, **params: Any) -> int:
-    """Run the statements the named query builds (rows with a `statement` column, made with
-    `format(%I, %L)` in SQL, for what takes an identifier: CREATE DATABASE, COMMENT ON);
+def execute_built(conn: psycopg.Connection[Any], name: str, /, **params: Any) -> int:
+    """Run the statements the named query builds (rows with a `statement` column, quoted by
+    quote_ident/quote_literal in SQL, for what takes an identifier: CREATE DATABASE, COMMENT ON);
     returns how many ran. Errors as `fetch_all`."""
     statements = [row["statement"] for row in _rows_as_dicts(conn, name, params)]
     for statement in statements:
@@ -169,8 +170,9 @@ def _adapt(params: dict[str, Any]) -> dict[str, Any]:
 def database_error(exc: psycopg.Error, query_name: str | None = None) -> DatabaseError:
     """The project's exception for a driver error: the one mapping (raise it `from exc`).
 
-    DatabaseUnavailable: no SQLSTATE (client side: refused, reset, closed), class 08, an
-    administrator or crash shutdown, too many connections, a pool timeout.
+    DatabaseUnavailable: a lost connection on the client side (refused, reset, closed, a
+    pool timeout), class 08, an administrator or crash shutdown, too many connections.
+    DatabaseError itself: another client-side error (a statement the driver cannot send).
     DatabaseTransient: serialization failure, deadlock, lock or statement timeout, resources.
     DatabaseRefused: everything else (a function's raise, a constraint, bad input)."""
     if isinstance(exc, DatabaseError):  # pragma: no cover - defensive, never a driver error
@@ -179,7 +181,11 @@ def database_error(exc: psycopg.Error, query_name: str | None = None) -> Databas
     diag = getattr(exc, "diag", None)
     message = ((diag.message_primary if diag is not None else None) or str(exc)).strip()
     kind: type[DatabaseError]
-    if state is None or state.startswith(_UNAVAILABLE_STATES):
+    if state is None:
+        # Client side: a lost connection, or a statement the driver could not send.
+        lost = isinstance(exc, psycopg.OperationalError | psycopg.InterfaceError)
+        kind = DatabaseUnavailable if lost else DatabaseError
+    elif state.startswith(_UNAVAILABLE_STATES):
         kind = DatabaseUnavailable
     elif state.startswith(_TRANSIENT_STATES):
         kind = DatabaseTransient
@@ -217,14 +223,23 @@ def connect(dsn: str, *, application_name: str | None = None,
             autocommit: bool = True) -> Connection:
     """A connection of its own (dict rows; prepared statements after 2 uses, the default),
     closed by the caller or its `with` block. DatabaseUnavailable when it cannot be opened."""
-    options: dict[str, Any] = {}
+    options = _defaults(dsn)
     if application_name:
         options["application_name"] = application_name[:63]
     try:
-        return psycopg.connect(dsn, autocommit=autocommit, row_factory=dict_row,
-                               connect_timeout=CONNECT_TIMEOUT_SECONDS, **options)
+        return psycopg.connect(dsn, autocommit=autocommit, row_factory=dict_row, **options)
     except psycopg.Error as exc:
         raise DatabaseUnavailable(_connect_message(exc), sqlstate=exc.sqlstate) from exc
+
+
+def _defaults(dsn: str) -> dict[str, Any]:
+    """Connection options the DSN does not set itself: a connect timeout (a server cut off
+    by the network fails in seconds, not at the TCP timeout) and a name for
+    pg_stat_activity."""
+    given = conninfo_to_dict(dsn)
+    defaults: dict[str, Any] = {"connect_timeout": CONNECT_TIMEOUT_SECONDS,
+                                "application_name": "noetl"}
+    return {key: value for key, value in defaults.items() if key not in given}
 
 
 def _connect_message(exc: psycopg.Error) -> str:
@@ -248,9 +263,7 @@ def _pool(dsn: str) -> ConnectionPool[Connection]:
             pool = ConnectionPool(
                 dsn, min_size=0, max_size=POOL_MAX_SIZE, max_idle=POOL_MAX_IDLE_SECONDS,
                 timeout=POOL_TIMEOUT_SECONDS, check=ConnectionPool.check_connection,
-                kwargs={"autocommit": True, "row_factory": dict_row,
-                        "connect_timeout": CONNECT_TIMEOUT_SECONDS,
-                        "application_name": "noetl pool"},
+                kwargs={"autocommit": True, "row_factory": dict_row, **_defaults(dsn)},
                 name="noetl", open=True)
             _pools[dsn] = pool
     return pool

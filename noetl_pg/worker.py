@@ -11,7 +11,8 @@ thread proves the worker alive every `heartbeat_interval` seconds
 skip it under an advisory lock). If NOTIFY is lost (reconnect, restart) slots still poll
 every `poll_interval` seconds, so nothing waits forever.
 
-On a broken connection a slot reconnects with backoff and sends its outcomes again: an
+On a broken connection a slot reconnects (noetl_pg.db.Reconnect: jittered exponential
+backoff) and sends its outcomes again: an
 outcome that had committed is then refused as stale, so a retry never applies twice.
 `stop()` (SIGTERM) lets each slot finish the batch it holds, claims nothing more, and
 releases anything still claimed.
@@ -30,12 +31,12 @@ from functools import partial
 from typing import Any
 
 import psycopg
-from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
 from noetl_pg import db, settings
 from noetl_pg.credentials import DatabaseCredentialResolver
 from noetl_pg.dsl import Playbook
+from noetl_pg.errors import DatabaseError, DatabaseTransient
 from noetl_pg.executor import CommandRunner, Outcome
 from noetl_pg.keychain import RedactingFilter, SecretRedactor
 from noetl_pg.logs import store_command_logs
@@ -196,8 +197,7 @@ class Worker:
     def _connect(self) -> psycopg.Connection[dict[str, Any]]:
         """A connection named after this worker in pg_stat_activity (application_name), so a
         DBA, or a test that killed the worker, can tell which backends are its."""
-        return psycopg.connect(self.dsn, autocommit=True, row_factory=dict_row,
-                               application_name=f"noetl worker {self.worker_id}"[:63])
+        return db.connect(self.dsn, application_name=f"noetl worker {self.worker_id}")
 
     def _register(self, conn: psycopg.Connection[Any]) -> None:
         db.fetch_one(conn, "register_worker", worker_id=self.worker_id,
@@ -219,7 +219,7 @@ class Worker:
                 row = db.fetch_one(conn, "stop_worker", worker_id=self.worker_id)
                 if row and row["released"]:
                     log.info("released %d claimed commands", row["released"])
-        except psycopg.Error as exc:
+        except DatabaseError as exc:
             log.warning("could not release claims on stop: %s", exc)
         for resource in self._resources.values():
             close = getattr(resource, "close", None)
@@ -247,25 +247,25 @@ class Worker:
                 self._wake.wait(self.poll_interval)
 
     def _listen(self) -> None:
-        backoff = 0.1
+        reconnect = db.Reconnect("listener")
         while not self._stopping.is_set():
             try:
                 with self._connect() as conn:
-                    conn.execute("listen noetl_command")
-                    conn.execute("listen noetl_cancel")
-                    backoff = 0.1
+                    db.execute(conn, "listen_commands")
+                    db.execute(conn, "listen_cancel")
+                    reconnect.succeeded()
                     # Anything notified while we were not listening is picked up now.
                     self._wake_all()
                     while not self._stopping.is_set():
-                        for notify in conn.notifies(timeout=0.5, stop_after=1):
+                        for notify in db.notifies(conn, 0.5):
                             if notify.channel == "noetl_cancel" and notify.payload.isdigit():
                                 self._cancel_running(int(notify.payload))
                             else:
                                 self._wake_all()
-            except psycopg.OperationalError as exc:
-                log.warning("listener lost its connection (%s); retrying in %.1fs", exc, backoff)
-                self._stopping.wait(backoff)
-                backoff = min(backoff * 2, 5.0)
+            except DatabaseTransient as exc:
+                delay = reconnect.failed(exc)
+                log.warning("listener lost its connection (%s); retrying in %.1fs", exc, delay)
+                self._stopping.wait(delay)
 
     def _heartbeat(self) -> None:
         """Heartbeat, then reap, every interval, on one connection (reopened when lost)."""
@@ -288,7 +288,7 @@ class Worker:
                     log.warning("took back %d claims whose reply was lost", row["reaped"])
                 if self._housekeeping is not None:
                     self._housekeeping(conn)
-            except psycopg.Error as exc:
+            except (DatabaseError, psycopg.Error) as exc:
                 log.warning("heartbeat failed: %s", exc)
                 if conn is not None:
                     conn.close()
@@ -305,31 +305,31 @@ class Worker:
     # --- slots -----------------------------------------------------------------------
 
     def _slot(self) -> None:
-        backoff = 0.1
+        reconnect = db.Reconnect("slot")
         pending: list[Outcome] = []
         while True:
             try:
                 with self._connect() as conn:
-                    backoff = 0.1
+                    reconnect.succeeded()
                     conn.add_notice_handler(_log_refusal)
                     runner = self._runner(conn)
                     pending = self._serve(conn, runner, pending)
                     return
-            except psycopg.OperationalError as exc:
+            except DatabaseTransient as exc:
                 if self._stopping.is_set() and not pending:
                     return
-                log.warning("slot lost its connection (%s); retrying in %.1fs", exc, backoff)
-                time.sleep(backoff)
-                backoff = min(backoff * 2, 5.0)
+                delay = reconnect.failed(exc)
+                log.warning("slot lost its connection (%s); retrying in %.1fs", exc, delay)
+                time.sleep(delay)
             except Exception:
                 # A bug must not silently leave the worker with fewer slots: log it and
                 # serve again. Claims this slot held are taken back by the orphan sweep.
                 if self._stopping.is_set():
                     return
-                log.exception("slot failed unexpectedly; restarting it in %.1fs", backoff)
+                delay = reconnect.failed(RuntimeError("unexpected error"))
+                log.exception("slot failed unexpectedly; restarting it in %.1fs", delay)
                 pending = []
-                time.sleep(backoff)
-                backoff = min(backoff * 2, 5.0)
+                time.sleep(delay)
 
     def _runner(self, conn: psycopg.Connection[Any]) -> CommandRunner:
         return CommandRunner(
@@ -423,9 +423,9 @@ class Worker:
         claim_n = 0 if self._stopping.is_set() else claim_size
         try:
             return self._apply(conn, outcomes, claim_n)
-        except psycopg.OperationalError:
+        except DatabaseTransient:
             raise
-        except psycopg.Error as exc:
+        except DatabaseError as exc:
             log.warning("batch of %d outcomes failed (%s); applying one by one",
                         len(outcomes), exc)
         rows: list[dict[str, Any]] = []
@@ -449,7 +449,7 @@ class Worker:
         if not fallbacks:
             return db.fetch_all(conn, "finish_and_claim", worker_id=self.worker_id,
                                 outcomes=Jsonb(outcomes), kinds=self.kinds, n=claim_n)
-        with conn.transaction():
+        with db.transaction(conn):
             db.fetch_one(conn, "record_store_fallbacks", fallbacks=Jsonb(fallbacks))
             return db.fetch_all(conn, "finish_and_claim", worker_id=self.worker_id,
                                 outcomes=Jsonb(outcomes), kinds=self.kinds, n=claim_n)
@@ -457,15 +457,15 @@ class Worker:
     def _finish_one(self, conn: psycopg.Connection[Any], outcome: Outcome) -> list[dict[str, Any]]:
         try:
             return self._apply(conn, [outcome], 0)
-        except psycopg.OperationalError:
+        except DatabaseTransient:
             raise
-        except psycopg.Error as exc:
+        except DatabaseError as exc:
             # The outcome itself cannot be applied (e.g. a loop collection the database
             # rejects): record it as the command's failure so the run does not hang.
             failure = {"op": "fail", "command_id": outcome["command_id"],
                        "attempt": outcome["attempt"], "claim": outcome.get("claim"),
                        "retry_delay": None,
-                       "error": self._redact(str(exc.diag.message_primary or exc))}
+                       "error": self._redact(exc.message)}
             return db.fetch_all(conn, "finish_and_claim", worker_id=self.worker_id,
                                 outcomes=Jsonb([failure]), kinds=self.kinds, n=0)
 

@@ -1,7 +1,7 @@
 -- Statements of the schema and server administration code: migrations (noetl_pg/migrate.py),
 -- comments (noetl_pg/comments.py), roles (noetl_pg/roles.py), databases
 -- (noetl_pg/runtime.py, noetl_pg/testdb.py). Those that need an identifier return the
--- statement to run, built here with format(%I, %L) (noetl_pg.db.execute_built).
+-- statement to run, quoted here by quote_ident/quote_literal (noetl_pg.db.execute_built).
 
 -- name: schema_tables_present
 -- Whether the migration bookkeeping tables exist (a database noetl never migrated has none).
@@ -46,16 +46,17 @@ set local check_function_bodies = off;
 
 -- name: comment_on_function_statements
 -- COMMENT ON statements for every overload of noetl.<name>.
-select format('comment on function %s is %L', p.oid::regprocedure, %(comment)s) as statement
+select
+    'comment on function ' || p.oid::regprocedure::text
+    || ' is ' || quote_literal(%(comment)s) as statement
 from pg_proc as p
 where p.pronamespace = 'noetl'::regnamespace and p.proname = %(name)s;
 
 -- name: comment_on_relation_statements
 -- The COMMENT ON statement for table or view noetl.<name>, when it exists as that kind.
 select
-    format(
-        'comment on %s %I.%I is %L', %(kind)s, 'noetl', c.relname, %(comment)s
-    ) as statement
+    'comment on ' || %(kind)s || ' noetl.' || quote_ident(c.relname)
+    || ' is ' || quote_literal(%(comment)s) as statement
 from pg_class as c
 where
     c.relnamespace = 'noetl'::regnamespace
@@ -77,12 +78,26 @@ where datname = %(name)s;
 
 -- name: database_create_statements
 -- The CREATE DATABASE statement for the name.
-select format('create database %I', %(name)s::text) as statement;
+select 'create database ' || quote_ident(%(name)s) as statement;
 
 -- name: database_drop_statements
 -- DROP DATABASE for the name, closing its other sessions first.
-select format('drop database if exists %I with (force)', %(name)s::text) as statement;
+select 'drop database if exists ' || quote_ident(%(name)s) || ' with (force)' as statement;
 
 -- name: server_probe
 -- A round trip that needs nothing (whether the server answers).
 select 1 as answered;
+
+-- name: schema_bootstrap
+-- The schema and the migration bookkeeping tables, before the first migration.
+create schema if not exists noetl;
+create table if not exists noetl.schema_migrations (
+    version text primary key,
+    checksum text not null,
+    applied_at timestamptz not null default now()
+);
+create table if not exists noetl.schema_functions (
+    singleton boolean primary key default true check (singleton),
+    digest text not null,
+    loaded_at timestamptz not null default now()
+);
