@@ -243,7 +243,8 @@ def _defaults(dsn: str) -> dict[str, Any]:
 
 
 def _connect_message(exc: psycopg.Error) -> str:
-    return (str(exc).strip().splitlines() or [type(exc).__name__])[-1]
+    # The first line names the server and the reason; the rest is libpq's hint.
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
 
 
 _pools: dict[str, ConnectionPool[Connection]] = {}
