@@ -6,6 +6,9 @@ Both follow the execution to its end like `noetl run` (in-process workers unless
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any, TypeVar
+
 import click
 
 from noetl_pg import db
@@ -45,7 +48,10 @@ def _follow(dsn: str, execution_id: int, *, runtime: str, concurrency: int, as_j
             projector.join(timeout=30)
 
 
-def _options(command: click.Command) -> click.Command:
+CommandFunction = TypeVar("CommandFunction", bound=Callable[..., Any])
+
+
+def _options(command: CommandFunction) -> CommandFunction:
     for option in reversed([
         click.option("--wait/--no-wait", default=True, show_default=True,
                      help="Follow the execution to its end (exit like `noetl run`)."),

@@ -56,7 +56,8 @@ def parse_payload(payload: str | None, sets: tuple[str, ...]) -> dict[str, Any]:
             value[key] = json.loads(raw)
         except json.JSONDecodeError:
             value[key] = raw
-    return value
+    payload_object: dict[str, Any] = value
+    return payload_object
 
 
 def start_target(conn: psycopg.Connection[Any], target: str, payload: dict[str, Any],

@@ -270,7 +270,7 @@ def put_credential(
         with db.connection(dsn) as conn:
             db.fetch_one(conn, "credential_put", credential=name, credential_type=credential_type,
                          public_data=public, secret_data=sealed,
-                         key_id=encryption_key.key_id if sealed else None)
+                         key_id=encryption_key.key_id if sealed and encryption_key else None)
     except DatabaseError as exc:
         raise _database_error(name, "stored", exc) from None
     return sorted(public), sorted(secret)

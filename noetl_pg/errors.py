@@ -6,6 +6,8 @@ input without reading a traceback.
 
 from __future__ import annotations
 
+from typing import Any
+
 
 class NoetlError(Exception):
     """Base class for every error noetl-pg raises on purpose."""
@@ -49,7 +51,8 @@ class TemplateError(NoetlError):
 class ToolError(NoetlError):
     """A tool ran and failed. `output` is what policy rules see as `output.*`."""
 
-    def __init__(self, message: str, *, output: dict | None = None, kind: str = "error") -> None:
+    def __init__(self, message: str, *, output: dict[str, Any] | None = None,
+                 kind: str = "error") -> None:
         super().__init__(message)
         self.message = message
         self.output = output or {}
@@ -60,7 +63,7 @@ class ToolError(NoetlError):
 class ToolTimeout(ToolError):
     """A tool exceeded its time budget."""
 
-    def __init__(self, message: str, *, output: dict | None = None) -> None:
+    def __init__(self, message: str, *, output: dict[str, Any] | None = None) -> None:
         super().__init__(message, output=output, kind="timeout")
 
 

@@ -101,9 +101,9 @@ class CommandRunner:
                 return {**base, "op": "loop", **self._loop(step, namespace)}
             outcome = self._scrub(self._step(step, command, namespace, playbook, results))
             _refuse_unstorable(outcome)
-            targets = self._fused_targets(step, command, namespace, outcome, playbook)
+            fused = self._fused_targets(step, command, namespace, outcome, playbook)
             outcome = self._store_result(step, command, outcome)
-            return {**base, **outcome, **({"targets": targets} if targets is not None else {})}
+            return {**base, **outcome, **({"targets": fused} if fused is not None else {})}
         except NoetlError as exc:
             message = str(exc) if isinstance(exc, _CauseKept) else f"step '{step.step}': {exc}"
             return {**base, "op": "fail", "error": self._redact(message), "retry_delay": None}

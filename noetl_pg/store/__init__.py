@@ -23,7 +23,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO, cast
 
 from noetl_pg import db as engine_db
 from noetl_pg import settings
@@ -449,15 +449,18 @@ def _ref_uri(ref: RefLike) -> str:
 
 def _replayable(source: BinaryIO | Iterable[bytes]) -> Callable[[], Iterator[bytes]]:
     """A callable giving the source's blocks from the start on each call (for fallback)."""
-    if hasattr(source, "read") and hasattr(source, "seekable") and source.seekable():
-        start = source.tell()
+    if hasattr(source, "read"):
+        stream = cast(BinaryIO, source)
+        if hasattr(stream, "seekable") and stream.seekable():
+            start = stream.tell()
 
-        def rewound() -> Iterator[bytes]:
-            source.seek(start)
-            return iter_file(source)
+            def rewound() -> Iterator[bytes]:
+                stream.seek(start)
+                return iter_file(stream)
 
-        return rewound
-    return _OneShot(iter_file(source) if hasattr(source, "read") else iter(source))
+            return rewound
+        return _OneShot(iter_file(stream))
+    return _OneShot(iter(source))
 
 
 class _OneShot:

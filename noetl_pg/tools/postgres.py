@@ -351,6 +351,7 @@ def worker_pools(resources: dict[str, Any]) -> PostgresPools:
         max_size = settings.current().pg_pool_max_size or int(slots or DEFAULT_POOL_MAX_SIZE)
         with _pools_lock:
             pools = resources.setdefault(PostgresTool.kind, PostgresPools(max(max_size, 1)))
+    assert isinstance(pools, PostgresPools)
     return pools
 
 
