@@ -37,9 +37,10 @@ from noetl_pg import db, settings
 from noetl_pg.credentials import DatabaseCredentialResolver
 from noetl_pg.dsl import Playbook
 from noetl_pg.errors import DatabaseError, DatabaseTransient
-from noetl_pg.executor import CommandRunner, Outcome
+from noetl_pg.executor import CommandRunner
 from noetl_pg.keychain import RedactingFilter, SecretRedactor
 from noetl_pg.logs import store_command_logs
+from noetl_pg.protocol import ClaimedCommand, Outcome, claimed, failure
 from noetl_pg.slot_share import SharedClaims, StepTimings, context_group
 from noetl_pg.store import ResultStore
 from noetl_pg.stream import DbPartialRecorder, EngineConnectionLost
@@ -296,7 +297,7 @@ class Worker:
         if conn is not None:
             conn.close()
 
-    def _hold(self, rows: list[dict[str, Any]]) -> None:
+    def _hold(self, rows: list[ClaimedCommand]) -> None:
         self._held[threading.current_thread().name] = frozenset(r["command_id"] for r in rows)
 
     def _held_ids(self) -> list[int]:
@@ -348,7 +349,7 @@ class Worker:
         """Claim, run and finish until stopped. Outcomes not yet sent are kept in `pending`
         (the caller's list survives a reconnect) and sent first on the next connection."""
         sizer = ClaimSizer(self.batch_size)
-        rows: list[dict[str, Any]] = []
+        rows: list[ClaimedCommand] = []
         if pending:
             rows = self._finish(conn, pending, sizer.size)
             pending.clear()
@@ -360,8 +361,8 @@ class Worker:
                 if self._stopping.is_set():
                     return pending
                 generation = self._wake_generation
-                rows = db.fetch_all(conn, "claim_commands", worker_id=self.worker_id,
-                                    kinds=self.kinds, n=sizer.size)
+                rows = claimed(db.fetch_all(conn, "claim_commands", worker_id=self.worker_id,
+                                            kinds=self.kinds, n=sizer.size))
                 self._hold(rows)
                 if not rows:
                     self._wait_for_work(generation)
@@ -378,7 +379,7 @@ class Worker:
             rows = self._finish(conn, outcomes, 0 if len(self._shared) else sizer.size)
             pending.clear()
 
-    def _run_batch(self, runner: CommandRunner, rows: list[dict[str, Any]]) -> list[Outcome]:
+    def _run_batch(self, runner: CommandRunner, rows: list[ClaimedCommand]) -> list[Outcome]:
         # claim rows carry the context (what the step reads) on the first row of each
         # group of one execution, step, kind and loop-or-not only (noetl.describe_commands).
         contexts: dict[tuple[Any, ...], Mapping[str, Any]] = {}
@@ -400,7 +401,7 @@ class Worker:
         return outcomes
 
     def _run_one(
-        self, runner: CommandRunner, row: Mapping[str, Any], context: Mapping[str, Any]
+        self, runner: CommandRunner, row: ClaimedCommand, context: Mapping[str, Any]
     ) -> Outcome:
         try:
             return runner.run(row, context)
@@ -410,16 +411,15 @@ class Worker:
             raise lost.connection_error from None
         except Exception as exc:  # a bug or an unexpected library error: fail the command
             log.exception("command %s failed unexpectedly", row["command_id"])
-            return {"op": "fail", "command_id": row["command_id"], "attempt": row["attempt"],
-                    "error": self._redact(f"step '{row['step_name']}': internal error: {exc}"),
-                    "retry_delay": None}
+            return failure(row["command_id"], row["attempt"],
+                           self._redact(f"step '{row['step_name']}': internal error: {exc}"))
         finally:
             with self._running_lock:
                 self._running.pop(row["command_id"], None)
 
     def _finish(
         self, conn: psycopg.Connection[Any], outcomes: list[Outcome], claim_size: int
-    ) -> list[dict[str, Any]]:
+    ) -> list[ClaimedCommand]:
         claim_n = 0 if self._stopping.is_set() else claim_size
         try:
             return self._apply(conn, outcomes, claim_n)
@@ -428,17 +428,17 @@ class Worker:
         except DatabaseError as exc:
             log.warning("batch of %d outcomes failed (%s); applying one by one",
                         len(outcomes), exc)
-        rows: list[dict[str, Any]] = []
+        rows: list[ClaimedCommand] = []
         for outcome in outcomes:
             rows += self._finish_one(conn, outcome)
         if claim_n:
-            rows += db.fetch_all(conn, "claim_commands", worker_id=self.worker_id,
-                                 kinds=self.kinds, n=claim_n)
+            rows += claimed(db.fetch_all(conn, "claim_commands", worker_id=self.worker_id,
+                                         kinds=self.kinds, n=claim_n))
         return rows
 
     def _apply(
         self, conn: psycopg.Connection[Any], outcomes: list[Outcome], claim_n: int
-    ) -> list[dict[str, Any]]:
+    ) -> list[ClaimedCommand]:
         """finish_and_claim; a result that fell back to a lower store tier first gets its
         `result.store.fallback` warning events, in the same transaction."""
         fallbacks = [
@@ -447,14 +447,14 @@ class Worker:
             for outcome in outcomes if outcome.get("store_fallbacks")
         ]
         if not fallbacks:
-            return db.fetch_all(conn, "finish_and_claim", worker_id=self.worker_id,
-                                outcomes=Jsonb(outcomes), kinds=self.kinds, n=claim_n)
+            return claimed(db.fetch_all(conn, "finish_and_claim", worker_id=self.worker_id,
+                                        outcomes=Jsonb(outcomes), kinds=self.kinds, n=claim_n))
         with db.transaction(conn):
             db.fetch_one(conn, "record_store_fallbacks", fallbacks=Jsonb(fallbacks))
-            return db.fetch_all(conn, "finish_and_claim", worker_id=self.worker_id,
-                                outcomes=Jsonb(outcomes), kinds=self.kinds, n=claim_n)
+            return claimed(db.fetch_all(conn, "finish_and_claim", worker_id=self.worker_id,
+                                        outcomes=Jsonb(outcomes), kinds=self.kinds, n=claim_n))
 
-    def _finish_one(self, conn: psycopg.Connection[Any], outcome: Outcome) -> list[dict[str, Any]]:
+    def _finish_one(self, conn: psycopg.Connection[Any], outcome: Outcome) -> list[ClaimedCommand]:
         try:
             return self._apply(conn, [outcome], 0)
         except DatabaseTransient:
@@ -462,12 +462,10 @@ class Worker:
         except DatabaseError as exc:
             # The outcome itself cannot be applied (e.g. a loop collection the database
             # rejects): record it as the command's failure so the run does not hang.
-            failure = {"op": "fail", "command_id": outcome["command_id"],
-                       "attempt": outcome["attempt"], "claim": outcome.get("claim"),
-                       "retry_delay": None,
-                       "error": self._redact(exc.message)}
-            return db.fetch_all(conn, "finish_and_claim", worker_id=self.worker_id,
-                                outcomes=Jsonb([failure]), kinds=self.kinds, n=0)
+            refused = failure(outcome["command_id"], outcome["attempt"],
+                              self._redact(exc.message), claim=outcome.get("claim"))
+            return claimed(db.fetch_all(conn, "finish_and_claim", worker_id=self.worker_id,
+                                        outcomes=Jsonb([refused]), kinds=self.kinds, n=0))
 
     def _cancel_running(self, execution_id: int) -> None:
         """NOTIFY noetl_cancel: skip what is not started, stop what is running."""

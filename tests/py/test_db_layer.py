@@ -1,5 +1,5 @@
 """The one database layer (noetl_pg/db.py): statements by name, a pool, mapped errors, one
-reconnect policy.
+reconnect policy; and the worker protocol's types (noetl_pg/protocol.py) against the SQL.
 
 The source checks read noetl_pg/ (and workers/) as text: SQL statements live in sql/ only,
 and only the database layer opens connections. The rest runs against the test database.
@@ -15,10 +15,12 @@ from pathlib import Path
 
 import psycopg
 import pytest
+from psycopg.types.json import Jsonb
 
 from noetl_pg import db
 from noetl_pg.cli_status import fetch_progress
 from noetl_pg.errors import DatabaseError, DatabaseRefused, DatabaseUnavailable
+from noetl_pg.protocol import CLAIMED_COMMAND_COLUMNS, OUTCOME_OPS, as_outcome
 from noetl_pg.store import ResultStore
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -251,3 +253,62 @@ def test_a_daemon_policy_never_gives_up() -> None:
     for _ in range(100):
         clock.now += 3600.0
         assert policy.failed(OSError("down")) <= 5.0
+
+
+# --- the worker protocol's types ------------------------------------------------------
+
+RESULT_COLUMNS = """
+select
+    p.oid::regprocedure::text as signature,
+    coalesce(
+        (select array_agg(a.attname::text order by a.attnum)
+         from pg_attribute as a join pg_type as t on t.typrelid = a.attrelid
+         where t.oid = p.prorettype and a.attnum > 0 and not a.attisdropped),
+        (select array_agg(u.name order by u.position)
+         from unnest(p.proargnames, p.proargmodes) with ordinality as u (name, mode, position)
+         where u.mode = 't')
+    ) as columns
+from pg_proc as p
+where p.pronamespace = 'noetl'::regnamespace and p.proname = %s
+"""
+
+
+def _called_function(query_name: str) -> str:
+    """The noetl function a named query calls (whatever version it is at)."""
+    match = re.search(r"noetl\.(\w+)\(", db.query(query_name))
+    assert match, query_name
+    return match[1]
+
+
+@pytest.mark.parametrize("query_name", ["claim_commands", "finish_and_claim"])
+def test_claimed_command_matches_the_claim_functions(dsn: str, query_name: str) -> None:
+    with db.connect(dsn) as conn:
+        rows = conn.execute(RESULT_COLUMNS, (_called_function(query_name),)).fetchall()
+        assert rows
+        for row in rows:
+            assert tuple(row["columns"]) == CLAIMED_COMMAND_COLUMNS, row["signature"]
+        claimed_rows = db.fetch_all(conn, query_name, worker_id="nobody", kinds=["none"], n=1,
+                                    **({"outcomes": Jsonb([])} if query_name != "claim_commands"
+                                       else {}))
+    assert claimed_rows == []
+
+
+def test_outcome_types_are_the_ops_finish_and_claim_applies(dsn: str) -> None:
+    function = _called_function("finish_and_claim")
+    with db.connect(dsn) as conn:
+        sources = [row["prosrc"] for row in conn.execute(
+            "select prosrc from pg_proc where pronamespace = 'noetl'::regnamespace "
+            "and proname = %s", (function,))]
+    assert sources
+    for source in sources:
+        cases = set(re.findall(r"when '(\w+)' then", source))
+        assert cases == OUTCOME_OPS
+
+
+def test_an_outcome_finish_and_claim_would_refuse_is_named() -> None:
+    assert as_outcome({"op": "done", "command_id": 3, "attempt": 1, "result": 1,
+                       "ctx_set": None})["op"] == "done"
+    with pytest.raises(ValueError, match=r"command 3: fail outcome without error, retry_delay"):
+        as_outcome({"op": "fail", "command_id": 3, "attempt": 1})
+    with pytest.raises(ValueError, match="command 3: unknown outcome op 'finish'"):
+        as_outcome({"op": "finish", "command_id": 3, "attempt": 1})
