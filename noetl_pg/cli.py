@@ -350,7 +350,9 @@ def worker_group() -> None:
               show_default="one per CPU, 2..8", type=click.IntRange(min=1),
               help="Slots (commands at once).")
 @click.option("--kinds", help="Comma-separated command kinds to serve (default: all).")
-@click.option("--worker-id", help="Stable id for this worker (default: host-pid-random).")
+@click.option("--worker-id", envvar="NOETL_WORKER_ID",
+              help="Stable id for this worker, also from NOETL_WORKER_ID "
+                   "(default: host-pid-random).")
 @click.option("--batch-size", default=16, show_default=True, type=click.IntRange(min=1))
 @click.option("--projector/--no-projector", "with_projector", default=True, show_default=True,
               help="Also fold events into execution.state (projection shards are shared).")
@@ -392,6 +394,39 @@ def worker_start(concurrency: int | None, kinds: str | None, worker_id: str | No
     if wants_json(as_json):
         click.echo(dumps({"worker_id": worker.worker_id, "seconds": round(seconds, 3)}))
     err_console.print(f"worker stopped after {seconds:.1f}s")
+
+
+@worker_group.command("probe")
+@click.option("--worker-id", envvar="NOETL_WORKER_ID", required=True,
+              help="The worker to check (also from NOETL_WORKER_ID).")
+@click.option("--max-age", type=click.FloatRange(min=0, min_open=True),
+              help="Oldest heartbeat that counts as alive, in seconds "
+                   "[default: 3 heartbeat intervals (NOETL_WORKER_HEARTBEAT_SECONDS)].")
+@json_option
+def worker_probe(worker_id: str, max_age: float | None, as_json: bool) -> None:
+    """Health probe: exit 0 while worker WORKER_ID is running and heartbeating, 1 when it
+    stopped, is silent for longer than --max-age or is unknown (or the database is down).
+
+    Kubernetes' liveness and readiness probes and operators run it (workers/)."""
+    from noetl_pg.worker import DEFAULT_HEARTBEAT_SECONDS, _seconds_from_env
+
+    limit = max_age or 3 * _seconds_from_env("NOETL_WORKER_HEARTBEAT_SECONDS",
+                                             DEFAULT_HEARTBEAT_SECONDS)
+    with db.connection(get_dsn("none")) as conn:
+        row = db.fetch_one(conn, "worker_probe", worker_id=worker_id)
+    if row is None:
+        fail(f"worker {worker_id} is not registered", EXIT_FAILED, as_json=as_json)
+    age = float(row["heartbeat_age_seconds"])
+    report = {"worker_id": worker_id, "running": row["running"], "slots": row["slots"],
+              "heartbeat_age_seconds": round(age, 3), "max_age_seconds": limit}
+    if not row["running"]:
+        fail(f"worker {worker_id} has stopped", EXIT_FAILED, as_json=as_json)
+    if age > limit:
+        fail(f"worker {worker_id}: last heartbeat {age:.1f}s ago (limit {limit:g}s)",
+             EXIT_FAILED, as_json=as_json)
+    emit(report, as_json, lambda: console.print(
+        f"worker {worker_id} alive: {row['slots']} slots, heartbeat {age:.1f}s ago",
+        highlight=False))
 
 
 main.add_command(credential_group(get_dsn))
