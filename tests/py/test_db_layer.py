@@ -28,7 +28,7 @@ PACKAGE = ROOT / "noetl_pg"
 
 # What an SQL statement looks like (the project writes SQL in lower case).
 SQL_TEXT = re.compile(
-    r"\b(select\s+.*\bfrom\b|select\s+\w+\s*\(|insert\s+into|update\s+\S+\s+set\b"
+    r"\b(select\s+.*\bfrom\b|select\s+[\w.]+\s*\(|insert\s+into|update\s+\S+\s+set\b"
     r"|delete\s+from|create\s+(database|table|schema|index|or\s+replace|function|role)\b"
     r"|drop\s+(database|table|schema|function)\b|listen\s+\w+|notify\s+\w+|set\s+local\b"
     r"|comment\s+on\b|pg_advisory|set_config\s*\()",
@@ -88,6 +88,7 @@ def test_no_sql_statement_outside_sql_folder() -> None:
 def test_the_sql_check_finds_a_statement(tmp_path: Path) -> None:
     # The pattern catches what the files held before they moved to sql/queries/.
     for statement in ("select * from noetl.result_ref_get(%s)", "listen noetl_command",
+                      "select noetl.result_blob_delete(%s, %s)",
                       "insert into noetl.schema_migrations (version) values (%s)",
                       "set local check_function_bodies = off",
                       "select pg_advisory_lock(%s)"):
