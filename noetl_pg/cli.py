@@ -350,9 +350,8 @@ def worker_group() -> None:
               show_default="one per CPU, 2..8", type=click.IntRange(min=1),
               help="Slots (commands at once).")
 @click.option("--kinds", help="Comma-separated command kinds to serve (default: all).")
-@click.option("--worker-id", envvar="NOETL_WORKER_ID",
-              help="Stable id for this worker, also from NOETL_WORKER_ID "
-                   "(default: host-pid-random).")
+@click.option("--worker-id", help="Stable id for this worker (default: NOETL_WORKER_ID, "
+                                   "else host-pid-random).")
 @click.option("--batch-size", default=16, show_default=True, type=click.IntRange(min=1))
 @click.option("--projector/--no-projector", "with_projector", default=True, show_default=True,
               help="Also fold events into execution.state (projection shards are shared).")
@@ -370,6 +369,7 @@ def worker_start(concurrency: int | None, kinds: str | None, worker_id: str | No
     dsn = get_dsn("migrate")
     concurrency = concurrency or default_slots()
     # A `noetl worker` fires due cron schedules from its heartbeat (`noetl run` does not).
+    worker_id = worker_id or settings.current().worker_id
     worker = build_worker(dsn, slots=concurrency, worker_id=worker_id, batch_size=batch_size,
                           kinds=kinds.split(",") if kinds else None, housekeeping=fire_due)
 
@@ -397,21 +397,21 @@ def worker_start(concurrency: int | None, kinds: str | None, worker_id: str | No
 
 
 @worker_group.command("probe")
-@click.option("--worker-id", envvar="NOETL_WORKER_ID", required=True,
-              help="The worker to check (also from NOETL_WORKER_ID).")
+@click.option("--worker-id", help="The worker to check (default: NOETL_WORKER_ID).")
 @click.option("--max-age", type=click.FloatRange(min=0, min_open=True),
               help="Oldest heartbeat that counts as alive, in seconds "
                    "[default: 3 heartbeat intervals (NOETL_WORKER_HEARTBEAT_SECONDS)].")
 @json_option
-def worker_probe(worker_id: str, max_age: float | None, as_json: bool) -> None:
+def worker_probe(worker_id: str | None, max_age: float | None, as_json: bool) -> None:
     """Health probe: exit 0 while worker WORKER_ID is running and heartbeating, 1 when it
     stopped, is silent for longer than --max-age or is unknown (or the database is down).
 
     Kubernetes' liveness and readiness probes and operators run it (workers/)."""
-    from noetl_pg.worker import DEFAULT_HEARTBEAT_SECONDS, _seconds_from_env
-
-    limit = max_age or 3 * _seconds_from_env("NOETL_WORKER_HEARTBEAT_SECONDS",
-                                             DEFAULT_HEARTBEAT_SECONDS)
+    configured = settings.current()
+    worker_id = worker_id or configured.worker_id
+    if not worker_id:
+        fail("worker probe: give --worker-id or set NOETL_WORKER_ID", as_json=as_json)
+    limit = max_age or 3 * configured.worker_heartbeat_seconds
     with db.connection(get_dsn("none")) as conn:
         row = db.fetch_one(conn, "worker_probe", worker_id=worker_id)
     if row is None:
