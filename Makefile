@@ -32,6 +32,7 @@ run: venv
 
 lint: venv
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy
 	$(VENV)/bin/sqlfluff lint sql/ tests/sql/
 
 pgtap: venv

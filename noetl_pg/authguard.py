@@ -92,9 +92,10 @@ def _tool_auths(step: Mapping[str, Any]) -> Iterator[tuple[str, Any]]:
     tools = step.get("tool")
     if isinstance(tools, Mapping):
         tools = [tools]
-    for index, tool in enumerate(tools if isinstance(tools, list) else []):
+    listed: list[Any] = tools if isinstance(tools, list) else []
+    for index, tool in enumerate(listed):
         if isinstance(tool, Mapping) and "auth" in tool:
-            yield ("tool.auth" if len(tools) == 1 else f"tool[{index}].auth"), tool["auth"]
+            yield ("tool.auth" if len(listed) == 1 else f"tool[{index}].auth"), tool["auth"]
     cursor = (step.get("loop") or {}).get("cursor")
     if isinstance(cursor, Mapping) and "auth" in cursor:
         yield "loop.cursor.auth", cursor["auth"]

@@ -44,7 +44,7 @@ from noetl_pg.cli_resume import register_resume_commands
 from noetl_pg.cli_run import register_run_commands
 from noetl_pg.cli_schedule import schedule_group
 from noetl_pg.cli_status import register_status_commands
-from noetl_pg.errors import NoetlError
+from noetl_pg.errors import DatabaseError, DatabaseUnavailable, NoetlError
 from noetl_pg.migrate import MigrationError, migrate, schema_status
 from noetl_pg.roles import ROLES, apply_roles
 from noetl_pg.runtime import resolve_dsn
@@ -75,6 +75,8 @@ class NoetlGroup(click.Group):
             return super().invoke(ctx)
         except MigrationError as exc:  # includes SchemaBehind
             fail(str(exc), EXIT_USAGE)
+        except DatabaseUnavailable as exc:
+            fail(f"cannot reach the database: {sql_message(exc)}", EXIT_FAILED)
         except NoetlError as exc:
             fail(str(exc), EXIT_USAGE)
         except psycopg.OperationalError as exc:
@@ -144,7 +146,7 @@ def db_roles(as_json: bool) -> None:
     """Create noetl_admin/worker/operator/reader and apply ownership and grants."""
     try:
         present = apply_roles(resolve_dsn(schema="none"))
-    except psycopg.Error as exc:
+    except DatabaseError as exc:
         fail(f"cannot apply roles: {sql_message(exc)}", EXIT_FAILED, as_json=as_json)
     missing = sorted(set(ROLES) - set(present))
     if missing:
@@ -159,7 +161,7 @@ def db_roles(as_json: bool) -> None:
 @json_option
 def query_command(statement: str, as_json: bool) -> None:
     """Run one SQL STATEMENT against the engine database and print its rows."""
-    with db.connect(get_dsn()) as conn:
+    with db.connection(get_dsn()) as conn:
         try:
             cursor = conn.execute(statement)
         except psycopg.Error as exc:
@@ -195,7 +197,7 @@ def catalog_group() -> None:
 def catalog_register(files: tuple[Path, ...], as_json: bool) -> None:
     """Register playbook FILES (a new version only when the text changed)."""
     registered = []
-    with db.connect(get_dsn()) as conn:
+    with db.connection(get_dsn()) as conn:
         for file in files:
             try:
                 entry = register_file(conn, file)
@@ -221,7 +223,7 @@ def catalog_register(files: tuple[Path, ...], as_json: bool) -> None:
 @json_option
 def catalog_list(every_version: bool, as_json: bool) -> None:
     """List registered playbooks: the latest version of each path (--all: every version)."""
-    with db.connect(get_dsn()) as conn:
+    with db.connection(get_dsn()) as conn:
         rows = db.fetch_all(conn, "catalog_list" if every_version else "catalog_latest_list")
 
     def render() -> None:
@@ -242,7 +244,7 @@ def catalog_list(every_version: bool, as_json: bool) -> None:
 @json_option
 def catalog_get(path: str, version: int | None, as_json: bool) -> None:
     """Print the YAML of playbook PATH as registered (--json: with its spec)."""
-    with db.connect(get_dsn()) as conn:
+    with db.connection(get_dsn()) as conn:
         row = db.fetch_one(conn, "catalog_get", path=path, version=version)
     if row is None:
         which = f" version {version}" if version else ""
@@ -291,11 +293,11 @@ def cancel_command(execution_id: int, reason: str, as_json: bool) -> None:
     """Cancel a running execution and its child executions."""
     dsn = get_dsn()
     require_execution(dsn, execution_id, as_json)
-    with db.connect(dsn) as conn:
+    with db.connection(dsn) as conn:
         try:
             row = db.fetch_one(conn, "cancel_execution", execution_id=execution_id,
                                reason=reason)
-        except psycopg.Error as exc:
+        except DatabaseError as exc:
             fail(sql_message(exc), as_json=as_json)
     assert row is not None
     emit({"execution_id": execution_id, "cancelled": row["cancelled"]}, as_json,
@@ -311,7 +313,7 @@ def events_command(execution_id: int, as_json: bool) -> None:
     """List the event history of an execution."""
     dsn = get_dsn()
     require_execution(dsn, execution_id, as_json)
-    with db.connect(dsn) as conn:
+    with db.connection(dsn) as conn:
         rows = db.fetch_all(conn, "execution_events", execution_id=execution_id)
 
     def render() -> None:
@@ -348,7 +350,8 @@ def worker_group() -> None:
               show_default="one per CPU, 2..8", type=click.IntRange(min=1),
               help="Slots (commands at once).")
 @click.option("--kinds", help="Comma-separated command kinds to serve (default: all).")
-@click.option("--worker-id", help="Stable id for this worker (default: host-pid-random).")
+@click.option("--worker-id", help="Stable id for this worker (default: NOETL_WORKER_ID, "
+                                   "else host-pid-random).")
 @click.option("--batch-size", default=16, show_default=True, type=click.IntRange(min=1))
 @click.option("--projector/--no-projector", "with_projector", default=True, show_default=True,
               help="Also fold events into execution.state (projection shards are shared).")
@@ -366,6 +369,7 @@ def worker_start(concurrency: int | None, kinds: str | None, worker_id: str | No
     dsn = get_dsn("migrate")
     concurrency = concurrency or default_slots()
     # A `noetl worker` fires due cron schedules from its heartbeat (`noetl run` does not).
+    worker_id = worker_id or settings.current().worker_id
     worker = build_worker(dsn, slots=concurrency, worker_id=worker_id, batch_size=batch_size,
                           kinds=kinds.split(",") if kinds else None, housekeeping=fire_due)
 
@@ -390,6 +394,39 @@ def worker_start(concurrency: int | None, kinds: str | None, worker_id: str | No
     if wants_json(as_json):
         click.echo(dumps({"worker_id": worker.worker_id, "seconds": round(seconds, 3)}))
     err_console.print(f"worker stopped after {seconds:.1f}s")
+
+
+@worker_group.command("probe")
+@click.option("--worker-id", help="The worker to check (default: NOETL_WORKER_ID).")
+@click.option("--max-age", type=click.FloatRange(min=0, min_open=True),
+              help="Oldest heartbeat that counts as alive, in seconds "
+                   "[default: 3 heartbeat intervals (NOETL_WORKER_HEARTBEAT_SECONDS)].")
+@json_option
+def worker_probe(worker_id: str | None, max_age: float | None, as_json: bool) -> None:
+    """Health probe: exit 0 while worker WORKER_ID is running and heartbeating, 1 when it
+    stopped, is silent for longer than --max-age or is unknown (or the database is down).
+
+    Kubernetes' liveness and readiness probes and operators run it (workers/)."""
+    configured = settings.current()
+    worker_id = worker_id or configured.worker_id
+    if not worker_id:
+        fail("worker probe: give --worker-id or set NOETL_WORKER_ID", as_json=as_json)
+    limit = max_age or 3 * configured.worker_heartbeat_seconds
+    with db.connection(get_dsn("none")) as conn:
+        row = db.fetch_one(conn, "worker_probe", worker_id=worker_id)
+    if row is None:
+        fail(f"worker {worker_id} is not registered", EXIT_FAILED, as_json=as_json)
+    age = float(row["heartbeat_age_seconds"])
+    report = {"worker_id": worker_id, "running": row["running"], "slots": row["slots"],
+              "heartbeat_age_seconds": round(age, 3), "max_age_seconds": limit}
+    if not row["running"]:
+        fail(f"worker {worker_id} has stopped", EXIT_FAILED, as_json=as_json)
+    if age > limit:
+        fail(f"worker {worker_id}: last heartbeat {age:.1f}s ago (limit {limit:g}s)",
+             EXIT_FAILED, as_json=as_json)
+    emit(report, as_json, lambda: console.print(
+        f"worker {worker_id} alive: {row['slots']} slots, heartbeat {age:.1f}s ago",
+        highlight=False))
 
 
 main.add_command(credential_group(get_dsn))

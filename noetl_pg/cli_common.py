@@ -19,6 +19,7 @@ import psycopg
 from rich.console import Console
 
 from noetl_pg import db
+from noetl_pg.errors import DatabaseError
 from noetl_pg.runtime import SchemaPolicy, resolve_dsn
 
 EXIT_FAILED = 1
@@ -64,7 +65,9 @@ def fail(message: str, code: int = EXIT_USAGE, *, as_json: bool = False) -> NoRe
     sys.exit(code)
 
 
-def sql_message(exc: psycopg.Error) -> str:
+def sql_message(exc: psycopg.Error | DatabaseError) -> str:
+    if isinstance(exc, DatabaseError):
+        return exc.message
     return (exc.diag.message_primary if exc.diag is not None else None) or str(exc).strip()
 
 
@@ -74,7 +77,7 @@ def get_dsn(schema: SchemaPolicy = "check") -> str:
 
 def require_execution(dsn: str, execution_id: int, as_json: bool = False) -> None:
     """Exit 2 naming the id when no such execution exists."""
-    with db.connect(dsn) as conn:
+    with db.connection(dsn) as conn:
         row = db.fetch_one(conn, "execution_exists", execution_id=execution_id)
     if not (row and row["known"]):
         fail(f"execution {execution_id} does not exist", as_json=as_json)

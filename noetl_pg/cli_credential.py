@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Any
 
 import click
-import psycopg
 import yaml
 from rich.console import Console
 from rich.table import Table
@@ -38,6 +37,7 @@ from noetl_pg.credentials import (
     put_credential,
     rotate_key,
 )
+from noetl_pg.errors import DatabaseUnavailable
 
 
 def _read_data(data: str | None, file: Path | None) -> dict[str, Any]:
@@ -92,7 +92,7 @@ def credential_group(get_dsn: Callable[[], str]) -> click.Group:
             public, secret = put_credential(get_dsn(), name, credential_type, fields)
         except CredentialError as exc:
             raise click.ClickException(str(exc)) from None
-        except psycopg.OperationalError:
+        except DatabaseUnavailable:
             raise click.ClickException("cannot reach the database") from None
         emit({"name": name, "type": credential_type, "public_fields": list(public),
               "encrypted_fields": list(secret)}, as_json, lambda: click.echo(
@@ -121,7 +121,7 @@ def credential_group(get_dsn: Callable[[], str]) -> click.Group:
             changed = rotate_key(get_dsn(), old_key, new_key, from_pgcrypto=from_pgcrypto)
         except (CredentialError, CredentialKeyError) as exc:
             raise click.ClickException(str(exc)) from None
-        except psycopg.OperationalError:
+        except DatabaseUnavailable:
             raise click.ClickException("cannot reach the database") from None
         click.echo(f"re-encrypted {len(changed)} credential(s) under key id {new_key.key_id}"
                    + (f": {', '.join(changed)}" if changed else ""))
@@ -132,7 +132,7 @@ def credential_group(get_dsn: Callable[[], str]) -> click.Group:
         """List credentials with their non-secret fields."""
         try:
             rows = list_credentials(get_dsn())
-        except psycopg.OperationalError:
+        except DatabaseUnavailable:
             raise click.ClickException("cannot reach the database") from None
         if wants_json(as_json):
             click.echo(dumps(rows))
@@ -181,7 +181,7 @@ def credential_group(get_dsn: Callable[[], str]) -> click.Group:
     @json_option
     def delete(name: str, as_json: bool) -> None:
         """Delete credential NAME (exit 2 when there is none)."""
-        with db.connect(get_dsn()) as conn:
+        with db.connection(get_dsn()) as conn:
             deleted = db.fetch_one(conn, "credential_delete", credential_name=name)
         if deleted is None:
             fail(f"credential '{name}' does not exist", as_json=as_json)

@@ -33,7 +33,7 @@ def register_logs_command(main: click.Group) -> None:
         require_execution(dsn, execution_id, as_json)
         collected: list[dict[str, Any]] = []
         after = 0
-        with db.connect(dsn) as conn:
+        with db.connection(dsn) as conn:
             while True:
                 status = db.fetch_one(conn, "execution_status", execution_id=execution_id)
                 rows = db.fetch_all(conn, "command_log_list", execution_id=execution_id,

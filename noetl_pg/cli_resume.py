@@ -6,8 +6,10 @@ Both follow the execution to its end like `noetl run` (in-process workers unless
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any, TypeVar
+
 import click
-import psycopg
 
 from noetl_pg import db
 from noetl_pg.cli_common import (
@@ -21,6 +23,7 @@ from noetl_pg.cli_common import (
     wants_json,
 )
 from noetl_pg.cli_run import follow_to_end
+from noetl_pg.errors import DatabaseError
 
 
 def _follow(dsn: str, execution_id: int, *, runtime: str, concurrency: int, as_json: bool,
@@ -45,7 +48,10 @@ def _follow(dsn: str, execution_id: int, *, runtime: str, concurrency: int, as_j
             projector.join(timeout=30)
 
 
-def _options(command: click.Command) -> click.Command:
+CommandFunction = TypeVar("CommandFunction", bound=Callable[..., Any])
+
+
+def _options(command: CommandFunction) -> CommandFunction:
     for option in reversed([
         click.option("--wait/--no-wait", default=True, show_default=True,
                      help="Follow the execution to its end (exit like `noetl run`)."),
@@ -73,10 +79,10 @@ def register_resume_commands(main: click.Group) -> None:
         as_json = wants_json(as_json)
         dsn = get_dsn("migrate-embedded")
         require_execution(dsn, execution_id, as_json)
-        with db.connect(dsn) as conn:
+        with db.connection(dsn) as conn:
             try:
                 row = db.fetch_one(conn, "resume_execution", execution_id=execution_id)
-            except psycopg.Error as exc:
+            except DatabaseError as exc:
                 fail(sql_message(exc), as_json=as_json)
         assert row is not None
         if not as_json:
@@ -100,11 +106,11 @@ def register_resume_commands(main: click.Group) -> None:
         as_json = wants_json(as_json)
         dsn = get_dsn("migrate-embedded")
         require_execution(dsn, execution_id, as_json)
-        with db.connect(dsn) as conn:
+        with db.connection(dsn) as conn:
             try:
                 row = db.fetch_one(conn, "rerun_execution", execution_id=execution_id,
                                    from_step=from_step)
-            except psycopg.Error as exc:
+            except DatabaseError as exc:
                 fail(sql_message(exc), as_json=as_json)
         assert row is not None
         new_id = int(row["execution_id"])

@@ -34,7 +34,7 @@ from noetl_pg.cli_common import (
     wants_json,
 )
 from noetl_pg.cli_status import failed_step_trace, follow, print_status
-from noetl_pg.errors import NoetlError
+from noetl_pg.errors import DatabaseError, NoetlError
 from noetl_pg.jsoncheck import storage_problem
 
 
@@ -56,7 +56,8 @@ def parse_payload(payload: str | None, sets: tuple[str, ...]) -> dict[str, Any]:
             value[key] = json.loads(raw)
         except json.JSONDecodeError:
             value[key] = raw
-    return value
+    payload_object: dict[str, Any] = value
+    return payload_object
 
 
 def start_target(conn: psycopg.Connection[Any], target: str, payload: dict[str, Any],
@@ -74,14 +75,14 @@ def start_target(conn: psycopg.Connection[Any], target: str, payload: dict[str, 
         fail(problem)
     try:
         row = db.fetch_one(conn, "start_execution", path=path, payload=payload, version=version)
-    except psycopg.Error as exc:
+    except DatabaseError as exc:
         fail(sql_message(exc))
     assert row is not None
     return path, int(row["execution_id"])
 
 
 def cancel_quietly(dsn: str, execution_id: int, reason: str) -> None:
-    with db.connect(dsn) as conn:
+    with db.connection(dsn) as conn:
         db.fetch_one(conn, "cancel_execution", execution_id=execution_id, reason=reason)
 
 
@@ -143,7 +144,7 @@ def _run(target: str, payload: str | None, sets: tuple[str, ...], version: int |
         worker.start()
         projector.start()
     try:
-        with db.connect(dsn) as conn:
+        with db.connection(dsn) as conn:
             path, execution_id = start_target(conn, target, body, version)
         if not as_json:
             err_console.print(f"execution {execution_id} of {path} started", highlight=False)
@@ -202,7 +203,7 @@ def register_run_commands(main: click.Group) -> None:
                       version: int | None, as_json: bool) -> None:
         """Start an execution of FILE or PATH and print its id (workers do the rest)."""
         dsn = get_dsn()
-        with db.connect(dsn) as conn:
+        with db.connection(dsn) as conn:
             path, execution_id = start_target(conn, target, parse_payload(payload, sets),
                                               version)
         if wants_json(as_json):

@@ -11,11 +11,11 @@ from collections.abc import Callable
 from typing import Any
 
 import click
-import psycopg
 from rich.table import Table
 
 from noetl_pg import db
 from noetl_pg.cli_common import console, emit, fail, json_option, sql_message
+from noetl_pg.errors import DatabaseRefused
 from noetl_pg.schedules import MISSED_POLICIES, ScheduleError, add_schedule, set_paused
 
 
@@ -53,7 +53,7 @@ def schedule_group(get_dsn: Callable[[], str]) -> click.Group:
             missed_policy: str, as_json: bool) -> None:
         """Start PATH on every tick of CRON (5 fields: minute hour day month weekday)."""
         try:
-            with db.connect(get_dsn()) as conn:
+            with db.connection(get_dsn()) as conn:
                 schedule_id = add_schedule(conn, path, cron, timezone_name=timezone_name,
                                            payload=_payload(payload),
                                            missed_policy=missed_policy)
@@ -61,7 +61,7 @@ def schedule_group(get_dsn: Callable[[], str]) -> click.Group:
                            if r["schedule_id"] == schedule_id)
         except ScheduleError as exc:
             fail(str(exc), as_json=as_json)
-        except psycopg.errors.InvalidParameterValue as exc:
+        except DatabaseRefused as exc:
             fail(sql_message(exc), as_json=as_json)
         emit(row, as_json, lambda: console.print(
             f"schedule {schedule_id}: {path} at '{cron}' ({timezone_name}), next run "
@@ -71,7 +71,7 @@ def schedule_group(get_dsn: Callable[[], str]) -> click.Group:
     @json_option
     def list_(as_json: bool) -> None:
         """Every schedule with its next tick, run count and last execution."""
-        with db.connect(get_dsn()) as conn:
+        with db.connection(get_dsn()) as conn:
             rows = db.fetch_all(conn, "schedule_list")
 
         def render() -> None:
@@ -90,7 +90,7 @@ def schedule_group(get_dsn: Callable[[], str]) -> click.Group:
         emit(rows, as_json, render)
 
     def _toggle(schedule_id: int, paused: bool, as_json: bool) -> None:
-        with db.connect(get_dsn()) as conn:
+        with db.connection(get_dsn()) as conn:
             found = set_paused(conn, schedule_id, paused)
         if not found:
             fail(f"schedule {schedule_id} does not exist", as_json=as_json)
@@ -117,7 +117,7 @@ def schedule_group(get_dsn: Callable[[], str]) -> click.Group:
     @json_option
     def delete(schedule_id: int, as_json: bool) -> None:
         """Remove SCHEDULE_ID and its tick history (executions it started stay)."""
-        with db.connect(get_dsn()) as conn:
+        with db.connection(get_dsn()) as conn:
             row = db.fetch_one(conn, "schedule_delete", schedule_id=schedule_id)
         if not (row and row["found"]):
             fail(f"schedule {schedule_id} does not exist", as_json=as_json)

@@ -30,10 +30,13 @@ from noetl_pg.cli_common import (
     json_option,
     wants_json,
 )
+from noetl_pg.errors import DatabaseTransient
 from noetl_pg.projection import Projector
 from noetl_pg.runtime import TERMINAL_STATUSES
 
 EXECUTION_STATUSES = TERMINAL_STATUSES | {"RUNNING"}
+# How long `status --watch` and `noetl run` wait out a database they cannot reach.
+FOLLOW_GIVE_UP_SECONDS = 60.0
 
 console = Console()
 err_console = Console(stderr=True)
@@ -45,7 +48,7 @@ STATUS_COLORS = {"COMPLETED": "green", "FAILED": "red", "CANCELLED": "red",
 
 def fetch_progress(dsn: str, execution_id: int) -> dict[str, Any] | None:
     """The execution row with its projected state and projection lag (None: no such run)."""
-    with db.connect(dsn) as conn:
+    with db.connection(dsn) as conn:
         return db.fetch_one(conn, "execution_progress", execution_id=execution_id)
 
 
@@ -53,7 +56,7 @@ def failed_step_trace(dsn: str, row: dict[str, Any]) -> str | None:
     """The last stderr the failed step of a failed execution printed (its traceback)."""
     if row["status"] != "FAILED" or not row["failed_step"]:
         return None
-    with db.connect(dsn) as conn:
+    with db.connection(dsn) as conn:
         found = db.fetch_one(conn, "command_log_last_stderr", execution_id=row["execution_id"],
                              step_name=row["failed_step"])
     return found["body"] if found else None
@@ -173,10 +176,18 @@ def follow(dsn: str, execution_id: int, *, show: bool, timeout: float | None = N
     deadline = None if timeout is None else time.monotonic() + timeout
     ended_at: float | None = None
     rates = LoopRates()
+    # A database restart while following is waited out; a longer outage ends the follow.
+    reconnect = db.Reconnect(f"following execution {execution_id}",
+                             give_up_after=FOLLOW_GIVE_UP_SECONDS)
     live = Live(console=console, auto_refresh=False, transient=True) if show else None
     with live if live is not None else contextlib.nullcontext():
         while True:
-            row = fetch_progress(dsn, execution_id)
+            try:
+                row = fetch_progress(dsn, execution_id)
+            except DatabaseTransient as exc:
+                time.sleep(reconnect.failed(exc))
+                continue
+            reconnect.succeeded()
             if row is None:
                 raise LookupError(f"execution {execution_id} does not exist")
             if live is not None:
@@ -230,7 +241,7 @@ def register_status_commands(main: click.Group, dsn: Callable[[], str]) -> None:
     def executions_command(status: str | None, path: str | None, limit: int,
                            as_json: bool) -> None:
         """List recent executions."""
-        with db.connect(dsn()) as conn:
+        with db.connection(dsn()) as conn:
             rows = db.fetch_all(conn, "executions_list",
                                 status=status.upper() if status else None, path=path,
                                 row_limit=limit)

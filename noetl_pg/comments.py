@@ -13,8 +13,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import psycopg
-from psycopg import sql
 
+from noetl_pg import db
 from noetl_pg.sqlfiles import sql_files
 
 _CREATE = re.compile(
@@ -63,23 +63,9 @@ def apply_comments(conn: psycopg.Connection[Any], objects: Iterable[Described]) 
     applied = 0
     for item in objects:
         if item.kind == "function":
-            signatures = [row[0] for row in conn.execute(
-                "select p.oid::regprocedure::text from pg_proc as p "
-                "where p.pronamespace = 'noetl'::regnamespace and p.proname = %s",
-                (item.name,))]
-            for signature in signatures:
-                conn.execute(sql.SQL("comment on function {} is {}").format(
-                    sql.SQL(signature), sql.Literal(item.text)))
-                applied += 1
-            continue
-        relkind = conn.execute(
-            "select c.relkind from pg_class as c "
-            "where c.relnamespace = 'noetl'::regnamespace and c.relname = %s",
-            (item.name,)).fetchone()
-        expected = {"table": ("r", "p"), "view": ("v",)}[item.kind]
-        if relkind is None or relkind[0] not in expected:
-            continue
-        conn.execute(sql.SQL("comment on {} {} is {}").format(
-            sql.SQL(item.kind), sql.Identifier("noetl", item.name), sql.Literal(item.text)))
-        applied += 1
+            applied += db.execute_built(conn, "comment_on_function_statements",
+                                        name=item.name, comment=item.text)
+        else:
+            applied += db.execute_built(conn, "comment_on_relation_statements",
+                                        name=item.name, kind=item.kind, comment=item.text)
     return applied

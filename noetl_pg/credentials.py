@@ -20,8 +20,6 @@ from collections.abc import Iterable, Mapping
 from types import MappingProxyType
 from typing import Any
 
-import psycopg
-
 from noetl_pg import db
 from noetl_pg.credential_crypto import (
     KEY_ENV,
@@ -31,7 +29,7 @@ from noetl_pg.credential_crypto import (
     as_key,
     key_from_env,
 )
-from noetl_pg.errors import NoetlError
+from noetl_pg.errors import DatabaseError, DatabaseUnavailable, NoetlError
 
 CREDENTIAL_KEY_ENV = KEY_ENV
 CREDENTIAL_TYPES = ("postgres", "http", "s3", "bearer", "static", "generic")
@@ -144,10 +142,10 @@ def _key(key: CredentialKey | str | None) -> CredentialKey | None:
         raise CredentialError(str(exc)) from None
 
 
-def _database_error(name: str, action: str, exc: psycopg.Error) -> CredentialError:
-    if exc.sqlstate is None:
+def _database_error(name: str, action: str, exc: DatabaseError) -> CredentialError:
+    if isinstance(exc, DatabaseUnavailable):
         return CredentialError(f"credential '{name}' could not be {action}: database unavailable")
-    return CredentialError(exc.diag.message_primary or f"credential '{name}' could not be {action}")
+    return CredentialError(exc.message or f"credential '{name}' could not be {action}")
 
 
 def decrypt_fields(name: str, row: Mapping[str, Any], key: CredentialKey | None) -> dict[str, Any]:
@@ -206,9 +204,9 @@ class DatabaseCredentialResolver:
             if cached and now - cached[0] < self._ttl_seconds:
                 return cached[1]
         try:
-            with db.connect(self._dsn) as conn:
+            with db.connection(self._dsn) as conn:
                 row = db.fetch_one(conn, "credential_get", credential=name)
-        except psycopg.Error as exc:
+        except DatabaseError as exc:
             raise _database_error(name, "read", exc) from None
         assert row is not None  # get_credential raises when the credential is missing
         fields = MappingProxyType(decrypt_fields(name, row, self._key))
@@ -269,18 +267,18 @@ def put_credential(
         )
     sealed = encryption_key.encrypt(name, secret) if secret and encryption_key else None
     try:
-        with db.connect(dsn) as conn:
+        with db.connection(dsn) as conn:
             db.fetch_one(conn, "credential_put", credential=name, credential_type=credential_type,
                          public_data=public, secret_data=sealed,
-                         key_id=encryption_key.key_id if sealed else None)
-    except psycopg.Error as exc:
+                         key_id=encryption_key.key_id if sealed and encryption_key else None)
+    except DatabaseError as exc:
         raise _database_error(name, "stored", exc) from None
     return sorted(public), sorted(secret)
 
 
 def list_credentials(dsn: str) -> list[dict[str, Any]]:
     """Every credential's name, type, public fields, whether it has secrets and their key id."""
-    with db.connect(dsn) as conn:
+    with db.connection(dsn) as conn:
         return db.fetch_all(conn, "credential_list")
 
 
@@ -297,7 +295,7 @@ def rotate_key(
     """
     changed: list[str] = []
     try:
-        with db.connect(dsn, autocommit=False) as conn, conn.transaction():
+        with db.connection(dsn) as conn, db.transaction(conn):
             for row in db.fetch_all(conn, "credential_secrets_for_update"):
                 name = row["name"]
                 if row["cipher"] == "aes-256-gcm" and row["key_id"] == new_key.key_id:
@@ -320,11 +318,10 @@ def rotate_key(
                     raise CredentialError(
                         f'credential "{name}" is encrypted under key id {row["key_id"]}, '
                         "neither the old nor the new key; nothing was changed")
-                conn.execute(db.query("credential_reencrypt"), {
-                    "credential": name, "secret_data": new_key.encrypt(name, secret),
-                    "key_id": new_key.key_id})
+                db.execute(conn, "credential_reencrypt", credential=name,
+                           secret_data=new_key.encrypt(name, secret), key_id=new_key.key_id)
                 changed.append(name)
-    except psycopg.Error as exc:
+    except DatabaseError as exc:
         raise _database_error("*", "re-encrypted", exc) from None
     return changed
 

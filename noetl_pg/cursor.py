@@ -93,10 +93,10 @@ class CursorClaims:
         try:
             with target.transaction(), target.cursor(row_factory=dict_row) as cursor:
                 # The claim was rendered with values escaped for standard strings.
-                cursor.execute("select set_config('standard_conforming_strings', 'on', true)")
+                cursor.execute(db.query("tool_standard_strings"))
                 if options.get("timeout"):
-                    cursor.execute("select set_config('statement_timeout', %s, true)",
-                                   (f"{int(float(options['timeout']) * 1000)}ms",))
+                    cursor.execute(db.query("tool_statement_timeout"),
+                                   {"timeout": f"{int(float(options['timeout']) * 1000)}ms"})
                 cursor.execute(str(spec.get("claim") or ""))
                 rows = [json_safe(dict(row)) for row in cursor.fetchall()] \
                     if cursor.description is not None else []

@@ -635,13 +635,13 @@ def _arc(arc: Any) -> dict[str, Any]:
         return {"step": arc}
     if not isinstance(arc, dict):
         return {"step": arc}
-    arc = dict(spelled_arc(arc))
-    when = arc.get("when")
+    normal: dict[str, Any] = dict(spelled_arc(arc))
+    when = normal.get("when")
     if when is True or (isinstance(when, str) and when.strip().lower() in ("true", "{{ true }}")):
-        arc.pop("when")
+        normal.pop("when")
     elif when is not None and not isinstance(when, str):
-        arc["when"] = str(when)
-    return arc
+        normal["when"] = str(when)
+    return normal
 
 
 def _validation_error(
@@ -665,7 +665,7 @@ def _validation_error(
     return PlaybookError(message, playbook=label, step=step_name, field=field_path, line=line)
 
 
-def _check_graph(playbook: Playbook, label: str, lines: list[int]) -> None:
+def _check_graph(playbook: Playbook, label: str, lines: list[int | None]) -> None:
     seen: dict[str, int] = {}
     for index, step in enumerate(playbook.workflow):
         line = lines[index] if index < len(lines) else None

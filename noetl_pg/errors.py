@@ -6,6 +6,8 @@ input without reading a traceback.
 
 from __future__ import annotations
 
+from typing import Any
+
 
 class NoetlError(Exception):
     """Base class for every error noetl-pg raises on purpose."""
@@ -49,7 +51,8 @@ class TemplateError(NoetlError):
 class ToolError(NoetlError):
     """A tool ran and failed. `output` is what policy rules see as `output.*`."""
 
-    def __init__(self, message: str, *, output: dict | None = None, kind: str = "error") -> None:
+    def __init__(self, message: str, *, output: dict[str, Any] | None = None,
+                 kind: str = "error") -> None:
         super().__init__(message)
         self.message = message
         self.output = output or {}
@@ -60,5 +63,38 @@ class ToolError(NoetlError):
 class ToolTimeout(ToolError):
     """A tool exceeded its time budget."""
 
-    def __init__(self, message: str, *, output: dict | None = None) -> None:
+    def __init__(self, message: str, *, output: dict[str, Any] | None = None) -> None:
         super().__init__(message, output=output, kind="timeout")
+
+
+class DatabaseError(NoetlError):
+    """A statement the engine ran on its own database failed (`noetl_pg.db` maps every
+    driver error to this class or a subclass, in `db.database_error`).
+
+    `sqlstate` is PostgreSQL's error code (None when the failure is on the client side, e.g.
+    a refused connection), `message` the server's primary message (or the driver's), and
+    `query` the name of the statement in sql/queries/ when one was running. The driver's
+    exception is the `__cause__`.
+    """
+
+    def __init__(self, message: str, *, sqlstate: str | None = None,
+                 query: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.sqlstate = sqlstate
+        self.query = query
+
+
+class DatabaseRefused(DatabaseError):
+    """The database refused the statement (a function's `raise`, a constraint, bad input):
+    the same statement on another connection gets the same answer."""
+
+
+class DatabaseTransient(DatabaseError):
+    """The statement may succeed when tried again, on this connection or a new one (a
+    deadlock, a serialization failure, a cancelled statement, a lock timeout)."""
+
+
+class DatabaseUnavailable(DatabaseTransient):
+    """The server cannot be reached, the connection broke, no pooled connection came free
+    in time, or a reconnect policy gave up (its message says after how long)."""

@@ -17,6 +17,7 @@ import logging
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from noetl_pg import protocol
 from noetl_pg.dsl import Playbook, Step
 from noetl_pg.errors import NoetlError, TemplateError, ToolError
 from noetl_pg.jsoncheck import storage_problem
@@ -71,12 +72,13 @@ class CommandRunner:
         # Where a streamed step records its chunks (noetl_pg.stream); None: no streams.
         self._partials = partials
 
-    def run(self, command: Mapping[str, Any], context: Mapping[str, Any]) -> Outcome:
+    def run(self, command: Mapping[str, Any], context: Mapping[str, Any]) -> protocol.Outcome:
+        """Run one claimed command (a ClaimedCommand row); the outcome to send for it."""
         playbook = self._spec_loader(command["catalog_id"])
         step = playbook.step_named(command["step_name"])
         results = CommandResults(self._store) if self._store is not None else None
         try:
-            return self._run(command, context, playbook, step, results)
+            return protocol.as_outcome(self._run(command, context, playbook, step, results))
         finally:
             if results is not None:
                 results.close()
@@ -101,9 +103,9 @@ class CommandRunner:
                 return {**base, "op": "loop", **self._loop(step, namespace, playbook)}
             outcome = self._scrub(self._step(step, command, namespace, playbook, results))
             _refuse_unstorable(outcome)
-            targets = self._fused_targets(step, command, namespace, outcome, playbook)
+            fused = self._fused_targets(step, command, namespace, outcome, playbook)
             outcome = self._store_result(step, command, outcome)
-            return {**base, **outcome, **({"targets": targets} if targets is not None else {})}
+            return {**base, **outcome, **({"targets": fused} if fused is not None else {})}
         except NoetlError as exc:
             message = str(exc) if isinstance(exc, _CauseKept) else f"step '{step.step}': {exc}"
             return {**base, "op": "fail", "error": self._redact(message), "retry_delay": None}

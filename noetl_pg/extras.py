@@ -38,7 +38,7 @@ def require_extra(extra: str, needed_for: str) -> None:
 
 
 def missing_extra_tool(kind: str, extra: str,
-                       config_keys: frozenset[str] = frozenset()) -> type:
+                       config_keys: frozenset[str] = frozenset()) -> type[Any]:
     """A stand-in tool class for `kind` whose every run fails naming the extra to install.
     It declares the kind's `config_keys`, so registration on a machine without the extra
     accepts and refuses the same playbooks as anywhere else."""

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 from noetl_pg.credentials import REDACTED, redact, secret_values
@@ -115,7 +115,7 @@ class Keychain(Mapping[str, Any]):
 
     def __init__(
         self,
-        entries: list[Mapping[str, Any]],
+        entries: Sequence[Mapping[str, Any]] | Mapping[str, Any],
         credentials: CredentialResolver | None,
         scope: Mapping[str, Any],
         redactor: SecretRedactor | None,

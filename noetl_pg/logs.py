@@ -12,9 +12,8 @@ import logging
 from collections.abc import Callable, Mapping
 from typing import Any
 
-import psycopg
-
 from noetl_pg import db
+from noetl_pg.errors import DatabaseError
 
 log = logging.getLogger(__name__)
 
@@ -25,17 +24,15 @@ def store_command_logs(dsn: str, command: Mapping[str, Any], redact: Callable[[s
                        logs: Mapping[str, str]) -> None:
     """Write the non-empty streams of `logs` for `command` (its id, attempt, step, iter)."""
     try:
-        with db.connect(dsn) as conn:
+        with db.connection(dsn) as conn:
             for stream in STREAMS:
                 body = logs.get(stream)
                 if not body:
                     continue
-                conn.execute(db.query("command_log_put"), {
-                    "execution_id": command["execution_id"],
-                    "command_id": command["command_id"], "attempt": command["attempt"],
-                    "step_name": command["step_name"],
-                    "iter_index": command.get("iter_index"), "stream": stream,
-                    "body": redact(body)})
-    except psycopg.Error as exc:
-        log.warning("output of command %s not stored: %s", command["command_id"],
-                    exc.diag.message_primary or exc)
+                db.execute(conn, "command_log_put", execution_id=command["execution_id"],
+                           command_id=command["command_id"], attempt=command["attempt"],
+                           step_name=command["step_name"],
+                           iter_index=command.get("iter_index"), stream=stream,
+                           body=redact(body))
+    except DatabaseError as exc:
+        log.warning("output of command %s not stored: %s", command["command_id"], exc.message)

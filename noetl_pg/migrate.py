@@ -21,25 +21,12 @@ from dataclasses import dataclass, field
 
 import psycopg
 
+from noetl_pg import db
 from noetl_pg.comments import apply_comments, described_objects
 from noetl_pg.sqlfiles import sql_files, sql_root, stem
 
 # Any fixed 64-bit key works; this one is "noetl-migrate" hashed once, kept constant.
 MIGRATION_LOCK_KEY = 7_284_102_663_912_001
-
-BOOTSTRAP = """
-create schema if not exists noetl;
-create table if not exists noetl.schema_migrations (
-    version text primary key,
-    checksum text not null,
-    applied_at timestamptz not null default now()
-);
-create table if not exists noetl.schema_functions (
-    singleton boolean primary key default true check (singleton),
-    digest text not null,
-    loaded_at timestamptz not null default now()
-);
-"""
 
 
 class MigrationError(RuntimeError):
@@ -82,19 +69,18 @@ def functions_digest() -> str:
 
 def schema_status(dsn: str) -> SchemaStatus:
     """Compare the database with the files: two cheap reads, no lock, nothing written."""
-    with psycopg.connect(dsn, autocommit=True) as conn:
-        present = conn.execute("select to_regclass('noetl.schema_migrations') is not null, "
-                               "to_regclass('noetl.schema_functions') is not null").fetchone()
+    with db.connection(dsn) as conn:
+        present = db.fetch_one(conn, "schema_tables_present")
         assert present is not None
-        if not present[0]:
+        if not present["migrations"]:
             return SchemaStatus(missing=True, pending=[stem(p) for p in sql_files("migrations")])
-        recorded = {row[0] for row in conn.execute("select version from noetl.schema_migrations")}
-        loaded = conn.execute("select digest from noetl.schema_functions").fetchone() \
-            if present[1] else None
+        recorded = {row["version"] for row in db.fetch_all(conn, "schema_migrations_applied")}
+        loaded = db.fetch_one(conn, "schema_functions_digest") if present["functions"] else None
     files = {stem(path) for path in sql_files("migrations")}
     pending = sorted(files - recorded)
     return SchemaStatus(missing=False, pending=pending, unknown=sorted(recorded - files),
-                        functions_current=loaded is not None and loaded[0] == functions_digest())
+                        functions_current=loaded is not None
+                        and loaded["digest"] == functions_digest())
 
 
 def ensure_schema(dsn: str, *, migrate_if_behind: bool,
@@ -134,13 +120,12 @@ def migrate(dsn: str, *, reload_functions: bool = False) -> list[str]:
             f"no migration files in {sql_root() / 'migrations'}: the installation is "
             "incomplete (reinstall noetl-pg); nothing was changed"
         )
-    with psycopg.connect(dsn, autocommit=True) as conn:
-        conn.execute("select pg_advisory_lock(%s)", (MIGRATION_LOCK_KEY,))
+    with db.connect(dsn, application_name="noetl migrate") as conn:
+        db.fetch_one(conn, "migration_lock", lock_key=MIGRATION_LOCK_KEY)
         try:
-            conn.execute(BOOTSTRAP)
-            recorded = dict(
-                conn.execute("select version, checksum from noetl.schema_migrations").fetchall()
-            )
+            db.execute(conn, "schema_bootstrap")
+            recorded = {row["version"]: row["checksum"]
+                        for row in db.fetch_all(conn, "schema_migrations_applied")}
             for path in migrations:
                 text = path.read_text()
                 version = stem(path)
@@ -151,42 +136,36 @@ def migrate(dsn: str, *, reload_functions: bool = False) -> list[str]:
                             "add a new migration instead"
                         )
                     continue
-                with conn.transaction():
+                with db.transaction(conn):
                     try:
                         conn.execute(text)
                     except psycopg.Error as exc:
                         raise MigrationError(f"migration {path.name} failed: {exc}") from exc
-                    conn.execute(
-                        "insert into noetl.schema_migrations (version, checksum) values (%s, %s)",
-                        (version, _checksum(text)),
-                    )
+                    db.execute(conn, "schema_migration_record", version=version,
+                               checksum=_checksum(text))
                 applied_now.append(version)
             digest = functions_digest()
-            loaded = conn.execute("select digest from noetl.schema_functions").fetchone()
-            if applied_now or reload_functions or loaded is None or loaded[0] != digest:
+            loaded = db.fetch_one(conn, "schema_functions_digest")
+            if applied_now or reload_functions or loaded is None or loaded["digest"] != digest:
                 _load_functions(conn, digest)
         finally:
-            conn.execute("select pg_advisory_unlock(%s)", (MIGRATION_LOCK_KEY,))
+            db.fetch_one(conn, "migration_unlock", lock_key=MIGRATION_LOCK_KEY)
     return applied_now
 
 
-def _load_functions(conn: psycopg.Connection[tuple[object, ...]], digest: str) -> None:
+def _load_functions(conn: db.Connection, digest: str) -> None:
     """Re-create every function file in one transaction, describe every function, table and
     view from its header comment (noetl_pg/comments.py), and record the files' digest."""
-    with conn.transaction():
+    with db.transaction(conn):
         # Function bodies may call functions from files loaded later.
-        conn.execute("set local check_function_bodies = off")
+        db.execute(conn, "functions_defer_body_checks")
         for path in sql_files("functions"):
             try:
                 conn.execute(path.read_text())
             except psycopg.Error as exc:
                 raise MigrationError(f"functions file {path.name} failed: {exc}") from exc
         apply_comments(conn, described_objects())
-        conn.execute(
-            "insert into noetl.schema_functions (digest) values (%s) on conflict (singleton) "
-            "do update set digest = excluded.digest, loaded_at = now()",
-            (digest,),
-        )
+        db.execute(conn, "schema_functions_record", digest=digest)
 
 
 def main(argv: list[str]) -> int:

@@ -34,7 +34,7 @@ def retry_delay(delay: float, backoff: str | float, attempt: int) -> float:
     if backoff == "linear":
         return delay * attempt
     if backoff == "exponential":
-        return delay * (2 ** (attempt - 1))
+        return delay * (2.0 ** (attempt - 1))
     if isinstance(backoff, int | float) and not isinstance(backoff, bool):
         return delay * (float(backoff) ** (attempt - 1))
     return delay

@@ -7,9 +7,9 @@ over once their lease expires, and the fold resumes from the shard's checkpoint.
 daemon can run one: `noetl projector`, `noetl worker --projector`, or `noetl run`
 in-process.
 
-On a broken connection the projector reconnects with backoff; nothing is lost, because
-each fold and its checkpoint commit together. Any other database error is logged and the
-next round tries again.
+On a broken connection the projector reconnects with backoff (noetl_pg.db.Reconnect);
+nothing is lost, because each fold and its checkpoint commit together. Any other database
+error is logged and the next round tries again.
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ from typing import Any
 import psycopg
 
 from noetl_pg import db, settings
+from noetl_pg.errors import DatabaseError, DatabaseTransient
 
 log = logging.getLogger(__name__)
 
@@ -79,31 +80,31 @@ class Projector:
 
     def run_forever(self) -> None:
         """Fold until `stop()`; then release the leases so peers take over at once."""
-        backoff = 0.1
+        reconnect = db.Reconnect("projector")
         while not self._stopping.is_set():
             try:
-                with db.connect(self.dsn) as conn:
+                with db.connect(self.dsn, application_name=f"noetl {self.owner}") as conn:
                     if self.shard_count is not None:
                         db.fetch_one(conn, "set_projection_shard_count", count=self.shard_count)
-                    backoff = 0.1
+                    reconnect.succeeded()
                     while not self._stopping.is_set():
                         if self.run_once(conn) == 0:
                             self._stopping.wait(self.poll_interval)
                     db.fetch_one(conn, "release_projection_shards", owner=self.owner)
                     return
-            except psycopg.OperationalError as exc:
-                log.warning("projector lost its connection (%s); retrying in %.1fs", exc, backoff)
+            except DatabaseTransient as exc:
+                delay = reconnect.failed(exc)
+                log.warning("projector lost its connection (%s); retrying in %.1fs", exc, delay)
                 self._renewed_at = 0.0
-                self._stopping.wait(backoff)
-                backoff = min(backoff * 2, 5.0)
+                self._stopping.wait(delay)
 
     # --- one round -------------------------------------------------------------------
 
     def run_once(self, conn: psycopg.Connection[Any]) -> int:
         """Renew leases when due, fold one batch of each held shard; returns events folded.
 
-        Raises psycopg.OperationalError when the connection breaks; other database errors
-        are logged and count as nothing folded.
+        Raises DatabaseTransient (DatabaseUnavailable when the connection breaks); other
+        database errors are logged and count as nothing folded.
         """
         try:
             if time.monotonic() - self._renewed_at >= self.lease_seconds / 3:
@@ -119,9 +120,9 @@ class Projector:
                 folded += row["folded"]
             self.folded_events += folded
             return folded
-        except psycopg.OperationalError:
+        except DatabaseTransient:
             raise
-        except psycopg.Error as exc:
+        except DatabaseError as exc:
             log.warning("projection round failed: %s", exc)
             return 0
 

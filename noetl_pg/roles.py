@@ -7,8 +7,7 @@ dropped. Roles are cluster-wide (created when missing); grants are per database.
 
 from __future__ import annotations
 
-import psycopg
-
+from noetl_pg import db
 from noetl_pg.sqlfiles import sql_root
 
 ROLES = ("noetl_admin", "noetl_worker", "noetl_operator", "noetl_reader")
@@ -17,8 +16,7 @@ PRIVILEGES_FILE = "zz_privileges.sql"
 
 def apply_roles(dsn: str) -> list[str]:
     """Apply zz_privileges.sql to the database at `dsn`; the noetl roles that now exist."""
-    with psycopg.connect(dsn, autocommit=True) as conn:
+    with db.connection(dsn) as conn:
         conn.execute((sql_root() / "functions" / PRIVILEGES_FILE).read_text())
-        rows = conn.execute("select rolname from pg_roles where rolname = any(%s)"
-                            " order by rolname", (list(ROLES),)).fetchall()
-    return [row[0] for row in rows]
+        rows = db.fetch_all(conn, "roles_present", roles=list(ROLES))
+    return [row["rolname"] for row in rows]

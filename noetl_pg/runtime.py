@@ -13,8 +13,6 @@ from __future__ import annotations
 import time
 from typing import Any, Literal
 
-import psycopg
-from psycopg import sql
 from psycopg.conninfo import make_conninfo
 
 from noetl_pg import db
@@ -39,12 +37,10 @@ def resolve_dsn(*, schema: SchemaPolicy = "check") -> str:
     if dsn is None:
         server = start_embedded("default")
         dsn = make_conninfo(server, dbname="noetl")
-        with psycopg.connect(make_conninfo(server, dbname="postgres"), autocommit=True) as conn:
-            exists = conn.execute(
-                "select 1 from pg_database where datname = 'noetl'"
-            ).fetchone()
-            if not exists:
-                conn.execute(sql.SQL("create database {}").format(sql.Identifier("noetl")))
+        with db.connect(make_conninfo(server, dbname="postgres")) as conn:
+            row = db.fetch_one(conn, "database_exists", name="noetl")
+            if not (row and row["present"]):
+                db.execute_built(conn, "database_create_statements", name="noetl")
     if schema != "none":
         own = schema == "migrate-embedded" and embedded
         ensure_schema(dsn, migrate_if_behind=schema == "migrate" or own,
@@ -64,7 +60,7 @@ def wait_for_execution(
     """
     deadline = None if timeout is None else time.monotonic() + timeout
     with db.connect(dsn) as conn:
-        conn.execute("listen noetl_execution")
+        db.execute(conn, "listen_executions")
         while True:
             row = db.fetch_one(conn, "execution_status", execution_id=execution_id)
             if row is None:
@@ -75,5 +71,4 @@ def wait_for_execution(
                 return row
             if deadline is not None and time.monotonic() > deadline:
                 raise TimeoutError(f"execution {execution_id} still {row['status']}")
-            for _ in conn.notifies(timeout=poll, stop_after=1):
-                pass
+            db.notifies(conn, poll)

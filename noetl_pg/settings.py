@@ -105,6 +105,10 @@ class Settings(BaseSettings):
         expects="a number of seconds >= 0", ge=0)
 
     # --- workers
+    worker_id: str | None = _setting(
+        None, "the worker's id (`noetl worker start`, `noetl worker probe`)", section=_WORKERS,
+        expects="a worker id",
+        shown_default="host-pid-random; `workers/entrypoint.sh` sets the host name")
     worker_heartbeat_seconds: float = _setting(
         5.0, "how often a worker proves it is alive", section=_WORKERS, expects=_SECONDS, gt=0)
     command_heartbeat_timeout_seconds: float = _setting(

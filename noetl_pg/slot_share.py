@@ -17,6 +17,8 @@ from collections import deque
 from collections.abc import Mapping
 from typing import Any
 
+from noetl_pg.protocol import ClaimedCommand
+
 # Kinds whose commands take no time worth spreading over slots: the worker evaluates
 # routes and renders loop collections itself, and noop does nothing.
 FAST_KINDS = frozenset({"route", "loop", "noop"})
@@ -51,18 +53,18 @@ class SharedClaims:
     """The set-aside commands of one worker, shared by its slots (thread-safe)."""
 
     def __init__(self) -> None:
-        self._rows: deque[dict[str, Any]] = deque()
+        self._rows: deque[ClaimedCommand] = deque()
         self._lock = threading.Lock()
 
-    def split(self, rows: list[dict[str, Any]], timings: StepTimings) -> list[dict[str, Any]]:
+    def split(self, rows: list[ClaimedCommand], timings: StepTimings) -> list[ClaimedCommand]:
         """Keep the first row and rows of fast steps; set the others aside. Every row is
         given its group's context first (see context_group), so a set-aside row runs on
         its own."""
         if len(rows) <= 1:
             return rows
         contexts: dict[tuple[Any, ...], Any] = {}
-        kept: list[dict[str, Any]] = []
-        aside: list[dict[str, Any]] = []
+        kept: list[ClaimedCommand] = []
+        aside: list[ClaimedCommand] = []
         for position, row in enumerate(rows):
             group = context_group(row)
             if row.get("context") is not None:
@@ -74,7 +76,7 @@ class SharedClaims:
                 self._rows.extend(aside)
         return kept
 
-    def take(self, held: dict[str, frozenset[int]], holder: str) -> list[dict[str, Any]]:
+    def take(self, held: dict[str, frozenset[int]], holder: str) -> list[ClaimedCommand]:
         """One set-aside row (or none), recorded as held by `holder` before it leaves."""
         with self._lock:
             if not self._rows:

@@ -133,7 +133,8 @@ def render_tool_config(
     registered workload, without the payload) renders (noetl_pg.authguard)."""
     sql = ({key: raw[key] for key in SQL_TEXT_FIELDS if isinstance(raw.get(key), str)}
            if raw.get("kind") in SQL_TOOL_KINDS else {})
-    config = render_value({key: value for key, value in raw.items() if key not in sql}, scope)
+    config: dict[str, Any] = render_value(
+        {key: value for key, value in raw.items() if key not in sql}, scope)
     for key, source in sql.items():
         config[key] = render_sql(source, scope, step=step)
     if "auth" in raw:

@@ -33,7 +33,7 @@ import psycopg
 from psycopg.types.json import Jsonb
 
 from noetl_pg import db
-from noetl_pg.errors import PlaybookError, ToolError
+from noetl_pg.errors import DatabaseError, DatabaseTransient, PlaybookError, ToolError
 from noetl_pg.jsoncheck import storage_problem
 from noetl_pg.templating import LazyResult
 
@@ -173,11 +173,11 @@ class PartialRecorder(Protocol):
 
 
 class EngineConnectionLost(Exception):
-    """The engine connection broke while a stream recorded a chunk. Not a psycopg error, so
-    the tool that streams (whose own errors are psycopg's or DuckDB's) does not take it for
-    its query's failure; the worker re-raises `connection_error` and reconnects."""
+    """The engine connection broke while a stream recorded a chunk. Not a database error,
+    so the tool that streams (whose own errors are psycopg's or DuckDB's) does not take it
+    for its query's failure; the worker re-raises `connection_error` and reconnects."""
 
-    def __init__(self, connection_error: psycopg.OperationalError) -> None:
+    def __init__(self, connection_error: DatabaseTransient) -> None:
         super().__init__(str(connection_error))
         self.connection_error = connection_error
 
@@ -206,11 +206,11 @@ class DbPartialRecorder:
     def _call(self, name: str, **params: Any) -> dict[str, Any] | None:
         try:
             return db.fetch_one(self._conn, name, **params)
-        except psycopg.OperationalError as exc:
+        except DatabaseTransient as exc:
             raise EngineConnectionLost(exc) from exc
-        except psycopg.Error as exc:
+        except DatabaseError as exc:
             raise ToolError(f"stream: chunk {params.get('chunk_index', '')} not recorded: "
-                            f"{exc.diag.message_primary or exc}") from None
+                            f"{exc.message}") from None
 
 
 class ChunkEmitter:

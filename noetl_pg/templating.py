@@ -56,7 +56,7 @@ _ENV.filters["tojson"] = lambda value: json.dumps(value, default=str)
 _ENV.filters["to_json"] = _ENV.filters["tojson"]
 
 
-class ResultView(dict):
+class ResultView(dict[str, Any]):
     """A step result as templates see it: `.data` may be omitted when there is no `data`."""
 
     def __getattr__(self, name: str) -> Any:
@@ -65,7 +65,7 @@ class ResultView(dict):
         raise AttributeError(name)
 
 
-class ErrorView(dict):
+class ErrorView(dict[str, Any]):
     """`output.error` as templates see it: NoETL's error object (kind, retryable, code,
     status_code, message) that reads as its message inside text (`"failed: {{ error }}"`)."""
 
@@ -97,7 +97,7 @@ def error_view(message: Any, output: Mapping[str, Any] | None = None,
     })
 
 
-class RefDict(dict):
+class RefDict(dict[str, Any]):
     """A ref dict as templates see it: inside text it renders as its `noetl://` URI."""
 
     def __str__(self) -> str:
@@ -121,7 +121,7 @@ class LazyResult:
         return f"LazyResult({self.ref.get('result_ref')!r})"
 
 
-class ResultList(list):
+class ResultList(list[Any]):
     """A list whose ref elements (loop iterations stored by reference) load when read.
 
     len() never loads; indexing loads one element, iterating loads them one by one. As JSON

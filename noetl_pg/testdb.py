@@ -14,11 +14,10 @@ import os
 import sys
 import uuid
 
-import psycopg
-from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
-from noetl_pg import settings
+from noetl_pg import db, settings
+from noetl_pg.errors import DatabaseUnavailable
 
 LOCAL_DSN = "host=127.0.0.1 port=5432 user=postgres dbname=postgres connect_timeout=2"
 
@@ -31,10 +30,11 @@ def server_dsn() -> str:
         if explicit:
             return explicit
         try:
-            with psycopg.connect(LOCAL_DSN):
-                return LOCAL_DSN
-        except psycopg.OperationalError:
+            db.connect(LOCAL_DSN).close()
+        except DatabaseUnavailable:
             pass
+        else:
+            return LOCAL_DSN
     from noetl_pg.embedded import start_embedded
 
     return start_embedded("test", keep_running=True)
@@ -44,8 +44,8 @@ def create_database(prefix: str = "noetl_test") -> str:
     """Create a fresh database on the chosen server and return its DSN."""
     base = server_dsn()
     name = f"{prefix}_{os.getpid()}_{uuid.uuid4().hex[:8]}"
-    with psycopg.connect(base, autocommit=True) as conn:
-        conn.execute(sql.SQL("create database {}").format(sql.Identifier(name)))
+    with db.connect(base) as conn:
+        db.execute_built(conn, "database_create_statements", name=name)
     return make_conninfo(base, dbname=name)
 
 
@@ -54,10 +54,9 @@ def drop_database(dsn: str) -> None:
     params = conninfo_to_dict(dsn)
     name = str(params["dbname"])
     admin = make_conninfo(dsn, dbname="postgres")
-    with psycopg.connect(admin, autocommit=True) as conn:
-        conn.execute(
-            sql.SQL("drop database if exists {} with (force)").format(sql.Identifier(name))
-        )
+    db.close_pools(dsn)
+    with db.connect(admin) as conn:
+        db.execute_built(conn, "database_drop_statements", name=name)
 
 
 def main(argv: list[str]) -> int:

@@ -11,7 +11,8 @@ thread proves the worker alive every `heartbeat_interval` seconds
 skip it under an advisory lock). If NOTIFY is lost (reconnect, restart) slots still poll
 every `poll_interval` seconds, so nothing waits forever.
 
-On a broken connection a slot reconnects with backoff and sends its outcomes again: an
+On a broken connection a slot reconnects (noetl_pg.db.Reconnect: jittered exponential
+backoff) and sends its outcomes again: an
 outcome that had committed is then refused as stale, so a retry never applies twice.
 `stop()` (SIGTERM) lets each slot finish the batch it holds, claims nothing more, and
 releases anything still claimed.
@@ -30,7 +31,6 @@ from functools import partial
 from typing import Any
 
 import psycopg
-from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
 from noetl_pg import db, settings
@@ -38,9 +38,11 @@ from noetl_pg.credentials import DatabaseCredentialResolver
 from noetl_pg.cursor import KIND as CURSOR_KIND
 from noetl_pg.cursor import CursorClaims
 from noetl_pg.dsl import Playbook
-from noetl_pg.executor import CommandRunner, Outcome
+from noetl_pg.errors import DatabaseError, DatabaseTransient
+from noetl_pg.executor import CommandRunner
 from noetl_pg.keychain import RedactingFilter, SecretRedactor
 from noetl_pg.logs import store_command_logs
+from noetl_pg.protocol import ClaimedCommand, Outcome, claimed, failure
 from noetl_pg.slot_share import SharedClaims, StepTimings, context_group
 from noetl_pg.store import ResultStore
 from noetl_pg.stream import DbPartialRecorder, EngineConnectionLost
@@ -201,8 +203,7 @@ class Worker:
     def _connect(self) -> psycopg.Connection[dict[str, Any]]:
         """A connection named after this worker in pg_stat_activity (application_name), so a
         DBA, or a test that killed the worker, can tell which backends are its."""
-        return psycopg.connect(self.dsn, autocommit=True, row_factory=dict_row,
-                               application_name=f"noetl worker {self.worker_id}"[:63])
+        return db.connect(self.dsn, application_name=f"noetl worker {self.worker_id}")
 
     def _register(self, conn: psycopg.Connection[Any]) -> None:
         db.fetch_one(conn, "register_worker", worker_id=self.worker_id,
@@ -224,7 +225,7 @@ class Worker:
                 row = db.fetch_one(conn, "stop_worker", worker_id=self.worker_id)
                 if row and row["released"]:
                     log.info("released %d claimed commands", row["released"])
-        except psycopg.Error as exc:
+        except DatabaseError as exc:
             log.warning("could not release claims on stop: %s", exc)
         for resource in self._resources.values():
             close = getattr(resource, "close", None)
@@ -252,25 +253,25 @@ class Worker:
                 self._wake.wait(self.poll_interval)
 
     def _listen(self) -> None:
-        backoff = 0.1
+        reconnect = db.Reconnect("listener")
         while not self._stopping.is_set():
             try:
                 with self._connect() as conn:
-                    conn.execute("listen noetl_command")
-                    conn.execute("listen noetl_cancel")
-                    backoff = 0.1
+                    db.execute(conn, "listen_commands")
+                    db.execute(conn, "listen_cancel")
+                    reconnect.succeeded()
                     # Anything notified while we were not listening is picked up now.
                     self._wake_all()
                     while not self._stopping.is_set():
-                        for notify in conn.notifies(timeout=0.5, stop_after=1):
+                        for notify in db.notifies(conn, 0.5):
                             if notify.channel == "noetl_cancel" and notify.payload.isdigit():
                                 self._cancel_running(int(notify.payload))
                             else:
                                 self._wake_all()
-            except psycopg.OperationalError as exc:
-                log.warning("listener lost its connection (%s); retrying in %.1fs", exc, backoff)
-                self._stopping.wait(backoff)
-                backoff = min(backoff * 2, 5.0)
+            except DatabaseTransient as exc:
+                delay = reconnect.failed(exc)
+                log.warning("listener lost its connection (%s); retrying in %.1fs", exc, delay)
+                self._stopping.wait(delay)
 
     def _heartbeat(self) -> None:
         """Heartbeat, then reap, every interval, on one connection (reopened when lost)."""
@@ -293,7 +294,7 @@ class Worker:
                     log.warning("took back %d claims whose reply was lost", row["reaped"])
                 if self._housekeeping is not None:
                     self._housekeeping(conn)
-            except psycopg.Error as exc:
+            except (DatabaseError, psycopg.Error) as exc:
                 log.warning("heartbeat failed: %s", exc)
                 if conn is not None:
                     conn.close()
@@ -301,7 +302,7 @@ class Worker:
         if conn is not None:
             conn.close()
 
-    def _hold(self, rows: list[dict[str, Any]]) -> None:
+    def _hold(self, rows: list[ClaimedCommand]) -> None:
         self._held[threading.current_thread().name] = frozenset(r["command_id"] for r in rows)
 
     def _held_ids(self) -> list[int]:
@@ -310,31 +311,31 @@ class Worker:
     # --- slots -----------------------------------------------------------------------
 
     def _slot(self) -> None:
-        backoff = 0.1
+        reconnect = db.Reconnect("slot")
         pending: list[Outcome] = []
         while True:
             try:
                 with self._connect() as conn:
-                    backoff = 0.1
+                    reconnect.succeeded()
                     conn.add_notice_handler(_log_refusal)
                     runner = self._runner(conn)
                     pending = self._serve(conn, runner, pending)
                     return
-            except psycopg.OperationalError as exc:
+            except DatabaseTransient as exc:
                 if self._stopping.is_set() and not pending:
                     return
-                log.warning("slot lost its connection (%s); retrying in %.1fs", exc, backoff)
-                time.sleep(backoff)
-                backoff = min(backoff * 2, 5.0)
+                delay = reconnect.failed(exc)
+                log.warning("slot lost its connection (%s); retrying in %.1fs", exc, delay)
+                time.sleep(delay)
             except Exception:
                 # A bug must not silently leave the worker with fewer slots: log it and
                 # serve again. Claims this slot held are taken back by the orphan sweep.
                 if self._stopping.is_set():
                     return
-                log.exception("slot failed unexpectedly; restarting it in %.1fs", backoff)
+                delay = reconnect.failed(RuntimeError("unexpected error"))
+                log.exception("slot failed unexpectedly; restarting it in %.1fs", delay)
                 pending = []
-                time.sleep(backoff)
-                backoff = min(backoff * 2, 5.0)
+                time.sleep(delay)
 
     def _runner(self, conn: psycopg.Connection[Any]) -> CommandRunner:
         return CommandRunner(
@@ -353,7 +354,7 @@ class Worker:
         """Claim, run and finish until stopped. Outcomes not yet sent are kept in `pending`
         (the caller's list survives a reconnect) and sent first on the next connection."""
         sizer = ClaimSizer(self.batch_size)
-        rows: list[dict[str, Any]] = []
+        rows: list[ClaimedCommand] = []
         if pending:
             rows = self._finish(conn, pending, sizer.size)
             pending.clear()
@@ -365,8 +366,8 @@ class Worker:
                 if self._stopping.is_set():
                     return pending
                 generation = self._wake_generation
-                rows = db.fetch_all(conn, "claim_commands", worker_id=self.worker_id,
-                                    kinds=self.kinds, n=sizer.size)
+                rows = claimed(db.fetch_all(conn, "claim_commands", worker_id=self.worker_id,
+                                            kinds=self.kinds, n=sizer.size))
                 self._hold(rows)
                 if not rows:
                     self._wait_for_work(generation)
@@ -388,8 +389,8 @@ class Worker:
             pending.clear()
 
     def _run_cursor_claims(
-        self, conn: psycopg.Connection[Any], rows: list[dict[str, Any]]
-    ) -> list[dict[str, Any]]:
+        self, conn: psycopg.Connection[Any], rows: list[ClaimedCommand]
+    ) -> list[ClaimedCommand]:
         """Runs the claim commands of cursor loops among `rows` (each applies its own
         outcome, see noetl_pg.cursor); returns the other rows, then the commands those
         claims created already claimed by this worker."""
@@ -404,10 +405,10 @@ class Worker:
                 with self._running_lock:
                     self._running.pop(row["command_id"], None)
         if created:
-            others += db.fetch_all(conn, "cursor_claimed_commands", command_ids=created)
+            others += claimed(db.fetch_all(conn, "cursor_claimed_commands", command_ids=created))
         return others
 
-    def _run_batch(self, runner: CommandRunner, rows: list[dict[str, Any]]) -> list[Outcome]:
+    def _run_batch(self, runner: CommandRunner, rows: list[ClaimedCommand]) -> list[Outcome]:
         # claim rows carry the context (what the step reads) on the first row of each
         # group of one execution, step, kind and loop-or-not only (noetl.describe_commands).
         contexts: dict[tuple[Any, ...], Mapping[str, Any]] = {}
@@ -429,7 +430,7 @@ class Worker:
         return outcomes
 
     def _run_one(
-        self, runner: CommandRunner, row: Mapping[str, Any], context: Mapping[str, Any]
+        self, runner: CommandRunner, row: ClaimedCommand, context: Mapping[str, Any]
     ) -> Outcome:
         try:
             return runner.run(row, context)
@@ -439,35 +440,34 @@ class Worker:
             raise lost.connection_error from None
         except Exception as exc:  # a bug or an unexpected library error: fail the command
             log.exception("command %s failed unexpectedly", row["command_id"])
-            return {"op": "fail", "command_id": row["command_id"], "attempt": row["attempt"],
-                    "error": self._redact(f"step '{row['step_name']}': internal error: {exc}"),
-                    "retry_delay": None}
+            return failure(row["command_id"], row["attempt"],
+                           self._redact(f"step '{row['step_name']}': internal error: {exc}"))
         finally:
             with self._running_lock:
                 self._running.pop(row["command_id"], None)
 
     def _finish(
         self, conn: psycopg.Connection[Any], outcomes: list[Outcome], claim_size: int
-    ) -> list[dict[str, Any]]:
+    ) -> list[ClaimedCommand]:
         claim_n = 0 if self._stopping.is_set() else claim_size
         try:
             return self._apply(conn, outcomes, claim_n)
-        except psycopg.OperationalError:
+        except DatabaseTransient:
             raise
-        except psycopg.Error as exc:
+        except DatabaseError as exc:
             log.warning("batch of %d outcomes failed (%s); applying one by one",
                         len(outcomes), exc)
-        rows: list[dict[str, Any]] = []
+        rows: list[ClaimedCommand] = []
         for outcome in outcomes:
             rows += self._finish_one(conn, outcome)
         if claim_n:
-            rows += db.fetch_all(conn, "claim_commands", worker_id=self.worker_id,
-                                 kinds=self.kinds, n=claim_n)
+            rows += claimed(db.fetch_all(conn, "claim_commands", worker_id=self.worker_id,
+                                         kinds=self.kinds, n=claim_n))
         return rows
 
     def _apply(
         self, conn: psycopg.Connection[Any], outcomes: list[Outcome], claim_n: int
-    ) -> list[dict[str, Any]]:
+    ) -> list[ClaimedCommand]:
         """finish_and_claim; a result that fell back to a lower store tier first gets its
         `result.store.fallback` warning events, in the same transaction."""
         fallbacks = [
@@ -476,27 +476,25 @@ class Worker:
             for outcome in outcomes if outcome.get("store_fallbacks")
         ]
         if not fallbacks:
-            return db.fetch_all(conn, "finish_and_claim", worker_id=self.worker_id,
-                                outcomes=Jsonb(outcomes), kinds=self.kinds, n=claim_n)
-        with conn.transaction():
+            return claimed(db.fetch_all(conn, "finish_and_claim", worker_id=self.worker_id,
+                                        outcomes=Jsonb(outcomes), kinds=self.kinds, n=claim_n))
+        with db.transaction(conn):
             db.fetch_one(conn, "record_store_fallbacks", fallbacks=Jsonb(fallbacks))
-            return db.fetch_all(conn, "finish_and_claim", worker_id=self.worker_id,
-                                outcomes=Jsonb(outcomes), kinds=self.kinds, n=claim_n)
+            return claimed(db.fetch_all(conn, "finish_and_claim", worker_id=self.worker_id,
+                                        outcomes=Jsonb(outcomes), kinds=self.kinds, n=claim_n))
 
-    def _finish_one(self, conn: psycopg.Connection[Any], outcome: Outcome) -> list[dict[str, Any]]:
+    def _finish_one(self, conn: psycopg.Connection[Any], outcome: Outcome) -> list[ClaimedCommand]:
         try:
             return self._apply(conn, [outcome], 0)
-        except psycopg.OperationalError:
+        except DatabaseTransient:
             raise
-        except psycopg.Error as exc:
+        except DatabaseError as exc:
             # The outcome itself cannot be applied (e.g. a loop collection the database
             # rejects): record it as the command's failure so the run does not hang.
-            failure = {"op": "fail", "command_id": outcome["command_id"],
-                       "attempt": outcome["attempt"], "claim": outcome.get("claim"),
-                       "retry_delay": None,
-                       "error": self._redact(str(exc.diag.message_primary or exc))}
-            return db.fetch_all(conn, "finish_and_claim", worker_id=self.worker_id,
-                                outcomes=Jsonb([failure]), kinds=self.kinds, n=0)
+            refused = failure(outcome["command_id"], outcome["attempt"],
+                              self._redact(exc.message), claim=outcome.get("claim"))
+            return claimed(db.fetch_all(conn, "finish_and_claim", worker_id=self.worker_id,
+                                        outcomes=Jsonb([refused]), kinds=self.kinds, n=0))
 
     def _cancel_running(self, execution_id: int) -> None:
         """NOTIFY noetl_cancel: skip what is not started, stop what is running."""

@@ -26,7 +26,7 @@ router = APIRouter(prefix="/api", tags=["Catalog"])
 
 def _register(dsn: str, content: str) -> Registered:
     # The same validation and SQL call as `noetl catalog register` (noetl_pg.catalog).
-    with db.connect(dsn) as conn:
+    with db.connection(dsn) as conn:
         return register_text(conn, content, source="api/catalog/register")
 
 

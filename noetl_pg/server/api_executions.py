@@ -93,7 +93,8 @@ async def list_executions(
 
 async def _events_page(request: Request, execution_id: int, state: dict[str, Any], *,
                        page: int, page_size: int, before_event_id: int | None,
-                       since_event_id: int | None, event_type: str | None) -> tuple[list, dict]:
+                       since_event_id: int | None, event_type: str | None,
+                       ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     offset = 0 if before_event_id is not None else (page - 1) * page_size
     if offset > MAX_EVENT_OFFSET:
         raise HTTPException(status_code=422, detail="page too deep: use before_event_id")
@@ -138,7 +139,7 @@ async def get_execution(
     NoETL leaves out here, comes with include_result=true."""
     row = await _execution(request, execution_id, with_result=include_result)
     state = row["state"] or {}
-    events: list = []
+    events: list[dict[str, Any]] = []
     pagination = None
     if include_events:
         events, pagination = await _events_page(

@@ -41,7 +41,7 @@ class RerunResponse(BaseModel):
 
 def optional_functions(dsn: str) -> dict[str, bool]:
     """{'resume': bool, 'rerun': bool}: which of the functions the database has."""
-    with db.connect(dsn) as conn:
+    with db.connection(dsn) as conn:
         row = db.fetch_one(conn, "server_optional_functions")
     return {"resume": bool(row and row["resume"]), "rerun": bool(row and row["rerun"])}
 

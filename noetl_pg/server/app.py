@@ -13,7 +13,8 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
 
-from noetl_pg import __version__
+from noetl_pg import __version__, db
+from noetl_pg.errors import DatabaseError, DatabaseUnavailable
 from noetl_pg.server import (
     api_catalog,
     api_credentials,
@@ -40,7 +41,7 @@ _SQLSTATE_HTTP = {
 }
 
 
-def _sql_error_status(exc: psycopg.Error) -> int:
+def _sql_error_status(exc: DatabaseError) -> int:
     state = exc.sqlstate or ""
     if state in _SQLSTATE_HTTP:
         return _SQLSTATE_HTTP[state]
@@ -83,16 +84,21 @@ def create_app(dsn: str, *, open_without_tokens: bool, pool_size: int = 10) -> F
                    "type": error.get("type", "")} for error in exc.errors()]
         return JSONResponse({"detail": errors}, status_code=422)
 
-    @app.exception_handler(psycopg.Error)
-    async def sql_error(request: Request, exc: psycopg.Error) -> JSONResponse:
-        if isinstance(exc, psycopg.OperationalError) and exc.sqlstate is None:
+    @app.exception_handler(DatabaseError)
+    async def sql_error(request: Request, exc: DatabaseError) -> JSONResponse:
+        if isinstance(exc, DatabaseUnavailable):
             return JSONResponse({"detail": "database unavailable"}, status_code=503)
         status = _sql_error_status(exc)
-        message = exc.diag.message_primary or type(exc).__name__
+        message = exc.message or type(exc).__name__
         if status == 500:
             log.error("%s %s: unexpected database error %s: %s", request.method,
                       request.url.path, exc.sqlstate, message)
         return JSONResponse({"detail": message}, status_code=status)
+
+    @app.exception_handler(psycopg.Error)
+    async def driver_error(request: Request, exc: psycopg.Error) -> JSONResponse:
+        # Raised by the pool itself (a connection that could not be had), not by a query.
+        return await sql_error(request, db.database_error(exc))
 
     for module in (api_catalog, api_executions, api_credentials, api_ops, metrics):
         app.include_router(module.router)

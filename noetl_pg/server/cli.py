@@ -59,7 +59,7 @@ def server_group(get_dsn: Callable[[], str]) -> click.Group:
     @click.option("--role", type=click.Choice(ROLES), required=True)
     def token_add(name: str, role: str) -> None:
         """Create (or replace) token NAME with ROLE and print it once."""
-        with db.connect(get_dsn()) as conn:
+        with db.connection(get_dsn()) as conn:
             try:
                 secret = add_token(conn, name, role)
             except ValueError as exc:
@@ -70,7 +70,7 @@ def server_group(get_dsn: Callable[[], str]) -> click.Group:
     @token.command("list")
     def token_list() -> None:
         """Token names, roles and dates (never the tokens)."""
-        with db.connect(get_dsn()) as conn:
+        with db.connection(get_dsn()) as conn:
             rows = db.fetch_all(conn, "server_token_list")
         table = Table("name", "role", "created", "revoked")
         for row in rows:
@@ -82,7 +82,7 @@ def server_group(get_dsn: Callable[[], str]) -> click.Group:
     @click.argument("name")
     def token_revoke(name: str) -> None:
         """Revoke token NAME (refused by servers within 5 seconds)."""
-        with db.connect(get_dsn()) as conn:
+        with db.connection(get_dsn()) as conn:
             row = db.fetch_one(conn, "server_token_revoke", token_name=name)
         if row is None:
             err_console.print(f"[red]error:[/red] no live token named {name}")

@@ -51,8 +51,10 @@ class ServerClient:
         return response.json()
 
     def register(self, content: str) -> dict[str, Any]:
-        return self._call("POST", "/api/catalog/register",
-                          json={"content": content, "resource_type": "Playbook"})
+        registered: dict[str, Any] = self._call(
+            "POST", "/api/catalog/register",
+            json={"content": content, "resource_type": "Playbook"})
+        return registered
 
     def catalog_list(self) -> list[dict[str, Any]]:
         entries: list[dict[str, Any]] = self._call("POST", "/api/catalog/list",

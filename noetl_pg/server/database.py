@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import psycopg
 from psycopg import AsyncConnection
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
@@ -35,11 +36,19 @@ def _params(params: dict[str, Any]) -> dict[str, Any]:
 
 
 async def fetch_all(conn: AsyncConnection[Any], name: str, **params: Any) -> list[dict[str, Any]]:
-    cursor = await conn.execute(db.query(name), _params(params))
-    return list(await cursor.fetchall())
+    """Run the named query; its rows. Driver errors mapped by noetl_pg.db.database_error."""
+    try:
+        cursor = await conn.execute(db.query(name), _params(params))
+        return list(await cursor.fetchall())
+    except psycopg.Error as exc:
+        raise db.database_error(exc, name) from exc
 
 
 async def fetch_one(conn: AsyncConnection[Any], name: str, **params: Any) -> dict[str, Any] | None:
-    cursor = await conn.execute(db.query(name), _params(params))
-    row: dict[str, Any] | None = await cursor.fetchone()
+    """Run the named query; its first row or None. Errors as `fetch_all`."""
+    try:
+        cursor = await conn.execute(db.query(name), _params(params))
+        row: dict[str, Any] | None = await cursor.fetchone()
+    except psycopg.Error as exc:
+        raise db.database_error(exc, name) from exc
     return row

@@ -6,11 +6,10 @@ import ipaddress
 import socket
 from typing import Any
 
-import psycopg
 import uvicorn
 
 from noetl_pg import db
-from noetl_pg.errors import NoetlError
+from noetl_pg.errors import DatabaseError, NoetlError
 from noetl_pg.projection import Projector
 from noetl_pg.server.app import create_app
 from noetl_pg.worker import build_worker
@@ -30,7 +29,7 @@ def is_loopback(host: str) -> bool:
 
 
 def token_count(dsn: str) -> int:
-    with db.connect(dsn) as conn:
+    with db.connection(dsn) as conn:
         row = db.fetch_one(conn, "server_token_count")
     return int(row["tokens"]) if row else 0
 
@@ -52,9 +51,8 @@ def serve(dsn: str, *, host: str, port: int, worker_slots: int = 0,
     """Serve until SIGINT/SIGTERM; worker and projector (if any) stop with the server."""
     try:
         open_without_tokens = check_bind(dsn, host)
-    except psycopg.Error as exc:
-        raise NoetlError(f"cannot read noetl.api_token: {exc.diag.message_primary or exc}") \
-            from None
+    except DatabaseError as exc:
+        raise NoetlError(f"cannot read noetl.api_token: {exc.message}") from None
     app = create_app(dsn, open_without_tokens=open_without_tokens)
     helpers: list[Any] = []
     if worker_slots > 0:

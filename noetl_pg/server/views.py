@@ -39,7 +39,8 @@ def duration_human(seconds: float | None) -> str | None:
     return " ".join(parts)
 
 
-def loop_progress(loops: dict[str, Any] | None, steps: dict[str, Any] | None) -> list[dict]:
+def loop_progress(loops: dict[str, Any] | None,
+                  steps: dict[str, Any] | None) -> list[dict[str, Any]]:
     """Per loop step of the projection: counters and the rate since the step started."""
     progress = []
     for step, loop in sorted((loops or {}).items()):
@@ -60,7 +61,7 @@ def loop_progress(loops: dict[str, Any] | None, steps: dict[str, Any] | None) ->
     return progress
 
 
-def progress_percent(row: dict[str, Any], loops: list[dict]) -> int:
+def progress_percent(row: dict[str, Any], loops: list[dict[str, Any]]) -> int:
     """100 when finished; else the share of steps done, or of loop iterations when looping."""
     if row["status"] in TERMINAL:
         return 100

@@ -23,12 +23,11 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO, cast
 
-import psycopg
-from psycopg.rows import class_row
-
+from noetl_pg import db as engine_db
 from noetl_pg import settings
+from noetl_pg.errors import DatabaseTransient
 from noetl_pg.extras import require_extra
 from noetl_pg.store.base import (
     TIERS,
@@ -282,7 +281,7 @@ class ResultStore:
     def get_ref(self, ref: RefLike) -> ResultRef:
         """The ref row; `ResultMissing` when it does not exist (never stored, or cleaned up)."""
         uri = _ref_uri(ref)
-        rows = self._query("select * from noetl.result_ref_get(%s)", (uri,))
+        rows = self._refs("result_ref_get", ref=uri)
         if not rows:
             raise ResultMissing(f"{uri}: no such result ref")
         return rows[0]
@@ -298,15 +297,13 @@ class ResultStore:
 
     def list_refs(self, execution_id: int) -> list[ResultRef]:
         """Every ref of the execution, oldest first."""
-        return self._query("select * from noetl.result_ref_list(%s)", (execution_id,))
+        return self._refs("result_ref_list", execution_id=execution_id)
 
     def cleanup_execution(self, execution_id: int) -> CleanupReport:
         """Delete the execution's refs and db blobs, then its fs/s3 objects: first each
         listed object, then the execution's whole prefix on every configured fs/s3 tier
         (objects of writes interrupted before their ref was registered)."""
-        deleted = self._execute(
-            "select * from noetl.cleanup_execution_results(%s)", (execution_id,)
-        )
+        deleted = self._objects("result_cleanup_execution", execution_id=execution_id)
         report = self._delete_objects(deleted)
         for tier in self._tiers.values():
             try:
@@ -321,10 +318,7 @@ class ResultStore:
         run from several processes at once (rows are claimed with skip locked)."""
         report = CleanupReport()
         while True:
-            deleted = self._execute(
-                "select store_tier, physical_uri from noetl.cleanup_expired_results(%s)",
-                (batch_size,),
-            )
+            deleted = self._objects("result_cleanup_expired", batch_size=batch_size)
             batch = self._delete_objects(deleted)
             report.refs_deleted += batch.refs_deleted
             report.leftovers += batch.leftovers
@@ -368,22 +362,15 @@ class ResultStore:
     ) -> ResultRef:
         """Record the ref; if that fails the written object is deleted before re-raising."""
         try:
-            with self._connect() as conn:
-                ref_uri, replaced_tier, replaced_uri = self._fetch_one(
-                    conn,
-                    "select * from noetl.result_ref_put(%s, %s, %s, %s, %s, %s, %s, %s, null, %s)",
-                    (
-                        key.execution_id,
-                        key.step_name,
-                        key.result_name,
-                        tier_name,
-                        written.physical_uri,
-                        content_type,
-                        written.bytes_size,
-                        written.sha256,
-                        expires_at,
-                    ),
-                )
+            with _store_errors(), engine_db.connection(self.dsn) as conn:
+                row = engine_db.fetch_one(
+                    conn, "result_ref_put", execution_id=key.execution_id,
+                    step_name=key.step_name, result_name=key.result_name, store_tier=tier_name,
+                    physical_uri=written.physical_uri, content_type=content_type,
+                    bytes_size=written.bytes_size, sha256=written.sha256, expires_at=expires_at)
+            assert row is not None
+            ref_uri, replaced_tier, replaced_uri = (
+                row["ref"], row["replaced_store_tier"], row["replaced_physical_uri"])
         except BaseException:
             with contextlib.suppress(StoreError):
                 self._tier(tier_name).delete(written.physical_uri)
@@ -422,32 +409,23 @@ class ResultStore:
             raise StoreUnavailable(tier_name, "not configured in this process")
         return tier
 
-    def _connect(self) -> psycopg.Connection:
-        try:
-            return psycopg.connect(self.dsn, autocommit=True)
-        except psycopg.OperationalError as exc:
-            raise StoreUnavailable("db", str(exc)) from exc
+    def _refs(self, name: str, **params: Any) -> list[ResultRef]:
+        with _store_errors(), engine_db.connection(self.dsn) as conn:
+            return [ResultRef(**row) for row in engine_db.fetch_all(conn, name, **params)]
 
-    @staticmethod
-    def _fetch_one(conn: psycopg.Connection, query: str, params: tuple[Any, ...]) -> Any:
-        try:
-            return conn.execute(query, params).fetchone()
-        except psycopg.OperationalError as exc:
-            raise StoreUnavailable("db", str(exc)) from exc
+    def _objects(self, name: str, **params: Any) -> list[tuple[str, str]]:
+        with _store_errors(), engine_db.connection(self.dsn) as conn:
+            return [(row["store_tier"], row["physical_uri"])
+                    for row in engine_db.fetch_all(conn, name, **params)]
 
-    def _query(self, query: str, params: tuple[Any, ...]) -> list[ResultRef]:
-        try:
-            with self._connect() as conn, conn.cursor(row_factory=class_row(ResultRef)) as cur:
-                return cur.execute(query, params).fetchall()
-        except psycopg.OperationalError as exc:
-            raise StoreUnavailable("db", str(exc)) from exc
 
-    def _execute(self, query: str, params: tuple[Any, ...]) -> list[tuple[str, str]]:
-        try:
-            with self._connect() as conn:
-                return conn.execute(query, params).fetchall()
-        except psycopg.OperationalError as exc:
-            raise StoreUnavailable("db", str(exc)) from exc
+@contextlib.contextmanager
+def _store_errors() -> Iterator[None]:
+    """A database that cannot answer now is the db tier being down (StoreUnavailable)."""
+    try:
+        yield
+    except DatabaseTransient as exc:
+        raise StoreUnavailable("db", exc.message) from exc
 
 
 def _encode_json(value: Any) -> bytes:
@@ -471,15 +449,18 @@ def _ref_uri(ref: RefLike) -> str:
 
 def _replayable(source: BinaryIO | Iterable[bytes]) -> Callable[[], Iterator[bytes]]:
     """A callable giving the source's blocks from the start on each call (for fallback)."""
-    if hasattr(source, "read") and hasattr(source, "seekable") and source.seekable():
-        start = source.tell()
+    if hasattr(source, "read"):
+        stream = cast(BinaryIO, source)
+        if hasattr(stream, "seekable") and stream.seekable():
+            start = stream.tell()
 
-        def rewound() -> Iterator[bytes]:
-            source.seek(start)
-            return iter_file(source)
+            def rewound() -> Iterator[bytes]:
+                stream.seek(start)
+                return iter_file(stream)
 
-        return rewound
-    return _OneShot(iter_file(source) if hasattr(source, "read") else iter(source))
+            return rewound
+        return _OneShot(iter_file(stream))
+    return _OneShot(iter(source))
 
 
 class _OneShot:

@@ -216,4 +216,4 @@ class ChunkReader(io.RawIOBase):
 
 
 def buffered(reader: io.RawIOBase) -> BinaryIO:
-    return io.BufferedReader(reader, buffer_size=CHUNK_SIZE)  # type: ignore[return-value]
+    return io.BufferedReader(reader, buffer_size=CHUNK_SIZE)

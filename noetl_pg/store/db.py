@@ -9,12 +9,13 @@ result cannot be stored and `StoreUnavailable` reaches the caller.
 
 from __future__ import annotations
 
+import contextlib
 import uuid
 from collections.abc import Iterable, Iterator
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
-import psycopg
-
+from noetl_pg import db
+from noetl_pg.errors import DatabaseTransient
 from noetl_pg.store.base import (
     CHUNK_SIZE,
     ChunkReader,
@@ -32,8 +33,9 @@ SCHEME = "db://result_blob/"
 
 
 class DbTier(Tier):
-    """Chunks in PostgreSQL. Every method opens its own connection to `dsn` and raises
-    `StoreUnavailable` when the server cannot be reached or the connection breaks."""
+    """Chunks in PostgreSQL. Every method borrows a connection to `dsn` from the process's
+    pool (noetl_pg.db.connection) and raises `StoreUnavailable` when the server cannot be
+    reached or the connection breaks."""
 
     name = "db"
 
@@ -41,42 +43,40 @@ class DbTier(Tier):
         self.dsn = dsn
 
     def ensure_ready(self) -> None:
-        """Open and close a connection; `StoreUnavailable` if that fails."""
-        with self._connect():
-            pass
+        """One round trip; `StoreUnavailable` if that fails."""
+        with self._connect() as conn:
+            db.fetch_one(conn, "server_probe")
 
     def put_stream(self, key: ObjectKey, chunks: Iterable[bytes]) -> StoredObject:
         """Insert the chunks in one transaction (rolled back on any failure)."""
         blob_id = uuid.UUID(key.token)
         digest = Digest()
-        try:
-            with self._connect() as conn, conn.transaction():
-                chunk_count = 0
-                for block in regroup(chunks, CHUNK_SIZE):
-                    self._write_chunk(conn, key, blob_id, chunk_count, digest.update(block))
-                    chunk_count += 1
-                if chunk_count == 0:
-                    # An empty value is one empty chunk, so "no rows" always means "no blob".
-                    self._write_chunk(conn, key, blob_id, 0, b"")
-        except psycopg.OperationalError as exc:
-            raise StoreUnavailable(self.name, str(exc)) from exc
+        with self._connect() as conn, db.transaction(conn):
+            chunk_count = 0
+            for block in regroup(chunks, CHUNK_SIZE):
+                self._write_chunk(conn, key, blob_id, chunk_count, digest.update(block))
+                chunk_count += 1
+            if chunk_count == 0:
+                # An empty value is one empty chunk, so "no rows" always means "no blob".
+                self._write_chunk(conn, key, blob_id, 0, b"")
         return StoredObject(
             f"{SCHEME}{key.execution_id}/{blob_id}", digest.bytes_size, digest.sha256
         )
 
     def open_stream(self, physical_uri: str) -> BinaryIO:
-        """A stream that reads chunk after chunk on its own connection (closed with the
-        stream). `ResultMissing` at open when the blob has no chunk; a stream whose
-        connection breaks mid-way raises `StoreUnavailable` from `read`."""
+        """A stream that reads chunk after chunk on one pooled connection (given back when
+        the stream closes). `ResultMissing` at open when the blob has no chunk; a stream
+        whose connection breaks mid-way raises `StoreUnavailable` from `read`."""
         execution_id, blob_id = _parse(physical_uri)
-        conn = self._connect()
+        held = contextlib.ExitStack()
         try:
+            conn = held.enter_context(self._connect())
             first = _read_chunk(conn, execution_id, blob_id, 0)
         except BaseException:
-            conn.close()
+            held.close()
             raise
         if first is None:
-            conn.close()
+            held.close()
             raise ResultMissing(f"{physical_uri}: no blob rows")
 
         def chunks() -> Iterator[bytes]:
@@ -86,46 +86,47 @@ class DbTier(Tier):
                 yield block
                 chunk_no += 1
 
-        return buffered(ChunkReader(chunks(), on_close=conn.close))
+        return buffered(ChunkReader(chunks(), on_close=held.close))
 
     def delete(self, physical_uri: str) -> None:
         """Delete the blob's chunks; a missing blob is fine."""
         execution_id, blob_id = _parse(physical_uri)
-        try:
-            with self._connect() as conn:
-                conn.execute("select noetl.result_blob_delete(%s, %s)", (execution_id, blob_id))
-        except psycopg.OperationalError as exc:
-            raise StoreUnavailable(self.name, str(exc)) from exc
+        with self._connect() as conn:
+            db.fetch_one(conn, "result_blob_delete", execution_id=execution_id, blob_id=blob_id)
 
     @staticmethod
     def _write_chunk(
-        conn: psycopg.Connection, key: ObjectKey, blob_id: uuid.UUID, chunk_no: int, data: bytes
+        conn: db.Connection, key: ObjectKey, blob_id: uuid.UUID, chunk_no: int, data: bytes
     ) -> None:
-        conn.execute(
-            "select noetl.result_blob_write_chunk(%s, %s, %s, %s)",
-            (key.execution_id, blob_id, chunk_no, data),
-        )
+        db.fetch_one(conn, "result_blob_write_chunk", execution_id=key.execution_id,
+                     blob_id=blob_id, chunk_no=chunk_no, data=data)
 
     def delete_execution(self, execution_id: int) -> None:
         """Nothing to do: `noetl.cleanup_execution_results` deletes the execution's blobs."""
 
-    def _connect(self) -> psycopg.Connection:
-        try:
-            return psycopg.connect(self.dsn, autocommit=True)
-        except psycopg.OperationalError as exc:
-            raise StoreUnavailable(self.name, str(exc)) from exc
+    @contextlib.contextmanager
+    def _connect(self) -> Iterator[db.Connection]:
+        with _unavailable(), db.connection(self.dsn) as conn:
+            yield conn
+
+
+@contextlib.contextmanager
+def _unavailable() -> Iterator[None]:
+    """A database that cannot answer now is this tier being down (StoreUnavailable)."""
+    try:
+        yield
+    except DatabaseTransient as exc:
+        raise StoreUnavailable(DbTier.name, exc.message) from exc
 
 
 def _read_chunk(
-    conn: psycopg.Connection, execution_id: int, blob_id: uuid.UUID, chunk_no: int
+    conn: db.Connection, execution_id: int, blob_id: uuid.UUID, chunk_no: int
 ) -> bytes | None:
-    try:
-        row = conn.execute(
-            "select noetl.result_blob_read_chunk(%s, %s, %s)", (execution_id, blob_id, chunk_no)
-        ).fetchone()
-    except psycopg.OperationalError as exc:
-        raise StoreUnavailable(DbTier.name, str(exc)) from exc
-    return None if row is None or row[0] is None else bytes(row[0])
+    with _unavailable():
+        row: dict[str, Any] | None = db.fetch_one(
+            conn, "result_blob_read_chunk", execution_id=execution_id, blob_id=blob_id,
+            chunk_no=chunk_no)
+    return None if row is None or row["data"] is None else bytes(row["data"])
 
 
 def _parse(physical_uri: str) -> tuple[int, uuid.UUID]:

@@ -49,7 +49,7 @@ from psycopg.conninfo import make_conninfo
 from psycopg.rows import dict_row
 from psycopg_pool import ConnectionPool, PoolTimeout
 
-from noetl_pg import settings
+from noetl_pg import db, settings
 from noetl_pg.credentials import redact, secret_values
 from noetl_pg.errors import ToolError, ToolTimeout
 from noetl_pg.stream import chunk_rows_of, pump
@@ -351,6 +351,7 @@ def worker_pools(resources: dict[str, Any]) -> PostgresPools:
         max_size = settings.current().pg_pool_max_size or int(slots or DEFAULT_POOL_MAX_SIZE)
         with _pools_lock:
             pools = resources.setdefault(PostgresTool.kind, PostgresPools(max(max_size, 1)))
+    assert isinstance(pools, PostgresPools)
     return pools
 
 
@@ -380,12 +381,10 @@ class PostgresTool:
                 row_factory=dict_row
             ) as cursor:
                 # Template values were escaped for standard strings (noetl_pg.sqlrender).
-                cursor.execute("select set_config('standard_conforming_strings', 'on', true)")
+                cursor.execute(db.query("tool_standard_strings"))
                 if timeout:
-                    cursor.execute(
-                        "select set_config('statement_timeout', %s, true)",
-                        (f"{int(float(timeout) * 1000)}ms",),
-                    )
+                    cursor.execute(db.query("tool_statement_timeout"),
+                                   {"timeout": f"{int(float(timeout) * 1000)}ms"})
                 for index, statement in enumerate(statements):
                     if chunk_rows is not None and index == len(statements) - 1:
                         per_statement.append(_stream(conn, statement, params, chunk_rows,

@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from typing import Any, ClassVar
 
 from noetl_pg.errors import ToolError
-from noetl_pg.tools.base import ToolContext
+from noetl_pg.tools.base import Tool, ToolContext
 
 # `config_keys` of a kind whose keys registration does not check (see dsl_keys.task).
 ANY_KEYS = frozenset({"*"})
@@ -38,7 +38,7 @@ def unavailable_message(kind: str) -> str:
             "have; a step of this kind fails when it is reached")
 
 
-def _unavailable_tool(kind_name: str) -> type:
+def _unavailable_tool(kind_name: str) -> type[Tool]:
     class UnavailableTool:
         kind: ClassVar[str] = kind_name
         config_keys: ClassVar[frozenset[str]] = ANY_KEYS
@@ -51,5 +51,5 @@ def _unavailable_tool(kind_name: str) -> type:
     return UnavailableTool
 
 
-UNAVAILABLE_TOOL_CLASSES: tuple[type, ...] = tuple(
+UNAVAILABLE_TOOL_CLASSES: tuple[type[Tool], ...] = tuple(
     _unavailable_tool(kind) for kind in SERVICE_KINDS)

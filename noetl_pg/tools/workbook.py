@@ -13,7 +13,7 @@ step's result; a `playbook` task starts a child like a `playbook` step.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
 
 from noetl_pg.errors import ToolError
@@ -22,7 +22,7 @@ from noetl_pg.tools.base import Tool, ToolContext
 
 
 def resolve_task(
-    workbook: list[Mapping[str, Any]], config: Mapping[str, Any], scope: Mapping[str, Any],
+    workbook: Sequence[Mapping[str, Any]], config: Mapping[str, Any], scope: Mapping[str, Any],
     playbook_workload: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The rendered workbook call `config` with its resolved task under `task`."""

@@ -21,7 +21,7 @@ from worker_procs import Workers, wait_until
 
 from noetl_pg import db
 from noetl_pg.dsl import load_playbook
-from noetl_pg.errors import PlaybookError, ToolError
+from noetl_pg.errors import DatabaseUnavailable, PlaybookError, ToolError
 from noetl_pg.store import ResultStore
 from noetl_pg.stream import ChunkEmitter, DbPartialRecorder, EngineConnectionLost, pump
 from noetl_pg.validate import validate_text
@@ -441,4 +441,4 @@ def test_recorder_errors_are_not_the_query_s(engine: Engine) -> None:
             conn.execute("select pg_terminate_backend(pg_backend_pid())")
         with pytest.raises(EngineConnectionLost) as lost:
             DbPartialRecorder(conn).record(chunk)
-    assert isinstance(lost.value.connection_error, OperationalError)
+    assert isinstance(lost.value.connection_error, DatabaseUnavailable)
