@@ -11,9 +11,10 @@ import logging
 import signal
 import sys
 import time
+from collections.abc import Callable
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import click
 import psycopg
@@ -51,6 +52,8 @@ from noetl_pg.runtime import resolve_dsn
 from noetl_pg.server import remote
 from noetl_pg.server.cli import server_group
 from noetl_pg.validate import validate_text
+
+T = TypeVar("T")
 
 
 def _version() -> str:
@@ -345,6 +348,20 @@ def worker_group() -> None:
     """Serve the command queue (`noetl worker` = `noetl worker start`)."""
 
 
+def _while_unreachable(what: str, action: Callable[[], T]) -> T:
+    """`action()`, tried again while the database cannot be reached, with the one reconnect
+    policy, for up to NOETL_WORKER_START_WAIT_SECONDS; then the policy's one-line error."""
+    policy = db.Reconnect(what, give_up_after=settings.current().worker_start_wait_seconds)
+    while True:
+        try:
+            return action()
+        except (DatabaseUnavailable, psycopg.OperationalError) as exc:
+            delay = policy.failed(exc)
+            err_console.print(f"{what}: the database cannot be reached ({sql_message(exc)}); "
+                              f"trying again in {delay:.1f}s", highlight=False)
+            time.sleep(delay)
+
+
 @worker_group.command("start")
 @click.option("--concurrency", "--max-workers", default=None,
               show_default="one per CPU, 2..8", type=click.IntRange(min=1),
@@ -366,7 +383,8 @@ def worker_start(concurrency: int | None, kinds: str | None, worker_id: str | No
     from noetl_pg.schedules import fire_due
     from noetl_pg.worker import build_worker, default_slots
 
-    dsn = get_dsn("migrate")
+    # A worker started while PostgreSQL restarts (a supervisor replacing a dead one) waits.
+    dsn = _while_unreachable("worker start", lambda: get_dsn("migrate"))
     concurrency = concurrency or default_slots()
     # A `noetl worker` fires due cron schedules from its heartbeat (`noetl run` does not).
     worker_id = worker_id or settings.current().worker_id
@@ -381,11 +399,12 @@ def worker_start(concurrency: int | None, kinds: str | None, worker_id: str | No
     err_console.print(f"worker {worker.worker_id} serving with {concurrency} slots",
                       highlight=False)
     started = time.monotonic()
+    _while_unreachable("worker start", worker.start)
     projector = Projector(worker.dsn) if with_projector else None
     if projector is not None:
         projector.start()
     try:
-        worker.run_forever()
+        worker.serve()
     finally:
         if projector is not None:
             projector.stop()

