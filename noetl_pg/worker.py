@@ -40,7 +40,7 @@ from noetl_pg.cursor import CursorClaims
 from noetl_pg.dsl import Playbook
 from noetl_pg.executor import CommandRunner, Outcome
 from noetl_pg.keychain import RedactingFilter, SecretRedactor
-from noetl_pg.logs import store_command_logs
+from noetl_pg.logs import CommandLogWriter
 from noetl_pg.slot_share import SharedClaims, StepTimings, context_group
 from noetl_pg.store import ResultStore
 from noetl_pg.stream import DbPartialRecorder, EngineConnectionLost
@@ -154,6 +154,8 @@ class Worker:
         # Large results go here (default: configured from NOETL_INLINE_MAX_BYTES,
         # NOETL_PVC_MOUNT_PATH, NOETL_S3_*; the db tier always).
         self._store = store or ResultStore.from_env(dsn)
+        self._logs = CommandLogWriter(dsn, self._store, self._redact,
+                                      application_name=f"noetl worker {self.worker_id} logs")
         self._tools: dict[str, Tool] = create_tools()
         # Tool resources (pools); "worker_slots" sizes a pool to what the slots can use.
         self._resources: dict[str, Any] = {"worker_slots": slots}
@@ -230,6 +232,7 @@ class Worker:
             close = getattr(resource, "close", None)
             if callable(close):
                 close()
+        self._logs.close()
 
     def run_forever(self) -> None:
         self.start()
@@ -519,7 +522,7 @@ class Worker:
             dsn=self.dsn,
             credentials=self._credentials,
             worker_resources=self._resources,
-            log_sink=partial(store_command_logs, self.dsn, command, self._redact),
+            log_sink=partial(self._logs.write, command),
         )
 
 
