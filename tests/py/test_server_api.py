@@ -383,6 +383,16 @@ def test_credentials_never_return_secrets(api: httpx.Client, server_dsn: str) ->
     assert refused.status_code == 422 and "type must be one of" in refused.text
     assert api.get("/api/credentials/no-such-credential").status_code == 404
 
+    deleted = api.delete(f"/api/credentials/{name}")
+    assert deleted.status_code == 200
+    assert deleted.json() == {"message": "Credential deleted successfully", "id": name,
+                              "name": name}
+    assert sql(server_dsn, "select count(*) from noetl.credential where name = %s",
+               name)[0][0] == 0
+    assert api.get(f"/api/credentials/{name}").status_code == 404
+    gone = api.delete(f"/api/credentials/{name}")
+    assert gone.status_code == 404 and name in gone.json()["detail"]
+
 
 def test_workers_queue_and_health(api: httpx.Client) -> None:
     assert api.get("/api/health").json() == {"status": "ok"}
@@ -430,7 +440,8 @@ def test_openapi_spec_lists_noetl_paths(api: httpx.Client) -> None:
         ("get", "/api/executions/{execution_id}/status"),
         ("get", "/api/executions/{execution_id}/events"),
         ("post", "/api/executions/{execution_id}/cancel"), ("get", "/api/credentials"),
-        ("post", "/api/credentials"), ("get", "/api/health"), ("get", "/api/workers"),
+        ("post", "/api/credentials"), ("delete", "/api/credentials/{identifier}"),
+        ("get", "/api/health"), ("get", "/api/workers"),
         ("get", "/api/queue"), ("get", "/metrics"),
     }
     present = {(method, path) for path, item in spec["paths"].items() for method in item}
