@@ -34,6 +34,7 @@ from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
 from noetl_pg import db, settings
+from noetl_pg.command_stats import CommandStats
 from noetl_pg.credentials import DatabaseCredentialResolver
 from noetl_pg.cursor import KIND as CURSOR_KIND
 from noetl_pg.cursor import CursorClaims
@@ -178,6 +179,8 @@ class Worker:
         # Claim commands of cursor loops (noetl_pg.cursor): run here, not by CommandRunner.
         self._cursor_claims = CursorClaims(self.worker_id, kinds, self._tool_context,
                                            self._redact)
+        # What this worker ran over the trailing window, published by the heartbeat.
+        self.stats = CommandStats()
 
     # --- lifecycle -------------------------------------------------------------------
 
@@ -296,6 +299,9 @@ class Worker:
                     log.warning("took back %d claims whose reply was lost", row["reaped"])
                 if self._housekeeping is not None:
                     self._housekeeping(conn)
+                # Last: the reaper above must not wait on statistics.
+                conn.execute(db.query("worker_publish_stats"), {
+                    "worker_id": self.worker_id, "stats": Jsonb(self.stats.snapshot())})
             except psycopg.Error as exc:
                 log.warning("heartbeat failed: %s", exc)
                 if conn is not None:
@@ -424,7 +430,9 @@ class Worker:
                 continue
             started = time.monotonic()
             outcome = self._run_one(runner, row, contexts[group])
-            self._timings.observe(row, time.monotonic() - started)
+            run_seconds = time.monotonic() - started
+            self._timings.observe(row, run_seconds)
+            self.stats.observe(row["kind"], str(outcome.get("op")), run_seconds)
             # The claim's fencing token: refused if the claim was taken back meanwhile,
             # even when the command went back to the queue at the same attempt.
             outcome["claim"] = row["claim_gen"]

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import base64
 import json
+import time
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -408,9 +409,17 @@ def test_metrics_match_the_database(api: httpx.Client, server_dsn: str) -> None:
     path, text = unique(FAILING_PLAYBOOK)
     register(api, text)
     wait_status(api, api.post("/api/execute", json={"path": path}).json()["execution_id"])
-    response = api.get("/metrics")
+    # Claims and run times come from what the worker published at its last heartbeat.
+    deadline = time.monotonic() + 12
+    while True:
+        response = api.get("/metrics")
+        families = {family.name: family
+                    for family in text_string_to_metric_families(response.text)}
+        kinds = {s.labels["kind"] for s in families["noetl_claims_per_second"].samples}
+        if {"python", "noop"} <= kinds or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
     assert response.headers["content-type"].startswith("text/plain")
-    families = {family.name: family for family in text_string_to_metric_families(response.text)}
     by_status = {sample.labels["status"]: sample.value
                  for sample in families["noetl_executions"].samples}
     stored = dict(sql(server_dsn, "select status, count(*) from noetl.execution "
@@ -429,6 +438,39 @@ def test_metrics_match_the_database(api: httpx.Client, server_dsn: str) -> None:
     assert histogram[("noetl_step_duration_seconds_bucket", "python", "+Inf")] == \
         histogram[("noetl_step_duration_seconds_count", "python", None)]
     assert "noetl_queue_depth" in families
+
+
+def test_metrics_add_up_the_workers_published_statistics(api: httpx.Client,
+                                                        server_dsn: str) -> None:
+    """/metrics reads the window figures from the live workers' rows, not noetl.command:
+    two made-up workers' rows are summed; a stopped worker's row is not."""
+    buckets = [0] * 15
+    buckets[3] = 2  # 2 runs between 25 and 50 ms
+    stats = json.dumps({"window_seconds": 15, "kinds": {"made_up": {
+        "claims": 30, "completions": 15, "finished": 2, "finished_seconds": 0.07,
+        "buckets": buckets}}})
+    names = [f"made-up-{uuid.uuid4().hex[:6]}" for _ in range(3)]
+    try:
+        for name, stopped in zip(names, ("null", "null", "now()"), strict=True):
+            sql(server_dsn, "insert into noetl.worker (worker_id, slots, stats, stopped_at) "
+                            f"values (%s, 2, %s, {stopped}) returning worker_id", name, stats)
+        families = {family.name: family
+                    for family in text_string_to_metric_families(api.get("/metrics").text)}
+        claims = {s.labels["kind"]: s.value for s in families["noetl_claims_per_second"].samples}
+        done = {s.labels["kind"]: s.value
+                for s in families["noetl_completions_per_second"].samples}
+        assert (claims["made_up"], done["made_up"]) == (60 / 15, 30 / 15)
+        histogram = {(s.name, s.labels.get("le")): s.value
+                     for s in families["noetl_step_duration_seconds"].samples
+                     if s.labels.get("kind") == "made_up"}
+        assert histogram[("noetl_step_duration_seconds_bucket", "0.025")] == 0
+        assert histogram[("noetl_step_duration_seconds_bucket", "0.05")] == 4
+        assert histogram[("noetl_step_duration_seconds_bucket", "+Inf")] == 4
+        assert histogram[("noetl_step_duration_seconds_sum", None)] == pytest.approx(0.14)
+        assert families["noetl_workers_alive"].samples[0].value == 3
+        assert families["noetl_worker_slots"].samples[0].value == 4 + 2 + 2
+    finally:
+        sql(server_dsn, "delete from noetl.worker where worker_id = any(%s) returning 1", names)
 
 
 def test_openapi_spec_lists_noetl_paths(api: httpx.Client) -> None:
