@@ -27,3 +27,7 @@ comment on column noetl.worker.stats is
 -- workers' published statistics replace; every command update paid for them.
 drop index if exists noetl.command_claimed_at_brin;
 drop index if exists noetl.command_finished_at_brin;
+
+-- `noetl status ID` says which schedule tick started an execution.
+create index if not exists schedule_run_execution_idx
+on noetl.schedule_run (execution_id) where execution_id is not null;

@@ -76,3 +76,16 @@ select
         ) as pending on true
         where x.status = 'RUNNING'
     ) as lag;
+
+-- name: schedule_of_execution
+-- The schedule tick that started an execution, if one did (`noetl status`).
+select
+    r.schedule_id,
+    s.cron,
+    s.timezone,
+    r.scheduled_for
+from noetl.schedule_run as r
+inner join noetl.schedule as s on r.schedule_id = s.schedule_id
+where r.execution_id = %(execution_id)s -- noqa: RF02
+order by r.scheduled_for
+limit 1;

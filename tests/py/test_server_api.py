@@ -10,6 +10,7 @@ import json
 import time
 import uuid
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from typing import Any
 
 import httpx
@@ -395,6 +396,44 @@ def test_credentials_never_return_secrets(api: httpx.Client, server_dsn: str) ->
     assert gone.status_code == 404 and name in gone.json()["detail"]
 
 
+def test_schedules_over_http(api: httpx.Client, server_dsn: str) -> None:
+    path, text = unique(FAILING_PLAYBOOK)
+    register(api, text)
+    created = api.post("/api/schedules", json={
+        "path": path, "cron": "0 6 * * *", "timezone": "Europe/Paris",
+        "payload": {"who": "http"}})
+    assert created.status_code == 200, created.text
+    schedule = created.json()
+    schedule_id = schedule["schedule_id"]
+    assert (schedule["path"], schedule["payload"], schedule["missed_policy"],
+            schedule["paused"], schedule["runs"]) == (path, {"who": "http"}, "skip", False, 0)
+    next_run = datetime.fromisoformat(schedule["next_run_at"])
+    assert next_run > datetime.now(UTC) and next_run.astimezone(UTC).hour in (4, 5)
+    listed = api.get("/api/schedules").json()
+    assert [s["cron"] for s in listed if s["schedule_id"] == schedule_id] == ["0 6 * * *"]
+
+    bad = api.post("/api/schedules", json={"path": path, "cron": "61 * * * *"})
+    assert bad.status_code == 422 and "cron expression '61 * * * *'" in bad.text
+    assert api.post("/api/schedules", json={"path": path, "cron": "* * * * *",
+                                            "colour": "red"}).status_code == 422
+    assert api.post("/api/schedules", json={"path": path, "cron": "* * * * *",
+                                            "missed_policy": "never"}).status_code == 422
+
+    assert api.post(f"/api/schedules/{schedule_id}/pause").json() == {
+        "schedule_id": schedule_id, "state": "paused"}
+    assert sql(server_dsn, "select paused from noetl.schedule where schedule_id = %s",
+               schedule_id) == [(True,)]
+    assert api.post(f"/api/schedules/{schedule_id}/resume").json()["state"] == "active"
+    assert sql(server_dsn, "select paused from noetl.schedule where schedule_id = %s",
+               schedule_id) == [(False,)]
+    assert api.post("/api/schedules/987654/pause").status_code == 404
+    assert api.delete(f"/api/schedules/{schedule_id}").json() == {
+        "schedule_id": schedule_id, "state": "deleted"}
+    assert sql(server_dsn, "select count(*) from noetl.schedule where schedule_id = %s",
+               schedule_id) == [(0,)]
+    assert api.delete(f"/api/schedules/{schedule_id}").status_code == 404
+
+
 def test_workers_queue_and_health(api: httpx.Client) -> None:
     assert api.get("/api/health").json() == {"status": "ok"}
     workers = api.get("/api/workers").json()
@@ -484,7 +523,10 @@ def test_openapi_spec_lists_noetl_paths(api: httpx.Client) -> None:
         ("post", "/api/executions/{execution_id}/cancel"), ("get", "/api/credentials"),
         ("post", "/api/credentials"), ("delete", "/api/credentials/{identifier}"),
         ("get", "/api/health"), ("get", "/api/workers"),
-        ("get", "/api/queue"), ("get", "/metrics"),
+        ("get", "/api/queue"), ("get", "/metrics"), ("get", "/api/schedules"),
+        ("post", "/api/schedules"), ("post", "/api/schedules/{schedule_id}/pause"),
+        ("post", "/api/schedules/{schedule_id}/resume"),
+        ("delete", "/api/schedules/{schedule_id}"),
     }
     present = {(method, path) for path, item in spec["paths"].items() for method in item}
     assert expected <= present

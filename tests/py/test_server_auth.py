@@ -75,10 +75,18 @@ def test_roles_and_tokens(server: Server, auth_dsn: str) -> None:
         assert refused.status_code == 403 and "reader" in refused.json()["detail"]
         assert client.get("/api/credentials").status_code == 403
         assert client.delete("/api/credentials/doomed").status_code == 403
+        assert client.get("/api/schedules").json() == []
+        assert client.post("/api/schedules", json={"path": "tests/auth/hello",
+                                                   "cron": "0 6 * * *"}).status_code == 403
 
     with server.client(operator) as client:
         started = client.post("/api/execute", json={"path": "tests/auth/hello"})
         assert started.status_code == 200
+        scheduled = client.post("/api/schedules", json={"path": "tests/auth/hello",
+                                                        "cron": "0 6 * * *"})
+        assert scheduled.status_code == 200
+        assert client.delete(f"/api/schedules/{scheduled.json()['schedule_id']}") \
+            .status_code == 200
         assert client.get("/api/credentials").status_code == 403
         assert client.delete("/api/credentials/doomed").status_code == 403
     with psycopg.connect(auth_dsn) as conn:  # refused deletes deleted nothing
