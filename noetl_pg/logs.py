@@ -40,7 +40,7 @@ class CommandLogWriter:
         self._store = store
         self._redact = redact
         self._pool = ConnectionPool(
-            dsn, min_size=0, max_size=POOL_MAX_SIZE, open=False, max_idle=60,
+            dsn, min_size=0, max_size=POOL_MAX_SIZE, open=False, max_idle=60, num_workers=1,
             kwargs={"autocommit": True, "application_name": application_name[:63]})
         self._opened = False
         self._open_lock = threading.Lock()
