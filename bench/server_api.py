@@ -7,7 +7,8 @@ Creates a scratch database and starts `noetl server --worker-slots NOETL_BENCH_S
   2. while a NOETL_BENCH_ITEMS-item (default 10,000) parallel loop runs: GET
      /api/executions/{id} of that execution, sequentially, with include_events=false (the
      projection only) and with NoETL's default page of 100 events; p50/p99;
-  3. GET /metrics, sequentially, during the same loop.
+  3. GET /metrics, sequentially, during the same loop, and again once the loop has ended
+     (idle: the workers' published window is empty).
 Alongside 2., each sample also times an HTTP round trip that reads nothing (the favicon)
 and the endpoint's statement run straight through psycopg: on a shared, loaded machine the
 ratios say more than the absolute figures.
@@ -191,6 +192,12 @@ def main() -> None:
                                              lambda response: False)
             progress = client.get(path, params={"include_events": "false"}).json()
             loop = progress["loops"][0] if progress["loops"] else {}
+            deadline = time.monotonic() + 600
+            while time.monotonic() < deadline and not finished(client.get(path, params={
+                    "include_events": "false"})):
+                time.sleep(0.5)
+            with ServerCpu(pid) as cpu_idle:
+                metrics_idle, _ = timed_gets(client, "/metrics", None, lambda response: False)
         figures = {
             "concurrent_execute": {"requests": CONCURRENT, **execute},
             "get_execution_projection_only": summary(projection_only),
@@ -204,6 +211,9 @@ def main() -> None:
                 "server_cpu_ms_per_request": cpu_events.per_request_ms(len(with_events))},
             "metrics": {**summary(metrics),
                         "server_cpu_ms_per_request": cpu_metrics.per_request_ms(len(metrics))},
+            "metrics_idle": {
+                **summary(metrics_idle),
+                "server_cpu_ms_per_request": cpu_idle.per_request_ms(len(metrics_idle))},
             "loop_items": ITEMS,
             "loop_done_when_sampling_ended": loop.get("done"),
             "loop_status_when_sampling_ended": progress["status"],

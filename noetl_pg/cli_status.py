@@ -62,6 +62,12 @@ def failed_step_trace(dsn: str, row: dict[str, Any]) -> str | None:
     return found["body"] if found else None
 
 
+def started_by_schedule(dsn: str, execution_id: int) -> dict[str, Any] | None:
+    """The schedule tick that started the execution (None: it was started otherwise)."""
+    with db.connect(dsn) as conn:
+        return db.fetch_one(conn, "schedule_of_execution", execution_id=execution_id)
+
+
 def caught_up(row: dict[str, Any]) -> bool:
     """True when the projection has folded the execution's final event."""
     return (row["status"] in TERMINAL_STATUSES
@@ -115,6 +121,11 @@ def print_status(row: dict[str, Any], trace: str | None = None) -> None:
         f"execution {row['execution_id']} [bold]{_paint(row['status'])}[/] "
         f"({row['path']} v{row['version']}) started {row['started_at']:%Y-%m-%d %H:%M:%S}"
     )
+    schedule = row.get("schedule")
+    if schedule:
+        console.print(f"started by schedule {schedule['schedule_id']} ('{schedule['cron']}' "
+                      f"{schedule['timezone']}) for the tick of "
+                      f"{schedule['scheduled_for']:%Y-%m-%d %H:%M:%S %Z}", highlight=False)
     console.print(status_table(state))
     last = state.get("last_event") or {}
     if not state:
@@ -225,6 +236,7 @@ def register_status_commands(main: click.Group, dsn: Callable[[], str]) -> None:
             except KeyboardInterrupt:
                 fail(f"interrupted: execution {execution_id} still running",
                      EXIT_INTERRUPTED, as_json=as_json)
+        row["schedule"] = started_by_schedule(target, execution_id)
         if as_json:
             click.echo(dumps(row))
         else:

@@ -133,6 +133,10 @@ class Settings(BaseSettings):
     python_log_bytes: int = _setting(
         65536, "stdout/stderr kept per stream and call (head and tail)", section=_WORKERS,
         expects="a number of bytes > 0", ge=1)
+    python_log_max_bytes: int = _setting(
+        16 * 1024 * 1024, "a longer stream is also kept whole, up to this many bytes (head and "
+        "tail beyond), in the result store (`noetl logs --full`)", section=_WORKERS,
+        expects="a number of bytes > 0", ge=1)
     executor_user: str | None = _setting(
         None, "the OS user python executors run as under a root worker", section=_WORKERS,
         expects="a user name", shown_default="`noetl-exec`")

@@ -34,6 +34,7 @@ import psycopg
 from psycopg.types.json import Jsonb
 
 from noetl_pg import db, settings
+from noetl_pg.command_stats import CommandStats
 from noetl_pg.credentials import DatabaseCredentialResolver
 from noetl_pg.cursor import KIND as CURSOR_KIND
 from noetl_pg.cursor import CursorClaims
@@ -41,7 +42,7 @@ from noetl_pg.dsl import Playbook
 from noetl_pg.errors import DatabaseError, DatabaseTransient
 from noetl_pg.executor import CommandRunner
 from noetl_pg.keychain import RedactingFilter, SecretRedactor
-from noetl_pg.logs import store_command_logs
+from noetl_pg.logs import CommandLogWriter
 from noetl_pg.protocol import ClaimedCommand, Outcome, claimed, failure
 from noetl_pg.slot_share import SharedClaims, StepTimings, context_group
 from noetl_pg.store import ResultStore
@@ -156,6 +157,7 @@ class Worker:
         # Large results go here (default: configured from NOETL_INLINE_MAX_BYTES,
         # NOETL_PVC_MOUNT_PATH, NOETL_S3_*; the db tier always).
         self._store = store or ResultStore.from_env(dsn)
+        self._logs = CommandLogWriter(dsn, self._store, self._redact)
         self._tools: dict[str, Tool] = create_tools()
         # Tool resources (pools); "worker_slots" sizes a pool to what the slots can use.
         self._resources: dict[str, Any] = {"worker_slots": slots}
@@ -178,6 +180,8 @@ class Worker:
         # Claim commands of cursor loops (noetl_pg.cursor): run here, not by CommandRunner.
         self._cursor_claims = CursorClaims(self.worker_id, kinds, self._tool_context,
                                            self._redact)
+        # What this worker ran over the trailing window, published by the heartbeat.
+        self.stats = CommandStats()
 
     # --- lifecycle -------------------------------------------------------------------
 
@@ -298,6 +302,9 @@ class Worker:
                     log.warning("took back %d claims whose reply was lost", row["reaped"])
                 if self._housekeeping is not None:
                     self._housekeeping(conn)
+                # Last: the reaper above must not wait on statistics.
+                conn.execute(db.query("worker_publish_stats"), {
+                    "worker_id": self.worker_id, "stats": Jsonb(self.stats.snapshot())})
             except (DatabaseError, psycopg.Error) as exc:
                 log.warning("heartbeat failed: %s", exc)
                 if conn is not None:
@@ -426,7 +433,9 @@ class Worker:
                 continue
             started = time.monotonic()
             outcome = self._run_one(runner, row, contexts[group])
-            self._timings.observe(row, time.monotonic() - started)
+            run_seconds = time.monotonic() - started
+            self._timings.observe(row, run_seconds)
+            self.stats.observe(row["kind"], str(outcome.get("op")), run_seconds)
             # The claim's fencing token: refused if the claim was taken back meanwhile,
             # even when the command went back to the queue at the same attempt.
             outcome["claim"] = row["claim_gen"]
@@ -521,7 +530,7 @@ class Worker:
             dsn=self.dsn,
             credentials=self._credentials,
             worker_resources=self._resources,
-            log_sink=partial(store_command_logs, self.dsn, command, self._redact),
+            log_sink=partial(self._logs.write, command),
         )
 
 

@@ -1,8 +1,10 @@
-"""Credential endpoints (NoETL's /api/credentials): store and list, secrets never returned.
+"""Credential endpoints (NoETL's /api/credentials): store, list, get and delete, secrets
+never returned.
 
 Storing calls noetl_pg.credentials.put_credential (the same as `noetl credential add`), so
 encryption stays where that module puts it; listing runs that module's `credential_list`
-statement on the server's pool. Only admins reach them.
+statement on the server's pool, deleting the `credential_delete` of `noetl credential
+delete`. A credential's id is its name. Only admins reach them.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from noetl_pg.server import database
 from noetl_pg.server.auth import require
 from noetl_pg.server.schemas import (
     CredentialCreateRequest,
+    CredentialDeleteResponse,
     CredentialListResponse,
     CredentialResponse,
 )
@@ -93,3 +96,15 @@ async def get_credential(identifier: str, request: Request,
         if row["name"] == identifier:
             return _response(row)
     raise HTTPException(status_code=404, detail=f"credential '{identifier}' not found")
+
+
+@router.delete("/credentials/{identifier}", response_model=CredentialDeleteResponse)
+async def delete_credential(identifier: str, request: Request) -> dict[str, Any]:
+    """Delete a credential by name (NoETL's id or name: here the name is the id); 404 when
+    there is none."""
+    async with request.app.state.pool.connection() as conn:
+        row = await database.fetch_one(conn, "credential_delete", credential_name=identifier)
+    if row is None:
+        raise HTTPException(status_code=404, detail=f"credential '{identifier}' not found")
+    return {"message": "Credential deleted successfully", "id": row["name"],
+            "name": row["name"]}

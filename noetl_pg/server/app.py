@@ -21,6 +21,7 @@ from noetl_pg.server import (
     api_executions,
     api_ops,
     api_resume,
+    api_schedules,
     metrics,
 )
 from noetl_pg.server.auth import TokenAuth
@@ -100,7 +101,8 @@ def create_app(dsn: str, *, open_without_tokens: bool, pool_size: int = 10) -> F
         # Raised by the pool itself (a connection that could not be had), not by a query.
         return await sql_error(request, db.database_error(exc))
 
-    for module in (api_catalog, api_executions, api_credentials, api_ops, metrics):
+    for module in (api_catalog, api_executions, api_credentials, api_ops, api_schedules,
+                   metrics):
         app.include_router(module.router)
     # Resume and rerun exist only where their SQL functions do (read once, at start).
     if all(api_resume.optional_functions(dsn).values()):

@@ -21,9 +21,6 @@ from noetl_pg import settings
 from noetl_pg.server import database
 from noetl_pg.server.tokens import role_allows, token_hash
 
-# How long a looked-up token (or the "no tokens exist" answer) is trusted before the
-# database is asked again: revoking a token takes effect within this many seconds.
-CACHE_SECONDS = settings.current().server_auth_cache_seconds
 # Declares the scheme in the OpenAPI spec; the check itself is TokenAuth's.
 BEARER = HTTPBearer(auto_error=False, description="An API token (noetl server token add)")
 
@@ -43,6 +40,9 @@ class TokenAuth:
     def __init__(self, pool: AsyncConnectionPool, *, open_without_tokens: bool) -> None:
         self._pool = pool
         self._open_without_tokens = open_without_tokens
+        # How long a looked-up token (or the "no tokens exist" answer) is trusted before the
+        # database is asked again: revoking a token takes effect within this many seconds.
+        self._cache_seconds = settings.current().server_auth_cache_seconds
         self._tokens: dict[bytes, tuple[float, Principal | None]] = {}
         self._no_tokens_until = 0.0
 
@@ -53,7 +53,7 @@ class TokenAuth:
         async with self._pool.connection() as conn:
             row = await database.fetch_one(conn, "server_token_count")
         if row is not None and row["tokens"] == 0:
-            self._no_tokens_until = now + CACHE_SECONDS
+            self._no_tokens_until = now + self._cache_seconds
             return False
         return True
 
@@ -68,7 +68,7 @@ class TokenAuth:
         principal = Principal(row["name"], row["role"]) if row else None
         if len(self._tokens) > 10_000:  # bound the cache against token spraying
             self._tokens.clear()
-        self._tokens[digest] = (now + CACHE_SECONDS, principal)
+        self._tokens[digest] = (now + self._cache_seconds, principal)
         return principal
 
     async def principal(self, request: Request) -> Principal:

@@ -335,6 +335,12 @@ class CredentialListResponse(BaseModel):
     filter: dict[str, Any] | None = None
 
 
+class CredentialDeleteResponse(BaseModel):
+    message: str
+    id: str
+    name: str
+
+
 # --- operations ----------------------------------------------------------------------
 
 

@@ -73,8 +73,9 @@ class ToolContext:
     # executor, say) should stop; its outcome would be refused as stale anyway.
     cancelled: threading.Event | None = None
     # Receives what a tool captured of the step's own output, `{"stdout": str, "stderr":
-    # str}` (only the streams written to), once per run that wrote any: for the engine to
-    # store as the command's logs. None: captured output is dropped.
+    # str}` (only the streams written to), once per run that wrote any, plus `stdout_full`
+    # / `stderr_full` (the whole stream) for a stream that was cut: for the engine to store
+    # as the command's logs (the whole by reference). None: captured output is dropped.
     log_sink: Callable[[Mapping[str, str]], None] | None = None
     # A streamed step's chunks go here (noetl_pg.stream.ChunkSink); None: not streamed.
     stream: ChunkSink | None = None

@@ -18,9 +18,10 @@ Isolation (`spec.isolation`, else env `NOETL_PYTHON_ISOLATION`, else **process**
   as JSON (values JSON cannot hold are converted with `str`). The snippet's stdout and
   stderr (print, C extensions, subprocesses) are captured, at most `NOETL_PYTHON_LOG_BYTES`
   (64 KiB) per stream and call (head and tail kept), and handed to `ToolContext.log_sink`
-  as `{"stdout": ..., "stderr": ...}`; a failed step also carries them in its ToolError
-  output as `logs`. Cost: see docs/tools.md (a pipe round trip plus JSON, tens of
-  microseconds; a cold executor tens of milliseconds).
+  as `{"stdout": ..., "stderr": ...}`, with `stdout_full`/`stderr_full` (the whole stream,
+  up to `NOETL_PYTHON_LOG_MAX_BYTES`) when a stream was cut; a failed step also carries
+  the bounded ones in its ToolError output as `logs`. Cost: see docs/tools.md (a pipe
+  round trip plus JSON, tens of microseconds; a cold executor tens of milliseconds).
 - `inline`: the snippet runs in the worker thread itself. Fastest, shares the worker's
   memory, modules, environment and user, but a crash kills the worker, the timeout is not
   enforced (a Python thread cannot be stopped) and output is not captured. For trusted,
@@ -132,7 +133,9 @@ class PythonTool:
             raise ToolError(f"python step exited with code {code_text}") from None
         logs = {name: reply[name] for name in LOG_STREAMS if reply.get(name)}
         if logs and context.log_sink is not None:
-            context.log_sink(logs)
+            whole = {f"{name}_full": reply[f"{name}_full"] for name in LOG_STREAMS
+                     if reply.get(f"{name}_full") is not None}
+            context.log_sink({**logs, **whole})
         if not reply.get("ok"):
             raise ToolError(str(reply.get("error")), output={"logs": logs} if logs else None)
         return check_result(reply.get("value"))

@@ -23,7 +23,9 @@ load):
   0-2 of the runner are /dev/null and two temporary files: `print`, `sys.stderr`,
   C extensions and subprocesses write there, never into the reply pipe; after each request
   the files are read back (bounded by `--log-bytes` per stream: the head and the tail are
-  kept, the middle replaced by a marker naming the bytes dropped) and emptied.
+  kept, the middle replaced by a marker naming the bytes dropped) and emptied. A stream
+  longer than that also comes whole, as `stdout_full`/`stderr_full` (at most
+  `--log-max-bytes`, head and tail again beyond), for the worker to keep by reference.
 
 A snippet's failure names its line: the code is compiled under the filename it is sent with
 (`<step NAME>`), its source is registered with `linecache`, and the error message carries
@@ -171,38 +173,45 @@ class Capture:
     """One output stream of the runner (fd 1 or 2) pointed at a temporary file, read back
     and emptied after each request."""
 
-    def __init__(self, fd: int, limit: int) -> None:
+    def __init__(self, fd: int, limit: int, whole_limit: int) -> None:
         self.fd = fd
         self.limit = limit
+        self.whole_limit = max(whole_limit, limit)
         with tempfile.TemporaryFile() as spool:
             os.dup2(spool.fileno(), fd)
 
-    def take(self) -> str:
-        """What was written since the last call, at most `limit` bytes of it."""
+    def _read(self, size: int, limit: int, marker: str) -> str:
+        if size <= limit:
+            return os.pread(self.fd, size, 0).decode("utf-8", "replace")
+        head = limit // 2
+        tail = limit - head
+        return (os.pread(self.fd, head, 0).decode("utf-8", "replace")
+                + f"\n[... {size - limit} bytes dropped{marker} ...]\n"
+                + os.pread(self.fd, tail, size - tail).decode("utf-8", "replace"))
+
+    def take(self) -> tuple[str, str | None]:
+        """What was written since the last call: at most `limit` bytes of it, and when it
+        is longer, the whole (at most `whole_limit` bytes), else None."""
         size = os.fstat(self.fd).st_size
-        if size == 0:
-            return ""
-        if size <= self.limit:
-            text = os.pread(self.fd, size, 0).decode("utf-8", "replace")
-        else:
-            head = self.limit // 2
-            tail = self.limit - head
-            text = (os.pread(self.fd, head, 0).decode("utf-8", "replace")
-                    + f"\n[... {size - self.limit} bytes dropped ...]\n"
-                    + os.pread(self.fd, tail, size - tail).decode("utf-8", "replace"))
+        text, whole = "", None
+        if size > 0:
+            text = self._read(size, self.limit, "; noetl logs --full prints them")
+        if size > self.limit:
+            whole = self._read(size, self.whole_limit, "")
         os.ftruncate(self.fd, 0)
         os.lseek(self.fd, 0, os.SEEK_SET)
-        return text
+        return text, whole
 
 
-def serve(log_bytes: int) -> None:
+def serve(log_bytes: int, log_max_bytes: int) -> None:
     """Answer requests until stdin closes (see the module docstring)."""
     requests: BinaryIO = os.fdopen(os.dup(0), "rb")
     replies: BinaryIO = os.fdopen(os.dup(1), "wb", buffering=0)
     devnull = os.open(os.devnull, os.O_RDONLY)
     os.dup2(devnull, 0)
     os.close(devnull)
-    outputs = {"stdout": Capture(1, log_bytes), "stderr": Capture(2, log_bytes)}
+    outputs = {"stdout": Capture(1, log_bytes, log_max_bytes),
+               "stderr": Capture(2, log_bytes, log_max_bytes)}
     stdout, stderr = sys.stdout, sys.stderr
     for line in requests:
         reply = _reply(json.loads(line))
@@ -211,9 +220,11 @@ def serve(log_bytes: int) -> None:
             with contextlib.suppress(OSError, ValueError):  # e.g. closed by the snippet
                 stream.flush()
         for name, capture in outputs.items():
-            text = capture.take()
+            text, whole = capture.take()
             if text:
                 reply[name] = text
+            if whole is not None:
+                reply[f"{name}_full"] = whole
         try:
             data = json.dumps(reply, default=str)
         except ValueError as exc:  # e.g. a circular structure
@@ -321,7 +332,7 @@ def _options(argv: list[str]) -> dict[str, int]:
     values = argv[1::2]
     if len(names) != len(values) or not all(name.startswith("--") for name in names):
         raise ValueError(f"usage: python_child.py --lifeline FD --log-bytes N "
-                         f"[--uid UID --gid GID], got {argv}")
+                         f"[--log-max-bytes N] [--uid UID --gid GID], got {argv}")
     pairs = zip(names, values, strict=True)
     return {name[2:].replace("-", "_"): int(value) for name, value in pairs}
 
@@ -344,7 +355,7 @@ def main(argv: list[str]) -> None:
         if os.getppid() != guard_pid:  # the guard died before prctl took effect
             os._exit(1)
         os.close(options["lifeline"])
-        serve(options["log_bytes"])
+        serve(options["log_bytes"], options.get("log_max_bytes", options["log_bytes"]))
     else:
         guard(options["lifeline"], runner)
 

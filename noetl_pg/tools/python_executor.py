@@ -147,7 +147,8 @@ class Executor:
         user = executor_user()
         lifeline_read, self._lifeline = os.pipe()
         args = [sys.executable, "-P", str(CHILD_SCRIPT), "--lifeline", str(lifeline_read),
-                "--log-bytes", str(log_bytes())]
+                "--log-bytes", str(log_bytes()),
+                "--log-max-bytes", str(settings.current().python_log_max_bytes)]
         if user is not None:
             args += ["--uid", str(user.uid), "--gid", str(user.gid)]
         try:

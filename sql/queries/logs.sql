@@ -1,13 +1,24 @@
 -- logs.sql: captured step output (noetl.command_log), written by workers, read by the CLI.
 
 -- name: command_log_put
--- Store one captured stream of one command attempt.
+-- Store the captured streams of one command attempt in one statement: `streams` is a JSON
+-- array of {stream, body, full_ref, full_bytes}.
 insert into noetl.command_log (
-    execution_id, command_id, attempt, step_name, iter_index, stream, body
+    execution_id, command_id, attempt, step_name, iter_index, stream, body,
+    full_ref, full_bytes
 )
-values (
-    %(execution_id)s, %(command_id)s, %(attempt)s, %(step_name)s, %(iter_index)s,
-    %(stream)s, %(body)s
+select
+    %(execution_id)s,
+    %(command_id)s,
+    %(attempt)s,
+    %(step_name)s,
+    %(iter_index)s,
+    s.stream,
+    s.body,
+    s.full_ref,
+    s.full_bytes
+from jsonb_to_recordset(%(streams)s::jsonb) as s (
+    stream text, body text, full_ref text, full_bytes bigint
 );
 
 -- name: command_log_list
@@ -20,6 +31,8 @@ select
     iter_index,
     stream,
     body,
+    full_ref,
+    full_bytes,
     created_at
 from noetl.command_log
 where

@@ -11,7 +11,10 @@ from pathlib import Path
 from click.testing import CliRunner
 from engine_harness import Engine
 
+from noetl_pg import db
 from noetl_pg.cli import main
+from noetl_pg.logs import CommandLogWriter
+from noetl_pg.store import ResultStore
 
 PRINTING = """apiVersion: noetl.io/v2
 kind: Playbook
@@ -79,3 +82,72 @@ def test_step_output_is_stored_and_shown(fresh_engine: Engine, tmp_path: Path) -
 
     code, _, err = _cli(fresh_engine.dsn, "logs", "999999")
     assert code == 2 and "execution 999999 does not exist" in err
+
+
+LONG_OUTPUT = """apiVersion: noetl.io/v2
+kind: Playbook
+metadata: {name: chatty, path: logs/chatty}
+workflow:
+  - step: chatter
+    tool:
+      kind: python
+      code: |
+        for number in range(5000):
+            print(f"line {number:05d}")
+        result = 1
+"""
+
+
+def test_a_stream_past_the_cap_is_kept_whole_by_reference(fresh_engine: Engine,
+                                                          tmp_path: Path) -> None:
+    file = tmp_path / "chatty.yaml"
+    file.write_text(LONG_OUTPUT)
+    expected = "".join(f"line {number:05d}\n" for number in range(5000))
+    result = CliRunner().invoke(main, ["run", str(file), "--json"], env={
+        **os.environ, "NOETL_DSN": fresh_engine.dsn, "NOETL_PYTHON_LOG_BYTES": "1000"})
+    assert result.exit_code == 0, result.output
+    execution_id = str(json.loads(result.stdout)["execution_id"])
+
+    [row] = fresh_engine.sql("select body, full_ref, full_bytes from noetl.command_log "
+                             "where execution_id = %s", int(execution_id))
+    assert row["body"].startswith("line 00000\n") and row["body"].endswith("line 04999\n")
+    assert "line 02500" not in row["body"]
+    assert f"[... {len(expected) - 1000} bytes dropped; noetl logs --full prints them ...]" \
+        in row["body"]
+    assert row["full_bytes"] == len(expected)
+    [ref] = fresh_engine.sql("select bytes_size from noetl.result_ref where ref = %s",
+                             row["full_ref"])
+    assert ref["bytes_size"] == len(expected)
+
+    code, out, _ = _cli(fresh_engine.dsn, "logs", execution_id)
+    assert code == 0 and "line 02500" not in out
+    code, out, _ = _cli(fresh_engine.dsn, "logs", execution_id, "--full")
+    printed = [line.split(" | ", 1)[1] for line in out.splitlines()]
+    assert printed == [f"line {number:05d}" for number in range(5000)]
+    code, out, _ = _cli(fresh_engine.dsn, "logs", execution_id, "--full", "--json")
+    [entry] = json.loads(out)
+    assert (entry["body"], entry["full_bytes"]) == (expected, len(expected))
+
+    fresh_engine.sql("select * from noetl.purge_executions(interval '1 microsecond', false)")
+    assert fresh_engine.sql("select count(*) as n from noetl.result_ref")[0]["n"] == 0
+
+
+def test_the_log_writer_reuses_its_connections(fresh_engine: Engine, tmp_path: Path) -> None:
+    """Forty printing commands are stored over the engine's pool (at most its size in
+    connections), each command's streams in one statement."""
+    file = tmp_path / "printing.yaml"
+    file.write_text(PRINTING)
+    _, out, _ = _cli(fresh_engine.dsn, "run", str(file), "--json")
+    execution_id = json.loads(out)["execution_id"]
+    writer = CommandLogWriter(fresh_engine.dsn, ResultStore(fresh_engine.dsn), str.upper)
+    for number in range(40):
+        writer.write({"execution_id": execution_id, "command_id": 10_000 + number,
+                      "attempt": 1, "step_name": "talk", "iter_index": number},
+                     {"stdout": f"out {number}\n", "stderr": f"err {number}\n"})
+    assert 1 <= db.pool_stats(fresh_engine.dsn)["connections_num"] <= db.POOL_MAX_SIZE
+    rows = fresh_engine.sql(
+        "select iter_index, stream, body from noetl.command_log "
+        "where execution_id = %s and command_id >= 10000 order by log_id", execution_id)
+    assert [(r["iter_index"], r["stream"], r["body"]) for r in rows] == [
+        (number, stream, f"{label} {number}\n")
+        for number in range(40) for stream, label in (("stdout", "OUT"), ("stderr", "ERR"))]

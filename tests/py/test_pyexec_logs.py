@@ -55,8 +55,24 @@ def test_output_is_bounded_head_and_tail_kept(
     written = len("HEAD") + 5000 + len("TAIL\n")
     assert stdout.startswith("HEAD" + "a" * 496)
     assert stdout.endswith("a" * 495 + "TAIL\n")
-    assert f"\n[... {written - 1000} bytes dropped ...]\n" in stdout
+    assert f"\n[... {written - 1000} bytes dropped; noetl logs --full prints them ...]\n" \
+        in stdout
     assert len(stdout) < 1100
+    assert logs["stdout_full"] == "HEAD" + "a" * 5000 + "TAIL\n"  # the whole, for the store
+    assert "stderr_full" not in logs
+
+
+def test_the_whole_stream_is_bounded_too(
+    resources: dict[str, Any], monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("NOETL_PYTHON_LOG_BYTES", "100")
+    monkeypatch.setenv("NOETL_PYTHON_LOG_MAX_BYTES", "2000")
+    sink: list[Mapping[str, str]] = []
+    run("print('HEAD' + 'a' * 5000 + 'TAIL')\nresult = None", resources, sink)
+    (logs,) = sink
+    whole = logs["stdout_full"]
+    assert whole.startswith("HEAD" + "a" * 996) and whole.endswith("a" * 995 + "TAIL\n")
+    assert f"\n[... {5009 - 2000} bytes dropped ...]\n" in whole
 
 
 def test_error_names_the_snippet_line_and_keeps_the_traceback(resources: dict[str, Any]) -> None:

@@ -16,7 +16,7 @@ import pytest
 from engine_harness import REPO_ROOT, Engine
 
 from noetl_pg import db
-from noetl_pg.schedules import ScheduleError, add_schedule, next_tick, tick_to_fire
+from noetl_pg.schedules import ScheduleError, add_schedule, fire_due, next_tick, tick_to_fire
 
 NOETL = str(Path(sys.executable).parent / "noetl")
 
@@ -183,3 +183,25 @@ def test_cli_add_list_pause_resume_delete(engine: Engine) -> None:
     assert "Traceback" not in bad.stderr
     unknown = _cli(engine.dsn, "schedule", "add", "no/such/playbook", "* * * * *")
     assert unknown.returncode == 2 and "no/such/playbook is not registered" in unknown.stderr
+
+
+def test_status_names_the_schedule_tick_that_started_an_execution(fresh_engine: Engine) -> None:
+    schedule_id, path, first = _due_schedule(fresh_engine, "catch_up", 1)
+    with db.connect(fresh_engine.dsn) as conn:
+        started = fire_due(conn)
+        by_hand = db.fetch_one(conn, "start_execution", path=path, payload={}, version=None)
+    assert len(started) == 1
+    shown = _cli(fresh_engine.dsn, "status", str(started[0]), "--json")
+    assert shown.returncode == 0, shown.stderr
+    schedule = json.loads(shown.stdout)["schedule"]
+    assert (schedule["schedule_id"], schedule["cron"], schedule["timezone"]) == (
+        schedule_id, "* * * * *", "UTC")
+    assert datetime.fromisoformat(schedule["scheduled_for"]) == first
+    human = _cli(fresh_engine.dsn, "status", str(started[0]))
+    assert f"started by schedule {schedule_id} ('* * * * *' UTC) for the tick of " \
+           f"{first:%Y-%m-%d %H:%M:%S}" in human.stdout
+    assert by_hand is not None
+    other = _cli(fresh_engine.dsn, "status", str(by_hand["execution_id"]), "--json")
+    assert json.loads(other.stdout)["schedule"] is None
+    assert "started by schedule" not in _cli(fresh_engine.dsn, "status",
+                                             str(by_hand["execution_id"])).stdout

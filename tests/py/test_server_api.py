@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import base64
 import json
+import time
 import uuid
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from typing import Any
 
 import httpx
@@ -383,6 +385,54 @@ def test_credentials_never_return_secrets(api: httpx.Client, server_dsn: str) ->
     assert refused.status_code == 422 and "type must be one of" in refused.text
     assert api.get("/api/credentials/no-such-credential").status_code == 404
 
+    deleted = api.delete(f"/api/credentials/{name}")
+    assert deleted.status_code == 200
+    assert deleted.json() == {"message": "Credential deleted successfully", "id": name,
+                              "name": name}
+    assert sql(server_dsn, "select count(*) from noetl.credential where name = %s",
+               name)[0][0] == 0
+    assert api.get(f"/api/credentials/{name}").status_code == 404
+    gone = api.delete(f"/api/credentials/{name}")
+    assert gone.status_code == 404 and name in gone.json()["detail"]
+
+
+def test_schedules_over_http(api: httpx.Client, server_dsn: str) -> None:
+    path, text = unique(FAILING_PLAYBOOK)
+    register(api, text)
+    created = api.post("/api/schedules", json={
+        "path": path, "cron": "0 6 * * *", "timezone": "Europe/Paris",
+        "payload": {"who": "http"}})
+    assert created.status_code == 200, created.text
+    schedule = created.json()
+    schedule_id = schedule["schedule_id"]
+    assert (schedule["path"], schedule["payload"], schedule["missed_policy"],
+            schedule["paused"], schedule["runs"]) == (path, {"who": "http"}, "skip", False, 0)
+    next_run = datetime.fromisoformat(schedule["next_run_at"])
+    assert next_run > datetime.now(UTC) and next_run.astimezone(UTC).hour in (4, 5)
+    listed = api.get("/api/schedules").json()
+    assert [s["cron"] for s in listed if s["schedule_id"] == schedule_id] == ["0 6 * * *"]
+
+    bad = api.post("/api/schedules", json={"path": path, "cron": "61 * * * *"})
+    assert bad.status_code == 422 and "cron expression '61 * * * *'" in bad.text
+    assert api.post("/api/schedules", json={"path": path, "cron": "* * * * *",
+                                            "colour": "red"}).status_code == 422
+    assert api.post("/api/schedules", json={"path": path, "cron": "* * * * *",
+                                            "missed_policy": "never"}).status_code == 422
+
+    assert api.post(f"/api/schedules/{schedule_id}/pause").json() == {
+        "schedule_id": schedule_id, "state": "paused"}
+    assert sql(server_dsn, "select paused from noetl.schedule where schedule_id = %s",
+               schedule_id) == [(True,)]
+    assert api.post(f"/api/schedules/{schedule_id}/resume").json()["state"] == "active"
+    assert sql(server_dsn, "select paused from noetl.schedule where schedule_id = %s",
+               schedule_id) == [(False,)]
+    assert api.post("/api/schedules/987654/pause").status_code == 404
+    assert api.delete(f"/api/schedules/{schedule_id}").json() == {
+        "schedule_id": schedule_id, "state": "deleted"}
+    assert sql(server_dsn, "select count(*) from noetl.schedule where schedule_id = %s",
+               schedule_id) == [(0,)]
+    assert api.delete(f"/api/schedules/{schedule_id}").status_code == 404
+
 
 def test_workers_queue_and_health(api: httpx.Client) -> None:
     assert api.get("/api/health").json() == {"status": "ok"}
@@ -398,9 +448,17 @@ def test_metrics_match_the_database(api: httpx.Client, server_dsn: str) -> None:
     path, text = unique(FAILING_PLAYBOOK)
     register(api, text)
     wait_status(api, api.post("/api/execute", json={"path": path}).json()["execution_id"])
-    response = api.get("/metrics")
+    # Claims and run times come from what the worker published at its last heartbeat.
+    deadline = time.monotonic() + 12
+    while True:
+        response = api.get("/metrics")
+        families = {family.name: family
+                    for family in text_string_to_metric_families(response.text)}
+        kinds = {s.labels["kind"] for s in families["noetl_claims_per_second"].samples}
+        if {"python", "noop"} <= kinds or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
     assert response.headers["content-type"].startswith("text/plain")
-    families = {family.name: family for family in text_string_to_metric_families(response.text)}
     by_status = {sample.labels["status"]: sample.value
                  for sample in families["noetl_executions"].samples}
     stored = dict(sql(server_dsn, "select status, count(*) from noetl.execution "
@@ -421,6 +479,39 @@ def test_metrics_match_the_database(api: httpx.Client, server_dsn: str) -> None:
     assert "noetl_queue_depth" in families
 
 
+def test_metrics_add_up_the_workers_published_statistics(api: httpx.Client,
+                                                        server_dsn: str) -> None:
+    """/metrics reads the window figures from the live workers' rows, not noetl.command:
+    two made-up workers' rows are summed; a stopped worker's row is not."""
+    buckets = [0] * 15
+    buckets[3] = 2  # 2 runs between 25 and 50 ms
+    stats = json.dumps({"window_seconds": 15, "kinds": {"made_up": {
+        "claims": 30, "completions": 15, "finished": 2, "finished_seconds": 0.07,
+        "buckets": buckets}}})
+    names = [f"made-up-{uuid.uuid4().hex[:6]}" for _ in range(3)]
+    try:
+        for name, stopped in zip(names, ("null", "null", "now()"), strict=True):
+            sql(server_dsn, "insert into noetl.worker (worker_id, slots, stats, stopped_at) "
+                            f"values (%s, 2, %s, {stopped}) returning worker_id", name, stats)
+        families = {family.name: family
+                    for family in text_string_to_metric_families(api.get("/metrics").text)}
+        claims = {s.labels["kind"]: s.value for s in families["noetl_claims_per_second"].samples}
+        done = {s.labels["kind"]: s.value
+                for s in families["noetl_completions_per_second"].samples}
+        assert (claims["made_up"], done["made_up"]) == (60 / 15, 30 / 15)
+        histogram = {(s.name, s.labels.get("le")): s.value
+                     for s in families["noetl_step_duration_seconds"].samples
+                     if s.labels.get("kind") == "made_up"}
+        assert histogram[("noetl_step_duration_seconds_bucket", "0.025")] == 0
+        assert histogram[("noetl_step_duration_seconds_bucket", "0.05")] == 4
+        assert histogram[("noetl_step_duration_seconds_bucket", "+Inf")] == 4
+        assert histogram[("noetl_step_duration_seconds_sum", None)] == pytest.approx(0.14)
+        assert families["noetl_workers_alive"].samples[0].value == 3
+        assert families["noetl_worker_slots"].samples[0].value == 4 + 2 + 2
+    finally:
+        sql(server_dsn, "delete from noetl.worker where worker_id = any(%s) returning 1", names)
+
+
 def test_openapi_spec_lists_noetl_paths(api: httpx.Client) -> None:
     spec = api.get("/api/openapi.json").json()
     expected = {
@@ -430,8 +521,12 @@ def test_openapi_spec_lists_noetl_paths(api: httpx.Client) -> None:
         ("get", "/api/executions/{execution_id}/status"),
         ("get", "/api/executions/{execution_id}/events"),
         ("post", "/api/executions/{execution_id}/cancel"), ("get", "/api/credentials"),
-        ("post", "/api/credentials"), ("get", "/api/health"), ("get", "/api/workers"),
-        ("get", "/api/queue"), ("get", "/metrics"),
+        ("post", "/api/credentials"), ("delete", "/api/credentials/{identifier}"),
+        ("get", "/api/health"), ("get", "/api/workers"),
+        ("get", "/api/queue"), ("get", "/metrics"), ("get", "/api/schedules"),
+        ("post", "/api/schedules"), ("post", "/api/schedules/{schedule_id}/pause"),
+        ("post", "/api/schedules/{schedule_id}/resume"),
+        ("delete", "/api/schedules/{schedule_id}"),
     }
     present = {(method, path) for path, item in spec["paths"].items() for method in item}
     assert expected <= present

@@ -64,19 +64,36 @@ def test_roles_and_tokens(server: Server, auth_dsn: str) -> None:
                 .status_code == 401
         assert anonymous.get("/api/health").status_code == 200  # probes need no token
 
+    assert noetl(auth_dsn, "credential", "add", "doomed", "--type", "generic",
+                 "--data", '{"note": "public"}').returncode == 0
+    with server.client() as anonymous:
+        assert anonymous.delete("/api/credentials/doomed").status_code == 401
     with server.client(reader) as client:
         assert client.get("/api/executions").status_code == 200
         assert client.get("/metrics").status_code == 200
         refused = client.post("/api/execute", json={"path": "tests/auth/hello"})
         assert refused.status_code == 403 and "reader" in refused.json()["detail"]
         assert client.get("/api/credentials").status_code == 403
+        assert client.delete("/api/credentials/doomed").status_code == 403
+        assert client.get("/api/schedules").json() == []
+        assert client.post("/api/schedules", json={"path": "tests/auth/hello",
+                                                   "cron": "0 6 * * *"}).status_code == 403
 
     with server.client(operator) as client:
         started = client.post("/api/execute", json={"path": "tests/auth/hello"})
         assert started.status_code == 200
+        scheduled = client.post("/api/schedules", json={"path": "tests/auth/hello",
+                                                        "cron": "0 6 * * *"})
+        assert scheduled.status_code == 200
+        assert client.delete(f"/api/schedules/{scheduled.json()['schedule_id']}") \
+            .status_code == 200
         assert client.get("/api/credentials").status_code == 403
+        assert client.delete("/api/credentials/doomed").status_code == 403
+    with psycopg.connect(auth_dsn) as conn:  # refused deletes deleted nothing
+        assert conn.execute("select count(*) from noetl.credential").fetchone()[0] == 1
     with server.client(admin) as client:
         assert client.get("/api/credentials").status_code == 200
+        assert client.delete("/api/credentials/doomed").json()["name"] == "doomed"
 
     with psycopg.connect(auth_dsn) as conn:
         rows = conn.execute("select name, role, token_sha256 from noetl.api_token "
