@@ -348,6 +348,11 @@ def test_status_of_100k_events_reads_one_row(fresh_dsn: str) -> None:
             " 7)",
             (execution_id, execution_id, execution_id),
         )
+        projector = Projector(fresh_dsn, owner="bulk", batch_limit=10_000)
+        projector.renew(conn)
+        _fold_until(projector, conn, lambda: _state(conn, execution_id).get("events") == 3,
+                    timeout=60)
+        pages_with_three_events = _pages(_status_plan(conn, execution_id))
         conn.execute(
             "insert into noetl.event (execution_id, event_type, node_name, command_id,"
             " attempt, loop_id, iter_index)"
@@ -359,8 +364,6 @@ def test_status_of_100k_events_reads_one_row(fresh_dsn: str) -> None:
         total = conn.execute("select count(*) as n from noetl.event where execution_id = %s",
                              (execution_id,)).fetchone()["n"]
         assert total >= 100_000
-        projector = Projector(fresh_dsn, owner="bulk", batch_limit=10_000)
-        projector.renew(conn)
         started = time.monotonic()
         _fold_until(projector, conn, lambda: _state(conn, execution_id).get("events") == total,
                     timeout=300)
@@ -374,16 +377,36 @@ def test_status_of_100k_events_reads_one_row(fresh_dsn: str) -> None:
             row = db.fetch_one(conn, "execution_progress", execution_id=execution_id)
             timings.append((time.perf_counter() - began) * 1000)
             assert row is not None and row["state"]["events"] == total
-        plan = conn.execute(
-            "explain (analyze, format json) " + db.query("execution_progress"),
-            {"execution_id": execution_id},
-        ).fetchone()
-        server_ms = plan["QUERY PLAN"][0]["Execution Time"]
+        plan = _status_plan(conn, execution_id)
     median_ms = statistics.median(timings)
     print(f"\n100k events: folded in {fold_seconds:.1f}s; status median {median_ms:.2f} ms"
-          f" (client round trip), {server_ms:.3f} ms server execution time")
-    assert server_ms < 10
-    assert median_ms < 10
+          f" (client round trip), {plan['Execution Time']:.3f} ms server execution time")
+    # What it reads, not how long it takes (timings belong in bench/): the status query
+    # never touches the event log and reads a handful of pages, however many events.
+    assert not [node for node in _plan_nodes(plan["Plan"])
+                if node.get("Relation Name") == "event"]
+    assert _pages(plan) <= pages_with_three_events + 10, \
+        f"status read {_pages(plan)} pages at 100k events, {pages_with_three_events} at 3"
+
+
+def _pages(plan: dict[str, Any]) -> int:
+    """Shared buffers the statement touched (its plan's root counts every node's)."""
+    return int(plan["Plan"].get("Shared Hit Blocks", 0) + plan["Plan"].get("Shared Read Blocks", 0))
+
+
+def _status_plan(conn: Any, execution_id: int) -> dict[str, Any]:
+    for _warm in range(3):  # the first calls of a session also read the catalog
+        db.fetch_one(conn, "execution_progress", execution_id=execution_id)
+    row = conn.execute("explain (analyze, buffers, format json) "
+                       + db.query("execution_progress"),
+                       {"execution_id": execution_id}).fetchone()
+    return dict(row["QUERY PLAN"][0])
+
+
+def _plan_nodes(node: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    yield node
+    for child in node.get("Plans", []):
+        yield from _plan_nodes(child)
 
 
 def test_status_cli_reads_the_projection(engine: Engine, projector: Projector,
