@@ -14,6 +14,7 @@ error is logged and the next round tries again.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import socket
@@ -90,6 +91,10 @@ class Projector:
                     while not self._stopping.is_set():
                         if self.run_once(conn) == 0:
                             self._stopping.wait(self.poll_interval)
+                    # A stopping worker folds what its own last commits added first: with
+                    # no other projector running, `noetl status` would show them missing.
+                    with contextlib.suppress(TimeoutError):
+                        self.catch_up(conn, timeout=self.lease_seconds)
                     db.fetch_one(conn, "release_projection_shards", owner=self.owner)
                     return
             except DatabaseTransient as exc:
