@@ -37,6 +37,7 @@ from private_pg import private_server, restart
 from psycopg.conninfo import make_conninfo
 from worker_procs import Workers, wait_until
 
+from noetl_pg.errors import DatabaseUnavailable
 from noetl_pg.migrate import migrate
 
 EXECUTIONS = int(os.environ.get("CHAOS_EXECUTIONS", "25"))
@@ -220,6 +221,7 @@ class Driver:
         self.restarts = self.kills = self.terminations = 0
         self.recoveries: list[float] = []
         self.running_at_first_faults: list[int] = []
+        self.killed: set[str] = set()
         self.errors: list[str] = []
         self.thread = threading.Thread(target=self._run, daemon=True)
 
@@ -321,6 +323,7 @@ class Driver:
         before = self._last_event() or 0
         started = time.monotonic()
         self.workers.signal(victim, signal.SIGKILL)
+        self.killed.add(victim)
         self.kills += 1
         # A name no worker of this run had: reusing a live worker's name would drop its
         # process handle, and that worker would outlive the test.
@@ -353,7 +356,7 @@ def _finished(engine: Engine, ids: list[int]) -> bool:
     try:
         rows = engine.sql("select count(*) as n from noetl.execution "
                           "where execution_id = any(%s) and status = 'RUNNING'", ids)
-    except psycopg.OperationalError:
+    except (psycopg.OperationalError, DatabaseUnavailable):
         return False
     return rows[0]["n"] == 0
 
@@ -387,6 +390,11 @@ def _one_run(server: Any, tmp_path: Path, seed: int) -> dict[str, Any]:
                    what="every execution to finish")
         elapsed = time.monotonic() - began
         driver.stop()
+        # A worker ends only when the driver kills it: restarts and terminated backends
+        # are outages it waits out, also while it starts.
+        quit_alone = sorted(name for name, proc in workers.procs.items()
+                            if proc.poll() is not None and name not in driver.killed)
+        assert not quit_alone, f"workers that exited on their own: {quit_alone}"
     finally:
         driver.stop()
         workers.close()
@@ -439,7 +447,12 @@ def _one_run(server: Any, tmp_path: Path, seed: int) -> dict[str, Any]:
 # `make chaos` (1000 executions x 10 runs) takes far longer than the suite's 300 s per test.
 @pytest.mark.timeout(max(300, 4 * EXECUTIONS * RUNS))
 def test_chaos_runs_are_exact(chaos_server: Any, tmp_path: Path) -> None:
-    runs = [_one_run(chaos_server, tmp_path, seed) for seed in range(RUNS)]
+    runs = []
+    for seed in range(RUNS):  # each run's figures as it ends (make chaos takes long)
+        runs.append(_one_run(chaos_server, tmp_path, seed))
+        print(f"\nchaos run {seed} exact: " + ", ".join(
+            f"{key} {value}" for key, value in runs[-1].items() if key != "recoveries"),
+            flush=True)
     recoveries = [seconds for run in runs for seconds in run["recoveries"]]
     print(f"\nchaos: {RUNS} run(s) exact")
     for run in runs:

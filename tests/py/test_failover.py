@@ -31,6 +31,7 @@ import pytest
 from engine_harness import Engine
 from worker_procs import Workers, line_counts, wait_until
 
+from noetl_pg.errors import DatabaseUnavailable
 from noetl_pg.migrate import migrate
 
 ITEMS = 300
@@ -204,6 +205,6 @@ def _status(engine: Engine, execution_id: int) -> dict[str, Any] | None:
     try:
         row = engine.sql("select status, error from noetl.execution where execution_id = %s",
                          execution_id)[0]
-    except psycopg.OperationalError:
+    except (psycopg.OperationalError, DatabaseUnavailable):
         return None
     return row if row["status"] != "RUNNING" else None

@@ -23,6 +23,7 @@ from engine_harness import Engine
 from private_pg import private_server, restart
 from worker_procs import Workers, line_counts, wait_until
 
+from noetl_pg.errors import DatabaseUnavailable
 from noetl_pg.migrate import migrate
 from noetl_pg.worker import Worker
 
@@ -362,7 +363,7 @@ def _status(engine: Engine, execution_id: int) -> dict[str, Any] | None:
     try:
         row = engine.sql("select status, error from noetl.execution where execution_id = %s",
                          execution_id)[0]
-    except psycopg.OperationalError:
+    except (psycopg.OperationalError, DatabaseUnavailable):
         return None
     return row if row["status"] != "RUNNING" else None
 
