@@ -392,7 +392,7 @@ class Worker:
             if len(self._shared):
                 self._wake_all()
             started = time.monotonic()
-            outcomes = self._run_batch(runner, rows)
+            outcomes = self._run_batch(conn, runner, rows)
             sizer.observe(len(rows), time.monotonic() - started)
             pending[:] = outcomes
             # Set-aside commands come first: claim no more while some wait for a slot.
@@ -419,7 +419,8 @@ class Worker:
             others += claimed(db.fetch_all(conn, "cursor_claimed_commands", command_ids=created))
         return others
 
-    def _run_batch(self, runner: CommandRunner, rows: list[ClaimedCommand]) -> list[Outcome]:
+    def _run_batch(self, conn: psycopg.Connection[Any], runner: CommandRunner,
+                   rows: list[ClaimedCommand]) -> list[Outcome]:
         # claim rows carry the context (what the step reads) on the first row of each
         # group of one execution, step, kind and loop-or-not only (noetl.describe_commands).
         contexts: dict[tuple[Any, ...], Mapping[str, Any]] = {}
@@ -432,7 +433,7 @@ class Worker:
                 # cancel_execution already cancelled the command; any outcome would be stale.
                 continue
             started = time.monotonic()
-            outcome = self._run_one(runner, row, contexts[group])
+            outcome = self._run_one(conn, runner, row, contexts[group])
             run_seconds = time.monotonic() - started
             self._timings.observe(row, run_seconds)
             self.stats.observe(row["kind"], str(outcome.get("op")), run_seconds)
@@ -443,7 +444,8 @@ class Worker:
         return outcomes
 
     def _run_one(
-        self, runner: CommandRunner, row: ClaimedCommand, context: Mapping[str, Any]
+        self, conn: psycopg.Connection[Any], runner: CommandRunner, row: ClaimedCommand,
+        context: Mapping[str, Any]
     ) -> Outcome:
         try:
             return runner.run(row, context)
@@ -451,13 +453,24 @@ class Worker:
             # A stream lost this slot's connection: reconnect, like a lost finish. The
             # command stays claimed by us; the orphan sweep gives it back to the queue.
             raise lost.connection_error from None
+        except (DatabaseTransient, psycopg.OperationalError) as exc:
+            if conn.broken or conn.closed:
+                # The engine's own connection broke while the command ran (reading its
+                # spec, a stored result, a credential): infrastructure, not the step's
+                # failure. Reconnect; the command goes back to the queue at this attempt.
+                raise db.database_error(exc) if isinstance(exc, psycopg.Error) else exc \
+                    from None
+            return self._internal_error(row, exc)
         except Exception as exc:  # a bug or an unexpected library error: fail the command
-            log.exception("command %s failed unexpectedly", row["command_id"])
-            return failure(row["command_id"], row["attempt"],
-                           self._redact(f"step '{row['step_name']}': internal error: {exc}"))
+            return self._internal_error(row, exc)
         finally:
             with self._running_lock:
                 self._running.pop(row["command_id"], None)
+
+    def _internal_error(self, row: ClaimedCommand, exc: Exception) -> Outcome:
+        log.exception("command %s failed unexpectedly", row["command_id"])
+        return failure(row["command_id"], row["attempt"],
+                       self._redact(f"step '{row['step_name']}': internal error: {exc}"))
 
     def _finish(
         self, conn: psycopg.Connection[Any], outcomes: list[Outcome], claim_size: int

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 from engine_harness import Engine
 
 from noetl_pg.worker import ClaimSizer
@@ -49,3 +50,29 @@ def test_slow_iterations_run_on_several_slots_at_once(fresh_engine: Engine) -> N
         sum(1 for start, end in spans if start <= moment < end) for moment, _ in spans
     )
     assert most_at_once >= 3, f"iterations ran {most_at_once} at a time: {spans}"
+
+
+def test_engine_connection_lost_while_a_command_runs_is_not_the_steps_failure(
+        fresh_engine: Engine) -> None:
+    """The slot's own connection breaks while a command runs (here: reading its step's
+    spec): the slot reconnects and the command goes back at the same attempt, instead of
+    failing the step with an "internal error" (a 1000-execution chaos run failed so)."""
+    from noetl_pg import db
+    from noetl_pg.errors import DatabaseUnavailable
+    from noetl_pg.protocol import claimed
+    from noetl_pg.worker import Worker
+
+    path = fresh_engine.register(
+        "metadata: {path: test/lost}\nworkflow:\n  - step: only\n    tool: {kind: noop}\n")
+    fresh_engine.start(path)
+    worker = Worker(fresh_engine.dsn, slots=1)
+    conn = db.connect(fresh_engine.dsn)
+    rows = claimed(db.fetch_all(conn, "claim_commands", worker_id=worker.worker_id,
+                                kinds=None, n=1))
+    assert len(rows) == 1
+    runner = worker._runner(conn)
+    conn.close()  # as a restart or pg_terminate_backend leaves it
+    with pytest.raises(DatabaseUnavailable):
+        worker._run_one(conn, runner, rows[0], rows[0]["context"] or {})
+    assert fresh_engine.sql("select count(*) as n from noetl.event "
+                            "where event_type in ('call.error', 'command.failed')") == [{"n": 0}]
