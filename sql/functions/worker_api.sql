@@ -225,14 +225,16 @@ begin
                     -- serves routes; for one that does not, a router decides.
                     case when v_router is not null then
                         nullif(v_outcome -> 'targets', 'null'::jsonb)
-                    end
+                    end,
+                    (v_outcome ->> 'claim')::integer
                 ) as r;
             when 'fail' then
                 select r.route_command_id into v_route
                 from noetl.fail_command(
                     v_id, v_attempt, v_outcome ->> 'error',
                     (v_outcome ->> 'retry_delay')::double precision,
-                    nullif(v_outcome -> 'output', 'null'::jsonb), v_router
+                    nullif(v_outcome -> 'output', 'null'::jsonb), v_router,
+                    (v_outcome ->> 'claim')::integer
                 ) as r;
             when 'route' then
                 perform noetl.apply_route(v_id, v_attempt, v_outcome -> 'targets');

@@ -1,7 +1,7 @@
 -- The hardened worker protocol: credentials bound to a held command
 -- (command_credential_v1).
 begin;
-select plan(10);
+select plan(17);
 set local client_min_messages = warning;
 
 create temporary table spec_fixture as
@@ -90,6 +90,80 @@ select is(
 select is(
     noetl.reachable_steps((select catalog_id from graph), array['nope']),
     array[]::text[], 'an unknown step reaches nothing'
+);
+
+-- complete_command / fail_command fence by claim generation: a claim reaped and taken
+-- again at the same attempt refuses the old claim's late outcome
+select * from noetl.register_playbook('t/fence', 'yaml', '{"entry_step": "a", "workflow": [
+  {"step": "a", "plan": {"route_mode": "none"}}
+]}'::jsonb);
+select noetl.start_execution('t/fence');
+create temporary table fence_old as
+select * from noetl.claim_commands('w-old', null, 1);
+select noetl.reap_command((select command_id from fence_old), 'test: worker lost');
+create temporary table fence_new as
+select * from noetl.claim_commands('w-new', null, 1);
+select is(
+    (select array[attempt, claim_gen] from fence_new),
+    (select array[attempt, claim_gen + 1] from fence_old),
+    'claimed again at the same attempt under the next claim generation'
+);
+select is(
+    (
+        select outcome from noetl.complete_command(
+            (select command_id from fence_old), 1, '{"late": true}', null, null, null,
+            (select claim_gen from fence_old)
+        )
+    ),
+    'stale', 'complete_command of the old claim is refused'
+);
+select is(
+    (
+        select outcome from noetl.fail_command(
+            (select command_id from fence_old), 1, 'late', null, null, null,
+            (select claim_gen from fence_old)
+        )
+    ),
+    'stale', 'fail_command of the old claim is refused'
+);
+select is(
+    (
+        select array_agg(e.meta ->> 'op' order by e.event_id)
+        from noetl.event as e
+        inner join fence_old as o on e.command_id = o.command_id
+        cross join fence_new as n
+        where
+            e.event_type = 'command.outcome_refused'
+            and (e.meta ->> 'claim')::integer = o.claim_gen
+            and (e.meta ->> 'current_claim')::integer = n.claim_gen
+    ),
+    array['done', 'fail'], 'each refusal leaves command.outcome_refused naming the old claim'
+);
+select is(
+    (
+        select array[c.status, c.claimed_by]
+        from noetl.command as c
+        inner join fence_old as o on c.command_id = o.command_id
+    ),
+    array['claimed', 'w-new'], 'the refused outcomes changed nothing: w-new still holds it'
+);
+select is(
+    (
+        select count(*)::integer
+        from noetl.event as e
+        inner join fence_old as o on e.command_id = o.command_id
+        where e.event_type in ('call.done', 'call.error')
+    ),
+    0, 'no call.done or call.error was recorded for the old claim'
+);
+select is(
+    (
+        select outcome from noetl.complete_command(
+            (select command_id from fence_new), 1, '{"ok": true}', null, null, null,
+            (select claim_gen from fence_new)
+        )
+    ),
+    'ok', 'the current claim completes'
 );
 
 select * from finish();
