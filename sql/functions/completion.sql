@@ -150,6 +150,63 @@ begin
 end;
 $$;
 
+-- noetl.complete_command_v1(command_id, attempt, claim, result, ctx_set)
+--   -> (outcome, route_command_id)
+-- Worker protocol v1, for a worker (or a script) that reports one outcome at a time
+-- instead of through finish_and_claim_v1: complete_command fenced by attempt AND claim
+-- generation, both required. Conditional arcs become a route command queued for a router.
+-- Locks: as complete_command. Fails: 22023 when `claim` is NULL; as complete_command.
+create or replace function noetl.complete_command_v1(
+    p_command_id bigint,
+    p_attempt integer,
+    p_claim integer,
+    p_result jsonb default null,
+    p_ctx_set jsonb default null,
+    out outcome text,
+    out route_command_id bigint
+)
+language plpgsql
+as $$
+begin
+    if p_claim is null then
+        raise exception 'complete_command_v1: command %: the claim generation is required',
+            p_command_id using errcode = '22023';
+    end if;
+    select r.outcome, r.route_command_id into outcome, route_command_id
+    from noetl.complete_command(
+        p_command_id, p_attempt, p_result, p_ctx_set, null, null, p_claim
+    ) as r;
+end;
+$$;
+
+-- noetl.fail_command_v1(command_id, attempt, claim, error, retry_delay_seconds, output)
+--   -> (outcome, route_command_id)
+-- Worker protocol v1: fail_command fenced by attempt AND claim generation, both required.
+-- Locks: as fail_command. Fails: 22023 when `claim` is NULL; as fail_command.
+create or replace function noetl.fail_command_v1(
+    p_command_id bigint,
+    p_attempt integer,
+    p_claim integer,
+    p_error text,
+    p_retry_delay_seconds double precision default null,
+    p_output jsonb default null,
+    out outcome text,
+    out route_command_id bigint
+)
+language plpgsql
+as $$
+begin
+    if p_claim is null then
+        raise exception 'fail_command_v1: command %: the claim generation is required',
+            p_command_id using errcode = '22023';
+    end if;
+    select r.outcome, r.route_command_id into outcome, route_command_id
+    from noetl.fail_command(
+        p_command_id, p_attempt, p_error, p_retry_delay_seconds, p_output, null, p_claim
+    ) as r;
+end;
+$$;
+
 -- noetl.fail_command_finally(command, error, output) -> void
 -- Contract: marks a command failed for good and writes `command.failed`. Shared by
 --   fail_command and the reaper (attempts exhausted). Caller holds the command row lock.

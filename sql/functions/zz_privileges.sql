@@ -33,6 +33,10 @@ declare
         'worker_heartbeat', 'stop_worker', 'reap_stale_claims', 'reap_command',
         'reap_orphan_claims', 'reap_earlier_process', 'record_store_fallbacks', 'command_context',
         'describe_commands', 'finish_cursor_claim', 'command_credential_v1',
+        -- Worker protocol v1 (worker_compat.sql keeps the names above for older workers).
+        'claim_commands_v1', 'finish_and_claim_v1', 'register_worker_v1', 'worker_heartbeat_v1',
+        'stop_worker_v1', 'reap_stale_claims_v1', 'reap_orphan_claims_v1',
+        'reap_earlier_process_v1', 'complete_command_v1', 'fail_command_v1',
         'result_ref_put', 'result_ref_get', 'result_ref_list', 'result_blob_id',
         'result_blob_write_chunk', 'result_blob_read_chunk', 'result_blob_delete',
         'claim_projection_shards', 'project_shard', 'release_projection_shards',

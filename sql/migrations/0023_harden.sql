@@ -36,3 +36,32 @@ alter table noetl.catalog_step drop column if exists reaches;
 comment on column noetl.catalog_step.successors is
 'The step''s arc targets (any arc, conditional or not); what it can reach '
 'is computed from them (noetl.reachable_steps).';
+
+-- One row type for a claimed command: what claim_commands_v1, finish_and_claim_v1 and
+-- describe_commands return (the same twelve columns were spelled out three times).
+-- Column names and order are those workers already read.
+do $$
+begin
+    if to_regtype('noetl.claimed_command') is null then
+        create type noetl.claimed_command as (
+            command_id bigint,
+            execution_id bigint,
+            catalog_id bigint,
+            step_name text,
+            kind text,
+            attempt integer,
+            loop_id bigint,
+            iter_index integer,
+            input jsonb,
+            item jsonb,
+            context jsonb,
+            claim_gen integer
+        );
+    end if;
+end
+$$;
+
+comment on type noetl.claimed_command is
+'A claimed command as a worker receives it: the command, its loop item, the context of '
+'what its step reads (first row of each group only) and claim_gen, the fencing token its '
+'outcome names.';
