@@ -52,8 +52,8 @@ from psycopg_pool import ConnectionPool, PoolTimeout
 from noetl_pg import db, settings
 from noetl_pg.credentials import redact, secret_values
 from noetl_pg.errors import ToolError, ToolTimeout
-from noetl_pg.stream import chunk_rows_of, pump
 from noetl_pg.sqlrender import PLACEHOLDER_CHARS
+from noetl_pg.stream import chunk_rows_of, pump
 from noetl_pg.tools.base import ToolContext, localize_refs
 
 CONNECT_TIMEOUT_SECONDS = 10
