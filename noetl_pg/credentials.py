@@ -18,7 +18,7 @@ import time
 import urllib.parse
 from collections.abc import Iterable, Mapping
 from types import MappingProxyType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from noetl_pg import db
 from noetl_pg.credential_crypto import (
@@ -30,6 +30,9 @@ from noetl_pg.credential_crypto import (
     key_from_env,
 )
 from noetl_pg.errors import DatabaseError, DatabaseUnavailable, NoetlError
+
+if TYPE_CHECKING:
+    from noetl_pg.tools.base import CredentialResolver
 
 CREDENTIAL_KEY_ENV = KEY_ENV
 CREDENTIAL_TYPES = ("postgres", "http", "s3", "bearer", "static", "generic")
@@ -193,25 +196,41 @@ class DatabaseCredentialResolver:
         self._key = _key(key)
         self._ttl_seconds = ttl_seconds
         self._lock = threading.Lock()
-        self._cache: dict[str, tuple[float, Mapping[str, Any]]] = {}
+        self._cache: dict[tuple[Any, ...], tuple[float, Mapping[str, Any]]] = {}
         self._secret_values: set[str] = set()
 
     def get(self, name: str) -> Mapping[str, Any]:
-        """The decrypted fields of credential `name` (read-only mapping)."""
+        """The decrypted fields of credential `name` (read-only mapping), read with
+        `noetl.get_credential`: for the CLI and the engine's owner. A worker connected as
+        noetl_worker may not call it; it reads through `for_command`."""
+        return self._read(name, ("*",), "credential_get", {})
+
+    def for_command(self, worker_id: str, command: Mapping[str, Any]) -> CommandCredentials:
+        """A resolver for the one claimed `command` (a claim row: command_id, claim_gen,
+        execution_id, step_name) held by `worker_id`: it reads with
+        `noetl.command_credential_v1`, which refuses a credential the command does not
+        reference, or any once the claim was taken back."""
+        return CommandCredentials(self, worker_id, command)
+
+    def _read(self, name: str, scope: tuple[Any, ...], query: str,
+              params: Mapping[str, Any]) -> Mapping[str, Any]:
+        """One credential, cached for the TTL under (name, scope): a command reuses what
+        the database handed out for the same execution and step (a loop's iterations),
+        never what it handed out for another."""
         now = time.monotonic()
         with self._lock:
-            cached = self._cache.get(name)
+            cached = self._cache.get((name, *scope))
             if cached and now - cached[0] < self._ttl_seconds:
                 return cached[1]
         try:
             with db.connection(self._dsn) as conn:
-                row = db.fetch_one(conn, "credential_get", credential=name)
+                row = db.fetch_one(conn, query, credential=name, **params)
         except DatabaseError as exc:
             raise _database_error(name, "read", exc) from None
-        assert row is not None  # get_credential raises when the credential is missing
+        assert row is not None  # the functions raise when the credential is missing
         fields = MappingProxyType(decrypt_fields(name, row, self._key))
         with self._lock:
-            self._cache[name] = (now, fields)
+            self._cache[(name, *scope)] = (now, fields)
             self._secret_values.update(secret_values(fields))
         return fields
 
@@ -223,6 +242,32 @@ class DatabaseCredentialResolver:
     def clear_cache(self) -> None:
         with self._lock:
             self._cache.clear()
+
+
+class CommandCredentials:
+    """The credentials one claimed command may read (DatabaseCredentialResolver.for_command)."""
+
+    def __init__(self, resolver: DatabaseCredentialResolver, worker_id: str,
+                 command: Mapping[str, Any]) -> None:
+        self._resolver = resolver
+        self._params = {"worker_id": worker_id, "command_id": command["command_id"],
+                        "claim_gen": command["claim_gen"]}
+        self._scope = ("command", command["execution_id"], command["step_name"])
+
+    def get(self, name: str) -> Mapping[str, Any]:
+        return self._resolver._read(name, self._scope, "credential_for_command", self._params)
+
+    def secret_values(self) -> list[str]:
+        return self._resolver.secret_values()
+
+
+def for_command(resolver: CredentialResolver | None, worker_id: str,
+                command: Mapping[str, Any]) -> CredentialResolver | None:
+    """`resolver` narrowed to one claimed command when it can be (a database resolver);
+    other resolvers (an in-memory mapping) are returned as they are."""
+    if isinstance(resolver, DatabaseCredentialResolver) and "claim_gen" in command:
+        return resolver.for_command(worker_id, command)
+    return resolver
 
 
 class MappingCredentialResolver:

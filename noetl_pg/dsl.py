@@ -259,7 +259,9 @@ def build_plans(playbook: Playbook) -> dict[str, dict[str, Any]]:
             "direct_targets": direct_targets,
             "is_join": step.step in joins,
             "has_loop": step.loop is not None,
-            "reaches": sorted(_reachable(step.step, successors)),
+            # Arc targets only: what a step can reach is computed from them when needed
+            # (noetl.reachable_steps), so the plan stays linear in the playbook's size.
+            "successors": list(dict.fromkeys(successors[step.step])),
             "max_attempts": _max_attempts(step),
             **_reads(step, playbook),
         }
@@ -273,17 +275,6 @@ def _plan_kind(step: Step) -> str:
     if isinstance(step.tool, list):
         return "pipeline"
     return step.tool.kind if step.tool else "noop"
-
-
-def _reachable(start: str, successors: dict[str, list[str]]) -> set[str]:
-    seen: set[str] = set()
-    frontier = list(successors[start])
-    while frontier:
-        name = frontier.pop()
-        if name not in seen:
-            seen.add(name)
-            frontier.extend(successors[name])
-    return seen
 
 
 def _max_attempts(step: Step) -> int:

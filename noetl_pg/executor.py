@@ -18,6 +18,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from noetl_pg import protocol
+from noetl_pg.credentials import for_command
 from noetl_pg.dsl import Playbook, Step
 from noetl_pg.errors import NoetlError, TemplateError, ToolError
 from noetl_pg.jsoncheck import storage_problem
@@ -61,8 +62,11 @@ class CommandRunner:
         credentials: CredentialResolver | None = None,
         store: ResultStore | None = None,
         partials: PartialRecorder | None = None,
+        worker_id: str = "",
     ) -> None:
         self._tools = tools
+        # Whose claims the commands are: credentials are read for one held command.
+        self._worker_id = worker_id
         self._spec_loader = spec_loader
         self._make_tool_context = make_tool_context
         self._redact = redact
@@ -155,7 +159,8 @@ class CommandRunner:
         keychain = playbook.keychain
         if keychain:
             namespace["keychain"] = Keychain(
-                keychain, self._credentials, dict(namespace),
+                keychain, for_command(self._credentials, self._worker_id, command),
+                dict(namespace),
                 self._redact if isinstance(self._redact, SecretRedactor) else None,
             )
         if command.get("loop_id") is not None and step.loop is not None:

@@ -1,8 +1,9 @@
 """The worker protocol's Python types: what the claim functions return, what a worker sends.
 
-`ClaimedCommand` is one row of `noetl.claim_commands`, `noetl.finish_and_claim` and
-`noetl.describe_commands` (sql/functions/dispatch.sql, worker_api.sql): the same columns in
-the same order (tests/py/test_db_layer.py compares them with the functions' result columns).
+`ClaimedCommand` is one row of `noetl.claim_commands_v1`, `noetl.finish_and_claim_v1` and
+`noetl.describe_commands` (sql/functions/dispatch.sql, worker_api.sql), the SQL row type
+`noetl.claimed_command`: the same columns in the same order (tests/py/test_db_layer.py
+compares them with the functions' result columns).
 The outcome types are the JSON objects of `finish_and_claim`'s `outcomes` array, one per
 `op` of its contract: the executor produces them, the worker sends them and adds `claim`
 (the claim's fencing token) and `store_fallbacks`.

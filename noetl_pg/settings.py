@@ -197,7 +197,7 @@ class Settings(BaseSettings):
         200_000, "YAML nodes after alias expansion", section=_LIMITS, expects=_COUNT, ge=1)
     max_playbook_depth: int = _setting(64, "nesting levels", section=_LIMITS, expects=_COUNT,
                                        ge=1)
-    max_playbook_steps: int = _setting(1_000, "steps in `workflow`", section=_LIMITS,
+    max_playbook_steps: int = _setting(10_000, "steps in `workflow`", section=_LIMITS,
                                        expects=_COUNT, ge=1)
     max_commands: int | None = _setting(
         None, "commands one execution may issue, stored at registration", section=_LIMITS,

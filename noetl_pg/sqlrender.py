@@ -22,6 +22,13 @@ filter: `{{ name | sql_literal }}` renders `'...'` (quotes doubled, null for Non
 `{{ col | sql_identifier }}` renders `"..."` (a list renders a qualified name
 `"schema"."table"`). Null bytes are refused everywhere (PostgreSQL cannot hold them in
 text). `params:` (bound by the driver) stays the recommended way to pass values.
+
+When the driver binds `params` (a postgres step with `params`), psycopg reads every `%` of a
+statement that has a placeholder, inside literals and comments too: there a value's `%` is
+written `%%` (the author's own text follows psycopg's rule already), so `'{{ v }}'` with
+`v = "50%"` or `"%(x)s"` stays that text; statements without a placeholder run unbound and
+keep values as they are. A bare value right after a `%` that could form a placeholder
+(`%{{ name }}` with `name = "s"`) is refused.
 """
 
 from __future__ import annotations
@@ -123,6 +130,12 @@ def _load_named(source: str, context: Mapping[str, Any]) -> Mapping[str, Any]:
     return {**context, **loaded} if loaded else context
 
 
+# psycopg's placeholders (%s, %b, %t, %(name)s); noetl_pg.tools.postgres splits on the same.
+PLACEHOLDER_CHARS = frozenset("sbt")
+# The tool kinds whose driver reads `%` placeholders when `params` are bound.
+_PERCENT_PARAM_KINDS = frozenset({"postgres"})
+
+
 def render_tool_config(
     raw: Mapping[str, Any], scope: Mapping[str, Any], *, step: str = "",
     playbook_workload: Mapping[str, Any] | None = None,
@@ -135,15 +148,20 @@ def render_tool_config(
            if raw.get("kind") in SQL_TOOL_KINDS else {})
     config: dict[str, Any] = render_value(
         {key: value for key, value in raw.items() if key not in sql}, scope)
+    binds_params = raw.get("kind") in _PERCENT_PARAM_KINDS and config.get("params") is not None
     for key, source in sql.items():
-        config[key] = render_sql(source, scope, step=step)
+        config[key] = render_sql(source, scope, step=step, percent_params=binds_params)
     if "auth" in raw:
         check_rendered_auth(raw["auth"], config.get("auth"), playbook_workload)
     return config
 
 
-def render_sql(source: str, context: Mapping[str, Any], *, step: str = "") -> str:
+def render_sql(source: str, context: Mapping[str, Any], *, step: str = "",
+               percent_params: bool = False) -> str:
     """The SQL of `source` with its template values escaped for their positions.
+
+    `percent_params`: the driver binds params with `%` placeholders (psycopg), so in a
+    statement that has one a value's `%` is doubled (see the module docstring).
 
     Raises SqlTemplateError (a TemplateError) naming the step and the expression when a value
     cannot be placed safely, TemplateError for undefined variables and syntax errors.
@@ -171,7 +189,7 @@ def render_sql(source: str, context: Mapping[str, Any], *, step: str = "") -> st
         raise SqlTemplateError(
             f"{_where(step)}a templated script may not change standard_conforming_strings"
         )
-    return _Substituter(text, values, expressions, step).run()
+    return _Substituter(text, values, expressions, step, percent_params).run()
 
 
 def _where(step: str) -> str:
@@ -181,13 +199,20 @@ def _where(step: str) -> str:
 class _Substituter:
     """Scans rendered SQL once, replacing each marker by its escaped value."""
 
-    def __init__(self, text: str, values: list[Any], expressions: list[str], step: str):
+    def __init__(self, text: str, values: list[Any], expressions: list[str], step: str,
+                 percent_params: bool = False):
         self.text = text
         self.values = values
         self.expressions = expressions
         self.step = step
+        self.percent_params = percent_params
         self.out: list[str] = []
         self.i = 0
+        # For `percent_params`: the statement (split on top-level `;`) each value chunk of
+        # `out` belongs to, and the statements with a placeholder of the author's.
+        self.statement = 0
+        self.value_chunks: list[tuple[int, int]] = []
+        self.with_placeholder: set[int] = set()
 
     def run(self) -> str:
         text, n = self.text, len(self.text)
@@ -212,9 +237,28 @@ class _Substituter:
                     self._emit(char)
                 else:
                     self._dollar_body(tag)
+            elif char == ";":
+                self.statement += 1
+                self._emit(char)
+            elif char == "%" and self.percent_params:
+                self._percent()
             else:
                 self._emit(char)
+        for chunk, statement in self.value_chunks:
+            if statement in self.with_placeholder:
+                self.out[chunk] = self.out[chunk].replace("%", "%%")
         return "".join(self.out)
+
+    def _percent(self) -> None:
+        """A bare `%`: `%%` is the author's literal percent; `%s`, `%(` a placeholder."""
+        following = self.text[self.i + 1 : self.i + 2]
+        if following == "%":
+            self.out.append("%%")
+            self.i += 2
+            return
+        if following in PLACEHOLDER_CHARS or following == "(":
+            self.with_placeholder.add(self.statement)
+        self._emit("%")
 
     # --- scanning -----------------------------------------------------------------------
 
@@ -319,11 +363,17 @@ class _Substituter:
             if position != "bare":
                 raise self._error(index, "uses sql_literal/sql_identifier inside a quoted "
                                          "literal or comment; use it in a bare position")
-            self.out.append(_quote_identifier(value.value) if value.as_identifier
-                            else _quote_literal(value.value))
+            self._append_value(_quote_identifier(value.value) if value.as_identifier
+                               else _quote_literal(value.value))
             return
         if position == "bare":
-            self.out.append(self._bare(index, value))
+            text = self._bare(index, value)
+            if self.percent_params and self._previous() == "%" and (
+                text[:1] in PLACEHOLDER_CHARS or text[:1] == "("
+            ):
+                raise self._error(index, "is right after a '%' and would form a placeholder "
+                                         "of params; put a space between them")
+            self.out.append(text)
             return
         text = _as_text(value)
         if position == "literal":
@@ -336,6 +386,11 @@ class _Substituter:
             text = text.replace("\r", " ").replace("\n", " ")
         else:
             text = text.replace("/*", "/ *").replace("*/", "* /")
+        self._append_value(text)
+
+    def _append_value(self, text: str) -> None:
+        if self.percent_params and "%" in text:
+            self.value_chunks.append((len(self.out), self.statement))
         self.out.append(text)
 
     def _bare(self, index: int, value: Any) -> str:

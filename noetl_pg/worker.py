@@ -35,7 +35,7 @@ from psycopg.types.json import Jsonb
 
 from noetl_pg import db, settings
 from noetl_pg.command_stats import CommandStats
-from noetl_pg.credentials import DatabaseCredentialResolver
+from noetl_pg.credentials import DatabaseCredentialResolver, for_command
 from noetl_pg.cursor import KIND as CURSOR_KIND
 from noetl_pg.cursor import CursorClaims
 from noetl_pg.dsl import Playbook
@@ -357,6 +357,7 @@ class Worker:
             self._credentials,
             store=self._store,
             partials=DbPartialRecorder(conn),
+            worker_id=self.worker_id,
         )
 
     def _serve(
@@ -541,7 +542,7 @@ class Worker:
             command_id=command["command_id"],
             attempt=command["attempt"],
             dsn=self.dsn,
-            credentials=self._credentials,
+            credentials=for_command(self._credentials, self.worker_id, command),
             worker_resources=self._resources,
             log_sink=partial(self._logs.write, command),
         )

@@ -14,8 +14,8 @@ Limits (noetl_pg.settings, read on every call):
   default 1 MiB, noetl_pg.dsl.max_playbook_bytes);
 - NOETL_MAX_PLAYBOOK_NODES, default 200,000 nodes after expansion;
 - NOETL_MAX_PLAYBOOK_DEPTH, default 64 levels of nesting;
-- NOETL_MAX_PLAYBOOK_STEPS, default 1,000 steps in `workflow` (the routing plan stores,
-  per step, the steps it reaches: that grows with the square of a chain's length).
+- NOETL_MAX_PLAYBOOK_STEPS, default 10,000 steps in `workflow` (the routing plan is linear
+  in the steps: each stores its arc targets; past the cap, one line names the limit).
 """
 
 from __future__ import annotations

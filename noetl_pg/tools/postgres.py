@@ -52,13 +52,13 @@ from psycopg_pool import ConnectionPool, PoolTimeout
 from noetl_pg import db, settings
 from noetl_pg.credentials import redact, secret_values
 from noetl_pg.errors import ToolError, ToolTimeout
+from noetl_pg.sqlrender import PLACEHOLDER_CHARS
 from noetl_pg.stream import chunk_rows_of, pump
 from noetl_pg.tools.base import ToolContext, localize_refs
 
 CONNECT_TIMEOUT_SECONDS = 10
 # Pool size for a tool run outside a worker (no slot count known).
 DEFAULT_POOL_MAX_SIZE = 4
-PLACEHOLDER_CHARS = frozenset("sbt")
 # Credential fields -> libpq keywords (NoETL names first).
 CONNINFO_FIELDS = {
     "host": ("db_host", "host"),

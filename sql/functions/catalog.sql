@@ -4,8 +4,9 @@
 -- Contract: stores a new version of the playbook at `path` (1 for a new path, else the
 --   latest + 1) and extracts each step's routing plan (spec.workflow[i].plan, computed by the
 --   Python DSL parser) into noetl.catalog_step, including what each step reads of earlier
---   results (plan.reads, plan.loop_reads; see noetl.command_context). Returns the new
---   row's id and version.
+--   results (plan.reads, plan.loop_reads; see noetl.command_context) and its arc targets
+--   (plan.successors; what it can reach is computed from them, noetl.reachable_steps).
+--   Returns the new row's id and version.
 -- Locks: a transaction-level advisory lock on the path, so two registrations of one path
 --   get consecutive versions instead of a unique-key error.
 -- Failure modes: raises (naming the path) when spec has no workflow, a step has no name or
@@ -51,7 +52,7 @@ begin
         begin
             insert into noetl.catalog_step (
                 catalog_id, step_name, tool_kind, route_mode, direct_targets, is_join,
-                has_loop, reaches, max_attempts, reads, loop_reads
+                has_loop, successors, max_attempts, reads, loop_reads
             )
             values (
                 v_catalog_id,
@@ -62,7 +63,7 @@ begin
                     coalesce(v_plan -> 'direct_targets', '[]'))),
                 coalesce((v_plan ->> 'is_join')::boolean, false),
                 coalesce((v_plan ->> 'has_loop')::boolean, false),
-                array(select jsonb_array_elements_text(coalesce(v_plan -> 'reaches', '[]'))),
+                array(select jsonb_array_elements_text(coalesce(v_plan -> 'successors', '[]'))),
                 coalesce((v_plan ->> 'max_attempts')::integer, 1),
                 -- JSON null (analysis inconclusive) is stored as SQL NULL: send everything.
                 nullif(v_plan -> 'reads', 'null'::jsonb),
@@ -76,4 +77,33 @@ begin
 
     return query select v_catalog_id, v_version;
 end;
+$$;
+
+-- noetl.reachable_steps(catalog_id, from_steps) -> text[]
+-- Contract: the steps of playbook version `catalog_id` that some step of `from_steps`
+--   reaches through one or more arcs (catalog_step.successors), sorted; a step is in it
+--   only when a cycle leads back to it. What the join rule (check_progress) and rerun ask;
+--   the plan stores arc targets only, so its size stays linear in the playbook's.
+-- Cost: one primary-key lookup per reachable step (a recursive query; UNION stops at
+--   cycles).
+-- Locks: none. Fails: never (an empty array for no steps or unknown ones).
+create or replace function noetl.reachable_steps(
+    p_catalog_id bigint,
+    p_from_steps text[]
+) returns text[]
+language sql
+stable
+as $$
+    with recursive reached (step_name) as (
+        select unnest(s.successors)
+        from noetl.catalog_step as s
+        where s.catalog_id = p_catalog_id and s.step_name = any(p_from_steps)
+        union
+        select unnest(s.successors)
+        from reached as r
+        inner join noetl.catalog_step as s
+            on s.catalog_id = p_catalog_id and r.step_name = s.step_name
+    )
+
+    select coalesce(array_agg(r.step_name order by r.step_name), '{}') from reached as r
 $$;

@@ -1,6 +1,14 @@
 -- completion.sql: a worker reports the outcome of a command it claimed.
 
--- noetl.complete_command(command_id, attempt, result, ctx_set, worker_id, targets)
+-- Signatures changed (the claim generation fences direct calls too): drop the old ones so
+-- calls are not ambiguous.
+drop function if exists noetl.complete_command(bigint, integer, jsonb, jsonb, text, jsonb);
+drop function if exists noetl.fail_command(
+    bigint, integer, text, double precision, jsonb, text
+);
+drop function if exists noetl.lock_claimed_command(bigint, integer, text);
+
+-- noetl.complete_command(command_id, attempt, result, ctx_set, worker_id, targets, claim)
 --   -> (outcome, route_command_id)
 -- Contract: records `call.done` for the claimed attempt `attempt` and applies what follows
 --   in the same transaction: the step result is stored for later templates, `ctx_set`
@@ -10,8 +18,11 @@
 --   claimed by the caller, which evaluates it at once (no wake-up round trip); its id is
 --   returned; with `targets` (the arcs the caller evaluated, see route_after) they are
 --   applied in this transaction instead. outcome is 'ok', or 'stale' when the command is
---   no longer claimed at that attempt (it was reaped, retried, cancelled or completed): a
---   stale call changes nothing.
+--   no longer claimed at that attempt and, when `claim` is given, under that claim
+--   generation (it was reaped, retried, cancelled or completed; reaped and claimed again
+--   at the same attempt has a new generation): a stale call changes nothing but the
+--   `command.outcome_refused` event. A worker passes the claim_gen its claim returned
+--   (complete_command_v1 requires it); without it the attempt alone fences.
 -- Locks: in the lock order, its execution (with ancestors), its loop and the command row
 --   (lock_claimed_command); routing then re-uses the execution row it holds.
 -- Failure modes: raises no_data_found for an unknown command id.
@@ -22,6 +33,7 @@ create or replace function noetl.complete_command(
     p_ctx_set jsonb default null,
     p_worker_id text default null,
     p_targets jsonb default null,
+    p_claim integer default null,
     out outcome text,
     out route_command_id bigint
 )
@@ -30,7 +42,7 @@ as $$
 declare
     v_cmd noetl.command;
 begin
-    v_cmd := noetl.lock_claimed_command(p_command_id, p_attempt);
+    v_cmd := noetl.lock_claimed_command(p_command_id, p_attempt, null, p_claim, 'done');
     if v_cmd.command_id is null then
         outcome := 'stale';
         return;
@@ -75,15 +87,16 @@ begin
 end;
 $$;
 
--- noetl.fail_command(command_id, attempt, error, retry_delay_seconds, output, worker_id)
---   -> (outcome, route_command_id)
+-- noetl.fail_command(command_id, attempt, error, retry_delay_seconds, output, worker_id,
+--   claim) -> (outcome, route_command_id)
 -- Contract: records `call.error` for the claimed attempt. When the caller asks for a retry
 --   (`retry_delay_seconds` not NULL, decided by the step's policy) and attempts remain
 --   (attempt < max_attempts), the same command is re-queued as attempt + 1, due after the
 --   delay, and `command.retried` is written: outcome 'retried'. Otherwise the command
 --   fails (`command.failed`, outcome 'failed'): a loop iteration is counted as failed by
 --   its loop; a step routes through its conditional arcs with event.name 'call.error' or,
---   with none, fails the execution. 'stale' as in complete_command.
+--   with none, fails the execution. 'stale' as in complete_command (fenced by attempt and,
+--   when given, the claim generation `claim`).
 -- Locks: as complete_command (execution, loop, command row, in the lock order).
 create or replace function noetl.fail_command(
     p_command_id bigint,
@@ -92,6 +105,7 @@ create or replace function noetl.fail_command(
     p_retry_delay_seconds double precision default null,
     p_output jsonb default null,
     p_worker_id text default null,
+    p_claim integer default null,
     out outcome text,
     out route_command_id bigint
 )
@@ -100,7 +114,7 @@ as $$
 declare
     v_cmd noetl.command;
 begin
-    v_cmd := noetl.lock_claimed_command(p_command_id, p_attempt);
+    v_cmd := noetl.lock_claimed_command(p_command_id, p_attempt, null, p_claim, 'fail');
     if v_cmd.command_id is null then
         outcome := 'stale';
         return;
@@ -133,6 +147,63 @@ begin
     perform noetl.fail_command_finally(v_cmd, p_error, p_output);
     outcome := 'failed';
     route_command_id := noetl.after_command_failed(v_cmd, p_error, p_output, p_worker_id);
+end;
+$$;
+
+-- noetl.complete_command_v1(command_id, attempt, claim, result, ctx_set)
+--   -> (outcome, route_command_id)
+-- Worker protocol v1, for a worker (or a script) that reports one outcome at a time
+-- instead of through finish_and_claim_v1: complete_command fenced by attempt AND claim
+-- generation, both required. Conditional arcs become a route command queued for a router.
+-- Locks: as complete_command. Fails: 22023 when `claim` is NULL; as complete_command.
+create or replace function noetl.complete_command_v1(
+    p_command_id bigint,
+    p_attempt integer,
+    p_claim integer,
+    p_result jsonb default null,
+    p_ctx_set jsonb default null,
+    out outcome text,
+    out route_command_id bigint
+)
+language plpgsql
+as $$
+begin
+    if p_claim is null then
+        raise exception 'complete_command_v1: command %: the claim generation is required',
+            p_command_id using errcode = '22023';
+    end if;
+    select r.outcome, r.route_command_id into outcome, route_command_id
+    from noetl.complete_command(
+        p_command_id, p_attempt, p_result, p_ctx_set, null, null, p_claim
+    ) as r;
+end;
+$$;
+
+-- noetl.fail_command_v1(command_id, attempt, claim, error, retry_delay_seconds, output)
+--   -> (outcome, route_command_id)
+-- Worker protocol v1: fail_command fenced by attempt AND claim generation, both required.
+-- Locks: as fail_command. Fails: 22023 when `claim` is NULL; as fail_command.
+create or replace function noetl.fail_command_v1(
+    p_command_id bigint,
+    p_attempt integer,
+    p_claim integer,
+    p_error text,
+    p_retry_delay_seconds double precision default null,
+    p_output jsonb default null,
+    out outcome text,
+    out route_command_id bigint
+)
+language plpgsql
+as $$
+begin
+    if p_claim is null then
+        raise exception 'fail_command_v1: command %: the claim generation is required',
+            p_command_id using errcode = '22023';
+    end if;
+    select r.outcome, r.route_command_id into outcome, route_command_id
+    from noetl.fail_command(
+        p_command_id, p_attempt, p_error, p_retry_delay_seconds, p_output, null, p_claim
+    ) as r;
 end;
 $$;
 
@@ -216,13 +287,14 @@ begin
 end;
 $$;
 
--- noetl.lock_claimed_command(command_id, attempt, kind) -> noetl.command
--- Contract: the fencing check of every outcome applied directly (a worker's outcomes are
---   fenced first, by claim generation too, in finish_and_claim). Takes the locks of the
---   command in the lock order and returns the command when it is claimed at `attempt`;
---   returns NULL (the caller reports 'stale') when it is not: taken back, retried,
---   cancelled or finished meanwhile. A refusal is recorded (refuse_outcome). With `kind`, a
---   command of another kind is an error (a route command finished as a loop, say).
+-- noetl.lock_claimed_command(command_id, attempt, kind, claim, op) -> noetl.command
+-- Contract: the fencing check of every outcome (finish_and_claim fences a worker's batch
+--   first, then its outcomes pass here again). Takes the locks of the command in the lock
+--   order and returns the command when it is claimed at `attempt` and, when `claim` is
+--   given, under that claim generation; returns NULL (the caller reports 'stale') when it
+--   is not: taken back (even if claimed again at the same attempt), retried, cancelled or
+--   finished meanwhile. A refusal is recorded (refuse_outcome, with `claim` and `op`). With
+--   `kind`, a command of another kind is an error (a route command finished as a loop).
 -- Locks: its execution (with ancestors), its loop, then the command row
 --   (lock_command_rows); rows a caller such as finish_and_claim already holds are free.
 -- Failure modes: raises no_data_found (P0002) naming an unknown command id, and 22023
@@ -230,7 +302,9 @@ $$;
 create or replace function noetl.lock_claimed_command(
     p_command_id bigint,
     p_attempt integer,
-    p_kind text default null
+    p_kind text default null,
+    p_claim integer default null,
+    p_op text default null
 ) returns noetl.command
 language plpgsql
 as $$
@@ -246,8 +320,9 @@ begin
         raise exception 'command % is not a % command', p_command_id, p_kind
             using errcode = '22023';
     end if;
-    if v_cmd.status <> 'claimed' or v_cmd.attempt <> p_attempt then
-        perform noetl.refuse_outcome(v_cmd, p_attempt, null, null, null);
+    if v_cmd.status <> 'claimed' or v_cmd.attempt <> p_attempt
+        or v_cmd.claim_gen <> coalesce(p_claim, v_cmd.claim_gen) then
+        perform noetl.refuse_outcome(v_cmd, p_attempt, p_claim, p_op, null);
         return null;
     end if;
     return v_cmd;

@@ -40,7 +40,7 @@ begin
             secret_data = excluded.secret_data,
             cipher = excluded.cipher,
             key_id = excluded.key_id,
-            updated_at = now();
+            updated_at = noetl.now();
 end
 $$;
 
@@ -62,6 +62,87 @@ stable
 set search_path = pg_catalog, noetl
 as $$
 begin
+    return query
+    select c.credential_type, c.public_data, c.secret_data, c.cipher, c.key_id
+    from noetl.credential as c
+    where c.name = p_name;
+    if not found then
+        raise exception 'credential "%" not found', p_name
+            using errcode = 'no_data_found';
+    end if;
+end
+$$;
+
+
+-- noetl.command_credential_v1(worker_id, command_id, claim_gen, name)
+--   -> (credential_type, public_data, secret_data, cipher, key_id)
+-- Contract: the worker's only way to a credential: `name` as get_credential returns it,
+--   provided the caller holds the command it runs for and that command may use it. The
+--   command must be claimed by `worker_id` under claim generation `claim_gen` (the one its
+--   claim returned: a claim reaped and taken again by anyone, even at the same attempt,
+--   has a new one), and `name` must appear as a string value in what the command is
+--   rendered from: its step's definition (tool, args, pipeline), its playbook outside
+--   `workflow` (workload defaults, keychain, workbook), its execution's workload (the
+--   start payload merged in), the command's input or its loop item. A credential another
+--   execution uses, or this one uses in another step only, is not returned.
+-- Locks: none (reads the command, execution, catalog and credential rows).
+-- Fails: 42501 (insufficient_privilege) when the command is not held by `worker_id` under
+--   `claim_gen`, or does not reference `name`; P0002 when the credential does not exist.
+--   Messages name the credential, command and step only, never a value.
+create or replace function noetl.command_credential_v1(
+    p_worker_id text,
+    p_command_id bigint,
+    p_claim_gen integer,
+    p_name text
+) returns table (
+    credential_type text,
+    public_data jsonb,
+    secret_data bytea,
+    cipher text,
+    key_id text
+)
+language plpgsql
+stable
+set search_path = pg_catalog, noetl
+as $$
+declare
+    v_cmd noetl.command;
+    v_sources jsonb;
+begin
+    select * into v_cmd from noetl.command as c
+    where c.command_id = p_command_id
+        and c.status = 'claimed'
+        and c.claimed_by = p_worker_id
+        and c.claim_gen = p_claim_gen;
+    if not found then
+        raise exception 'credential "%": command % is not held by worker % under claim %',
+            p_name, p_command_id, p_worker_id, p_claim_gen
+            using errcode = 'insufficient_privilege';
+    end if;
+    select jsonb_build_array(
+        jsonb_path_query_first(
+            k.spec, '$.workflow[*] ? (@.step == $s)',
+            jsonb_build_object('s', v_cmd.step_name)
+        ),
+        k.spec - 'workflow',
+        e.workload,
+        v_cmd.input,
+        (
+            select li.item_value from noetl.loop_item as li
+            where li.loop_id = v_cmd.loop_id and li.iter_index = v_cmd.iter_index
+        )
+    )
+    into v_sources
+    from noetl.execution as e
+    inner join noetl.catalog as k on e.catalog_id = k.catalog_id
+    where e.execution_id = v_cmd.execution_id;
+    if not coalesce(jsonb_path_exists(
+        v_sources, '$.** ? (@ == $n)', jsonb_build_object('n', p_name)
+    ), false) then
+        raise exception 'credential "%" is not referenced by step "%" of execution % '
+            '(command %)', p_name, v_cmd.step_name, v_cmd.execution_id, p_command_id
+            using errcode = 'insufficient_privilege';
+    end if;
     return query
     select c.credential_type, c.public_data, c.secret_data, c.cipher, c.key_id
     from noetl.credential as c

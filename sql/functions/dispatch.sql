@@ -200,11 +200,14 @@ begin
 end;
 $$;
 
--- Return types changed (claim_gen): drop the old shapes before re-creating them.
+-- Return types changed (claim_gen, then noetl.claimed_command): drop the old shapes
+-- before re-creating them. The unversioned claim_commands is re-created as a wrapper
+-- (worker_compat.sql).
 drop function if exists noetl.claim_commands(text, text[], integer);
 drop function if exists noetl.describe_commands(bigint[]);
 
--- noetl.claim_commands(worker_id, kinds, n) -> setof claimed commands
+-- noetl.claim_commands_v1(worker_id, kinds, n) -> setof noetl.claimed_command
+-- Worker protocol v1 (the unversioned claim_commands calls it, for older workers).
 -- Contract: claims up to `n` queued commands that are due (available_at <= noetl.now()), whose
 --   kind is in `kinds` (NULL: any kind), highest priority then oldest first, marks them
 --   claimed by `worker_id`, writes one `command.claimed` event each, and returns them.
@@ -216,24 +219,11 @@ drop function if exists noetl.describe_commands(bigint[]);
 --   which the worker's outcome names (see finish_and_claim).
 -- Locks: FOR UPDATE SKIP LOCKED on the chosen queue rows (in claim_command_ids), so
 --   concurrent claimers never wait on each other and never get the same command.
-create or replace function noetl.claim_commands(
+create or replace function noetl.claim_commands_v1(
     p_worker_id text,
     p_kinds text[] default null,
     p_n integer default 1
-) returns table (
-    command_id bigint,
-    execution_id bigint,
-    catalog_id bigint,
-    step_name text,
-    kind text,
-    attempt integer,
-    loop_id bigint,
-    iter_index integer,
-    input jsonb,
-    item jsonb,
-    context jsonb,
-    claim_gen integer
-)
+) returns setof noetl.claimed_command
 language plpgsql
 as $$
 declare
@@ -247,27 +237,14 @@ begin
 end;
 $$;
 
--- noetl.describe_commands(command_ids) -> rows shaped like claim_commands
+-- noetl.describe_commands(command_ids) -> setof noetl.claimed_command
 -- Contract: the claim payload of the given commands (ordered by command_id), with the
 --   context on the first row of each (execution_id, step_name, kind, loop_id is null)
 --   group, holding what that step reads (command_reads). Used by claim_commands and by completion
 --   when it creates a route command already claimed by the completing worker.
 -- Locks: none.
 create or replace function noetl.describe_commands(p_command_ids bigint[])
-returns table (
-    command_id bigint,
-    execution_id bigint,
-    catalog_id bigint,
-    step_name text,
-    kind text,
-    attempt integer,
-    loop_id bigint,
-    iter_index integer,
-    input jsonb,
-    item jsonb,
-    context jsonb,
-    claim_gen integer
-)
+returns setof noetl.claimed_command
 language sql
 stable
 as $$

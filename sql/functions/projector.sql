@@ -20,15 +20,15 @@ declare
     v_share integer;
     v_held integer;
 begin
-    insert into noetl.projector as p (owner, seen_at) values (p_owner, now())
+    insert into noetl.projector as p (owner, seen_at) values (p_owner, noetl.now())
     on conflict (owner) do update set seen_at = excluded.seen_at;
-    delete from noetl.projector as p where p.seen_at < now() - 10 * v_lease;
+    delete from noetl.projector as p where p.seen_at < noetl.now() - 10 * v_lease;
 
-    select count(*) into v_live from noetl.projector as p where p.seen_at > now() - v_lease;
+    select count(*) into v_live from noetl.projector as p where p.seen_at > noetl.now() - v_lease;
     select ceil(count(*)::numeric / greatest(v_live, 1)) into v_share
     from noetl.projection_shard;
 
-    update noetl.projection_shard as s set lease_expires_at = now() + v_lease
+    update noetl.projection_shard as s set lease_expires_at = noetl.now() + v_lease
     where s.owner = p_owner;
     get diagnostics v_held = row_count;
 
@@ -43,10 +43,10 @@ begin
         );
     elsif v_held < v_share then
         update noetl.projection_shard as s
-        set owner = p_owner, lease_expires_at = now() + v_lease
+        set owner = p_owner, lease_expires_at = noetl.now() + v_lease
         where s.shard in (
             select f.shard from noetl.projection_shard as f
-            where f.owner is null or f.lease_expires_at < now()
+            where f.owner is null or f.lease_expires_at < noetl.now()
             order by f.shard
             limit v_share - v_held
             for update skip locked
@@ -109,7 +109,7 @@ declare
 begin
     select * into v_shard from noetl.projection_shard as s where s.shard = p_shard for update;
     if not found or v_shard.owner is distinct from p_owner
-        or v_shard.lease_expires_at < now() then
+        or v_shard.lease_expires_at < noetl.now() then
         return query select false, 0, 0, false;
         return;
     end if;
@@ -130,9 +130,9 @@ begin
 
     if v_execution_ids is null then
         if v_xmin > v_shard.checkpoint_tx_id
-            and coalesce(v_shard.folded_at < now() - interval '1 second', true) then
+            and coalesce(v_shard.folded_at < noetl.now() - interval '1 second', true) then
             update noetl.projection_shard as s
-            set checkpoint_tx_id = v_xmin, checkpoint_event_id = 0, folded_at = now()
+            set checkpoint_tx_id = v_xmin, checkpoint_event_id = 0, folded_at = noetl.now()
             where s.shard = p_shard;
         end if;
         return query select true, 0, 0, false;
@@ -206,7 +206,7 @@ begin
     set checkpoint_tx_id = v_tx_ids[v_count],
         checkpoint_event_id = v_event_ids[v_count],
         folded_events = s.folded_events + v_count,
-        folded_at = now()
+        folded_at = noetl.now()
     where s.shard = p_shard;
 
     owned := true;

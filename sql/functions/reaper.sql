@@ -12,13 +12,13 @@ drop function if exists noetl.reap_stale_claims(double precision);
 drop function if exists noetl.reap_command(bigint, text);
 drop function if exists noetl.reap_command(bigint, text, integer, boolean);
 
--- noetl.reap_stale_claims(timeout_seconds, max_reclaims) -> integer
+-- noetl.reap_stale_claims_v1(timeout_seconds, max_reclaims) -> integer
 -- Contract: finds every claimed command whose worker has not heartbeaten for
 --   `timeout_seconds` (its worker row is older than that, stopped, or was never registered
 --   and the claim itself is older than that) and takes it back (reap_command, counted as
 --   a reclaim): re-queued at the same attempt, or failed as poison once it was taken back
 --   `max_reclaims` times already. Returns how many commands it took back.
---   Any daemon may call it on a timer, and a DBA from psql:
+--   Any daemon may call it on a timer, and a DBA from psql (the unversioned name):
 --     select noetl.reap_stale_claims(300);
 -- Cost: O(claimed commands) through command_claimed_by_idx, whatever the queue backlog.
 -- Locks: pg_try_advisory_xact_lock on the key "noetl.reaper": when another session is
@@ -27,7 +27,7 @@ drop function if exists noetl.reap_command(bigint, text, integer, boolean);
 --   waiting for completions in flight; a claim finished meanwhile is left alone.
 -- Failure modes: a negative or NULL timeout, or a negative max_reclaims, raises
 --   invalid_parameter_value.
-create or replace function noetl.reap_stale_claims(
+create or replace function noetl.reap_stale_claims_v1(
     p_timeout_seconds double precision default 300,
     p_max_reclaims integer default 5
 ) returns integer
@@ -38,8 +38,6 @@ declare
     v_ids bigint[];
     v_gens integer[];
     v_reasons text[];
-    v_index integer;
-    v_reaped integer := 0;
 begin
     if p_timeout_seconds is null or p_timeout_seconds < 0 then
         raise exception 'reap_stale_claims: timeout must be >= 0 seconds, got %',
@@ -74,23 +72,8 @@ begin
             or w.stopped_at is not null
             or (w.worker_id is null and coalesce(c.claimed_at, '-infinity') < v_cutoff)
         );
-    if v_ids is null then
-        return 0;
-    end if;
 
-    perform noetl.lock_command_rows(v_ids);
-    for v_index in 1..cardinality(v_ids) loop
-        if noetl.reap_command(
-            v_ids[v_index], v_reasons[v_index], p_max_reclaims, true, v_gens[v_index]
-        ) then
-            v_reaped := v_reaped + 1;
-        end if;
-    end loop;
-
-    if v_reaped > 0 then
-        perform noetl.notify_queue();
-    end if;
-    return v_reaped;
+    return noetl.reap_commands(v_ids, v_gens, v_reasons, p_max_reclaims, true);
 end;
 $$;
 
@@ -178,6 +161,47 @@ begin
 end;
 $$;
 
+-- noetl.reap_commands(command_ids, claim_gens, reasons, max_reclaims, counts) -> integer
+-- Contract: the one body of every reaper: takes back each command of `command_ids` still
+--   claimed under the matching generation of `claim_gens` (reap_command with its reason:
+--   `reasons` one per command, or one for all; `counts` says whether it is a reclaim),
+--   then wakes workers once if any went back. Returns how many were taken back. NULL or
+--   empty ids: 0.
+-- Locks: in the lock order, the executions (with ancestors), loops and command rows of
+--   all the commands at once (lock_command_rows), before the first is reaped.
+create or replace function noetl.reap_commands(
+    p_command_ids bigint[],
+    p_claim_gens integer[],
+    p_reasons text[],
+    p_max_reclaims integer,
+    p_counts boolean
+) returns integer
+language plpgsql
+as $$
+declare
+    v_index integer;
+    v_reaped integer := 0;
+begin
+    if coalesce(cardinality(p_command_ids), 0) = 0 then
+        return 0;
+    end if;
+    perform noetl.lock_command_rows(p_command_ids);
+    for v_index in 1..cardinality(p_command_ids) loop
+        if noetl.reap_command(
+            p_command_ids[v_index],
+            p_reasons[case when cardinality(p_reasons) = 1 then 1 else v_index end],
+            p_max_reclaims, p_counts, p_claim_gens[v_index]
+        ) then
+            v_reaped := v_reaped + 1;
+        end if;
+    end loop;
+    if v_reaped > 0 then
+        perform noetl.notify_queue();
+    end if;
+    return v_reaped;
+end;
+$$;
+
 -- noetl.record_reap(command, reason, outcome, reclaims, error) -> void
 -- Contract: writes the `command.reaped` event of reap_command (at the command's attempt).
 -- Locks: none beyond the insert.
@@ -201,7 +225,7 @@ as $$
     );
 $$;
 
--- noetl.reap_orphan_claims(worker_id, held_command_ids, min_age_seconds) -> integer
+-- noetl.reap_orphan_claims_v1(worker_id, held_command_ids, min_age_seconds) -> integer
 -- Contract: a live worker's own sweep. Takes back (reap_command, not counted as a reclaim)
 --   the claims of `worker_id` older than `min_age_seconds` that the worker does not hold
 --   in memory: claims whose reply was lost when a connection broke after the claim
@@ -210,7 +234,7 @@ $$;
 --   Returns how many it took back.
 -- Cost: O(claims of this worker) through command_claimed_by_idx.
 -- Locks: the claims' executions, loops and command rows in the lock order.
-create or replace function noetl.reap_orphan_claims(
+create or replace function noetl.reap_orphan_claims_v1(
     p_worker_id text,
     p_held_command_ids bigint[],
     p_min_age_seconds double precision
@@ -220,8 +244,6 @@ as $$
 declare
     v_ids bigint[];
     v_gens integer[];
-    v_index integer;
-    v_reaped integer := 0;
 begin
     select array_agg(c.command_id order by c.command_id),
         array_agg(c.claim_gen order by c.command_id)
@@ -231,32 +253,19 @@ begin
         and c.status = 'claimed'
         and c.claimed_at <= noetl.now() - make_interval(secs => p_min_age_seconds)
         and not c.command_id = any(coalesce(p_held_command_ids, '{}'));
-    if v_ids is null then
-        return 0;
-    end if;
-    perform noetl.lock_command_rows(v_ids);
-    for v_index in 1..cardinality(v_ids) loop
-        if noetl.reap_command(
-            v_ids[v_index], 'claim not held by its worker (lost reply)', null, false,
-            v_gens[v_index]
-        ) then
-            v_reaped := v_reaped + 1;
-        end if;
-    end loop;
-    if v_reaped > 0 then
-        perform noetl.notify_queue();
-    end if;
-    return v_reaped;
+    return noetl.reap_commands(
+        v_ids, v_gens, array['claim not held by its worker (lost reply)'], null, false
+    );
 end;
 $$;
 
--- noetl.reap_earlier_process(worker_id, max_reclaims) -> integer
+-- noetl.reap_earlier_process_v1(worker_id, max_reclaims) -> integer
 -- Contract: called by a worker at start-up: every claim still recorded under its worker id
 --   belongs to an earlier process with that id, which is gone (crashed or killed). Each is
 --   taken back as a reclaim (reap_command: re-queued at the same attempt, or poison past
 --   `max_reclaims`). Returns how many.
 -- Locks: the claims' executions, loops and command rows in the lock order.
-create or replace function noetl.reap_earlier_process(
+create or replace function noetl.reap_earlier_process_v1(
     p_worker_id text,
     p_max_reclaims integer default 5
 ) returns integer
@@ -265,29 +274,15 @@ as $$
 declare
     v_ids bigint[];
     v_gens integer[];
-    v_index integer;
-    v_reaped integer := 0;
 begin
     select array_agg(c.command_id order by c.command_id),
         array_agg(c.claim_gen order by c.command_id)
     into v_ids, v_gens
     from noetl.command as c
     where c.claimed_by = p_worker_id and c.status = 'claimed';
-    if v_ids is null then
-        return 0;
-    end if;
-    perform noetl.lock_command_rows(v_ids);
-    for v_index in 1..cardinality(v_ids) loop
-        if noetl.reap_command(
-            v_ids[v_index], 'claimed by an earlier process with this worker id',
-            p_max_reclaims, true, v_gens[v_index]
-        ) then
-            v_reaped := v_reaped + 1;
-        end if;
-    end loop;
-    if v_reaped > 0 then
-        perform noetl.notify_queue();
-    end if;
-    return v_reaped;
+    return noetl.reap_commands(
+        v_ids, v_gens, array['claimed by an earlier process with this worker id'],
+        p_max_reclaims, true
+    );
 end;
 $$;

@@ -193,7 +193,7 @@ language plpgsql
 as $$
 declare
     v_old noetl.execution;
-    v_from noetl.catalog_step;
+    v_downstream text[];
     v_new bigint;
     v_reused text[];
 begin
@@ -207,12 +207,13 @@ begin
         raise exception 'execution % is still RUNNING: cancel it or wait before a rerun',
             p_execution_id using errcode = '22023';
     end if;
-    select * into v_from from noetl.catalog_step as s
+    perform 1 from noetl.catalog_step as s
     where s.catalog_id = v_old.catalog_id and s.step_name = p_from_step;
     if not found then
         raise exception 'playbook %: step "%" does not exist (rerun of execution %)',
             v_old.path, p_from_step, p_execution_id using errcode = '22023';
     end if;
+    v_downstream := noetl.reachable_steps(v_old.catalog_id, array[p_from_step]);
 
     insert into noetl.execution (
         catalog_id, path, version, workload, ctx, parent_execution_id, parent_command_id,
@@ -229,7 +230,7 @@ begin
     from noetl.step_result as r
     where r.execution_id = p_execution_id
         and r.step_name <> p_from_step
-        and not (r.step_name = any(v_from.reaches));
+        and not (r.step_name = any(v_downstream));
     select coalesce(array_agg(r.step_name order by r.step_name), '{}') into v_reused
     from noetl.step_result as r
     where r.execution_id = v_new;

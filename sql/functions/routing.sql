@@ -211,6 +211,7 @@ declare
     v_command_id bigint;
     v_arc_set jsonb;
     v_active boolean := false;
+    v_reachable text[];
 begin
     perform noetl.lock_executions(array[p_execution_id]);
     select * into v_exec from noetl.execution as e
@@ -225,18 +226,17 @@ begin
         where a.execution_id = p_execution_id and a.consumed_by is null
         group by a.step_name
     loop
-        -- An active command that can still reach the join (ordered by step_name for
-        -- command_active_idx, see the completion check below).
-        perform 1
-        from noetl.command as c
-        inner join noetl.catalog_step as s
-            on s.catalog_id = v_exec.catalog_id and c.step_name = s.step_name
-        where c.execution_id = p_execution_id
-            and c.status in ('queued', 'claimed', 'waiting')
-            and v_join.step_name = any(s.reaches)
-        order by c.step_name
-        limit 1;
-        continue when found;
+        -- What the active commands can still reach, computed once, when a join waits: the
+        -- plan stores arc targets only (reachable_steps walks them).
+        if v_reachable is null then
+            v_reachable := noetl.reachable_steps(v_exec.catalog_id, array(
+                select distinct c.step_name
+                from noetl.command as c
+                where c.execution_id = p_execution_id
+                    and c.status in ('queued', 'claimed', 'waiting')
+            ));
+        end if;
+        continue when v_join.step_name = any(v_reachable);
         for v_arc_set in
             select a.arc_set from noetl.join_arrival as a
             where a.execution_id = p_execution_id
@@ -258,6 +258,8 @@ begin
         where a.execution_id = p_execution_id
             and a.step_name = v_join.step_name
             and a.consumed_by is null;
+        -- The join issued is active now: what it reaches counts for the next joins.
+        v_reachable := null;
     end loop;
 
     -- Ordered like command_active_idx so even a generic plan reads that index: with one

@@ -1,7 +1,13 @@
 -- worker_api.sql: the calls a worker daemon makes, batched so a busy worker needs one
 -- round trip per batch.
 
--- Return types changed (claim_gen): drop the old shapes before re-creating them.
+-- Worker protocol v1: the functions a worker calls carry a version suffix, so workers of
+-- an older protocol keep working through a rolling upgrade (worker_compat.sql keeps the
+-- unversioned names as thin wrappers); a change a v1 worker cannot read gets a _v2 beside.
+-- Claims return rows of noetl.claimed_command (migration 0023).
+
+-- Return types changed (claim_gen, then noetl.claimed_command): drop the old shapes
+-- before re-creating them.
 drop function if exists noetl.finish_and_claim(text, jsonb, text[], integer);
 
 -- noetl.claim_command_ids(worker_id, kinds, n) -> bigint[]
@@ -101,7 +107,7 @@ begin
 end;
 $$;
 
--- noetl.finish_and_claim(worker_id, outcomes, kinds, n) -> setof claimed commands
+-- noetl.finish_and_claim_v1(worker_id, outcomes, kinds, n) -> setof noetl.claimed_command
 -- Contract: applies a worker's finished work and claims its next, in one transaction:
 --   `outcomes` is a JSON array of
 --     {op: done,  command_id, attempt, claim, result, ctx_set, targets?} -> complete_command
@@ -128,25 +134,12 @@ $$;
 --   (routing, loop counters, cancelled children) is already held or lies below a held
 --   execution; last, the queue rows with SKIP LOCKED.
 -- Failure modes: an unknown command id raises no_data_found (P0002); an unknown op 22023.
-create or replace function noetl.finish_and_claim(
+create or replace function noetl.finish_and_claim_v1(
     p_worker_id text,
     p_outcomes jsonb,
     p_kinds text[] default null,
     p_n integer default 0
-) returns table (
-    command_id bigint,
-    execution_id bigint,
-    catalog_id bigint,
-    step_name text,
-    kind text,
-    attempt integer,
-    loop_id bigint,
-    iter_index integer,
-    input jsonb,
-    item jsonb,
-    context jsonb,
-    claim_gen integer
-)
+) returns setof noetl.claimed_command
 language plpgsql
 as $$
 declare
@@ -225,14 +218,16 @@ begin
                     -- serves routes; for one that does not, a router decides.
                     case when v_router is not null then
                         nullif(v_outcome -> 'targets', 'null'::jsonb)
-                    end
+                    end,
+                    (v_outcome ->> 'claim')::integer
                 ) as r;
             when 'fail' then
                 select r.route_command_id into v_route
                 from noetl.fail_command(
                     v_id, v_attempt, v_outcome ->> 'error',
                     (v_outcome ->> 'retry_delay')::double precision,
-                    nullif(v_outcome -> 'output', 'null'::jsonb), v_router
+                    nullif(v_outcome -> 'output', 'null'::jsonb), v_router,
+                    (v_outcome ->> 'claim')::integer
                 ) as r;
             when 'route' then
                 perform noetl.apply_route(v_id, v_attempt, v_outcome -> 'targets');
@@ -275,10 +270,10 @@ begin
 end;
 $$;
 
--- noetl.register_worker(worker_id, hostname, pid, slots, kinds) -> void
+-- noetl.register_worker_v1(worker_id, hostname, pid, slots, kinds) -> void
 -- Contract: adds or refreshes the worker's registry row and its heartbeat.
 -- Locks: the worker row.
-create or replace function noetl.register_worker(
+create or replace function noetl.register_worker_v1(
     p_worker_id text,
     p_hostname text,
     p_pid integer,
@@ -298,11 +293,11 @@ as $$
         stopped_at = null;
 $$;
 
--- noetl.worker_heartbeat(worker_id) -> boolean
+-- noetl.worker_heartbeat_v1(worker_id) -> boolean
 -- Contract: one write per worker per interval proves every claim of that worker alive
 --   (O(workers), not O(commands)). Returns false when the worker row is gone or stopped.
 -- Locks: the worker row.
-create or replace function noetl.worker_heartbeat(p_worker_id text) returns boolean
+create or replace function noetl.worker_heartbeat_v1(p_worker_id text) returns boolean
 language plpgsql
 as $$
 begin
@@ -313,13 +308,13 @@ begin
 end;
 $$;
 
--- noetl.stop_worker(worker_id) -> integer
+-- noetl.stop_worker_v1(worker_id) -> integer
 -- Contract: a worker leaving cleanly: marks it stopped and puts its remaining claims back
 --   on the queue at the same attempt (they never ran to an outcome; not a reclaim).
 --   Returns how many.
 -- Locks: the worker row (alone, in its own statement), then the claims' executions, loops
 --   and command rows in the lock order (lock_command_rows).
-create or replace function noetl.stop_worker(p_worker_id text) returns integer
+create or replace function noetl.stop_worker_v1(p_worker_id text) returns integer
 language plpgsql
 as $$
 declare

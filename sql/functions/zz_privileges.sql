@@ -8,8 +8,8 @@
 --   noetl_admin     owns schema noetl and everything in it; the only role that changes
 --                   playbooks, credentials, limits (noetl.engine_limit) and tables.
 --   noetl_worker    the worker API: claim, finish, heartbeat, reap, the result store,
---                   the projector, and the credentials of commands being run (row-level
---                   security on noetl.credential, noetl.credential_in_use).
+--                   the projector, and the credential a command it holds references
+--                   (noetl.command_credential_v1 only: no access to noetl.credential).
 --   noetl_operator  start, cancel (and resume/rerun where defined), plus noetl_reader.
 --   noetl_reader    executions, events, commands, status; never credentials or tokens.
 -- All four are NOLOGIN: a DBA grants them to login roles (`grant noetl_worker to etl_w`).
@@ -20,30 +20,6 @@
 -- A migrator that may not create roles (neither superuser nor CREATEROLE) and finds them
 -- missing applies nothing here and says so in a notice; `noetl db roles` run later by a
 -- DBA completes it.
-
--- noetl.credential_in_use(name) -> boolean
--- Contract: true when a command being run (claimed) belongs to an execution whose playbook
---   spec or workload names `name` as a string value: the credentials a worker may read.
--- Locks: none. Fails: never.
-create or replace function noetl.credential_in_use(p_name text) returns boolean
-language sql
-stable
-security definer
-set search_path = pg_catalog, noetl
-as $$
-    select exists (
-        select 1
-        from noetl.command as c
-        inner join noetl.execution as e on c.execution_id = e.execution_id
-        inner join noetl.catalog as k on e.catalog_id = k.catalog_id
-        where
-            c.status = 'claimed'
-            and (
-                jsonb_path_exists(e.workload, '$.** ? (@ == $n)', jsonb_build_object('n', p_name))
-                or jsonb_path_exists(k.spec, '$.** ? (@ == $n)', jsonb_build_object('n', p_name))
-            )
-    )
-$$;
 
 do $$
 declare
@@ -56,7 +32,11 @@ declare
         'claim_commands', 'claim_command_ids', 'finish_and_claim', 'register_worker',
         'worker_heartbeat', 'stop_worker', 'reap_stale_claims', 'reap_command',
         'reap_orphan_claims', 'reap_earlier_process', 'record_store_fallbacks', 'command_context',
-        'describe_commands', 'finish_cursor_claim',
+        'describe_commands', 'finish_cursor_claim', 'command_credential_v1',
+        -- Worker protocol v1 (worker_compat.sql keeps the names above for older workers).
+        'claim_commands_v1', 'finish_and_claim_v1', 'register_worker_v1', 'worker_heartbeat_v1',
+        'stop_worker_v1', 'reap_stale_claims_v1', 'reap_orphan_claims_v1',
+        'reap_earlier_process_v1', 'complete_command_v1', 'fail_command_v1',
         'result_ref_put', 'result_ref_get', 'result_ref_list', 'result_blob_id',
         'result_blob_write_chunk', 'result_blob_read_chunk', 'result_blob_delete',
         'claim_projection_shards', 'project_shard', 'release_projection_shards',
@@ -150,11 +130,11 @@ begin
         end if;
     end loop;
 
-    -- The worker reads playbooks, commands and executions (its cached specs, cancel flags)
-    -- and, through row-level security, the credentials of the commands it runs.
+    -- The worker reads playbooks, commands and executions (its cached specs, cancel flags);
+    -- credentials only through command_credential_v1, for a command it holds.
     execute 'grant select on noetl.catalog, noetl.command, noetl.execution to noetl_worker';
-    execute 'grant select on noetl.credential to noetl_worker';
-    execute 'grant execute on function noetl.get_credential(text) to noetl_worker';
+    -- Before 0023 it read noetl.credential under a policy and called get_credential.
+    execute 'revoke execute on function noetl.get_credential(text) from noetl_worker';
     -- The engine's clock is read inside queries row by row: granted, left inlinable.
     for v_object in
         select p.oid::regprocedure as signature from pg_proc as p
@@ -165,10 +145,9 @@ begin
             v_object.signature
         );
     end loop;
-    execute 'grant execute on function noetl.credential_in_use(text) to noetl_worker';
+    -- Row-level security with no policy: a role granted the table by mistake reads nothing
+    -- (the owner, noetl_admin, and the functions running as it are not subject to it).
     execute 'alter table noetl.credential enable row level security';
     execute 'drop policy if exists credential_of_running_commands on noetl.credential';
-    execute 'create policy credential_of_running_commands on noetl.credential '
-        || 'for select to noetl_worker using (noetl.credential_in_use(name))';
 end
 $$;

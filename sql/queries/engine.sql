@@ -29,23 +29,23 @@ where catalog_id = %(catalog_id)s;
 
 -- name: claim_commands
 -- Claim up to n due commands of the given kinds.
-select * from noetl.claim_commands(%(worker_id)s, %(kinds)s, %(n)s);
+select * from noetl.claim_commands_v1(%(worker_id)s, %(kinds)s, %(n)s);
 
 -- name: finish_and_claim
 -- Apply finished outcomes and claim the next commands, in one transaction.
-select * from noetl.finish_and_claim(%(worker_id)s, %(outcomes)s, %(kinds)s, %(n)s);
+select * from noetl.finish_and_claim_v1(%(worker_id)s, %(outcomes)s, %(kinds)s, %(n)s);
 
 -- name: register_worker
 -- Add or refresh this worker's registry row.
-select noetl.register_worker(%(worker_id)s, %(hostname)s, %(pid)s, %(slots)s, %(kinds)s);
+select noetl.register_worker_v1(%(worker_id)s, %(hostname)s, %(pid)s, %(slots)s, %(kinds)s);
 
 -- name: worker_heartbeat
 -- Prove this worker (and so all its claims) alive.
-select noetl.worker_heartbeat(%(worker_id)s) as alive;
+select noetl.worker_heartbeat_v1(%(worker_id)s) as alive;
 
 -- name: stop_worker
 -- Leave cleanly: release claims that never reached an outcome.
-select noetl.stop_worker(%(worker_id)s) as released;
+select noetl.stop_worker_v1(%(worker_id)s) as released;
 
 -- name: execution_status
 -- One execution's row (status, result, error, state), without scanning events.
@@ -115,7 +115,7 @@ limit %(row_limit)s;
 -- name: reap_stale_claims
 -- Take back claims of workers silent for timeout_seconds (a no-op while another daemon reaps):
 -- re-queued at the same attempt, or failed as poison past max_reclaims.
-select noetl.reap_stale_claims(%(timeout_seconds)s, %(max_reclaims)s) as reaped;
+select noetl.reap_stale_claims_v1(%(timeout_seconds)s, %(max_reclaims)s) as reaped;
 
 -- name: cancel_execution
 -- Cancel an execution and its running children; returns how many were cancelled.
@@ -170,6 +170,6 @@ order by shard;
 
 -- name: reap_orphan_claims
 -- Take back this worker's claims older than min_age_seconds that no slot holds.
-select noetl.reap_orphan_claims(
+select noetl.reap_orphan_claims_v1(
     %(worker_id)s, %(held)s::bigint[], %(min_age_seconds)s
 ) as reaped;

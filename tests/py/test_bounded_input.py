@@ -52,8 +52,7 @@ def _chain(steps: int) -> str:
      "nests deeper than 64 levels"),
     ("deep block nesting", "metadata: {path: security/deep}\nx:\n"
      + "".join("  " * (i + 1) + "-\n" for i in range(500)), "nests deeper than 64 levels"),
-    ("8000 steps", _chain(8000), "more than 1000 steps (NOETL_MAX_PLAYBOOK_STEPS)"),
-    ("2000-step chain", _chain(2000), "more than 1000 steps"),
+    ("10001 steps", _chain(10_001), "more than 10000 steps (NOETL_MAX_PLAYBOOK_STEPS)"),
 ])
 def test_register_refuses_in_one_line(fresh_dsn: str, tmp_path: Path, name: str, text: str,
                                       limit: str) -> None:
@@ -84,17 +83,37 @@ def test_alias_bomb_stays_small_in_bytes_too(fresh_dsn: str, tmp_path: Path) -> 
     assert "NOETL_MAX_PLAYBOOK_BYTES" in result.stderr
 
 
-def test_thousand_step_chain_registers(fresh_dsn: str, tmp_path: Path) -> None:
-    file = tmp_path / "chain.yaml"
-    file.write_text(_chain(1000))
-    result = _register(fresh_dsn, file)
-    assert result.returncode == 0, result.stderr
-    with psycopg.connect(fresh_dsn) as conn:
-        steps, size = conn.execute(
-            "select jsonb_array_length(spec -> 'workflow'), pg_column_size(spec)"
-            " from noetl.catalog").fetchone()
-    assert steps == 1000
-    print(f"1000-step chain: spec {size} bytes stored")  # the plan's `reaches` is quadratic
+def test_spec_grows_linearly_with_a_chain(fresh_dsn: str, tmp_path: Path) -> None:
+    """The routing plan stores arc targets, not every step each one reaches (which made a
+    2,000-step chain a 17 MB spec): doubling the chain doubles the stored spec."""
+    sizes = {}
+    for steps in (1000, 2000, 4000):
+        file = tmp_path / f"chain{steps}.yaml"
+        file.write_text(_chain(steps).replace("security/chain", f"security/chain{steps}"))
+        result = _register(fresh_dsn, file)
+        assert result.returncode == 0, result.stderr
+        with psycopg.connect(fresh_dsn) as conn:
+            stored, text_bytes = conn.execute(
+                "select jsonb_array_length(spec -> 'workflow'), octet_length(spec::text)"
+                " from noetl.catalog where path = %s", (f"security/chain{steps}",)).fetchone()
+        assert stored == steps
+        sizes[steps] = text_bytes
+    print(f"spec bytes by chain length: {sizes}")
+    assert 1.8 < sizes[2000] / sizes[1000] < 2.2, sizes
+    assert 1.8 < sizes[4000] / sizes[2000] < 2.2, sizes
+    assert sizes[4000] < 4000 * 400, sizes  # a few hundred bytes a step
+
+
+def test_four_thousand_step_chain_registers_and_runs(fresh_engine: Engine) -> None:
+    path = fresh_engine.register(_chain(4000).replace("security/chain", "security/chain4k"))
+    with fresh_engine.worker(slots=2):
+        row = fresh_engine.wait(fresh_engine.start(path), timeout=600)
+    assert row["status"] == "COMPLETED", row["error"]
+    done = fresh_engine.sql(
+        "select count(*) as commands, count(distinct step_name) as steps,"
+        " bool_and(status = 'done') as all_done from noetl.command"
+        " where execution_id = %s", row["execution_id"])[0]
+    assert done == {"commands": 4000, "steps": 4000, "all_done": True}
 
 
 CYCLE = {

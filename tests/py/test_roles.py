@@ -115,16 +115,76 @@ def test_worker_runs_a_playbook_with_only_the_worker_api(fresh_engine: Engine) -
     assert row["status"] == "COMPLETED", row["error"]
     assert row["result"]["rows"] == [{"answer": 42}]
     with connected(dsn, "noetl_worker") as conn:
-        # No command runs now: no credential is visible, not even the playbook's.
-        assert conn.execute("select count(*) from noetl.credential").fetchone() == (0,)
-        with pytest.raises(psycopg.errors.NoDataFound):
-            conn.execute("select * from noetl.get_credential('roles_pg')")
+        # Credentials only through command_credential_v1, for a command it holds.
+        refused(conn, "select count(*) from noetl.credential")
+        refused(conn, "select * from noetl.get_credential('roles_pg')")
         refused(conn, "select noetl.start_execution('security/roles', '{}')")
         refused(conn, "select * from noetl.register_playbook('x', 'y', '{}'::jsonb)")
         refused(conn, "update noetl.engine_limit set value = 1 where name = 'max_commands'")
         refused(conn, "update noetl.command set status = 'done'")
         refused(conn, "delete from noetl.event")
         refused(conn, "select * from noetl.api_token")
+
+
+def _claim(conn: psycopg.Connection, worker_id: str) -> tuple[int, int]:
+    row = conn.execute("select command_id, claim_gen from noetl.claim_commands(%s, null, 1)",
+                       (worker_id,)).fetchone()
+    assert row is not None
+    return row
+
+
+def _credential(conn: psycopg.Connection, worker_id: str, command: tuple[int, int],
+                name: str) -> dict:
+    row = conn.execute(
+        "select credential_type, public_data from noetl.command_credential_v1(%s, %s, %s, %s)",
+        (worker_id, *command, name)).fetchone()
+    return {"credential_type": row[0], "public_data": row[1]}
+
+
+def test_worker_reads_only_the_credentials_of_a_command_it_holds(fresh_engine: Engine) -> None:
+    dsn = fresh_engine.dsn
+    put_credential(dsn, "cred_a", "http", {"url": "http://a", "token": "tok-a-123456"},
+                   key="k-roles-scope")
+    put_credential(dsn, "cred_b", "http", {"url": "http://b", "token": "tok-b-123456"},
+                   key="k-roles-scope")
+    put_credential(dsn, "cred_unused", "http", {"url": "http://u"})
+    path = fresh_engine.register(json.dumps({
+        "metadata": {"path": "security/scoped"},
+        "workload": {"api": "cred_a"},
+        "workflow": [{"step": "call", "tool": {"kind": "http", "auth": "{{ api }}",
+                                               "url": "http://127.0.0.1:9/"}}]}))
+    execution_a = fresh_engine.start(path)
+    with connected(dsn, "noetl_worker") as conn:
+        command_a = _claim(conn, "w-a")
+        execution_b = fresh_engine.start(path, {"api": "cred_b"})
+        command_b = _claim(conn, "w-b")
+        assert fresh_engine.sql("select execution_id from noetl.command where command_id = %s",
+                                command_b[0])[0]["execution_id"] == execution_b != execution_a
+        # Its own command's credential (named by the workload the step renders from).
+        assert _credential(conn, "w-a", command_a, "cred_a")["public_data"] == {
+            "url": "http://a"}
+        assert _credential(conn, "w-b", command_b, "cred_b")["public_data"] == {
+            "url": "http://b"}
+        # Not another execution's (B is claimed right now), nor one nobody references.
+        for name in ("cred_b", "cred_unused"):
+            with pytest.raises(psycopg.errors.InsufficientPrivilege, match="not referenced"):
+                _credential(conn, "w-a", command_a, name)
+        # Not through a command it does not hold, whatever claim generation it names.
+        for claim_gen in (command_b[1], command_b[1] + 1):
+            with pytest.raises(psycopg.errors.InsufficientPrivilege, match="not held"):
+                _credential(conn, "w-a", (command_b[0], claim_gen), "cred_b")
+        refused(conn, "select * from noetl.credential where name = 'cred_b'")
+        refused(conn, "select * from noetl.get_credential('cred_b')")
+        # Reaped: the old claim reads nothing, even once the same worker claims it again
+        # at the same attempt; the new claim does.
+        fresh_engine.sql("select noetl.reap_command(%s, 'test: worker lost')", command_a[0])
+        with pytest.raises(psycopg.errors.InsufficientPrivilege, match="not held"):
+            _credential(conn, "w-a", command_a, "cred_a")
+        again = _claim(conn, "w-a")
+        assert again[0] == command_a[0] and again[1] == command_a[1] + 1
+        with pytest.raises(psycopg.errors.InsufficientPrivilege, match="not held"):
+            _credential(conn, "w-a", command_a, "cred_a")
+        assert _credential(conn, "w-a", again, "cred_a")["credential_type"] == "http"
 
 
 def test_db_roles_command(fresh_dsn: str, monkeypatch: pytest.MonkeyPatch) -> None:

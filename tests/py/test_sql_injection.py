@@ -256,3 +256,44 @@ def test_inline_passwords_are_refused_at_registration(
     assert engine.sql("select count(*) as n from noetl.catalog")[0]["n"] == before
     # A template or a password-less DSN is fine.
     engine.register(playbook.replace("hunter2", "{{ secret }}"))
+
+
+# --- `%` in values when params are bound -----------------------------------------------------
+
+PERCENT_VALUES = ["50%", "%", "%%", "%(x)s", "%s", "%(kind)s", "a % b %% c", "%b%t%"]
+
+
+def test_percent_in_values_beside_params_stays_data(engine: Engine) -> None:
+    """psycopg reads every `%` of a statement it binds params to, inside literals too: a
+    value's `%` is doubled there, and only there (a statement without a placeholder runs
+    unbound)."""
+    victim, notes = _tables(engine)
+    command = (
+        f"insert into {notes}(kind, v) values (%(kind)s, '{{{{ s }}}}');\n"
+        f"insert into {notes}(kind, v) select %(kind)s || '-ident', \"{{{{ s }}}}x\"\n"
+        "    from (select 1 as \"{{ s }}x\") as t /* {{ s }} */; -- {{ s }}\n"
+        f"insert into {notes}(kind, v) values (%(kind)s || '-marked', {{{{ s | sql_literal }}}});\n"
+        f"insert into {notes}(kind, v) values ('unbound', '{{{{ s }}}}')"
+    )
+    playbook = json.loads(_playbook(engine, command))
+    playbook["workflow"][0]["tool"]["params"] = {"kind": "bound"}
+    path = engine.register(json.dumps(playbook))
+    row = engine.wait(engine.start(path, {"evil": PERCENT_VALUES}))
+    assert row["status"] == "COMPLETED", row["error"]
+    stored = engine.sql(f"select kind, v from {notes} order by id")
+    for kind in ("bound", "bound-marked", "unbound"):
+        assert sorted(r["v"] for r in stored if r["kind"] == kind) == sorted(PERCENT_VALUES), kind
+    # The quoted identifier held the value too (the alias resolved): one row each.
+    assert [r["v"] for r in stored if r["kind"] == "bound-ident"] == ["1"] * len(PERCENT_VALUES)
+    assert engine.sql(f"select count(*) as n from {victim}")[0]["n"] == 5
+
+
+def test_bare_value_after_percent_cannot_form_a_placeholder() -> None:
+    raw = {"kind": "postgres", "command": "select 10 %{{ n }}, %(a)s", "params": {"a": 1}}
+    for value in ("s", "t", True, -2):
+        with pytest.raises(SqlTemplateError, match=r"\{\{ n \}\}.*placeholder"):
+            render_tool_config(raw, {"n": value}, step="w")
+    assert render_tool_config(raw, {"n": 3})["command"] == "select 10 %3, %(a)s"
+    # Without params nothing binds: no placeholder can form, the value is an identifier.
+    unbound = {"kind": "postgres", "command": "select 10 %{{ n }}"}
+    assert render_tool_config(unbound, {"n": "s"})["command"] == "select 10 %s"

@@ -417,7 +417,7 @@ def test_the_plan_keeps_partial_arcs_out_of_routing() -> None:
     plan = spec["workflow"][0]["plan"]
     assert plan["route_mode"] == "direct" and plan["direct_targets"] == ["done"]
     assert plan["partial_targets"] == ["check"]
-    assert set(plan["reaches"]) == {"check", "done"}
+    assert set(plan["successors"]) == {"check", "done"}
 
 
 def test_validate_knows_chunk_only_where_a_chunk_is() -> None:

@@ -8,10 +8,10 @@ select  -- noqa: LT09
     '{"entry_step": "a", "workload": {"x": 1}, "workflow": [
       {"step": "a", "tool": {"kind": "noop"},
        "plan": {"kind": "noop", "route_mode": "direct", "direct_targets": ["b"],
-                "is_join": false, "has_loop": false, "reaches": ["b"], "max_attempts": 1}},
+                "is_join": false, "has_loop": false, "successors": ["b"], "max_attempts": 1}},
       {"step": "b", "tool": {"kind": "noop"},
        "plan": {"kind": "noop", "route_mode": "none", "direct_targets": [],
-                "is_join": false, "has_loop": false, "reaches": [], "max_attempts": 2}}
+                "is_join": false, "has_loop": false, "successors": [], "max_attempts": 2}}
     ]}'::jsonb as spec;
 
 -- registration

@@ -7,7 +7,7 @@ select lives_ok(
     $$select * from noetl.register_playbook('t/fails', 'yaml', '{"workflow": [
       {"step": "a", "tool": {"kind": "noop"},
        "plan": {"kind": "noop", "route_mode": "none", "direct_targets": [],
-                "is_join": false, "has_loop": false, "reaches": [], "max_attempts": 1}}
+                "is_join": false, "has_loop": false, "successors": [], "max_attempts": 1}}
     ]}')$$,
     'a one-step playbook registers'
 );

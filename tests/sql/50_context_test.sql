@@ -8,15 +8,15 @@ select  -- noqa: LT09
     '{"entry_step": "a", "workflow": [
       {"step": "a", "tool": {"kind": "noop"},
        "plan": {"kind": "noop", "route_mode": "direct", "direct_targets": ["b"],
-                "is_join": false, "has_loop": false, "reaches": ["b"], "max_attempts": 1,
+                "is_join": false, "has_loop": false, "successors": ["b"], "max_attempts": 1,
                 "reads": {}, "loop_reads": {}}},
       {"step": "b", "tool": {"kind": "noop"},
        "plan": {"kind": "noop", "route_mode": "none", "direct_targets": [],
-                "is_join": false, "has_loop": false, "reaches": [], "max_attempts": 1,
+                "is_join": false, "has_loop": false, "successors": [], "max_attempts": 1,
                 "reads": {"a": ["small"]}, "loop_reads": {}}},
       {"step": "c", "tool": {"kind": "noop"},
        "plan": {"kind": "noop", "route_mode": "none", "direct_targets": [],
-                "is_join": false, "has_loop": false, "reaches": [], "max_attempts": 1,
+                "is_join": false, "has_loop": false, "successors": [], "max_attempts": 1,
                 "reads": null, "loop_reads": null}}
     ]}'::jsonb as spec;
 

@@ -9,15 +9,15 @@ select  -- noqa: LT09
     '{"entry_step": "a", "workflow": [
       {"step": "a", "tool": {"kind": "noop"},
        "plan": {"kind": "noop", "route_mode": "direct", "direct_targets": ["b"],
-                "is_join": false, "has_loop": false, "reaches": ["b"], "max_attempts": 2,
+                "is_join": false, "has_loop": false, "successors": ["b"], "max_attempts": 2,
                 "reads": {}, "loop_reads": {}}},
       {"step": "b", "tool": {"kind": "noop"},
        "plan": {"kind": "noop", "route_mode": "none", "direct_targets": [],
-                "is_join": false, "has_loop": false, "reaches": [], "max_attempts": 1,
+                "is_join": false, "has_loop": false, "successors": [], "max_attempts": 1,
                 "reads": {}, "loop_reads": {}}},
       {"step": "r", "tool": {"kind": "noop"},
        "plan": {"kind": "noop", "route_mode": "router", "direct_targets": [],
-                "is_join": false, "has_loop": false, "reaches": ["b"], "max_attempts": 1,
+                "is_join": false, "has_loop": false, "successors": ["b"], "max_attempts": 1,
                 "reads": {}, "loop_reads": {}}}
     ]}'::jsonb as spec;
 select * from noetl.register_playbook('t/fn', 'yaml', (select spec from spec_fixture));

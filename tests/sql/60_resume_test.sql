@@ -12,11 +12,11 @@ select lives_ok(
              "loop": {"in": "{{ items }}", "iterator": "x"},
              "next": {"arcs": [{"step": "after"}]},
              "plan": {"kind": "python", "route_mode": "direct", "direct_targets": ["after"],
-                      "is_join": false, "has_loop": true, "reaches": ["after"],
+                      "is_join": false, "has_loop": true, "successors": ["after"],
                       "max_attempts": 1}},
             {"step": "after", "tool": {"kind": "python", "code": "result = 2"},
              "plan": {"kind": "python", "route_mode": "none", "direct_targets": [],
-                      "is_join": false, "has_loop": false, "reaches": [],
+                      "is_join": false, "has_loop": false, "successors": [],
                       "max_attempts": 1}}
         ]}'::jsonb)$$,
     'a playbook with a loop step registers'

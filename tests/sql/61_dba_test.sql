@@ -19,7 +19,7 @@ select lives_ok(
         "workflow": [
             {"step": "only", "tool": {"kind": "noop"},
              "plan": {"kind": "noop", "route_mode": "none", "direct_targets": [],
-                      "is_join": false, "has_loop": false, "reaches": [],
+                      "is_join": false, "has_loop": false, "successors": [],
                       "max_attempts": 1}}
         ]}'::jsonb)$$,
     'a one-step playbook registers'

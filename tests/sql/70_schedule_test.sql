@@ -8,7 +8,7 @@ select * from noetl.register_playbook(
     't/scheduled', 'yaml',
     '{"entry_step": "a", "workflow": [{"step": "a", "tool": {"kind": "noop"},
       "plan": {"kind": "noop", "route_mode": "none", "direct_targets": [], "is_join": false,
-               "has_loop": false, "reaches": [], "max_attempts": 1}}]}'::jsonb
+               "has_loop": false, "successors": [], "max_attempts": 1}}]}'::jsonb
 );
 
 select throws_ok(

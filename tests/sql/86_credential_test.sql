@@ -1,8 +1,8 @@
 -- Direct tests of credentials (sql/functions/credential.sql): put_credential (insert,
 -- replace, bad input), get_credential, list_credentials (never the secret) and
 -- decrypt_pgp_credential (the pre-0012 rows; with or without pgcrypto on the server).
--- Secrets here are opaque bytes: the client encrypts them. credential_in_use is in
--- 89_credential_in_use_test.sql.
+-- Secrets here are opaque bytes: the client encrypts them. What a worker may read
+-- (command_credential_v1) is in 92_harden_test.sql.
 begin;
 select plan(16);
 

@@ -1,0 +1,96 @@
+-- worker_compat.sql: the unversioned worker API, kept for workers older than protocol v1.
+--
+-- Each function here is a thin wrapper over its _v1 twin (same arguments, same result), so
+-- a worker of the previous release keeps claiming and finishing through a rolling upgrade,
+-- and a DBA's `select noetl.reap_stale_claims(300)` keeps working. New callers (this
+-- release's sql/queries) call the _v1 names. Contracts, locks and failure modes are those
+-- of the _v1 function each one names.
+
+-- noetl.claim_commands(worker_id, kinds, n) -> setof noetl.claimed_command
+-- Contract: noetl.claim_commands_v1. Locks: as it.
+create or replace function noetl.claim_commands(
+    p_worker_id text,
+    p_kinds text[] default null,
+    p_n integer default 1
+) returns setof noetl.claimed_command
+language sql
+as $$
+    select * from noetl.claim_commands_v1(p_worker_id, p_kinds, p_n);
+$$;
+
+-- noetl.finish_and_claim(worker_id, outcomes, kinds, n) -> setof noetl.claimed_command
+-- Contract: noetl.finish_and_claim_v1. Locks: as it.
+create or replace function noetl.finish_and_claim(
+    p_worker_id text,
+    p_outcomes jsonb,
+    p_kinds text[] default null,
+    p_n integer default 0
+) returns setof noetl.claimed_command
+language sql
+as $$
+    select * from noetl.finish_and_claim_v1(p_worker_id, p_outcomes, p_kinds, p_n);
+$$;
+
+-- noetl.register_worker(worker_id, hostname, pid, slots, kinds) -> void
+-- Contract: noetl.register_worker_v1. Locks: as it.
+create or replace function noetl.register_worker(
+    p_worker_id text,
+    p_hostname text,
+    p_pid integer,
+    p_slots integer,
+    p_kinds text[]
+) returns void
+language sql
+as $$
+    select noetl.register_worker_v1(p_worker_id, p_hostname, p_pid, p_slots, p_kinds);
+$$;
+
+-- noetl.worker_heartbeat(worker_id) -> boolean
+-- Contract: noetl.worker_heartbeat_v1. Locks: as it.
+create or replace function noetl.worker_heartbeat(p_worker_id text) returns boolean
+language sql
+as $$
+    select noetl.worker_heartbeat_v1(p_worker_id);
+$$;
+
+-- noetl.stop_worker(worker_id) -> integer
+-- Contract: noetl.stop_worker_v1. Locks: as it.
+create or replace function noetl.stop_worker(p_worker_id text) returns integer
+language sql
+as $$
+    select noetl.stop_worker_v1(p_worker_id);
+$$;
+
+-- noetl.reap_stale_claims(timeout_seconds, max_reclaims) -> integer
+-- Contract: noetl.reap_stale_claims_v1. Locks: as it.
+create or replace function noetl.reap_stale_claims(
+    p_timeout_seconds double precision default 300,
+    p_max_reclaims integer default 5
+) returns integer
+language sql
+as $$
+    select noetl.reap_stale_claims_v1(p_timeout_seconds, p_max_reclaims);
+$$;
+
+-- noetl.reap_orphan_claims(worker_id, held_command_ids, min_age_seconds) -> integer
+-- Contract: noetl.reap_orphan_claims_v1. Locks: as it.
+create or replace function noetl.reap_orphan_claims(
+    p_worker_id text,
+    p_held_command_ids bigint[],
+    p_min_age_seconds double precision
+) returns integer
+language sql
+as $$
+    select noetl.reap_orphan_claims_v1(p_worker_id, p_held_command_ids, p_min_age_seconds);
+$$;
+
+-- noetl.reap_earlier_process(worker_id, max_reclaims) -> integer
+-- Contract: noetl.reap_earlier_process_v1. Locks: as it.
+create or replace function noetl.reap_earlier_process(
+    p_worker_id text,
+    p_max_reclaims integer default 5
+) returns integer
+language sql
+as $$
+    select noetl.reap_earlier_process_v1(p_worker_id, p_max_reclaims);
+$$;
