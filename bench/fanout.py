@@ -110,6 +110,7 @@ def main(argv: list[str]) -> int:
     figures = [
         figure(f"fan-out of {args.items:,} items", args.items / seconds, "items/s",
                seconds / args.items, f"{seconds:.1f} s, python steps, noetl worker"),
+        figure(f"fan-out of {args.items:,} items, time", seconds, "s"),
         figure("fan-out events per item", run["events_per_item"], "events",
                note=f"events of its iterations; every event of the execution / items: "
                     f"{run['all_events_per_item']:.4f}"),
