@@ -42,8 +42,12 @@ def pgqueuer_python() -> Path:
     probe = [str(python), "-c", "import pgqueuer, asyncpg"]
     if python.exists() and subprocess.run(probe, capture_output=True).returncode == 0:
         return python
+    print(f"creating {VENV.relative_to(ROOT)} with {PGQUEUER}", flush=True)
     subprocess.run([sys.executable, "-m", "venv", "--clear", str(VENV)], check=True)
-    subprocess.run([str(python), "-m", "pip", "install", "--quiet", PGQUEUER], check=True)
+    done = subprocess.run([str(python), "-m", "pip", "install", "--quiet", PGQUEUER],
+                          capture_output=True, text=True)
+    if done.returncode != 0:
+        raise RuntimeError(f"pip install {PGQUEUER} failed: {done.stderr[-2000:]}")
     return python
 
 

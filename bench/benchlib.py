@@ -27,6 +27,7 @@ from psycopg.types.json import Jsonb
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
 NOETL = [sys.executable, "-m", "noetl_pg.cli"]
+STARTED = time.monotonic()  # when the bench's process imported this module
 
 
 def figure(name: str, value: float, unit: str, per_unit_s: float | None = None,
@@ -39,6 +40,7 @@ def write_result(name: str, figures: list[dict[str, Any]], details: dict[str, An
     RESULTS.mkdir(parents=True, exist_ok=True)
     path = RESULTS / f"{name}.json"
     path.write_text(json.dumps({"bench": name, "figures": figures,
+                                "wall_seconds": time.monotonic() - STARTED,
                                 "load_average_end": os.getloadavg()[0], **details},
                                indent=2, default=str) + "\n")
     print(f"wrote {path.relative_to(ROOT)}", flush=True)

@@ -115,6 +115,11 @@ def render(results: dict[str, dict[str, Any]], run: dict[str, Any]) -> str:
                      *ratios(item, baselines), item.get("note") or ""]
             lines.append("| " + " | ".join(cell.replace("|", "/") for cell in cells) + " |")
         lines.append("")
+    walls = [f"{name} {results[name]['wall_seconds']:.0f} s" for name in names
+             if "wall_seconds" in results[name]]
+    if walls:
+        lines += ["Wall time of each bench (process start to its result file): "
+                  + ", ".join(walls) + ".", ""]
     missing = [n for n in ORDER if n not in results]
     if missing:
         lines += [f"Not in this run (failed or not run): {', '.join(missing)}.", ""]
