@@ -11,6 +11,7 @@ bench/results.md, each beside the bare queue's and the floor's seconds per unit
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import signal
@@ -19,6 +20,7 @@ import sys
 import threading
 import time
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import psycopg
@@ -28,6 +30,18 @@ ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
 NOETL = [sys.executable, "-m", "noetl_pg.cli"]
 STARTED = time.monotonic()  # when the bench's process imported this module
+
+
+def load_example(relative: str) -> ModuleType:
+    """An example's driver script (e.g. examples/regression/run.py) as a module."""
+    path = ROOT / relative
+    name = relative.replace("/", "_").removesuffix(".py")
+    spec = importlib.util.spec_from_file_location(name, path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
 
 
 def figure(name: str, value: float, unit: str, per_unit_s: float | None = None,

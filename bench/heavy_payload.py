@@ -23,17 +23,16 @@ Writes bench/results/heavy_payload.json.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import sys
 from typing import Any
 
 import psycopg
 from benchlib import (
-    ROOT,
     NoetlWorker,
     RssSampler,
     figure,
     largest_event,
+    load_example,
     rss_kib,
     wait_finished,
     write_result,
@@ -43,16 +42,6 @@ from noetl_pg.migrate import migrate
 from noetl_pg.testdb import create_database, drop_database
 
 STALL_SECONDS = 10.0
-
-
-def _example() -> Any:
-    spec = importlib.util.spec_from_file_location(
-        "heavy_payload_run", ROOT / "examples" / "heavy_payload" / "run.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
 
 
 def longest_pause(dsn: str, execution_id: int) -> float:
@@ -107,7 +96,7 @@ def main(argv: list[str]) -> int:
                              "('' skips it)")
     args = parser.parse_args(argv)
 
-    example = _example()
+    example = load_example("examples/heavy_payload/run.py")
     dsn = create_database("noetl_bench_heavy")
     server, url = example.echo_server.start()
     try:

@@ -16,25 +16,14 @@ Writes bench/results/regression.json.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import statistics
 import sys
 from typing import Any
 
-from benchlib import ROOT, figure, write_result
+from benchlib import figure, load_example, write_result
 
 from noetl_pg.testdb import create_database, drop_database
 from noetl_pg.worker import default_slots
-
-
-def _suite() -> Any:
-    spec = importlib.util.spec_from_file_location(
-        "regression_run", ROOT / "examples" / "regression" / "run.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
 
 
 def one_round(suite: Any, slots: int) -> dict[str, float]:
@@ -55,7 +44,7 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--tuned-slots", type=int, default=4)
     args = parser.parse_args(argv)
 
-    suite = _suite()
+    suite = load_example("examples/regression/run.py")
     configurations = {"default": default_slots(), "tuned": args.tuned_slots}
     rounds: dict[str, list[dict[str, float]]] = {name: [] for name in configurations}
     for _ in range(args.rounds):
