@@ -53,7 +53,8 @@ def write_result(name: str, figures: list[dict[str, Any]], details: dict[str, An
     """bench/results/<name>.json: `figures` for the collector, `details` for a reader."""
     RESULTS.mkdir(parents=True, exist_ok=True)
     path = RESULTS / f"{name}.json"
-    path.write_text(json.dumps({"bench": name, "figures": figures,
+    path.write_text(json.dumps({"bench": name, "script": Path(sys.argv[0]).name,
+                                "figures": figures,
                                 "wall_seconds": time.monotonic() - STARTED,
                                 "load_average_end": os.getloadavg()[0], **details},
                                indent=2, default=str) + "\n")

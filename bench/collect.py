@@ -107,7 +107,8 @@ def render(results: dict[str, dict[str, Any]], run: dict[str, Any]) -> str:
         lines.append("")
     names = [n for n in ORDER if n in results] + sorted(set(results) - set(ORDER))
     for name in names:
-        lines += [f"## {name} (`bench/{name}.py`)", "",
+        script = results[name].get("script") or f"{name}.py"
+        lines += [f"## {name} (`bench/{script}`)", "",
                   "| figure | value | unit | x pgqueuer b10 | x pgqueuer b100 | x floor | note |",
                   "|---|---|---|---|---|---|---|"]
         for item in results[name]["figures"]:
