@@ -139,7 +139,7 @@ def main(argv: list[str]) -> int:
     results = {path.stem: json.loads(path.read_text())
                for path in sorted(RESULTS.glob("*.json")) if not path.stem.startswith("_")}
     args.output.write_text(render(results, run))
-    print(f"wrote {args.output.relative_to(ROOT)}")
+    print(f"wrote {args.output}")
     return 0
 
 
