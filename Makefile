@@ -82,7 +82,7 @@ partition: venv
 # BENCH_CONDITIONS="..." is written into results.md (e.g. what else the machine ran).
 # Every bench runs even when an earlier one fails; the target fails if any did.
 BENCHES := bare_queue heavy_payload fanout regression user_paths loop_throughput \
-    step_latency python_isolation status_latency server_api stream_rss
+    step_latency python_isolation status_latency server_api stream_rss pft
 ifeq ($(BENCH_QUICK),1)
 BENCH_ARGS_bare_queue := --jobs 2000 --steps 50 --rounds 1
 BENCH_ARGS_heavy_payload := --rows 40 --kb 64 --batch-size 10 --warmup-rows 4
@@ -95,6 +95,7 @@ BENCH_ARGS_python_isolation := 300
 BENCH_ENV_status_latency := NOETL_BENCH_ITEMS=1000
 BENCH_ENV_server_api := NOETL_BENCH_ITEMS=1000 NOETL_BENCH_CONCURRENT=50 NOETL_BENCH_SAMPLES=50
 BENCH_ARGS_stream_rss := --rows 200000 --chunk-rows 50000
+BENCH_ARGS_pft := --facilities 1 --patients 50
 else
 BENCH_ARGS_bare_queue := --jobs 10000 --steps 200 --rounds 3
 BENCH_ARGS_heavy_payload := --rows 220 --kb 256
@@ -107,6 +108,7 @@ BENCH_ARGS_python_isolation := 2000
 BENCH_ENV_status_latency := NOETL_BENCH_ITEMS=5000
 BENCH_ENV_server_api := NOETL_BENCH_ITEMS=5000
 BENCH_ARGS_stream_rss := --rows 2000000
+BENCH_ARGS_pft := --facilities 2 --patients 200
 endif
 bench: venv
 	@$(PYTHON) bench/collect.py --begin

@@ -33,7 +33,7 @@ RUN = RESULTS / "_run.json"
 # Order of the sections; a bench not listed comes after these, by name.
 ORDER = ["bare_queue", "heavy_payload", "fanout", "regression", "user_paths",
          "loop_throughput", "step_latency", "python_isolation", "status_latency",
-         "server_api", "stream_rss_postgres"]
+         "server_api", "stream_rss_postgres", "pft"]
 
 
 def begin() -> None:
