@@ -75,10 +75,48 @@ failover: venv
 partition: venv
 	$(VENV)/bin/pytest -q -s -rs tests/py/test_partition.py
 
+# Every benchmark in bench/ (BENCHES), each writing bench/results/<name>.json, then
+# bench/collect.py renders them into bench/results.md (figures, ratios to a bare pgqueuer
+# queue and to the floor, targets). The sizes below fit 15 minutes on an idle 2-core
+# machine; BENCH_QUICK=1 runs small sizes (a smoke test of the whole chain, a few minutes).
+# BENCH_CONDITIONS="..." is written into results.md (e.g. what else the machine ran).
+# Every bench runs even when an earlier one fails; the target fails if any did.
+BENCHES := bare_queue heavy_payload fanout regression user_paths loop_throughput \
+    step_latency python_isolation status_latency server_api stream_rss pft
+ifeq ($(BENCH_QUICK),1)
+BENCH_ARGS_bare_queue := --jobs 2000 --steps 50 --rounds 1
+BENCH_ARGS_heavy_payload := --rows 40 --kb 64 --batch-size 10 --warmup-rows 4
+BENCH_ARGS_fanout := --items 3000 --warmup-items 200
+BENCH_ARGS_regression := --rounds 1
+BENCH_ARGS_user_paths := --items 1000 --rounds 1 --steps 10 --big-items 0
+BENCH_ARGS_loop_throughput := --items 1000 --runs 1
+BENCH_ARGS_step_latency := --runs 10
+BENCH_ARGS_python_isolation := 300
+BENCH_ENV_status_latency := NOETL_BENCH_ITEMS=1000
+BENCH_ENV_server_api := NOETL_BENCH_ITEMS=1000 NOETL_BENCH_CONCURRENT=50 NOETL_BENCH_SAMPLES=50
+BENCH_ARGS_stream_rss := --rows 200000 --chunk-rows 50000
+BENCH_ARGS_pft := --facilities 1 --patients 50
+else
+BENCH_ARGS_bare_queue := --jobs 10000 --steps 200 --rounds 3
+BENCH_ARGS_heavy_payload := --rows 220 --kb 256
+BENCH_ARGS_fanout := --items 100000
+BENCH_ARGS_regression := --rounds 2
+BENCH_ARGS_user_paths := --items 3000 --rounds 3 --steps 20 --big-items 0
+BENCH_ARGS_loop_throughput := --items 5000 --runs 3
+BENCH_ARGS_step_latency := --runs 60
+BENCH_ARGS_python_isolation := 2000
+BENCH_ENV_status_latency := NOETL_BENCH_ITEMS=5000
+BENCH_ENV_server_api := NOETL_BENCH_ITEMS=5000
+BENCH_ARGS_stream_rss := --rows 2000000
+BENCH_ARGS_pft := --facilities 2 --patients 200
+endif
 bench: venv
-	@shopt -s nullglob; benches=(bench/*.py); \
-	if [ $${#benches[@]} -eq 0 ]; then echo "bench: no bench/*.py to run" >&2; exit 1; fi; \
-	for bench in "$${benches[@]}"; do echo "==> $$bench"; $(PYTHON) "$$bench"; done
+	@$(PYTHON) bench/collect.py --begin
+	@failed=""; \
+	$(foreach b,$(BENCHES),echo "==> bench/$(b).py $(BENCH_ARGS_$(b))"; \
+	    $(BENCH_ENV_$(b)) $(PYTHON) bench/$(b).py $(BENCH_ARGS_$(b)) || failed="$$failed $(b)";) \
+	$(PYTHON) bench/collect.py; \
+	if [ -n "$$failed" ]; then echo "make bench: FAILED:$$failed" >&2; exit 1; fi
 
 # The seeds' regression suite both ways (examples/regression/run.py): prints the sequential
 # and the parallel master's times, their ratio and each one's children by status.

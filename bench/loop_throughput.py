@@ -23,7 +23,6 @@ Usage: .venv/bin/python bench/loop_throughput.py [--items N] [--width W] [--runs
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import signal
 import statistics
@@ -34,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
+from benchlib import figure, write_result
 
 from noetl_pg import db
 from noetl_pg.catalog import register_text
@@ -41,7 +41,6 @@ from noetl_pg.migrate import migrate
 from noetl_pg.testdb import create_database, drop_database
 
 ROOT = Path(__file__).resolve().parent.parent
-RESULTS = ROOT / "bench" / "results" / "loop_throughput.json"
 NOETL = Path(sys.executable).with_name("noetl")
 
 PLAYBOOK = """
@@ -197,9 +196,16 @@ def main(argv: list[str]) -> int:
         print(f"{config['worker_processes']:>9} {config['iterations_per_s']:>9.0f} "
               f"{config['events_per_iteration']:>10.2f} "
               f"{config['transactions_per_iteration']:>9.3f} {config['seconds']:>8.2f}")
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(summary, indent=2) + "\n")
-    print(f"wrote {RESULTS.relative_to(ROOT)}")
+    figures = []
+    for config in summary["configurations"]:
+        processes = config["worker_processes"]
+        figures.append(figure(
+            f"{args.items}-item loop, {processes} worker process(es)",
+            config["iterations_per_s"], "items/s", 1 / config["iterations_per_s"],
+            f"tuned: {args.slots} slots x batch {args.batch_size}, inline python; "
+            f"{config['events_per_iteration']:.2f} events and "
+            f"{config['transactions_per_iteration']:.3f} transactions per item"))
+    write_result("loop_throughput", figures, summary)
     return 0
 
 

@@ -14,29 +14,17 @@ Writes bench/results/pft.json.
 from __future__ import annotations
 
 import argparse
-import importlib.util
-import json
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
+from benchlib import figure, load_example, write_result
+
 from noetl_pg import db
 from noetl_pg.migrate import migrate
 from noetl_pg.testdb import create_database, drop_database
 from noetl_pg.worker import Worker
-
-ROOT = Path(__file__).resolve().parents[1]
-RESULTS = ROOT / "bench" / "results"
-
-
-def _pft() -> Any:
-    spec = importlib.util.spec_from_file_location("pft_run", ROOT / "examples/pft/run.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
 
 
 def _one(dsn: str, statement: str, *params: Any) -> Any:
@@ -59,7 +47,7 @@ def main() -> int:
                 "claim_batch": args.claim_batch, "slots": args.slots,
                 "units_in_flight": args.units_in_flight}
     rows = args.facilities * args.patients * 5
-    pft = _pft()
+    pft = load_example("examples/pft/run.py")
     dsn = create_database("noetl_bench_pft")
     try:
         migrate(dsn)
@@ -91,8 +79,14 @@ def main() -> int:
             "transactions_per_row": round(transactions / rows, 2),
             "load_average_at_end": load,
         }
-        RESULTS.mkdir(exist_ok=True)
-        (RESULTS / "pft.json").write_text(json.dumps(report, indent=2))
+        write_result("pft", [
+            figure(f"pft {args.facilities} x {args.patients} x 5 rows on cursor loops",
+                   report["rows_per_second"] or 0.0, "rows/s",
+                   server / rows if server else None,
+                   f"{rows} rows, in-process worker with {args.worker_slots} slots; "
+                   f"{report['events_per_row']} events and "
+                   f"{report['transactions_per_row']} transactions per row"),
+        ], report)
         print(f"pft {args.facilities} x {args.patients} x 5 = {rows} rows, "
               f"{args.worker_slots} worker slots: {run.status} in {server:.1f} s "
               f"({report['rows_per_second']} rows/s; wall {wall:.1f} s), "

@@ -4,7 +4,8 @@
 
 Runs a trivial snippet (`result = x + 1`) through PythonTool, inline (in this process)
 and process (warm executor subprocess from the pool: one pipe round trip plus JSON),
-after a warm-up, and prints the median, p90 and mean microseconds per call of each.
+after a warm-up, and prints the median, p90 and mean microseconds per call of each. Writes
+bench/results/python_isolation.json.
 """
 
 from __future__ import annotations
@@ -12,6 +13,8 @@ from __future__ import annotations
 import statistics
 import sys
 import time
+
+from benchlib import figure, write_result
 
 from noetl_pg.tools.base import ToolContext
 from noetl_pg.tools.python import PythonTool, worker_pool
@@ -38,19 +41,26 @@ def measure(mode: str, calls: int, resources: dict) -> list[float]:
 def main() -> None:
     calls = int(sys.argv[1]) if len(sys.argv) > 1 else 2000
     resources: dict = {}
+    figures = []
     try:
         for mode in ("inline", "process"):
             timings = sorted(measure(mode, calls, resources))
-            print(f"{mode:8s} median {statistics.median(timings):8.1f} us"
-                  f"  p90 {timings[int(len(timings) * 0.9)]:8.1f} us"
+            median = statistics.median(timings)
+            p90 = timings[int(len(timings) * 0.9)]
+            print(f"{mode:8s} median {median:8.1f} us  p90 {p90:8.1f} us"
                   f"  mean {statistics.fmean(timings):8.1f} us  ({calls} calls)")
+            figures.append(figure(f"kind: python call, {mode}", median, "us/call",
+                                  median / 1e6, f"p90 {p90:.1f} us, {calls} calls"))
     finally:
         worker_pool(resources).close()
     started = time.perf_counter()
     executor = Executor()
     executor.call({"code": "result = 1", "input": {}, "libs": {}}, 30)
-    print(f"cold executor start + first call: {(time.perf_counter() - started) * 1e3:.1f} ms")
+    cold_ms = (time.perf_counter() - started) * 1e3
+    print(f"cold executor start + first call: {cold_ms:.1f} ms")
     executor.kill()
+    figures.append(figure("cold executor start + first call", cold_ms, "ms"))
+    write_result("python_isolation", figures, {"calls": calls})
 
 
 if __name__ == "__main__":

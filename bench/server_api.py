@@ -30,6 +30,7 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "py"))
 
+from benchlib import figure, write_result
 from server_harness import Server
 
 from noetl_pg import db
@@ -40,7 +41,6 @@ CONCURRENT = int(os.environ.get("NOETL_BENCH_CONCURRENT", "200"))
 ITEMS = int(os.environ.get("NOETL_BENCH_ITEMS", "10000"))
 SLOTS = int(os.environ.get("NOETL_BENCH_SLOTS", "4"))
 SAMPLES = int(os.environ.get("NOETL_BENCH_SAMPLES", "300"))
-RESULTS = Path(__file__).resolve().parent / "results" / "server_api.json"
 
 ONE_STEP = """
 apiVersion: noetl.io/v2
@@ -100,6 +100,11 @@ def summary(values_ms: list[float]) -> dict[str, float]:
     return {"n": len(ordered), "p50_ms": round(statistics.median(ordered), 2),
             "p99_ms": round(ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))], 2),
             "max_ms": round(ordered[-1], 2)}
+
+
+def p50(samples: dict[str, Any]) -> float:
+    """The median of a `summary` (0 when it had no samples)."""
+    return float(samples.get("p50_ms", 0.0))
 
 
 async def concurrent_executes(url: str) -> dict[str, Any]:
@@ -220,9 +225,19 @@ def main() -> None:
             "worker_slots": SLOTS,
             "load_average": os.getloadavg()[0],
         }
-        RESULTS.parent.mkdir(exist_ok=True)
-        RESULTS.write_text(json.dumps(figures, indent=2))
         print(json.dumps(figures, indent=2))
+        write_result("server_api", [
+            figure(f"POST /api/execute, {CONCURRENT} concurrent", p50(execute), "ms p50",
+                   execute["wall_s"] / CONCURRENT,
+                   f"p99 {execute.get('p99_ms', 0.0):.1f} ms, errors {execute['errors']}"),
+            figure("GET /api/executions/{id} (projection) during a loop",
+                   p50(figures["get_execution_projection_only"]), "ms p50",
+                   note=f"http floor {p50(figures['http_floor_same_samples']):.1f} ms, "
+                        f"sql only {p50(figures['sql_only_same_samples']):.1f} ms"),
+            figure("GET /api/executions/{id} with 100 events",
+                   p50(figures["get_execution_with_100_events"]), "ms p50"),
+            figure("GET /metrics during a loop", p50(figures["metrics"]), "ms p50"),
+        ], figures)
     finally:
         if server is not None:
             server.stop()

@@ -4,7 +4,8 @@ Creates a scratch database, starts an in-process worker (NOETL_BENCH_SLOTS slots
 8) and an in-process projector, runs a parallel loop of NOETL_BENCH_ITEMS items (default
 10,000), and samples every 0.1 s: the time `noetl status` takes (the `execution_progress`
 query: one row, no event scan) and the projection lag (seconds behind, and loop iterations
-done in the engine but not yet in the projection). Prints percentiles.
+done in the engine but not yet in the projection). Prints percentiles and writes
+bench/results/status_latency.json.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "py"))
 
+from benchlib import figure, write_result
 from engine_harness import Engine
 
 from noetl_pg import db
@@ -119,6 +121,19 @@ def main() -> int:
         print(f"projection lag s (oldest unfolded event): {percentiles(samples['lag_s'])}")
         print("projection lag in loop iterations: "
               f"{percentiles([float(v) for v in samples['iterations_behind']])}")
+        def median(values: list[float]) -> float:
+            return statistics.median(values) if values else 0.0
+
+        write_result("status_latency", [
+            figure(f"{ITEMS}-item loop with status sampling", ITEMS / run_seconds, "items/s",
+                   run_seconds / ITEMS, f"in-process worker, {SLOTS} slots, noop steps"),
+            figure("noetl status latency while the loop runs", median(samples["status_ms"]),
+                   "ms p50", note=percentiles(samples["status_ms"])),
+            figure("projection lag while the loop runs", median(samples["lag_s"]), "s p50",
+                   note=f"caught up {catch_up_seconds:.2f} s after the run"),
+        ], {"items": ITEMS, "slots": SLOTS, "status": row["status"],
+            "run_seconds": run_seconds, "events": events,
+            "catch_up_seconds": catch_up_seconds})
         return 0 if row["status"] == "COMPLETED" else 1
     finally:
         drop_database(dsn)

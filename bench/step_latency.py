@@ -14,24 +14,21 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import json
 import os
 import signal
 import statistics
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import psycopg
 import yaml
+from benchlib import figure, write_result
 
 from noetl_pg import db
 from noetl_pg.catalog import register_text
 from noetl_pg.migrate import migrate
 from noetl_pg.testdb import create_database, drop_database
-
-RESULTS = Path(__file__).resolve().parent / "results"
 
 
 def chain_playbook(steps: int) -> str:
@@ -108,8 +105,17 @@ def main() -> None:
                 "p95_step_to_step_gap": percentile(gaps, 0.95),
             },
         }
-        RESULTS.mkdir(exist_ok=True)
-        (RESULTS / "step_latency.json").write_text(json.dumps(report, indent=2))
+        per_step = report["per_step_ms"]
+        write_result("step_latency", [
+            figure(f"{args.steps}-step python chain, start to completed",
+                   report["end_to_end_ms"]["median"], "ms",
+                   note=f"p95 {report['end_to_end_ms']['p95']:.1f} ms, warm noetl worker "
+                        "(2 slots, default isolation)"),
+            figure("per-step transition (end-to-end / steps)",
+                   per_step["median_end_to_end_over_steps"], "ms/step",
+                   per_step["median_end_to_end_over_steps"] / 1000,
+                   f"step-to-step gap median {per_step['median_step_to_step_gap']:.2f} ms"),
+        ], report)
         print(f"{args.steps}-step linear python chain, {args.runs} runs, warm worker")
         print(f"  start -> playbook.completed: median {report['end_to_end_ms']['median']:.2f} ms, "
               f"p95 {report['end_to_end_ms']['p95']:.2f} ms")

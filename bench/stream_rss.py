@@ -20,7 +20,6 @@ Usage: .venv/bin/python bench/stream_rss.py [--rows N] [--chunk-rows C] [--tool 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import signal
@@ -32,13 +31,13 @@ import time
 from pathlib import Path
 from typing import Any
 
+from benchlib import figure, write_result
+
 from noetl_pg import db
 from noetl_pg.catalog import register_text
 from noetl_pg.migrate import migrate
 from noetl_pg.testdb import create_database, drop_database
 
-ROOT = Path(__file__).resolve().parent.parent
-RESULTS = ROOT / "bench" / "results" / "stream_rss_{tool}.json"
 NOETL = Path(sys.executable).with_name("noetl")
 QUERIES = {
     "postgres": "select g as id, g % 997 as bucket from generate_series(1, {rows}) as g",
@@ -222,9 +221,16 @@ def main() -> None:
     finally:
         drop_database(dsn)
         shutil.rmtree(store_dir, ignore_errors=True)
-    results = Path(str(RESULTS).format(tool=args.tool))
-    results.parent.mkdir(exist_ok=True)
-    results.write_text(json.dumps(result, indent=2) + "\n")
+    write_result(f"stream_rss_{args.tool}", [
+        figure(f"{args.tool} stream of {args.rows:,} rows", result["rows_per_second"],
+               "rows/s", stream["seconds"] / chunks,
+               f"{chunks} chunks of {args.chunk_rows:,} (the unit of the ratios: a chunk, "
+               f"one call.partial and one noop step), noetl worker --concurrency 2"),
+        figure("worker RSS growth while streaming", result["stream_growth_mib"], "MiB",
+               note=f"baseline {result['stream_baseline_mib']} MiB; at each quarter "
+                    f"{result['stream_rss_at_quarters_mib']}; one chunk held as a result: "
+                    f"+{result['one_chunk_growth_mib']} MiB"),
+    ], result)
     width = max(len(key) for key in result)
     for key, value in result.items():
         print(f"{key:<{width}}  {value}")

@@ -45,6 +45,7 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
+from benchlib import figure, write_result
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
@@ -54,7 +55,6 @@ from noetl_pg.projection import Projector
 from noetl_pg.testdb import create_database, drop_database
 
 ROOT = Path(__file__).resolve().parent.parent
-RESULTS = ROOT / "bench" / "results" / "user_paths.json"
 NOETL = [sys.executable, "-m", "noetl_pg.cli"]
 
 LOOP_PREVIOUS = """
@@ -351,8 +351,23 @@ def main(argv: list[str]) -> int:
     if big:
         print(f"  {args.big_items} items: " + ", ".join(
             f"{key} {value:.1f} s" for key, value in big.items()))
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(report, indent=2))
+    loops = {"floor_loop": "bench/floor.sql", "run_previous": "noetl run, loop over a step",
+             "run_workload": "noetl run, loop over the workload",
+             "worker_default": "noetl worker, no flags",
+             "tuned_previous": "noetl worker --concurrency 2 --batch-size 25, inline python"}
+    figures = [figure(f"{args.items}-item loop: {key}", args.items / median[key], "items/s",
+                      median[key] / args.items, note) for key, note in loops.items()]
+    figures += [figure(f"{args.steps}-step chain: {key}", median[key] * 1000, "ms/step",
+                       median[key], note) for key, note in (
+                           ("floor_step", "bench/floor.sql fused step"),
+                           ("chain_default", "noetl run, noop steps"))]
+    if big:
+        figures += [figure(f"{args.big_items}-item loop: {key}", rate, "items/s",
+                           1 / rate) for key, rate in report["big"]["items_per_s"].items()]
+    report["targets"] = [{"name": key.replace("_", " "), "measured": round(ratio[key], 2),
+                          "op": op, "limit": value, "met": report["targets"][key]["met"]}
+                         for key, (op, value) in targets.items()]
+    write_result("user_paths", figures, report)
     return 0
 
 
