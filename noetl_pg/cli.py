@@ -45,6 +45,7 @@ from noetl_pg.cli_resume import register_resume_commands
 from noetl_pg.cli_run import register_run_commands
 from noetl_pg.cli_schedule import schedule_group
 from noetl_pg.cli_status import register_status_commands
+from noetl_pg.cli_workers import workers_command
 from noetl_pg.errors import DatabaseError, DatabaseUnavailable, NoetlError
 from noetl_pg.migrate import MigrationError, migrate, schema_status
 from noetl_pg.roles import ROLES, apply_roles
@@ -457,6 +458,7 @@ register_status_commands(main, get_dsn)
 main.add_command(server_group(get_dsn))
 main.add_command(schedule_group(get_dsn))
 main.add_command(config_group)
+main.add_command(workers_command(get_dsn))
 remote.install(main)  # --server URL: run/exec/status/cancel/catalog over HTTP
 
 

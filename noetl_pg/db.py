@@ -159,6 +159,21 @@ def _rows_as_dicts(conn: psycopg.Connection[Any], name: str,
         raise database_error(exc, name) from exc
 
 
+def fetch_pipelined(
+    conn: psycopg.Connection[Any], *calls: tuple[str, dict[str, Any]]
+) -> list[list[dict[str, Any]]]:
+    """Run named queries in one round trip (pipeline mode), in order; the rows of each.
+    Under autocommit each still commits on its own, before the results are returned. An
+    error raises as `database_error` (named after the first query) and the statements
+    after it are not run."""
+    try:
+        with conn.pipeline():
+            cursors = [conn.execute(query(name), _adapt(params)) for name, params in calls]
+        return [list(cursor.fetchall()) for cursor in cursors]
+    except psycopg.Error as exc:
+        raise database_error(exc, calls[0][0]) from exc
+
+
 def _adapt(params: dict[str, Any]) -> dict[str, Any]:
     # dicts are JSON parameters; lists stay arrays (kinds text[]).
     return {key: Jsonb(value) if isinstance(value, dict) else value

@@ -31,6 +31,7 @@ REDACTED = "***"
 SECTIONS = (
     "Where the database is",
     "Workers",
+    "NATS (optional)",
     "Results",
     "Credentials",
     "Limits on input",
@@ -53,6 +54,7 @@ def _setting(default: Any, meaning: str, *, section: str, expects: str,
 
 _DB = "Where the database is"
 _WORKERS = "Workers"
+_NATS = "NATS (optional)"
 _RESULTS = "Results"
 _CREDENTIALS = "Credentials"
 _LIMITS = "Limits on input"
@@ -151,6 +153,17 @@ class Settings(BaseSettings):
     http_keepalive_expiry_seconds: float = _setting(
         5.0, "http tool: how long an idle connection is kept", section=_WORKERS,
         expects="a number of seconds >= 0", ge=0)
+
+    # --- NATS (noetl_pg/nats_bus.py; docs/operations.md says when to turn it on)
+    nats_url: str | None = _setting(
+        None, "NATS server (JetStream on) for wake-ups, targeted offers and heartbeat reports; "
+              "needs `noetl-pg[nats]`", section=_NATS,
+        expects="a URL such as nats://127.0.0.1:4222", shown_default="unset: LISTEN/NOTIFY only",
+        pattern=r"^(nats|tls|ws|wss)://\S+$")
+    nats_prefix: str = _setting(
+        "noetl", "first token of every subject and of the stream names (upper-cased), so "
+                 "deployments can share one NATS server", section=_NATS,
+        expects="letters, digits, - and _", pattern=r"^[A-Za-z0-9_-]+$")
 
     # --- results
     inline_max_bytes: int = _setting(

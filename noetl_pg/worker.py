@@ -6,10 +6,17 @@ when the queue is empty; a listener thread LISTENs on `noetl_command` and wakes 
 slots, and on `noetl_cancel` to skip claimed commands of cancelled executions and set the
 cancel flag of their running ones (ToolContext.cancelled); a heartbeat
 thread proves the worker alive every `heartbeat_interval` seconds
-(NOETL_WORKER_HEARTBEAT_SECONDS, one row write whatever it holds) and runs the reaper
+(NOETL_WORKER_HEARTBEAT_SECONDS, one row write whatever it holds, carrying its free slots and
+tool pools: the capacity registry) and runs the reaper
 (noetl.reap_stale_claims with NOETL_COMMAND_HEARTBEAT_TIMEOUT_SECONDS; concurrent daemons
 skip it under an advisory lock). If NOTIFY is lost (reconnect, restart) slots still poll
 every `poll_interval` seconds, so nothing waits forever.
+
+With NOETL_NATS_URL set (noetl_pg/nats_bus.py), while NATS is reachable the slots send no
+NOTIFY: after each commit they take the counts of commands issued per kind
+(noetl.take_wake_counts) and publish them, offered first to a worker with free slots; idle
+slots are also woken by NATS wake-ups and offers; heartbeats travel as reports over NATS
+that a consumer applies. When NATS goes away the worker is back on NOTIFY at once.
 
 On a broken connection a slot reconnects (noetl_pg.db.Reconnect: jittered exponential
 backoff) and sends its outcomes again: an
@@ -27,13 +34,14 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Mapping
+from datetime import UTC, datetime
 from functools import partial
 from typing import Any
 
 import psycopg
 from psycopg.types.json import Jsonb
 
-from noetl_pg import db, settings
+from noetl_pg import db, nats_bus, settings
 from noetl_pg.command_stats import CommandStats
 from noetl_pg.credentials import DatabaseCredentialResolver, for_command
 from noetl_pg.cursor import KIND as CURSOR_KIND
@@ -135,6 +143,8 @@ class Worker:
         redact: Callable[[str], str] | None = None,
         housekeeping: Callable[[psycopg.Connection[Any]], None] | None = None,
         store: ResultStore | None = None,
+        nats: nats_bus.NatsSettings | bool | None = True,
+        listen: bool = True,
     ) -> None:
         self.dsn = dsn
         self.slots = slots
@@ -182,6 +192,16 @@ class Worker:
                                            self._redact)
         # What this worker ran over the trailing window, published by the heartbeat.
         self.stats = CommandStats()
+        # LISTEN noetl_command (off only to prove that polling alone finishes the work).
+        self._listen_commands = listen
+        # Slots waiting for work now: the free slots of the capacity registry.
+        self._idle = 0
+        # NATS (None: off): wake-ups, offers and reports; each slot's connection says
+        # whether it currently leaves its wake-ups to NATS (noetl.wakeup).
+        # nats=True: from the environment (NOETL_NATS_URL); False or None: off.
+        self.nats = nats_bus.nats_settings() if nats is True else (nats or None)
+        self.bus: nats_bus.NatsBus | None = None
+        self._slot_state = threading.local()
 
     # --- lifecycle -------------------------------------------------------------------
 
@@ -194,6 +214,12 @@ class Worker:
                 log.warning("took back %d claims of an earlier process with this worker id",
                             row["reaped"])
             self._register(conn)
+        if self.nats is not None:
+            self.bus = nats_bus.NatsBus(
+                self.nats, worker_id=self.worker_id, kinds=self.kinds, dsn=self.dsn,
+                on_wake=self._woken, free_slots=lambda: self._idle,
+                gone_after=3 * self.heartbeat_interval)
+            self.bus.start()
         targets: list[tuple[str, Callable[[], None]]] = [
             ("listener", self._listen), ("heartbeat", self._heartbeat)
         ]
@@ -213,6 +239,25 @@ class Worker:
         db.fetch_one(conn, "register_worker", worker_id=self.worker_id,
                      hostname=socket.gethostname(), pid=os.getpid(), slots=self.slots,
                      kinds=self.kinds)
+        # Capacity is in the registry from the start (every slot free), not a heartbeat later.
+        db.fetch_one(conn, "report_worker", report=self._report(free=self.slots))
+
+    def _report(self, free: int | None = None) -> dict[str, Any]:
+        """The heartbeat with capacity (noetl.report_worker): free slots (default: the slots
+        waiting for work now), tool pools."""
+        free = self._idle if free is None else free
+        pools: dict[str, Any] = {
+            kind: {"free": free, "size": self.slots}
+            for kind in (self.kinds or [nats_bus.ANY_KIND])
+        }
+        for kind, resource in self._resources.items():
+            describe = getattr(resource, "describe", None)
+            if callable(describe):
+                pools.setdefault(kind, {}).update(describe())
+        return {"worker_id": self.worker_id, "hostname": socket.gethostname(),
+                "pid": os.getpid(), "slots": self.slots, "kinds": self.kinds,
+                "available_slots": free, "tool_pools": pools,
+                "sent_at": datetime.now(UTC).isoformat()}
 
     def stop(self) -> None:
         """Ask every thread to finish what it holds; returns at once (see `join`)."""
@@ -235,6 +280,8 @@ class Worker:
             close = getattr(resource, "close", None)
             if callable(close):
                 close()
+        if self.bus is not None:
+            self.bus.stop()
 
     def run_forever(self) -> None:
         self.start()
@@ -258,14 +305,31 @@ class Worker:
     def _wait_for_work(self, seen_generation: int) -> None:
         with self._wake:
             if self._wake_generation == seen_generation and not self._stopping.is_set():
-                self._wake.wait(self.poll_interval)
+                self._idle += 1
+                try:
+                    self._wake.wait(self.poll_interval)
+                finally:
+                    self._idle -= 1
+
+    def _woken(self, kind: str, n: int | None) -> int:
+        """A NATS wake-up or offer for `n` commands of `kind` (None: any number): wakes
+        that many idle slots and returns how many it woke (0 for a kind not served)."""
+        if self.kinds is not None and kind != nats_bus.ANY_KIND and kind not in self.kinds:
+            return 0
+        with self._wake:
+            # Bumped even with no idle slot: a slot about to wait claims again instead.
+            self._wake_generation += 1
+            woken = self._idle if n is None else min(n, self._idle)
+            self._wake.notify(woken)
+        return woken
 
     def _listen(self) -> None:
         reconnect = db.Reconnect("listener")
         while not self._stopping.is_set():
             try:
                 with self._connect() as conn:
-                    db.execute(conn, "listen_commands")
+                    if self._listen_commands:
+                        db.execute(conn, "listen_commands")
                     db.execute(conn, "listen_cancel")
                     reconnect.succeeded()
                     # Anything notified while we were not listening is picked up now.
@@ -288,10 +352,11 @@ class Worker:
             try:
                 if conn is None or conn.closed:
                     conn = self._connect()
-                row = db.fetch_one(conn, "worker_heartbeat", worker_id=self.worker_id)
-                if row is not None and not row["alive"]:
-                    # Our row was removed: register again so our claims count as alive.
-                    self._register(conn)
+                # Over NATS when it is up (a consumer applies it), else directly; either
+                # way noetl.report_worker registers us again if our row was removed.
+                report = self._report()
+                if self.bus is None or not self.bus.publish_report(report):
+                    db.fetch_one(conn, "report_worker", report=report)
                 row = db.fetch_one(conn, "reap_stale_claims", timeout_seconds=self.claim_timeout,
                                    max_reclaims=self.max_reclaims)
                 if row is not None and row["reaped"]:
@@ -493,6 +558,41 @@ class Worker:
         return rows
 
     def _apply(
+        self, conn: psycopg.Connection[Any], outcomes: list[Outcome], claim_n: int
+    ) -> list[ClaimedCommand]:
+        """finish_and_claim, then the wake-ups for what it issued (over NATS when up)."""
+        if not self._wakeup_mode(conn):
+            return self._apply_outcomes(conn, outcomes, claim_n)
+        if any(outcome.get("store_fallbacks") for outcome in outcomes):
+            rows = self._apply_outcomes(conn, outcomes, claim_n)
+            row = db.fetch_one(conn, "take_wake_counts")
+            self._publish_wakeups(row["counts"] if row else {}, conn)
+            return rows
+        # The counts are taken in the same round trip, after finish_and_claim committed.
+        finished, taken = db.fetch_pipelined(
+            conn,
+            ("finish_and_claim", {"worker_id": self.worker_id, "outcomes": Jsonb(outcomes),
+                                  "kinds": self.kinds, "n": claim_n}),
+            ("take_wake_counts", {}))
+        self._publish_wakeups(taken[0]["counts"] if taken else {}, conn)
+        return claimed(finished)
+
+    def _wakeup_mode(self, conn: psycopg.Connection[Any]) -> bool:
+        """Whether this slot's connection leaves its wake-ups to NATS: set to follow the
+        bus's connection state, one statement each time that changes."""
+        wanted = self.bus is not None and self.bus.connected
+        state = self._slot_state
+        if getattr(state, "conn", None) is not conn or state.nats_on != wanted:
+            db.fetch_one(conn, "set_wakeup_nats", nats=wanted)
+            state.conn, state.nats_on = conn, wanted
+        return wanted
+
+    def _publish_wakeups(self, counts: dict[str, int], conn: psycopg.Connection[Any]) -> None:
+        """After the commit: publish what it issued; NOTIFY if NATS just went away."""
+        if counts and (self.bus is None or not self.bus.wake(counts)):
+            db.fetch_one(conn, "notify_workers")
+
+    def _apply_outcomes(
         self, conn: psycopg.Connection[Any], outcomes: list[Outcome], claim_n: int
     ) -> list[ClaimedCommand]:
         """finish_and_claim; a result that fell back to a lower store tier first gets its

@@ -313,6 +313,11 @@ class PostgresPools:
         self._lock = threading.Lock()
         self._max_size = max_size
 
+    def describe(self) -> dict[str, int]:
+        """Sizes for the worker's capacity report (noetl.worker.tool_pools)."""
+        with self._lock:
+            return {"connection_pools": len(self._pools), "connections_max": self._max_size}
+
     def pool(self, conninfo: str, secrets: list[str]) -> ConnectionPool:
         """The open pool for `conninfo`, opening it (and checking it connects) on first use."""
         with self._lock:

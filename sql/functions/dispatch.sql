@@ -49,7 +49,7 @@ begin
         p_loop_id, p_iter_index
     );
     if p_claimed_by is null then
-        perform noetl.notify_queue();
+        perform noetl.notify_queue(p_kind);
     end if;
     return v_command_id;
 end;
@@ -278,23 +278,4 @@ as $$
         on c.loop_id = li.loop_id and c.iter_index = li.iter_index
     where c.command_id = any(p_command_ids)
     order by c.command_id;
-$$;
-
--- noetl.notify_queue() -> void
--- Contract: wakes idle workers (NOTIFY noetl_command, delivered at commit and folded to one
---   per transaction). Inside noetl.finish_and_claim the wake-up is deferred: that call
---   claims new work for its own worker in the same transaction and notifies at its end
---   only if due work is left for others. Commits that NOTIFY serialise on one global lock,
---   so a linear chain served by one worker should not pay for it on every step.
--- Locks: none (the NOTIFY queue lock is taken at commit).
-create or replace function noetl.notify_queue() returns void
-language plpgsql
-as $$
-begin
-    if current_setting('noetl.defer_notify', true) = 'on' then
-        perform set_config('noetl.notify_pending', 'on', true);
-    else
-        perform pg_notify('noetl_command', '');
-    end if;
-end;
 $$;

@@ -191,7 +191,7 @@ begin
     into v_claimed, v_queued
     from issued;
     if v_queued > 0 then
-        perform noetl.notify_queue();
+        perform noetl.notify_queue(v_kind, v_queued);
     end if;
     return v_claimed;
 end;

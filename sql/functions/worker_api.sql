@@ -162,6 +162,7 @@ begin
     -- Wake-ups for what these outcomes issue are decided once, after our own claim.
     perform set_config('noetl.defer_notify', 'on', true);
     perform set_config('noetl.notify_pending', 'off', true);
+    perform set_config('noetl.wake_pending', '', true);
 
     perform noetl.lock_command_rows(array(
         select (o.value ->> 'command_id')::bigint from jsonb_array_elements(v_outcomes) as o

@@ -37,6 +37,8 @@ declare
         'claim_commands_v1', 'finish_and_claim_v1', 'register_worker_v1', 'worker_heartbeat_v1',
         'stop_worker_v1', 'reap_stale_claims_v1', 'reap_orphan_claims_v1',
         'reap_earlier_process_v1', 'complete_command_v1', 'fail_command_v1',
+        -- NATS and the capacity registry (wakeup.sql, capacity.sql).
+        'report_worker', 'apply_worker_reports', 'take_wake_counts',
         'result_ref_put', 'result_ref_get', 'result_ref_list', 'result_blob_id',
         'result_blob_write_chunk', 'result_blob_read_chunk', 'result_blob_delete',
         'claim_projection_shards', 'project_shard', 'release_projection_shards',
