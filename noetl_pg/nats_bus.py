@@ -39,7 +39,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Mapping
-from concurrent.futures import Future
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -47,6 +47,7 @@ import psycopg
 from psycopg.types.json import Jsonb
 
 from noetl_pg import db, settings
+from noetl_pg.errors import DatabaseError
 
 log = logging.getLogger(__name__)
 
@@ -442,11 +443,14 @@ class ReportApplier:
         self.bus = bus
         # Tests set this to fail between the commit and the acknowledgement.
         self.after_commit: Callable[[], None] | None = None
+        # The database is reached through the one database layer (blocking), on one thread
+        # of its own so the bus's loop keeps serving wake-ups meanwhile.
+        self._executor = ThreadPoolExecutor(1, thread_name_prefix="noetl-reports")
+        self._conn: psycopg.Connection[Any] | None = None
 
     async def run(self, stopping: threading.Event) -> None:
         from nats.errors import TimeoutError as NatsTimeout
 
-        conn: psycopg.AsyncConnection[Any] | None = None
         subscription: Any = None
         while not stopping.is_set():
             try:
@@ -462,24 +466,18 @@ class ReportApplier:
                 except NatsTimeout:
                     continue
                 messages += await self._more(subscription)
-                if conn is None or conn.closed:
-                    conn = await psycopg.AsyncConnection.connect(
-                        self.bus.dsn, autocommit=True,
-                        application_name=f"noetl reports {self.bus.worker_id}"[:63])
-                await self.apply(conn, messages)
-            except psycopg.Error as exc:
+                await self.apply(messages)
+            except DatabaseError as exc:
                 log.warning("report consumer: database error (%s); batch left unacknowledged",
                             exc)
-                if conn is not None:
-                    await conn.close()
-                conn = None
+                await asyncio.get_running_loop().run_in_executor(self._executor, self._close)
                 await asyncio.sleep(1.0)
             except Exception as exc:  # the server lost the consumer, or a disconnect
                 log.debug("report consumer: %s; subscribing again", exc)
                 subscription = None
                 await asyncio.sleep(0.5)
-        if conn is not None:
-            await conn.close()
+        await asyncio.get_running_loop().run_in_executor(self._executor, self._close)
+        self._executor.shutdown(wait=False)
 
     async def _more(self, subscription: Any) -> list[Any]:
         """What else is waiting, up to a batch, within 20 ms; nothing on any error (the
@@ -499,16 +497,29 @@ class ReportApplier:
             f"{subjects.prefix}.events.report.*", durable=REPORTS_CONSUMER,
             stream=subjects.events_stream, config=config)
 
-    async def apply(self, conn: psycopg.AsyncConnection[Any], messages: list[Any]) -> None:
+    async def apply(self, messages: list[Any]) -> None:
+        """Apply the batch (committed when this returns), then acknowledge its messages."""
         reports = [_loads(m.data) for m in messages]
-        cursor = await conn.execute(db.query("apply_worker_reports"),
-                                    {"reports": Jsonb(reports)})
-        row = await cursor.fetchone()
-        self.bus.stats.reports_applied += int(row[0]) if row else 0
+        applied = await asyncio.get_running_loop().run_in_executor(
+            self._executor, self._apply_reports, reports)
+        self.bus.stats.reports_applied += applied
         if self.after_commit is not None:
             self.after_commit()
         for message in messages:
             await message.ack()
+
+
+    def _apply_reports(self, reports: list[dict[str, Any]]) -> int:
+        if self._conn is None or self._conn.closed:
+            self._conn = db.connect(self.bus.dsn,
+                                    application_name=f"noetl reports {self.bus.worker_id}")
+        row = db.fetch_one(self._conn, "apply_worker_reports", reports=Jsonb(reports))
+        return int(row["applied"]) if row else 0
+
+    def _close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+        self._conn = None
 
 
 def _loads(data: bytes) -> dict[str, Any]:
