@@ -364,7 +364,10 @@ def test_a_worker_gone_before_its_offer_costs_nothing(
                        listen=False, poll_interval=60) as here:
         publisher = _publisher(settings, fresh_dsn)
         try:
-            wait_until(lambda: "w-here" in publisher._known, 10, "w-here's capacity")
+            # Its first announcement can come before its slots are idle (free 0): wait for
+            # the one that says they are, or the publisher rightly broadcasts instead.
+            wait_until(lambda: "w-here" in publisher._known
+                       and publisher._known["w-here"].free > 0, 10, "w-here's free slots")
             # A worker that announced more free slots and went away (no subscription).
             tap.run(tap.nc.publish(f"{settings.prefix}.capacity.w-gone", json.dumps(
                 {"worker_id": "w-gone", "kinds": ["noop"], "available_slots": 8}).encode()))
