@@ -20,8 +20,8 @@ from rich.console import Console
 from rich.table import Table
 
 from noetl_pg import settings
-from noetl_pg.cli_common import fail
-from noetl_pg.cli_run import parse_payload
+from noetl_pg.cli.common import fail
+from noetl_pg.cli.run import parse_payload
 from noetl_pg.server.client import RemoteError, ServerClient
 
 SERVER_ENV = "NOETL_SERVER_URL"

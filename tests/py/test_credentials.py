@@ -10,7 +10,7 @@ import psycopg
 import pytest
 from click.testing import CliRunner
 
-from noetl_pg.cli_credential import credential_group
+from noetl_pg.cli.credential import credential_group
 from noetl_pg.credential_crypto import CredentialKey, CredentialKeyError, key_from_env
 from noetl_pg.credentials import (
     CredentialError,

@@ -347,7 +347,7 @@ def test_status_shows_a_running_cursor_loop_without_a_total(
         monkeypatch: pytest.MonkeyPatch) -> None:
     """`noetl status` of a cursor loop still claiming: done/? and no ETA (its total is
     unknown until its cursor drains), where it used to raise on the missing total."""
-    from noetl_pg import cli_status
+    from noetl_pg.cli import status as cli_status
 
     loop = {"loop_id": 1, "total": None, "done": 7, "failed": 1, "completed": False}
     assert cli_status._loop_text({"loop": {"drain": loop}}, "drain").startswith("7/? (1 failed)")

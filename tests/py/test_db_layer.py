@@ -18,7 +18,7 @@ import pytest
 from psycopg.types.json import Jsonb
 
 from noetl_pg import db
-from noetl_pg.cli_status import fetch_progress
+from noetl_pg.cli.status import fetch_progress
 from noetl_pg.errors import DatabaseError, DatabaseRefused, DatabaseUnavailable
 from noetl_pg.protocol import CLAIMED_COMMAND_COLUMNS, OUTCOME_OPS, as_outcome
 from noetl_pg.store import ResultStore

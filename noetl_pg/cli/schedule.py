@@ -6,29 +6,16 @@ change schedules.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
-from typing import Any
 
 import click
 from rich.table import Table
 
 from noetl_pg import db
-from noetl_pg.cli_common import console, emit, fail, json_option, sql_message
+from noetl_pg.cli.common import console, emit, fail, json_option, sql_message
+from noetl_pg.cli.run import parse_payload
 from noetl_pg.errors import DatabaseRefused
 from noetl_pg.schedules import MISSED_POLICIES, ScheduleError, add_schedule, set_paused
-
-
-def _payload(text: str | None) -> dict[str, Any]:
-    if not text:
-        return {}
-    try:
-        value = json.loads(text)
-    except json.JSONDecodeError as exc:
-        fail(f"--payload is not valid JSON: {exc}")
-    if not isinstance(value, dict):
-        fail("--payload must be a JSON object")
-    return value
 
 
 def schedule_group(get_dsn: Callable[[], str]) -> click.Group:
@@ -55,7 +42,7 @@ def schedule_group(get_dsn: Callable[[], str]) -> click.Group:
         try:
             with db.connection(get_dsn()) as conn:
                 schedule_id = add_schedule(conn, path, cron, timezone_name=timezone_name,
-                                           payload=_payload(payload),
+                                           payload=parse_payload(payload, ()),
                                            missed_policy=missed_policy)
                 row = next(r for r in db.fetch_all(conn, "schedule_list")
                            if r["schedule_id"] == schedule_id)

@@ -1,8 +1,8 @@
 """The `noetl` command line. Every command calls the same SQL functions as psql would.
 
-Commands are grouped by concern in cli_*.py; this module builds the group, the catalog and
-database commands, and turns expected errors into one line and an exit code
-(noetl_pg/cli_common.py lists them).
+Commands are grouped by concern in the modules beside this one (noetl_pg/cli/); this one
+builds the group, the catalog and database commands, and turns expected errors into one
+line and an exit code (noetl_pg/cli/common.py lists them).
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from rich.table import Table
 
 from noetl_pg import db, settings
 from noetl_pg.catalog import register_file
-from noetl_pg.cli_common import (
+from noetl_pg.cli.common import (
     EXIT_FAILED,
     EXIT_USAGE,
     console,
@@ -36,16 +36,16 @@ from noetl_pg.cli_common import (
     sql_message,
     wants_json,
 )
-from noetl_pg.cli_config import config_group
-from noetl_pg.cli_credential import credential_group
-from noetl_pg.cli_embedded import register_embedded_commands
-from noetl_pg.cli_logs import register_logs_command
-from noetl_pg.cli_results import results_group
-from noetl_pg.cli_resume import register_resume_commands
-from noetl_pg.cli_run import register_run_commands
-from noetl_pg.cli_schedule import schedule_group
-from noetl_pg.cli_status import register_status_commands
-from noetl_pg.cli_workers import workers_command
+from noetl_pg.cli.config import config_group
+from noetl_pg.cli.credential import credential_group
+from noetl_pg.cli.embedded import register_embedded_commands
+from noetl_pg.cli.logs import register_logs_command
+from noetl_pg.cli.results import results_group
+from noetl_pg.cli.resume import register_resume_commands
+from noetl_pg.cli.run import register_run_commands
+from noetl_pg.cli.schedule import schedule_group
+from noetl_pg.cli.status import register_status_commands
+from noetl_pg.cli.workers import workers_command
 from noetl_pg.errors import DatabaseError, DatabaseUnavailable, NoetlError
 from noetl_pg.migrate import MigrationError, migrate, schema_status
 from noetl_pg.roles import ROLES, apply_roles
@@ -461,6 +461,3 @@ main.add_command(config_group)
 main.add_command(workers_command(get_dsn))
 remote.install(main)  # --server URL: run/exec/status/cancel/catalog over HTTP
 
-
-if __name__ == "__main__":
-    main()

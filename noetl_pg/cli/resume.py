@@ -12,7 +12,7 @@ from typing import Any, TypeVar
 import click
 
 from noetl_pg import db
-from noetl_pg.cli_common import (
+from noetl_pg.cli.common import (
     dumps,
     err_console,
     fail,
@@ -22,7 +22,7 @@ from noetl_pg.cli_common import (
     sql_message,
     wants_json,
 )
-from noetl_pg.cli_run import follow_to_end
+from noetl_pg.cli.run import follow_to_end
 from noetl_pg.errors import DatabaseError
 
 

@@ -14,7 +14,7 @@ import click
 from rich.console import Console
 from rich.table import Table
 
-from noetl_pg.cli_common import dumps, emit, json_option, require_execution, wants_json
+from noetl_pg.cli.common import dumps, emit, json_option, require_execution, wants_json
 from noetl_pg.store import ResultStore
 
 console = Console()

@@ -21,7 +21,7 @@ import psycopg
 
 from noetl_pg import db
 from noetl_pg.catalog import register_file
-from noetl_pg.cli_common import (
+from noetl_pg.cli.common import (
     EXIT_FAILED,
     EXIT_INTERRUPTED,
     EXIT_TIMEOUT,
@@ -33,7 +33,7 @@ from noetl_pg.cli_common import (
     sql_message,
     wants_json,
 )
-from noetl_pg.cli_status import failed_step_trace, follow, print_status
+from noetl_pg.cli.status import failed_step_trace, follow, print_status
 from noetl_pg.errors import DatabaseError, NoetlError
 from noetl_pg.jsoncheck import storage_problem
 

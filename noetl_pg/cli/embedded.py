@@ -7,7 +7,7 @@ import sys
 import click
 
 from noetl_pg import embedded
-from noetl_pg.cli_common import EXIT_FAILED, console, emit, fail, json_option
+from noetl_pg.cli.common import EXIT_FAILED, console, emit, fail, json_option
 from noetl_pg.migrate import schema_status
 from noetl_pg.runtime import resolve_dsn
 

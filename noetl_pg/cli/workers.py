@@ -12,7 +12,7 @@ import click
 from rich.table import Table
 
 from noetl_pg import db
-from noetl_pg.cli_common import console, emit, json_option
+from noetl_pg.cli.common import console, emit, json_option
 
 
 def _pools(pools: dict[str, dict[str, object]]) -> str:

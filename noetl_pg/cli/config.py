@@ -7,7 +7,7 @@ import click
 from rich.table import Table
 
 from noetl_pg import config_view, settings
-from noetl_pg.cli_common import console, emit, json_option
+from noetl_pg.cli.common import console, emit, json_option
 
 
 @click.group("config")

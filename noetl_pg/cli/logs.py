@@ -9,7 +9,7 @@ from typing import Any
 import click
 
 from noetl_pg import db
-from noetl_pg.cli_common import (
+from noetl_pg.cli.common import (
     EXIT_FAILED,
     dumps,
     fail,

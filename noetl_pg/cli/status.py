@@ -22,7 +22,7 @@ from rich.table import Table
 from rich.text import Text
 
 from noetl_pg import db
-from noetl_pg.cli_common import (
+from noetl_pg.cli.common import (
     EXIT_FAILED,
     EXIT_INTERRUPTED,
     dumps,

@@ -20,7 +20,7 @@ from rich.console import Console
 from rich.table import Table
 
 from noetl_pg import db
-from noetl_pg.cli_common import dumps, emit, fail, json_option, wants_json
+from noetl_pg.cli.common import dumps, emit, fail, json_option, wants_json
 from noetl_pg.credential_crypto import (
     NEW_KEY_ENV,
     NEW_KEY_FILE_ENV,
