@@ -11,6 +11,7 @@ import collections
 import importlib.util
 import signal
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -313,12 +314,25 @@ def test_pft_example_survives_a_sigkilled_worker(fresh_engine: Engine, workers: 
                and engine.sql("select count(*) as n from pft_result where run_id = %s",
                               execution_id)[0]["n"] >= 1000,
                timeout=300, what="1000 results written")
+    held_by_victim = ("select c.kind, c.iter_index, c.loop_id from noetl.command c "
+                      "where c.status = 'claimed' and c.claimed_by = 'victim'")
+
+    def stopped_holding_claims() -> bool:
+        # Frozen first, so what it holds cannot change before the kill (between batches it
+        # may hold nothing, and the test would prove nothing).
+        workers.signal("victim", signal.SIGSTOP)
+        if engine.sql(held_by_victim):
+            return True
+        workers.signal("victim", signal.SIGCONT)
+        time.sleep(0.05)
+        return False
+
+    wait_until(stopped_holding_claims, timeout=120, what="the victim holding claims")
     workers.signal("victim", signal.SIGKILL)
     wait_until(lambda: not engine.sql("select 1 from pg_stat_activity "
                                       "where application_name = 'noetl worker victim'"),
                what="the victim's backends to exit")
-    held = engine.sql("select c.kind, c.iter_index, c.loop_id from noetl.command c "
-                      "where c.status = 'claimed' and c.claimed_by = 'victim'")
+    held = engine.sql(held_by_victim)
     runs = _assert_pft_complete(engine, execution_id)
     reaped = engine.sql("select ev.meta from noetl.event ev where ev.event_type = "
                         "'command.reaped'")
