@@ -22,30 +22,16 @@ from noetl_pg.cli.common import (
     sql_message,
     wants_json,
 )
-from noetl_pg.cli.run import follow_to_end
+from noetl_pg.cli.run import follow_to_end, local_runtime
 from noetl_pg.errors import DatabaseError
 
 
 def _follow(dsn: str, execution_id: int, *, runtime: str, concurrency: int, as_json: bool,
             timeout: float | None) -> None:
-    from noetl_pg.projection import Projector  # heavy imports only when running workers
-    from noetl_pg.worker import build_worker
-
     local = runtime == "local"
-    worker = build_worker(dsn, slots=concurrency, poll_interval=0.5) if local else None
-    projector = Projector(dsn) if local else None
-    if worker is not None and projector is not None:
-        worker.start()
-        projector.start()
-    try:
+    with local_runtime(dsn, concurrency, local):
         follow_to_end(dsn, execution_id, as_json=as_json, timeout=timeout,
                       cancel_on_timeout=local)
-    finally:
-        if worker is not None and projector is not None:
-            worker.stop()
-            projector.stop()
-            worker.join(timeout=30)
-            projector.join(timeout=30)
 
 
 CommandFunction = TypeVar("CommandFunction", bound=Callable[..., Any])

@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -126,36 +127,46 @@ def _start_options(command: Callable[..., Any]) -> Callable[..., Any]:
     return command
 
 
-def _run(target: str, payload: str | None, sets: tuple[str, ...], version: int | None,
-         as_json: bool, runtime: str, concurrency: int | None, timeout: float | None) -> None:
+@contextmanager
+def local_runtime(dsn: str, slots: int, local: bool) -> Iterator[None]:
+    """With `local`, an in-process worker and its projector serve `dsn` for the block
+    (`--runtime local`); they finish what they hold and stop at its end."""
+    if not local:
+        yield
+        return
     # Imported here: the worker pulls in every tool (httpx, duckdb...), which commands that
     # only read the database should not pay for at start.
     from noetl_pg.projection import Projector
-    from noetl_pg.worker import build_worker, default_slots
+    from noetl_pg.worker import build_worker
+
+    worker = build_worker(dsn, slots=slots, poll_interval=0.5)
+    projector = Projector(dsn)
+    worker.start()
+    projector.start()
+    try:
+        yield
+    finally:
+        worker.stop()
+        projector.stop()
+        worker.join(timeout=30)
+        projector.join(timeout=30)
+
+
+def _run(target: str, payload: str | None, sets: tuple[str, ...], version: int | None,
+         as_json: bool, runtime: str, concurrency: int | None, timeout: float | None) -> None:
+    from noetl_pg.worker import default_slots
 
     as_json = wants_json(as_json)
     local = runtime == "local"
     dsn = get_dsn("migrate-embedded")
     body = parse_payload(payload, sets)
-    slots = concurrency or default_slots()
-    worker = build_worker(dsn, slots=slots, poll_interval=0.5) if local else None
-    projector = Projector(dsn) if local else None
-    if worker is not None and projector is not None:
-        worker.start()
-        projector.start()
-    try:
+    with local_runtime(dsn, concurrency or default_slots(), local):
         with db.connection(dsn) as conn:
             path, execution_id = start_target(conn, target, body, version)
         if not as_json:
             err_console.print(f"execution {execution_id} of {path} started", highlight=False)
         follow_to_end(dsn, execution_id, as_json=as_json, timeout=timeout,
                       cancel_on_timeout=local)
-    finally:
-        if worker is not None and projector is not None:
-            worker.stop()
-            projector.stop()
-            worker.join(timeout=30)
-            projector.join(timeout=30)
 
 
 def register_run_commands(main: click.Group) -> None:
