@@ -109,7 +109,8 @@ def test_cancel_kills_the_steps_children(monkeypatch: pytest.MonkeyPatch) -> Non
 
         def cancel_when_running() -> None:
             _pids(directory)
-            wait_until(lambda: size(directory / "grandchild.log") > 0, 10, "grandchild")
+            wait_until(lambda: size(directory / "child.log") > 0
+                       and size(directory / "grandchild.log") > 0, 10, "both writers")
             cancelled.set()
 
         canceller = threading.Thread(target=cancel_when_running)
@@ -178,7 +179,8 @@ def test_sigterm_to_the_guard_takes_the_group_along(monkeypatch: pytest.MonkeyPa
         try:
             caller.start()
             pids = _pids(directory)
-            wait_until(lambda: size(directory / "grandchild.log") > 0, 10, "grandchild")
+            wait_until(lambda: size(directory / "child.log") > 0
+                       and size(directory / "grandchild.log") > 0, 10, "both writers")
             os.kill(executor.process.pid, signal.SIGTERM)
             _assert_stopped(directory, pids, within=1.0)
             caller.join(10)
