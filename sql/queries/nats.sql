@@ -1,5 +1,5 @@
 -- Queries of the NATS accelerator and the capacity registry (noetl_pg/nats_bus.py,
--- noetl_pg/worker.py, `noetl workers`).
+-- noetl_pg/worker/, `noetl workers`).
 
 -- name: report_worker
 -- Heartbeat with capacity, sent by the worker itself (via 'db'); true when applied.

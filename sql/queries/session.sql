@@ -1,5 +1,5 @@
 -- Session statements: the LISTEN channels of the wake-ups (noetl.notify_queue,
--- noetl_pg/worker.py, noetl_pg/runtime.py) and the settings the postgres tool gives its
+-- noetl_pg/worker/wakeup.py, noetl_pg/runtime.py) and the settings the postgres tool gives its
 -- transaction on a user's database (noetl_pg/tools/postgres.py).
 
 -- name: listen_commands

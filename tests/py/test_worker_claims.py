@@ -70,9 +70,9 @@ def test_engine_connection_lost_while_a_command_runs_is_not_the_steps_failure(
     rows = claimed(db.fetch_all(conn, "claim_commands", worker_id=worker.worker_id,
                                 kinds=None, n=1))
     assert len(rows) == 1
-    runner = worker._runner(conn)
+    runner = worker._slot_loop._runner(conn)
     conn.close()  # as a restart or pg_terminate_backend leaves it
     with pytest.raises(DatabaseUnavailable):
-        worker._run_one(conn, runner, rows[0], rows[0]["context"] or {})
+        worker._slot_loop._run_one(conn, runner, rows[0], rows[0]["context"] or {})
     assert fresh_engine.sql("select count(*) as n from noetl.event "
                             "where event_type in ('call.error', 'command.failed')") == [{"n": 0}]
