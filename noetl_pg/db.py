@@ -59,6 +59,7 @@ __all__ = [
     "connection",
     "database_error",
     "dsn_from_env",
+    "error_message",
     "execute",
     "execute_built",
     "fetch_all",
@@ -193,8 +194,7 @@ def database_error(exc: psycopg.Error, query_name: str | None = None) -> Databas
     if isinstance(exc, DatabaseError):  # pragma: no cover - defensive, never a driver error
         return exc
     state = exc.sqlstate
-    diag = getattr(exc, "diag", None)
-    message = ((diag.message_primary if diag is not None else None) or str(exc)).strip()
+    message = _driver_message(exc)
     kind: type[DatabaseError]
     if state is None:
         # Client side: a lost connection, or a statement the driver could not send.
@@ -207,6 +207,24 @@ def database_error(exc: psycopg.Error, query_name: str | None = None) -> Databas
     else:
         kind = DatabaseRefused
     return kind(message, sqlstate=state, query=query_name)
+
+
+def error_message(exc: BaseException) -> str:
+    """The text that names an error in a log line or a CLI message: a DatabaseError's
+    message, a driver error's primary message (what `database_error` maps it to), else the
+    exception's text or, when it has none, its class name."""
+    if isinstance(exc, DatabaseError):
+        return exc.message
+    if isinstance(exc, psycopg.Error):
+        return _driver_message(exc)
+    return str(exc).strip() or type(exc).__name__
+
+
+def _driver_message(exc: psycopg.Error) -> str:
+    # The server's primary message, without the statement excerpt and hints of str(exc);
+    # a client-side error has only its text.
+    diag = getattr(exc, "diag", None)
+    return ((diag.message_primary if diag is not None else None) or str(exc)).strip()
 
 
 @contextmanager
@@ -369,13 +387,8 @@ class Reconnect:
         if self.give_up_after is not None and elapsed >= self.give_up_after:
             raise DatabaseUnavailable(
                 f"{self.what}: gave up after {elapsed:.1f}s and {self.failures + 1} "
-                f"failed attempts; last error: {_message(exc)}") from exc
+                f"failed attempts; last error: {error_message(exc)}") from exc
         ceiling = min(self.max_delay, self.first_delay * 2 ** self.failures)
         self.failures += 1
         return self._rng.uniform(ceiling / 2, ceiling)
 
-
-def _message(exc: BaseException) -> str:
-    if isinstance(exc, DatabaseError):
-        return exc.message
-    return str(exc).strip() or type(exc).__name__

@@ -50,10 +50,8 @@ class CommandLogWriter:
                            step_name=command["step_name"],
                            iter_index=command.get("iter_index"), streams=Jsonb(streams))
         except (DatabaseError, psycopg.Error, StoreError) as exc:
-            message = (exc.message if isinstance(exc, DatabaseError) else
-                       exc.diag.message_primary if isinstance(exc, psycopg.Error) else None)
             log.warning("output of command %s not stored: %s", command["command_id"],
-                        message or exc)
+                        db.error_message(exc))
 
     def _streams(self, command: Mapping[str, Any],
                  logs: Mapping[str, str]) -> Iterator[dict[str, Any]]:

@@ -33,7 +33,6 @@ from noetl_pg.cli.common import (
     get_dsn,
     json_option,
     require_execution,
-    sql_message,
     wants_json,
 )
 from noetl_pg.cli.config import config_group
@@ -80,11 +79,11 @@ class NoetlGroup(click.Group):
         except MigrationError as exc:  # includes SchemaBehind
             fail(str(exc), EXIT_USAGE)
         except DatabaseUnavailable as exc:
-            fail(f"cannot reach the database: {sql_message(exc)}", EXIT_FAILED)
+            fail(f"cannot reach the database: {db.error_message(exc)}", EXIT_FAILED)
         except NoetlError as exc:
             fail(str(exc), EXIT_USAGE)
         except psycopg.OperationalError as exc:
-            fail(f"cannot reach the database: {sql_message(exc)}", EXIT_FAILED)
+            fail(f"cannot reach the database: {db.error_message(exc)}", EXIT_FAILED)
 
 
 @click.group(cls=NoetlGroup)
@@ -151,7 +150,7 @@ def db_roles(as_json: bool) -> None:
     try:
         present = apply_roles(resolve_dsn(schema="none"))
     except DatabaseError as exc:
-        fail(f"cannot apply roles: {sql_message(exc)}", EXIT_FAILED, as_json=as_json)
+        fail(f"cannot apply roles: {db.error_message(exc)}", EXIT_FAILED, as_json=as_json)
     missing = sorted(set(ROLES) - set(present))
     if missing:
         fail(f"roles missing (this user may not create roles): {', '.join(missing)}",
@@ -169,7 +168,7 @@ def query_command(statement: str, as_json: bool) -> None:
         try:
             cursor = conn.execute(statement)
         except psycopg.Error as exc:
-            fail(sql_message(exc), EXIT_FAILED, as_json=as_json)
+            fail(db.error_message(exc), EXIT_FAILED, as_json=as_json)
         rows = cursor.fetchall() if cursor.description else []
         columns = [column.name for column in cursor.description or []]
         status = cursor.statusmessage
@@ -302,7 +301,7 @@ def cancel_command(execution_id: int, reason: str, as_json: bool) -> None:
             row = db.fetch_one(conn, "cancel_execution", execution_id=execution_id,
                                reason=reason)
         except DatabaseError as exc:
-            fail(sql_message(exc), as_json=as_json)
+            fail(db.error_message(exc), as_json=as_json)
     assert row is not None
     emit({"execution_id": execution_id, "cancelled": row["cancelled"]}, as_json,
          lambda: console.print(
@@ -358,7 +357,7 @@ def _while_unreachable(what: str, action: Callable[[], T]) -> T:
             return action()
         except (DatabaseUnavailable, psycopg.OperationalError) as exc:
             delay = policy.failed(exc)
-            err_console.print(f"{what}: the database cannot be reached ({sql_message(exc)}); "
+            err_console.print(f"{what}: the database cannot be reached ({db.error_message(exc)}); "
                               f"trying again in {delay:.1f}s", highlight=False)
             time.sleep(delay)
 

@@ -15,11 +15,9 @@ from collections.abc import Callable
 from typing import Any, NoReturn, TypeVar
 
 import click
-import psycopg
 from rich.console import Console
 
 from noetl_pg import db
-from noetl_pg.errors import DatabaseError
 from noetl_pg.runtime import SchemaPolicy, resolve_dsn
 
 EXIT_FAILED = 1
@@ -63,12 +61,6 @@ def fail(message: str, code: int = EXIT_USAGE, *, as_json: bool = False) -> NoRe
         click.echo(dumps({"error": message}))
     err_console.print(f"[red]error:[/red] {message}", highlight=False, soft_wrap=True)
     sys.exit(code)
-
-
-def sql_message(exc: psycopg.Error | DatabaseError) -> str:
-    if isinstance(exc, DatabaseError):
-        return exc.message
-    return (exc.diag.message_primary if exc.diag is not None else None) or str(exc).strip()
 
 
 def get_dsn(schema: SchemaPolicy = "check") -> str:

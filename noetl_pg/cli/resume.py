@@ -19,7 +19,6 @@ from noetl_pg.cli.common import (
     get_dsn,
     json_option,
     require_execution,
-    sql_message,
     wants_json,
 )
 from noetl_pg.cli.run import follow_to_end, local_runtime
@@ -69,7 +68,7 @@ def register_resume_commands(main: click.Group) -> None:
             try:
                 row = db.fetch_one(conn, "resume_execution", execution_id=execution_id)
             except DatabaseError as exc:
-                fail(sql_message(exc), as_json=as_json)
+                fail(db.error_message(exc), as_json=as_json)
         assert row is not None
         if not as_json:
             err_console.print(f"execution {execution_id} resumed: {row['requeued']} "
@@ -97,7 +96,7 @@ def register_resume_commands(main: click.Group) -> None:
                 row = db.fetch_one(conn, "rerun_execution", execution_id=execution_id,
                                    from_step=from_step)
             except DatabaseError as exc:
-                fail(sql_message(exc), as_json=as_json)
+                fail(db.error_message(exc), as_json=as_json)
         assert row is not None
         new_id = int(row["execution_id"])
         if not as_json:

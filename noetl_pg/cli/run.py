@@ -31,7 +31,6 @@ from noetl_pg.cli.common import (
     fail,
     get_dsn,
     json_option,
-    sql_message,
     wants_json,
 )
 from noetl_pg.cli.status import failed_step_trace, follow, print_status
@@ -77,7 +76,7 @@ def start_target(conn: psycopg.Connection[Any], target: str, payload: dict[str, 
     try:
         row = db.fetch_one(conn, "start_execution", path=path, payload=payload, version=version)
     except DatabaseError as exc:
-        fail(sql_message(exc))
+        fail(db.error_message(exc))
     assert row is not None
     return path, int(row["execution_id"])
 

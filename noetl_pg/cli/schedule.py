@@ -12,7 +12,7 @@ import click
 from rich.table import Table
 
 from noetl_pg import db
-from noetl_pg.cli.common import console, emit, fail, json_option, sql_message
+from noetl_pg.cli.common import console, emit, fail, json_option
 from noetl_pg.cli.run import parse_payload
 from noetl_pg.errors import DatabaseRefused
 from noetl_pg.schedules import MISSED_POLICIES, ScheduleError, add_schedule, set_paused
@@ -49,7 +49,7 @@ def schedule_group(get_dsn: Callable[[], str]) -> click.Group:
         except ScheduleError as exc:
             fail(str(exc), as_json=as_json)
         except DatabaseRefused as exc:
-            fail(sql_message(exc), as_json=as_json)
+            fail(db.error_message(exc), as_json=as_json)
         emit(row, as_json, lambda: console.print(
             f"schedule {schedule_id}: {path} at '{cron}' ({timezone_name}), next run "
             f"{row['next_run_at']:%Y-%m-%d %H:%M %Z}", highlight=False))
