@@ -1,47 +1,53 @@
 """Run one claimed command and say what happened, as an outcome for finish_and_claim.
 
-This module computes; it never writes engine state. A step command renders its tool
-config, runs the tool (or a pipeline of tasks), applies the policy, renders its `set`
-writes and returns a `done` or `fail` outcome. A loop command renders its collection and
-returns a `loop` outcome. A route command evaluates the step's arcs and returns the chosen
-targets. A `playbook` step returns an `await_child` outcome: the database parks the
-command and starts the child (sql/functions/child.sql). Secrets (credential secrets the
-worker has read, keychain values) are redacted from every error, result, ctx write and
-child payload before they leave the worker.
+This module computes; it never writes engine state. A step command runs its tool (or a
+pipeline of tasks), each task rendered, run and judged by its policy (the run's state:
+noetl_pg.pipeline), renders its `set` writes and returns a `done` or `fail` outcome; its
+templates see the command's namespace (noetl_pg.namespace). A loop command returns a
+`loop` outcome with its rendered collection (noetl_pg.loop_start). A route command
+evaluates the step's arcs and returns the chosen targets. A `playbook` step returns an
+`await_child` outcome: the database parks the command and starts the child
+(sql/functions/child.sql). Secrets (credential secrets the worker has read, keychain
+values) are redacted from every error, result, ctx write and child payload before they
+leave the worker.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import logging
 from collections.abc import Callable, Mapping
 from typing import Any
 
 from noetl_pg import protocol
 from noetl_pg.credentials import for_command
 from noetl_pg.dsl import Playbook, Step
-from noetl_pg.errors import NoetlError, TemplateError, ToolError
+from noetl_pg.errors import NoetlError, ToolError
 from noetl_pg.jsoncheck import storage_problem
-from noetl_pg.keychain import Keychain, SecretRedactor
-from noetl_pg.policy import decide
+from noetl_pg.keychain import SecretRedactor
+from noetl_pg.loop_start import loop_outcome
+from noetl_pg.namespace import command_namespace, python_context
+from noetl_pg.pipeline import (
+    TaskCall,
+    TaskRun,
+    apply_policy_writes,
+    apply_step_writes,
+    ctx_writes,
+    next_task,
+    pipeline_resume,
+    pipeline_state,
+    start_run,
+)
+from noetl_pg.policy import Decision, decide
 from noetl_pg.results import CommandResults
 from noetl_pg.router import choose, direct_targets, route_scope
 from noetl_pg.sqlrender import render_tool_config
 from noetl_pg.store import ResultStore
-from noetl_pg.stream import (
-    PARTIAL_EVENT,
-    ChunkEmitter,
-    PartialRecorder,
-    chunk_view,
-    streamed_chunk_rows,
-)
-from noetl_pg.templating import ResultView, build_context, render_value
+from noetl_pg.stream import PARTIAL_EVENT, ChunkEmitter, PartialRecorder, streamed_chunk_rows
+from noetl_pg.templating import render_value, result_view
 from noetl_pg.tools.base import CredentialResolver, Tool, ToolContext
 from noetl_pg.tools.playbook import ChildRequest
 from noetl_pg.tools.python import CONTEXT_KEY
 from noetl_pg.tools.workbook import resolve_task
-
-log = logging.getLogger(__name__)
 
 Outcome = dict[str, Any]
 
@@ -91,7 +97,11 @@ class CommandRunner:
         self, command: Mapping[str, Any], context: Mapping[str, Any], playbook: Playbook,
         step: Step, results: CommandResults | None,
     ) -> Outcome:
-        namespace = self._namespace(command, context, step, playbook, results)
+        namespace = command_namespace(
+            command, context, step, playbook, results,
+            credentials=for_command(self._credentials, self._worker_id, command),
+            redactor=self._redact if isinstance(self._redact, SecretRedactor) else None,
+        )
         # loop_id lets finish_and_claim skip the loop fast path for batches without iterations.
         base = {"command_id": command["command_id"], "attempt": command["attempt"],
                 "loop_id": command.get("loop_id")}
@@ -104,7 +114,7 @@ class CommandRunner:
                     raise NoetlError("no arc matched (executor.spec.no_next_is_error)")
                 return {**base, "op": "route", "targets": targets}
             if command["kind"] == "loop":
-                return {**base, "op": "loop", **self._loop(step, namespace, playbook)}
+                return {**base, "op": "loop", **loop_outcome(step, namespace, playbook)}
             outcome = self._scrub(self._step(step, command, namespace, playbook, results))
             _refuse_unstorable(outcome)
             fused = self._fused_targets(step, command, namespace, outcome, playbook)
@@ -139,52 +149,6 @@ class CommandRunner:
                 outcome[key] = self._redact.redact_value(outcome[key])
         return outcome
 
-    # --- namespaces ------------------------------------------------------------------
-
-    def _namespace(
-        self, command: Mapping[str, Any], context: Mapping[str, Any], step: Step,
-        playbook: Playbook, results: CommandResults | None = None,
-    ) -> dict[str, Any]:
-        namespace = build_context(context, results)
-        execution_id = namespace.get("execution_id")
-        # NoETL's job namespace: the execution is the job (job.uuid, job.id are its id).
-        namespace.setdefault("job", {
-            "execution_id": execution_id, "uuid": str(execution_id), "id": str(execution_id),
-            "path": playbook.path,
-        })
-        for other in playbook.workflow:
-            # A step that has not run (yet, or on this branch) is none, so
-            # `{{ a.x if a else b.x }}` works; a name that is no step stays undefined.
-            namespace.setdefault(other.step, None)
-        keychain = playbook.keychain
-        if keychain:
-            namespace["keychain"] = Keychain(
-                keychain, for_command(self._credentials, self._worker_id, command),
-                dict(namespace),
-                self._redact if isinstance(self._redact, SecretRedactor) else None,
-            )
-        if command.get("loop_id") is not None and step.loop is not None:
-            index = command["iter_index"]
-            # A cursor loop's length is known only when its cursor has drained.
-            total = None if step.loop.cursor is not None else (
-                (command.get("input") or {}).get("loop_total", 0))
-            last = total is not None and index == total - 1
-            item = command.get("item")
-            namespace[step.loop.iterator] = item
-            namespace["iter"] = {
-                step.loop.iterator: item,
-                "_index": index,
-                "_first": index == 0,
-                "_last": last,
-            }
-            namespace["loop"] = {"index": index, "first": index == 0, "length": total,
-                                 "last": last}
-            namespace["loop_index"] = index
-        chunk = chunk_view(command.get("input"), results)
-        if chunk is not None:
-            namespace["chunk"] = chunk
-        return namespace
-
     # --- route -----------------------------------------------------------------------
 
     def _route(
@@ -211,7 +175,7 @@ class CommandRunner:
                 or step.loop is not None or not _has_conditional_arcs(step)):
             return None
         scope = dict(namespace)
-        scope[step.step] = _view(outcome.get("result"))
+        scope[step.step] = result_view(outcome.get("result"))
         ctx_set = outcome.get("ctx_set") or {}
         if ctx_set:
             scope["ctx"] = {**(scope.get("ctx") or {}), **ctx_set}
@@ -255,60 +219,6 @@ class CommandRunner:
         return ChunkEmitter(command, self._store, self._partials, targets,
                             output_store=_output_store(step), scrub=scrub)
 
-    # --- loop ------------------------------------------------------------------------
-
-    def _loop(self, step: Step, namespace: dict[str, Any], playbook: Playbook) -> dict[str, Any]:
-        assert step.loop is not None
-        if step.loop.cursor is not None:
-            return self._cursor_loop(step, namespace, playbook)
-        items = render_value(step.loop.in_, namespace)
-        if isinstance(items, Mapping):
-            items = [{"key": key, "value": value} for key, value in items.items()]
-        if not isinstance(items, list):
-            raise TemplateError(
-                f"loop.in must render to a list, got {type(items).__name__}"
-            )
-        run_spec = step.loop.spec
-        max_in_flight = _in_flight_bound(render_value(run_spec.max_in_flight, namespace))
-        fanout = run_spec.fanout or {}
-        return {
-            "items": items,
-            "loop": {
-                "iterator": step.loop.iterator,
-                "mode": run_spec.mode,
-                "max_in_flight": max_in_flight,
-                "is_fanout": step.loop.is_fanout,
-                "max_shard_retries": int(fanout.get("max_shard_retries", 2)),
-                "on_error": run_spec.on_error,
-            },
-        }
-
-    def _cursor_loop(
-        self, step: Step, namespace: dict[str, Any], playbook: Playbook
-    ) -> dict[str, Any]:
-        """A cursor loop's start: its claim rendered once, here, as a postgres script is
-        (values escaped for their SQL positions, a templated `auth` checked); the claim
-        commands run it as rendered (noetl_pg.cursor)."""
-        assert step.loop is not None and step.loop.cursor is not None
-        cursor = step.loop.cursor
-        rendered = render_tool_config(
-            {"kind": "postgres", "auth": cursor.auth, "command": cursor.claim}, namespace,
-            step=step.step, playbook_workload=playbook.workload,
-        )
-        run_spec = step.loop.spec
-        return {
-            "items": [],
-            "loop": {
-                "iterator": step.loop.iterator,
-                "mode": "cursor",
-                "max_in_flight": _in_flight_bound(render_value(run_spec.max_in_flight,
-                                                               namespace)),
-                "on_error": run_spec.on_error,
-                "cursor": {"kind": cursor.kind, "auth": rendered["auth"],
-                           "claim": rendered["command"],
-                           "options": render_value(cursor.options or {}, namespace)},
-            },
-        }
 
     # --- step ------------------------------------------------------------------------
 
@@ -323,21 +233,21 @@ class CommandRunner:
             run = self._run_tasks(
                 list(step.task_configs), step_input, namespace, command["attempt"], tool_context,
                 pipeline=isinstance(step.tool, list), workbook=playbook.workbook,
-                workload=playbook.workload, resume=_pipeline_resume(command),
+                workload=playbook.workload, resume=pipeline_resume(command),
             )
         except ToolError as exc:
             return {"op": "fail", "error": self._redact(f"step '{step.step}': {exc.message}"),
                     "retry_delay": None, "output": exc.output or None}
         if run.stop is not None:
             return run.stop
-        result = _apply_step_writes(run.result, run.step_writes)
+        result = apply_step_writes(run.result, run.step_writes)
         ctx_set: dict[str, Any] = dict(run.ctx_writes)
         if step.set:
-            scope = {**namespace, step.step: _view(result), "result": result,
+            scope = {**namespace, step.step: result_view(result), "result": result,
                      "output": {"status": "ok", "data": result}}
             writes = render_value(step.set, scope)
-            ctx_set.update(_ctx_writes(writes))
-            result = _apply_step_writes(result, writes)
+            ctx_set.update(ctx_writes(writes))
+            result = apply_step_writes(result, writes)
         return {"op": "done", "result": result, "ctx_set": ctx_set or None}
 
     def _run_tasks(
@@ -352,91 +262,45 @@ class CommandRunner:
         workbook: list[dict[str, Any]],
         workload: Mapping[str, Any] | None = None,
         resume: Mapping[str, Any] | None = None,
-    ) -> _TaskRun:
-        """Run a tool or a pipeline. Tasks' own `set` and policy `then.set` ctx writes are
-        collected in the run's ctx_writes. A playbook task hands the command over to its
-        child (an await_child outcome carrying the pipeline so far); when the child is
-        done the database queues the command again and `resume` continues after it."""
-        run = _TaskRun()
-        scope = dict(namespace)
-        if pipeline:
-            scope.update(_attempt=attempt, _prev=None, _task=None)
-            if scope.get("results") is None:
-                scope["results"] = {}
-        position = 0
-        if resume is not None:
-            position = int(resume["task_index"])
-            run = _TaskRun(done=dict(resume.get("results") or {}),
-                           ctx_writes=dict(resume.get("ctx_writes") or {}),
-                           step_writes=dict(resume.get("step_writes") or {}))
-            for name, value in run.done.items():
-                scope[name] = _view(value)
-                _pipeline_envelope(scope, name, value)
-            if resume.get("iter") is not None:
-                scope["iter"] = resume["iter"]
-            if run.ctx_writes:
-                scope["ctx"] = {**(scope.get("ctx") or {}), **run.ctx_writes}
-        while position < len(tasks):
+    ) -> TaskRun:
+        """Run a tool or a pipeline, each task in four phases: render its config, run its
+        tool, decide by its policy, go to the next task. Tasks' own `set` and policy
+        `then.set` ctx writes are collected in the run's ctx_writes. A playbook task hands
+        the command over to its child (an await_child outcome carrying the pipeline so
+        far); when the child is done the database queues the command again and `resume`
+        continues at that task, with the child's result as the task's."""
+        run, scope, first = start_run(namespace, attempt, pipeline=pipeline, resume=resume)
+        resumed_at = int(resume["task_index"]) if resume is not None else None
+        child_result = resume.get("child_result") if resume is not None else None
+        position: int | None = first
+        while position is not None and position < len(tasks):
             task = tasks[position]
-            name = task.get("name") or f"task_{position + 1}"
-            error_kind: str | None = None
-            if resume is not None and position == int(resume["task_index"]):
-                run.result = resume.get("child_result")
-                output: dict[str, Any] = {"status": "ok", "data": run.result}
+            if position == resumed_at:
+                call = TaskCall.ok(child_result)
             else:
-                config = self._task_config(task, step_input, scope, workbook, workload)
-                options = config.get("spec") or {}
-                try:
-                    if config.get("kind") == "workbook":
-                        config = resolve_task(workbook, config, scope, workload)
-                    run.result = self._tool_for(config).run(
-                        config, _with_timeout(tool_context, options.get("timeout")))
-                    if isinstance(run.result, ChildRequest):
-                        return dataclasses.replace(run, stop=self._await_child(
-                            run.result, task, scope, attempt,
-                            _pipeline_state(run, position, scope, attempt) if pipeline
-                            else None))
-                    output = {"status": "ok", "data": run.result}
-                except ToolError as exc:
-                    error_kind = exc.kind
-                    output = {"status": "error", "error": exc.message, **exc.output}
-            decision = self._decide(task, output, scope, attempt, error_kind)
-            _apply_policy_writes(scope, run, decision.set_writes)
-            if decision.action == "retry":
-                run.stop = {
-                    "op": "fail", "error": self._redact(str(output.get("error") or "retry")),
-                    "retry_delay": decision.delay_seconds, "output": _output_extra(output),
-                }
+                call = self._run_task(self._render_task(task, step_input, scope, workload),
+                                      tool_context, scope, workbook, workload)
+            if isinstance(call.result, ChildRequest):
+                return dataclasses.replace(run, result=call.result, stop=self._await_child(
+                    call.result, task, scope, attempt,
+                    pipeline_state(run, position, scope, attempt) if pipeline else None))
+            if call.error_kind is None:
+                run.result = call.result
+            decision, run.stop = self._decide(task, call, scope, attempt, run)
+            if run.stop is not None:
                 return run
-            if decision.action == "fail" or (error_kind is not None and
-                                             decision.action not in ("continue", "jump", "break")):
-                run.stop = {
-                    "op": "fail", "error": self._redact(str(output.get("error"))),
-                    "retry_delay": None, "output": _output_extra(output),
-                }
-                return run
-            if pipeline:
-                scope[name] = _view(run.result)
-                run.done[name] = run.result
-                _pipeline_envelope(scope, name, run.result)
-            if task.get("set"):
-                _apply_task_set(task["set"], scope, output, run.ctx_writes)
-            if decision.action == "break":
-                break
-            if decision.action == "jump" and decision.jump_to:
-                names = [t.get("name") for t in tasks]
-                if decision.jump_to not in names:
-                    raise ToolError(f"policy jumps to unknown task '{decision.jump_to}'")
-                position = names.index(decision.jump_to)
-                continue
-            position += 1
+            position = next_task(tasks, position, call, decision, scope, run, pipeline=pipeline)
         return run
 
-    def _task_config(
-        self, task: Mapping[str, Any], step_input: Mapping[str, Any], scope: Mapping[str, Any],
-        workbook: list[dict[str, Any]], workload: Mapping[str, Any] | None,
+    @staticmethod
+    def _render_task(
+        task: Mapping[str, Any], step_input: Mapping[str, Any], scope: Mapping[str, Any],
+        workload: Mapping[str, Any] | None,
     ) -> dict[str, Any]:
-        """A task's rendered config: `input` over the step's, `spec` without its policy."""
+        """Render: the task's config as its tool reads it, templates rendered with `scope`
+        (SQL text escaped, noetl_pg.sqlrender): `input` over the step's, `spec` without
+        its policy, and a python task's `context` global. A template that cannot render
+        raises, and the step fails without its policy being asked."""
         config = render_tool_config(
             {key: value for key, value in task.items() if key not in ("spec", "retry", "set")},
             scope, playbook_workload=workload,
@@ -450,28 +314,54 @@ class CommandRunner:
             config[CONTEXT_KEY] = python_context(scope)
         return config
 
+    def _run_task(
+        self, config: dict[str, Any], tool_context: ToolContext, scope: Mapping[str, Any],
+        workbook: list[dict[str, Any]], workload: Mapping[str, Any] | None,
+    ) -> TaskCall:
+        """Run: the task's tool called with its rendered config, within its
+        `spec.timeout` (the tool context carries the execution's cancel event); a
+        workbook call runs the workbook entry it names, resolved here. A ToolError (no
+        tool of the kind, a bad timeout, the tool's own failure) is the call's error,
+        for the policy to judge; a playbook task's result is the ChildRequest to start."""
+        options = config.get("spec") or {}
+        try:
+            if config.get("kind") == "workbook":
+                config = resolve_task(workbook, config, scope, workload)
+            result = self._tool_for(config).run(
+                config, _with_timeout(tool_context, options.get("timeout")))
+        except ToolError as exc:
+            return TaskCall.failed(exc)
+        return TaskCall.ok(result)
+
     def _tool_for(self, config: Mapping[str, Any]) -> Tool:
         tool = self._tools.get(str(config.get("kind")))
         if tool is None:
             raise ToolError(f"no worker tool for kind '{config.get('kind')}'")
         return tool
 
-    @staticmethod
     def _decide(
-        task: Mapping[str, Any], output: Mapping[str, Any], scope: Mapping[str, Any],
-        attempt: int, error_kind: str | None,
-    ) -> Any:
-        """The policy decision; a rule that cannot be evaluated after an error reports
-        that error first (the secondary error never hides the cause)."""
-        try:
-            return decide(task, output, scope, attempt, error_kind)
-        except NoetlError as exc:
-            if output.get("status") != "error":
-                raise
-            raise ToolError(
-                f"{output.get('error')}; then its policy could not be evaluated: {exc}",
-                output=_output_extra(output) or {},
-            ) from exc
+        self, task: Mapping[str, Any], call: TaskCall, scope: dict[str, Any], attempt: int,
+        run: TaskRun,
+    ) -> tuple[Decision, Outcome | None]:
+        """Decide: the task's policy on its call, with the rule's `then.set` applied to
+        the scope and the run (pipeline.apply_policy_writes), and the fail outcome that
+        stops the run, if any: a retry (with its delay), a fail, or an error the policy
+        does not continue, break or jump past."""
+        output = call.output
+        decision = _policy_decision(task, output, scope, attempt, call.error_kind)
+        apply_policy_writes(scope, run, decision.set_writes)
+        if decision.action == "retry":
+            return decision, {
+                "op": "fail", "error": self._redact(str(output.get("error") or "retry")),
+                "retry_delay": decision.delay_seconds, "output": _output_extra(output),
+            }
+        if decision.action == "fail" or (call.error_kind is not None and
+                                         decision.action not in ("continue", "jump", "break")):
+            return decision, {
+                "op": "fail", "error": self._redact(str(output.get("error"))),
+                "retry_delay": None, "output": _output_extra(output),
+            }
+        return decision, None
 
     def _await_child(
         self, request: ChildRequest, task: Mapping[str, Any], scope: Mapping[str, Any],
@@ -523,18 +413,6 @@ class CommandRunner:
         return outcome
 
 
-def _in_flight_bound(value: Any) -> int | None:
-    """loop.spec.max_in_flight as rendered when the loop starts: None or an integer >= 1."""
-    if value is None:
-        return None
-    if isinstance(value, str) and value.strip().isdigit():
-        value = int(value)
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise TemplateError(f"loop.spec.max_in_flight must render to an integer >= 1, "
-                            f"got {value!r}")
-    return value
-
-
 def _has_conditional_arcs(step: Step) -> bool:
     """Whether the step routes through a router (its plan's route_mode 'router')."""
     arcs = step.next.route_arcs if step.next else []
@@ -558,26 +436,6 @@ def _refuse_unstorable(outcome: Outcome) -> None:
             "utf-8").replace("\x00", "\\x00")
 
 
-def python_context(scope: Mapping[str, Any]) -> dict[str, Any]:
-    """NoETL's `context` global of a python task: the execution's identity, workload and
-    ctx, and the iteration of a loop (plain JSON; step results stay templates' business)."""
-    context = {key: _plain(scope.get(key)) for key in ("execution_id", "job", "workload", "ctx")}
-    for key in ("iter", "loop"):
-        if scope.get(key) is not None:
-            context[key] = _plain(scope[key])
-    return context
-
-
-def _plain(value: Any) -> Any:
-    if isinstance(value, Mapping):
-        return {str(key): _plain(item) for key, item in value.items()}
-    if isinstance(value, list | tuple):
-        return [_plain(item) for item in value]
-    if value is None or isinstance(value, bool | int | float | str):
-        return value
-    return str(value)
-
-
 def _with_timeout(context: ToolContext, timeout: Any) -> ToolContext:
     """`spec.timeout` (seconds, or {read: N}) as the tool's time budget."""
     if isinstance(timeout, Mapping):
@@ -599,9 +457,21 @@ def _output_store(step: Step) -> str | None:
     return str(store) if store else None
 
 
-def _view(result: Any) -> Any:
-    return ResultView(result) if isinstance(result, dict) else result
-
+def _policy_decision(
+    task: Mapping[str, Any], output: Mapping[str, Any], scope: Mapping[str, Any],
+    attempt: int, error_kind: str | None,
+) -> Decision:
+    """The policy decision; a rule that cannot be evaluated after an error reports
+    that error first (the secondary error never hides the cause)."""
+    try:
+        return decide(task, output, scope, attempt, error_kind)
+    except NoetlError as exc:
+        if output.get("status") != "error":
+            raise
+        raise ToolError(
+            f"{output.get('error')}; then its policy could not be evaluated: {exc}",
+            output=_output_extra(output) or {},
+        ) from exc
 
 def _output_extra(output: Mapping[str, Any]) -> dict[str, Any] | None:
     extra = {key: value for key, value in output.items() if key not in ("status", "error")}
@@ -611,106 +481,6 @@ def _output_extra(output: Mapping[str, Any]) -> dict[str, Any] | None:
 def _targets(chosen: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Chosen arcs as noetl.apply_route and noetl.record_partial take them: each `set` as
     its ctx writes."""
-    return [{"step": target["step"], "set": _ctx_writes(target["set"]) if target["set"]
+    return [{"step": target["step"], "set": ctx_writes(target["set"]) if target["set"]
              else None} for target in chosen]
 
-
-def _ctx_writes(writes: Mapping[str, Any] | None) -> dict[str, Any]:
-    """`set` keys `ctx.x` (or bare `x`) become ctx writes; `step.*`/`iter.*` are not ctx."""
-    ctx: dict[str, Any] = {}
-    for key, value in (writes or {}).items():
-        if key.startswith("ctx."):
-            ctx[key[4:]] = value
-        elif not key.startswith(("step.", "iter.")):
-            ctx[key] = value
-    return ctx
-
-
-def _apply_step_writes(result: Any, writes: Mapping[str, Any]) -> Any:
-    step_writes = {key[5:]: value for key, value in writes.items() if key.startswith("step.")}
-    if not step_writes:
-        return result
-    merged = dict(result) if isinstance(result, Mapping) else {"data": result}
-    merged.update(step_writes)
-    return merged
-
-
-def _pipeline_envelope(scope: dict[str, Any], name: str, result: Any) -> None:
-    """NoETL's pipeline names after a task: `_prev` (its result), `_task` (its name) and
-    `results.<task>` (every task so far), beside the task's own name."""
-    scope["_prev"] = _view(result)
-    scope["_task"] = name
-    if isinstance(scope.get("results"), dict):
-        scope["results"] = {**scope["results"], name: _view(result)}
-
-
-def _apply_task_set(writes: Mapping[str, Any], scope: dict[str, Any], output: Mapping[str, Any],
-                    task_ctx: dict[str, Any] | None) -> None:
-    """A task's own `set`, rendered after it ran with `output` in scope: `iter.*` and
-    `ctx.*` writes are visible to later tasks; ctx writes also go to the execution."""
-    rendered = render_value(dict(writes), {**scope, "output": dict(output)})
-    _apply_iter_writes(scope, rendered)
-    ctx = _ctx_writes(rendered)
-    if ctx:
-        scope["ctx"] = {**(scope.get("ctx") or {}), **ctx}
-        scope.update(ctx)
-        if task_ctx is not None:
-            task_ctx.update(ctx)
-
-
-def _apply_iter_writes(scope: dict[str, Any], writes: Mapping[str, Any]) -> None:
-    """Policy/`set` writes to `iter.*` are visible to later tasks of the same iteration."""
-    iter_writes = {key[5:]: value for key, value in writes.items() if key.startswith("iter.")}
-    if iter_writes:
-        scope["iter"] = {**(scope.get("iter") or {}), **iter_writes}
-
-
-@dataclasses.dataclass
-class _TaskRun:
-    """What running a step's tasks produced: the last result, the results of finished
-    pipeline tasks by name, the policy `set` writes to ctx and to the step result, and
-    the fail or await_child outcome that stopped the run (None: the tasks are done)."""
-
-    result: Any = None
-    done: dict[str, Any] = dataclasses.field(default_factory=dict)
-    ctx_writes: dict[str, Any] = dataclasses.field(default_factory=dict)
-    step_writes: dict[str, Any] = dataclasses.field(default_factory=dict)
-    stop: Outcome | None = None
-
-
-def _apply_policy_writes(scope: dict[str, Any], run: _TaskRun, writes: Mapping[str, Any]) -> None:
-    """A policy rule's `then.set`: `iter.*` is visible to later tasks of the iteration,
-    `ctx.*` (or a bare name) to later tasks and, with the step's outcome, to later steps,
-    `step.*` lands in the step's result."""
-    if not writes:
-        return
-    iter_writes = {key[5:]: value for key, value in writes.items() if key.startswith("iter.")}
-    if iter_writes:
-        scope["iter"] = {**(scope.get("iter") or {}), **iter_writes}
-    ctx_writes = _ctx_writes(writes)
-    if ctx_writes:
-        run.ctx_writes.update(ctx_writes)
-        ctx = scope.get("ctx")
-        scope["ctx"] = {**(ctx if isinstance(ctx, Mapping) else {}), **ctx_writes}
-    run.step_writes.update(
-        {key: value for key, value in writes.items() if key.startswith("step.")})
-
-
-def _pipeline_state(
-    run: _TaskRun, position: int, scope: Mapping[str, Any], attempt: int
-) -> dict[str, Any]:
-    """What a pipeline parked on a playbook task resumes with (stored with the command)."""
-    iter_scope = scope.get("iter")
-    return {
-        "attempt": attempt, "task_index": position, "results": dict(run.done),
-        "ctx_writes": dict(run.ctx_writes), "step_writes": dict(run.step_writes),
-        "iter": dict(iter_scope) if isinstance(iter_scope, Mapping) else None,
-    }
-
-
-def _pipeline_resume(command: Mapping[str, Any]) -> Mapping[str, Any] | None:
-    """The parked pipeline of this attempt (a retry starts the pipeline afresh)."""
-    state = (command.get("input") or {}).get("pipeline")
-    if isinstance(state, Mapping) and state.get("attempt") == command["attempt"]:
-        return state
-    return None

@@ -115,7 +115,7 @@ class LazyResult:
         self._results = results
 
     def load(self) -> Any:
-        return _view(self._results.resolve(self.ref))
+        return result_view(self._results.resolve(self.ref))
 
     def __repr__(self) -> str:
         return f"LazyResult({self.ref.get('result_ref')!r})"
@@ -142,10 +142,11 @@ class ResultList(list[Any]):
         return (self._load(item) for item in super().__iter__())
 
     def _load(self, item: Any) -> Any:
-        return _view(self._results.resolve(item)) if self._results.is_ref(item) else item
+        return result_view(self._results.resolve(item)) if self._results.is_ref(item) else item
 
 
-def _view(value: Any) -> Any:
+def result_view(value: Any) -> Any:
+    """A step result as templates see it: a dict as a ResultView, anything else as is."""
     return ResultView(value) if isinstance(value, dict) else value
 
 
@@ -293,7 +294,7 @@ def build_context(
 
 def _step_view(result: Any, results: ResultAccess | None) -> Any:
     if results is None:
-        return _view(result)
+        return result_view(result)
     if results.is_ref(result):
         return LazyResult(result, results)
     if isinstance(result, dict):
