@@ -34,7 +34,8 @@ from noetl_pg.dsl_keys import (
 from noetl_pg.errors import PlaybookError
 from noetl_pg.policy import DEFAULT_RULE_ATTEMPTS
 from noetl_pg.stream import check_streams
-from noetl_pg.tools import tool_config_keys
+from noetl_pg.tools import INPUT_ALIASES, STREAM_KINDS, tool_config_keys
+from noetl_pg.tools.workbook import WorkbookTool
 from noetl_pg.yamlbound import load_bounded, text_bytes
 
 DEFAULT_PARALLEL_IN_FLIGHT = 10
@@ -341,7 +342,7 @@ def _reads(step: Step, playbook: Playbook) -> dict[str, StepReads]:
     # iterations; the iterator name is not a template.
     extras: list[Any] = [playbook.keychain]
     tasks = step.tool if isinstance(step.tool, list) else [step.tool] if step.tool else []
-    if any(task.kind == "workbook" for task in tasks):
+    if any(task.kind == WorkbookTool.kind for task in tasks):
         extras.append(playbook.workbook)
     reads = _names_read([body, *extras], step_names)
     if reads is not None and step.loop is not None:
@@ -494,7 +495,7 @@ def load_playbook(text: str, *, source: str | None = None) -> Playbook:
     except ValidationError as exc:
         raise _validation_error(exc, document, label, lines) from exc
     _check_graph(playbook, label, step_lines)
-    check_streams(playbook, label, step_lines)
+    check_streams(playbook, label, step_lines, STREAM_KINDS)
     return playbook
 
 
@@ -535,8 +536,9 @@ def _normalise_tool(tool: Any) -> Any:
     tool = dict(tool)
     if "args" in tool and "input" not in tool:
         tool["input"] = tool.pop("args")
-    if tool.get("kind") == "playbook" and "payload" in tool and "input" not in tool:
-        tool["input"] = tool.pop("payload")
+    alias = INPUT_ALIASES.get(str(tool.get("kind")))
+    if alias is not None and alias in tool and "input" not in tool:
+        tool["input"] = tool.pop(alias)
     output = tool.get("output")
     if isinstance(output, dict) and "store" in output:
         store = output["store"]

@@ -44,10 +44,11 @@ from noetl_pg.sqlrender import render_tool_config
 from noetl_pg.store import ResultStore
 from noetl_pg.stream import PARTIAL_EVENT, ChunkEmitter, PartialRecorder, streamed_chunk_rows
 from noetl_pg.templating import render_value, result_view
+from noetl_pg.tools import CONTEXT_KEYS
 from noetl_pg.tools.base import CredentialResolver, Tool, ToolContext
 from noetl_pg.tools.playbook import ChildRequest
-from noetl_pg.tools.python import CONTEXT_KEY
-from noetl_pg.tools.workbook import resolve_task
+from noetl_pg.tools.workbook import WorkbookTool
+from noetl_pg.workbook_call import resolve_task
 
 Outcome = dict[str, Any]
 
@@ -310,8 +311,9 @@ class CommandRunner:
         options = {k: v for k, v in (task.get("spec") or {}).items() if k != "policy"}
         if options:
             config["spec"] = options
-        if config.get("kind") == "python":
-            config[CONTEXT_KEY] = python_context(scope)
+        context_key = CONTEXT_KEYS.get(str(config.get("kind")))
+        if context_key is not None:
+            config[context_key] = python_context(scope)
         return config
 
     def _run_task(
@@ -325,7 +327,7 @@ class CommandRunner:
         for the policy to judge; a playbook task's result is the ChildRequest to start."""
         options = config.get("spec") or {}
         try:
-            if config.get("kind") == "workbook":
+            if config.get("kind") == WorkbookTool.kind:
                 config = resolve_task(workbook, config, scope, workload)
             result = self._tool_for(config).run(
                 config, _with_timeout(tool_context, options.get("timeout")))

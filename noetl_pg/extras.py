@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import importlib.util
 from collections.abc import Mapping
-from typing import Any, ClassVar
+from typing import Any
 
 from noetl_pg.errors import NoetlError, ToolError
 
@@ -37,23 +37,20 @@ def require_extra(extra: str, needed_for: str) -> None:
         )
 
 
-def missing_extra_tool(kind: str, extra: str,
-                       config_keys: frozenset[str] = frozenset()) -> type[Any]:
-    """A stand-in tool class for `kind` whose every run fails naming the extra to install.
-    It declares the kind's `config_keys`, so registration on a machine without the extra
-    accepts and refuses the same playbooks as anywhere else."""
+def missing_extra_tool(declared: type[Any], extra: str) -> type[Any]:
+    """A stand-in tool class for the kind `declared` describes (its `kind`, `config_keys`
+    and the other class attributes of noetl_pg.tools.base.Tool, without `run`) whose
+    every run fails naming the extra to install. It inherits those declarations, so
+    registration and rendering on a machine without the extra treat the kind's playbooks
+    as anywhere else."""
+    kind = declared.kind
 
-    class MissingExtraTool:
-        kind: ClassVar[str]
-        config_keys: ClassVar[frozenset[str]]
-
+    class MissingExtraTool(declared):  # type: ignore[misc]
         def run(self, config: Mapping[str, Any], context: Any) -> Any:
             raise ToolError(
                 f"tool kind '{kind}' needs the optional dependency "
                 f"'{EXTRA_MODULES[extra]}' on this worker: {install_hint(extra)}"
             )
 
-    MissingExtraTool.kind = kind
-    MissingExtraTool.config_keys = config_keys
     MissingExtraTool.__name__ = f"Missing{kind.title()}Tool"
     return MissingExtraTool

@@ -1,7 +1,7 @@
-"""`script: {uri, source: {type: file|inline}}` of python, postgres and duckdb tools, read
-at registration: the text becomes the task's `code` (python) or `command` (postgres,
-duckdb) in the stored spec, so workers need no shared disk and a later change of the
-file does not change a registered version.
+"""`script: {uri, source: {type: file|inline}}` of python, postgres and duckdb tools (the
+kinds that declare a `script_field`), read at registration: the text becomes the task's
+`code` (python) or `command` (postgres, duckdb) in the stored spec, so workers need no
+shared disk and a later change of the file does not change a registered version.
 
 - `source.type: file`: `uri` is a path relative to the playbook file's directory (or
   absolute; `file://` accepted); it must stay inside that directory when relative.
@@ -16,8 +16,8 @@ from pathlib import Path
 from typing import Any
 
 from noetl_pg.errors import PlaybookError
+from noetl_pg.tools import SCRIPT_FIELDS
 
-SCRIPT_KINDS = {"python": "code", "postgres": "command", "duckdb": "command"}
 SCRIPT_KEYS = frozenset({"uri", "source", "code", "content", "encoding"})
 
 
@@ -38,7 +38,7 @@ def _tasks(tool: Any, base_dir: Path | None, playbook: str, where: str | None,
             continue
         field = f"tool[{index}].script" if isinstance(tool, list) else "tool.script"
         kind = task.get("kind")
-        target = SCRIPT_KINDS.get(str(kind))
+        target = SCRIPT_FIELDS.get(str(kind))
         if target is None:
             raise PlaybookError(f"`script` is not supported by kind '{kind}'",
                                 playbook=playbook, step=step, field=field)

@@ -55,6 +55,8 @@ from noetl_pg.authguard import check_rendered_auth
 from noetl_pg.errors import NoetlError, TemplateError
 from noetl_pg.templating import _ENV as _VALUE_ENV
 from noetl_pg.templating import LazyResult, is_template, render_value
+from noetl_pg.tools import PERCENT_PARAM_KINDS, SQL_TEXT_KINDS
+from noetl_pg.tools.postgres import PLACEHOLDER_CHARS
 
 # Private-use characters: a marker is OPEN + index + CLOSE. A template holding either
 # character is refused, so a marker can only come from a `{{ ... }}` output.
@@ -67,8 +69,7 @@ _NUMBER_LIST = re.compile(r"\s*-?\d+(\.\d+)?(\s*,\s*-?\d+(\.\d+)?)*\s*")
 _SCS_OFF = re.compile(r"standard_conforming_strings", re.IGNORECASE)
 _EXPRESSION = re.compile(r"\{\{(.*?)\}\}", re.DOTALL)
 
-# Tool kinds whose SQL text fields are rendered here instead of by templating.render_value.
-SQL_TOOL_KINDS = frozenset({"postgres", "duckdb"})
+# The SQL text fields of a SQL_TEXT_KINDS task: rendered here, not by templating.
 SQL_TEXT_FIELDS = ("command", "query")
 
 _outputs = threading.local()
@@ -130,25 +131,21 @@ def _load_named(source: str, context: Mapping[str, Any]) -> Mapping[str, Any]:
     return {**context, **loaded} if loaded else context
 
 
-# psycopg's placeholders (%s, %b, %t, %(name)s); noetl_pg.tools.postgres splits on the same.
-PLACEHOLDER_CHARS = frozenset("sbt")
-# The tool kinds whose driver reads `%` placeholders when `params` are bound.
-_PERCENT_PARAM_KINDS = frozenset({"postgres"})
-
 
 def render_tool_config(
     raw: Mapping[str, Any], scope: Mapping[str, Any], *, step: str = "",
     playbook_workload: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """A task's tool config rendered for running: the SQL text of a postgres/duckdb task by
-    `render_sql`, everything else (and every other kind) by templating.render_value. A
-    templated `auth` must name a credential unless it is what `playbook_workload` (the
-    registered workload, without the payload) renders (noetl_pg.authguard)."""
+    """A task's tool config rendered for running: the SQL text of a task of a SQL kind
+    (SQL_TEXT_KINDS: postgres, duckdb) by `render_sql`, everything else (and every other
+    kind) by templating.render_value. A templated `auth` must name a credential unless it
+    is what `playbook_workload` (the registered workload, without the payload) renders
+    (noetl_pg.authguard)."""
     sql = ({key: raw[key] for key in SQL_TEXT_FIELDS if isinstance(raw.get(key), str)}
-           if raw.get("kind") in SQL_TOOL_KINDS else {})
+           if raw.get("kind") in SQL_TEXT_KINDS else {})
     config: dict[str, Any] = render_value(
         {key: value for key, value in raw.items() if key not in sql}, scope)
-    binds_params = raw.get("kind") in _PERCENT_PARAM_KINDS and config.get("params") is not None
+    binds_params = raw.get("kind") in PERCENT_PARAM_KINDS and config.get("params") is not None
     for key, source in sql.items():
         config[key] = render_sql(source, scope, step=step, percent_params=binds_params)
     if "auth" in raw:

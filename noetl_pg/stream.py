@@ -45,7 +45,6 @@ if TYPE_CHECKING:
 # A chunk is held whole by the worker (and by each command that reads it): the bound keeps
 # one chunk a size a worker can hold, whatever the total.
 MAX_CHUNK_ROWS = 1_000_000
-STREAM_KINDS = frozenset({"postgres", "duckdb"})
 PARTIAL_EVENT = "call.partial"
 
 Row = dict[str, Any]
@@ -70,12 +69,14 @@ def streamed_chunk_rows(step: Step) -> int | None:
 # --- registration -------------------------------------------------------------------------
 
 
-def check_streams(playbook: Playbook, label: str, lines: Sequence[int | None]) -> None:
+def check_streams(playbook: Playbook, label: str, lines: Sequence[int | None],
+                  stream_kinds: frozenset[str]) -> None:
     """Refuse streams and `on: call.partial` arcs this engine cannot run, naming the step.
 
-    A stream is a postgres or duckdb step's single tool (not a pipeline task, a workbook
-    task or a loop step); `on: call.partial` arcs belong to a streamed step; the step they
-    lead to runs once per chunk, so it is reached by that one arc only and is no loop.
+    A stream is the single tool of a step of one of `stream_kinds` (the registry's
+    STREAM_KINDS: postgres, duckdb), not a pipeline task, a workbook task or a loop step;
+    `on: call.partial` arcs belong to a streamed step; the step they lead to runs once
+    per chunk, so it is reached by that one arc only and is no loop.
     """
     for index, entry in enumerate(playbook.workbook):
         if chunk_rows_of(entry.get("tool") or {}) is not None:
@@ -87,15 +88,15 @@ def check_streams(playbook: Playbook, label: str, lines: Sequence[int | None]) -
         for arc in step.next.arcs if step.next else []:
             sources[arc.step] = sources.get(arc.step, 0) + 1
     for index, step in enumerate(playbook.workflow):
-        problem = _stream_problem(playbook, step, sources)
+        problem = _stream_problem(playbook, step, sources, stream_kinds)
         if problem is not None:
             message, field = problem
             raise PlaybookError(message, playbook=label, step=step.step, field=field,
                                 line=lines[index] if index < len(lines) else None)
 
 
-def _stream_problem(playbook: Playbook, step: Step,
-                    sources: Mapping[str, int]) -> tuple[str, str] | None:
+def _stream_problem(playbook: Playbook, step: Step, sources: Mapping[str, int],
+                    stream_kinds: frozenset[str]) -> tuple[str, str] | None:
     """(message, field) of what `step` streams or wires that cannot run, else None."""
     tasks = step.tool if isinstance(step.tool, list) else []
     for position, task in enumerate(tasks):
@@ -104,9 +105,9 @@ def _stream_problem(playbook: Playbook, step: Step,
                     "tool is one postgres or duckdb task", f"tool[{position}].output.stream")
     chunk_rows = streamed_chunk_rows(step)
     kind = step.tool.kind if step.tool is not None and not isinstance(step.tool, list) else ""
-    if chunk_rows is not None and kind not in STREAM_KINDS:
+    if chunk_rows is not None and kind not in stream_kinds:
         return (f"output.stream is not supported by kind '{kind}' (supported: "
-                f"{', '.join(sorted(STREAM_KINDS))})", "tool.output.stream")
+                f"{', '.join(sorted(stream_kinds))})", "tool.output.stream")
     if chunk_rows is not None and step.loop is not None:
         return "output.stream is not supported on a loop step", "loop"
     partial = step.next.partial_arcs if step.next else []

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from noetl_pg.extras import missing_extra_tool
 from noetl_pg.tools.artifact import ArtifactTool
 from noetl_pg.tools.base import Tool
 from noetl_pg.tools.http import HttpTool
 from noetl_pg.tools.noop import NoopTool
 from noetl_pg.tools.playbook import PlaybookTool
-from noetl_pg.tools.postgres import DUCKDB_CONFIG_KEYS, PostgresTool
+from noetl_pg.tools.postgres import DuckdbKind, PostgresTool
 from noetl_pg.tools.python import PythonTool
 from noetl_pg.tools.transfer import TransferTool
 from noetl_pg.tools.unavailable import UNAVAILABLE_TOOL_CLASSES
@@ -19,8 +21,7 @@ try:
 except ModuleNotFoundError as missing:  # the `duckdb` extra is not installed
     if missing.name != "duckdb":
         raise
-    DuckdbTool = missing_extra_tool(  # type: ignore[misc]
-        "duckdb", extra="duckdb", config_keys=DUCKDB_CONFIG_KEYS)
+    DuckdbTool = missing_extra_tool(DuckdbKind, extra="duckdb")  # type: ignore[misc]
 
 TOOL_CLASSES: dict[str, type[Tool]] = {
     PythonTool.kind: PythonTool,
@@ -37,6 +38,22 @@ TOOL_CLASSES: dict[str, type[Tool]] = {
 
 
 ALL_TOOL_CLASSES: tuple[type[Tool], ...] = (*TOOL_CLASSES.values(), WorkbookTool)
+
+
+def _declared(attribute: str) -> dict[str, Any]:
+    """kind -> its class's `attribute`, for the classes that declare one (see base.Tool)."""
+    return {tool_class.kind: value for tool_class in ALL_TOOL_CLASSES
+            if (value := getattr(tool_class, attribute, None))}
+
+
+# What the rest of the engine knows of kinds, read off their classes: a new kind declares
+# it in its own module and is known everywhere by its registry line.
+SQL_TEXT_KINDS = frozenset(_declared("sql_text"))
+PERCENT_PARAM_KINDS = frozenset(_declared("percent_params"))
+STREAM_KINDS = frozenset(_declared("streams"))
+SCRIPT_FIELDS: dict[str, str] = _declared("script_field")
+CONTEXT_KEYS: dict[str, str] = _declared("context_key")
+INPUT_ALIASES: dict[str, str] = _declared("input_alias")
 
 
 def tool_config_keys() -> dict[str, tuple[frozenset[str], frozenset[str]]]:

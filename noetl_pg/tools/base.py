@@ -82,7 +82,20 @@ class ToolContext:
 
 
 class Tool(Protocol):
-    """One tool kind. `kind` is the value of `tool.kind` in a playbook."""
+    """One tool kind. `kind` is the value of `tool.kind` in a playbook.
+
+    Besides `kind` and `config_keys`, a class may declare what the rest of the engine
+    must know of its kind (the registry, noetl_pg.tools, collects them; leave one out
+    for no):
+    - `spec_keys`: keys of `tool.spec` it reads (registration accepts them);
+    - `sql_text = True`: its `command`/`query` are SQL, rendered with values escaped
+      (noetl_pg.sqlrender); `percent_params = True`: its driver reads `%` placeholders
+      when `params` are bound;
+    - `streams = True`: `output.stream` hands its rows on in chunks (noetl_pg.stream);
+    - `script_field`: the key a `script:` is read into at registration (noetl_pg.scripts);
+    - `context_key`: the config key the executor passes NoETL's `context` global under;
+    - `input_alias`: NoETL's other name for the kind's `input` (registration renames it).
+    """
 
     kind: ClassVar[str]
     # The keys of its `tool:` block this kind reads beyond those of every task (kind, name,

@@ -21,7 +21,7 @@ from __future__ import annotations
 import contextlib
 import threading
 from collections.abc import Mapping
-from typing import Any, ClassVar
+from typing import Any
 
 import duckdb
 
@@ -29,7 +29,7 @@ from noetl_pg.errors import ToolError, ToolTimeout
 from noetl_pg.stream import chunk_rows_of, pump
 from noetl_pg.tools.base import ToolContext, localize_refs
 from noetl_pg.tools.postgres import (
-    DUCKDB_CONFIG_KEYS,
+    DuckdbKind,
     json_safe_row,
     script_params,
     script_result,
@@ -59,11 +59,8 @@ def _statement_params(statement: Any, params: Mapping[str, Any] | list[Any] | No
     return params
 
 
-class DuckdbTool:
+class DuckdbTool(DuckdbKind):
     """Run a SQL script in DuckDB; see the module docstring."""
-
-    kind: ClassVar[str] = "duckdb"
-    config_keys: ClassVar[frozenset[str]] = DUCKDB_CONFIG_KEYS
 
     def run(self, config: Mapping[str, Any], context: ToolContext) -> Any:
         sql = localize_refs(script_text(config, self.kind), context, self.kind)

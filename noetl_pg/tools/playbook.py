@@ -49,6 +49,8 @@ class PlaybookTool:
 
     kind: ClassVar[str] = "playbook"
     config_keys: ClassVar[frozenset[str]] = frozenset({"path", "version", "payload", "return_step"})
+    # NoETL's other name for this kind's `input` (registration renames it, noetl_pg.dsl).
+    input_alias: ClassVar[str] = "payload"
 
     def run(self, config: Mapping[str, Any], context: ToolContext) -> ChildRequest:
         path = config.get("path")
@@ -56,7 +58,7 @@ class PlaybookTool:
             raise ToolError("playbook tool needs `path` (a registered playbook path)")
         payload = config.get("input")
         if payload is None:
-            payload = config.get("payload")
+            payload = config.get(self.input_alias)
         if payload is None:
             payload = {}
         if not isinstance(payload, Mapping):

@@ -52,11 +52,12 @@ from psycopg_pool import ConnectionPool, PoolTimeout
 from noetl_pg import db, settings
 from noetl_pg.credentials import redact, secret_values
 from noetl_pg.errors import ToolError, ToolTimeout
-from noetl_pg.sqlrender import PLACEHOLDER_CHARS
 from noetl_pg.stream import chunk_rows_of, pump
 from noetl_pg.tools.base import ToolContext, localize_refs
 
 CONNECT_TIMEOUT_SECONDS = 10
+# psycopg's placeholders (%s, %b, %t, %(name)s); noetl_pg.sqlrender escapes for the same.
+PLACEHOLDER_CHARS = frozenset("sbt")
 # Pool size for a tool run outside a worker (no slot count known).
 DEFAULT_POOL_MAX_SIZE = 4
 # Credential fields -> libpq keywords (NoETL names first).
@@ -246,11 +247,29 @@ def script_result(per_statement: list[dict[str, Any]]) -> dict[str, Any]:
     return result
 
 
-# The keys of every SQL script tool (script_text, script_params, a timeout); duckdb's are
-# here too, so registration knows them on a machine without the duckdb extra.
+# The keys of every SQL script tool (script_text, script_params, a timeout).
 # `script` is read into `command` at registration (noetl_pg.scripts).
 SCRIPT_CONFIG_KEYS = frozenset({"command", "query", "params", "timeout", "script"})
-DUCKDB_CONFIG_KEYS = SCRIPT_CONFIG_KEYS | {"database"}
+
+
+class SqlScriptKind:
+    """What the engine knows of a SQL script kind besides how to run it (see
+    noetl_pg.tools.base.Tool)."""
+
+    # `command`/`query` are SQL: rendered with values escaped (noetl_pg.sqlrender).
+    sql_text: ClassVar[bool] = True
+    # `output.stream` hands the rows on in chunks (noetl_pg.stream).
+    streams: ClassVar[bool] = True
+    # A `script:` is read into `command` at registration (noetl_pg.scripts).
+    script_field: ClassVar[str] = "command"
+
+
+class DuckdbKind(SqlScriptKind):
+    """`duckdb` as registration and rendering know it: here, not in tools/duckdb.py, so
+    that a machine without the duckdb extra knows it too (its stand-in inherits this)."""
+
+    kind: ClassVar[str] = "duckdb"
+    config_keys: ClassVar[frozenset[str]] = SCRIPT_CONFIG_KEYS | {"database"}
 
 
 def script_text(config: Mapping[str, Any], kind: str) -> str:
@@ -363,12 +382,14 @@ def worker_pools(resources: dict[str, Any]) -> PostgresPools:
 # --- the tool -----------------------------------------------------------------------------
 
 
-class PostgresTool:
+class PostgresTool(SqlScriptKind):
     """Run a SQL script in one transaction; see the module docstring."""
 
     kind: ClassVar[str] = "postgres"
     # `credential` is NoETL's other name for `auth`.
     config_keys: ClassVar[frozenset[str]] = SCRIPT_CONFIG_KEYS | {"auth", "credential"}
+    # psycopg reads `%` placeholders when `params` are bound (a value's `%` is doubled).
+    percent_params: ClassVar[bool] = True
 
     def run(self, config: Mapping[str, Any], context: ToolContext) -> Any:
         statements = split_sql(localize_refs(script_text(config, self.kind), context, self.kind))

@@ -105,6 +105,8 @@ class PythonTool:
     # `script` is read into `code` at registration (noetl_pg.scripts).
     config_keys: ClassVar[frozenset[str]] = frozenset({"code", "libs", "isolation", "script"})
     spec_keys: ClassVar[frozenset[str]] = frozenset({"isolation"})
+    script_field: ClassVar[str] = "code"
+    context_key: ClassVar[str] = CONTEXT_KEY
 
     def run(self, config: Mapping[str, Any], context: ToolContext) -> Any:
         code = config.get("code")

@@ -738,13 +738,16 @@ def test_a_stored_spec_reads_back_unchanged() -> None:
 
 def test_tool_keys_are_the_same_without_the_duckdb_extra() -> None:
     """Registration runs where the duckdb package may be missing: its stand-in declares the
-    same keys, so the same playbooks are accepted and refused."""
+    same keys (and is rendered, streamed and given scripts alike), so the same playbooks
+    are accepted and refused."""
     from noetl_pg.extras import missing_extra_tool
     from noetl_pg.tools.duckdb import DuckdbTool
-    from noetl_pg.tools.postgres import DUCKDB_CONFIG_KEYS
+    from noetl_pg.tools.postgres import DuckdbKind
 
-    stand_in = missing_extra_tool("duckdb", extra="duckdb", config_keys=DUCKDB_CONFIG_KEYS)
-    assert stand_in.config_keys == DuckdbTool.config_keys  # type: ignore[attr-defined]
+    stand_in = missing_extra_tool(DuckdbKind, extra="duckdb")
+    assert stand_in.config_keys == DuckdbTool.config_keys
+    for declared in ("kind", "sql_text", "streams", "script_field"):
+        assert getattr(stand_in, declared) == getattr(DuckdbTool, declared)
 
 
 @pytest.mark.parametrize(("value", "accepted"), [("continue", True), ("fail", True),

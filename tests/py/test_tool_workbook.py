@@ -8,7 +8,7 @@ import pytest
 from engine_harness import Engine
 
 from noetl_pg.errors import ToolError
-from noetl_pg.tools.workbook import resolve_task
+from noetl_pg.workbook_call import resolve_task
 
 WORKBOOK = [
     {"name": "greet", "tool": {"kind": "python", "input": {"greeting": "hi"},
