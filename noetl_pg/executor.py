@@ -98,9 +98,11 @@ class CommandRunner:
         self, command: Mapping[str, Any], context: Mapping[str, Any], playbook: Playbook,
         step: Step, results: CommandResults | None,
     ) -> Outcome:
+        # Credentials are narrowed to this command only for a keychain to read them.
+        credentials = (for_command(self._credentials, self._worker_id, command)
+                       if playbook.keychain else None)
         namespace = command_namespace(
-            command, context, step, playbook, results,
-            credentials=for_command(self._credentials, self._worker_id, command),
+            command, context, step, playbook, results, credentials=credentials,
             redactor=self._redact if isinstance(self._redact, SecretRedactor) else None,
         )
         # loop_id lets finish_and_claim skip the loop fast path for batches without iterations.
@@ -300,8 +302,9 @@ class CommandRunner:
     ) -> dict[str, Any]:
         """Render: the task's config as its tool reads it, templates rendered with `scope`
         (SQL text escaped, noetl_pg.sqlrender): `input` over the step's, `spec` without
-        its policy, and a python task's `context` global. A template that cannot render
-        raises, and the step fails without its policy being asked."""
+        its policy, and NoETL's `context` global for a kind that takes it (python). A
+        template that cannot render raises, and the step fails without its policy being
+        asked."""
         config = render_tool_config(
             {key: value for key, value in task.items() if key not in ("spec", "retry", "set")},
             scope, playbook_workload=workload,

@@ -25,7 +25,8 @@ def command_namespace(
     redactor: SecretRedactor | None,
 ) -> dict[str, Any]:
     """The names `command`'s templates see. `credentials` (narrowed to the command) is
-    what the playbook's keychain reads; `redactor` learns the keychain values read."""
+    what the playbook's keychain reads; `redactor` learns the keychain values read.
+    Stored step results stay refs until a template reads them (templating.build_context)."""
     namespace = build_context(context, results)
     execution_id = namespace.get("execution_id")
     # NoETL's job namespace: the execution is the job (job.uuid, job.id are its id).
