@@ -106,7 +106,7 @@ def run_snippet(code: str, inputs: Mapping[str, Any], libs: Mapping[str, Any],
     namespace["input_data"] = dict(inputs)
     namespace["args"] = dict(inputs)
     namespace["input"] = dict(inputs)
-    # NoETL's `context` global: the execution's JSON context (executor.python_context).
+    # NoETL's `context` global: the execution's JSON context (noetl_pg.namespace.python_context).
     namespace["context"] = context if context is not None else {}
     try:
         for alias, module in libs.items():
