@@ -1,9 +1,9 @@
 -- Queries of cursor loops (loop.cursor): a worker applies a claim command's rows
--- (sql/functions/cursor_loop.sql, noetl_pg/cursor.py).
+-- (sql/functions/cursor_loop.sql, noetl_pg/cursor.py), protocol v1.
 
 -- name: finish_cursor_claim
 -- Apply what a claim command returned (rows, or its error); fenced by attempt and claim.
-select * from noetl.finish_cursor_claim(
+select * from noetl.finish_cursor_claim_v1(
     %(worker_id)s, %(command_id)s, %(attempt)s, %(claim)s, %(rows)s, %(error)s, %(kinds)s
 );
 
