@@ -3,7 +3,7 @@
 -- running children of an execution, record_events is the set-based door to the event log,
 -- and lock_claimed_command names the worker whose call it refuses.
 begin;
-select plan(23);
+select plan(26);
 set local client_min_messages = warning;
 
 select * from noetl.register_playbook('t/shape', 'yaml', '{"entry_step": "a", "workflow": [
@@ -181,6 +181,30 @@ select is(
         limit 1
     ),
     'w9', 'and its refusal names the worker (whose NOTICE tells it)'
+);
+
+-- each shape has one place: no other function writes the event log, puts a command back
+-- on the queue, or NOTIFYs the workers
+create function pg_temp.functions_matching(p_pattern text) returns text[]
+language sql as $$
+    select array_agg(p.proname::text order by p.proname)
+    from pg_proc as p
+    where p.pronamespace = 'noetl'::regnamespace and p.prosrc ~* p_pattern;
+$$;
+select is(
+    pg_temp.functions_matching('insert\s+into\s+noetl\.event\s*\('),
+    array['record_event', 'record_events'],
+    'only record_event and record_events insert into noetl.event'
+);
+select is(
+    pg_temp.functions_matching('set\s+status\s*=\s*''queued'''),
+    array['requeue_commands', 'resume_execution'],
+    'only requeue_commands (and resume_execution, re-issuing finished commands) re-queue'
+);
+select is(
+    pg_temp.functions_matching('pg_notify\s*\(\s*''noetl_command'''),
+    array['notify_queue'],
+    'only notify_queue wakes workers'
 );
 
 select * from finish();
