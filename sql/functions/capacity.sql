@@ -1,9 +1,9 @@
 -- capacity.sql: the capacity registry. A worker reports with every heartbeat how many of
 -- its slots are free and what its tool pools hold, either itself (report_worker_v1, via
 -- 'db') or as an event over NATS that a consumer applies in batches
--- (apply_worker_reports_v1, via 'nats'). Worker protocol v1: the unversioned names are
--- kept for older workers (worker_compat.sql). Reports are ordered by the worker's own send time,
--- so a redelivered or late report changes nothing.
+-- (apply_worker_reports_v1, via 'nats'). Reports are ordered by the worker's own send
+-- time, so a redelivered or late report changes nothing. Worker protocol v1: the
+-- unversioned names are kept for older workers (worker_compat.sql).
 
 -- noetl.report_worker_v1(report, via) -> boolean
 -- Contract: applies one report {worker_id, hostname, pid, slots, kinds, available_slots,

@@ -63,8 +63,8 @@ $$;
 --   attempt (a claim taken back or handed back: the reaper, stop_worker, a pipeline resumed
 --   after its child); reclaims + 1 when `reclaim` (its worker died holding it). The caller
 --   has checked that each command is its own to put back (its claim is fenced, or it
---   failed in this transaction). resume_execution re-issues finished commands itself (its
---   own set-based rule: a new attempt with room for it in max_attempts). With `wake`,
+--   failed in this transaction). (resume_execution, which re-issues finished commands with
+--   room for a new attempt in max_attempts, has its own rule.) With `wake`,
 --   workers are woken once (notify_queue) when any went back; a caller requeueing several
 --   times in one transaction passes false and wakes once itself. Returns how many went
 --   back. Writes no event: the caller records why (command.retried, command.reaped, ...).
