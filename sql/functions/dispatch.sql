@@ -245,8 +245,8 @@ end;
 $$;
 
 -- Return types changed (claim_gen, then noetl.claimed_command): drop the old shapes
--- before re-creating them. The unversioned claim_commands is re-created as a wrapper
--- (worker_compat.sql).
+-- before re-creating them. The unversioned claim_commands and describe_commands are
+-- re-created as wrappers (worker_compat.sql).
 drop function if exists noetl.claim_commands(text, text[], integer);
 drop function if exists noetl.describe_commands(bigint[]);
 
@@ -275,19 +275,21 @@ declare
 begin
     v_ids := noetl.claim_command_ids(p_worker_id, p_kinds, p_n);
     -- A separate statement, so a fresh snapshot. In one statement the STABLE
-    -- describe_commands would read with the snapshot taken before the claim, miss rows
+    -- describe_commands_v1 would read with the snapshot taken before the claim, miss rows
     -- committed in between that the claim did take, and leave them claimed but never run.
-    return query select * from noetl.describe_commands(v_ids);
+    return query select * from noetl.describe_commands_v1(v_ids);
 end;
 $$;
 
--- noetl.describe_commands(command_ids) -> setof noetl.claimed_command
+-- noetl.describe_commands_v1(command_ids) -> setof noetl.claimed_command
+-- Worker protocol v1 (the unversioned describe_commands calls it, for older workers).
 -- Contract: the claim payload of the given commands (ordered by command_id), with the
 --   context on the first row of each (execution_id, step_name, kind, loop_id is null)
---   group, holding what that step reads (command_reads). Used by claim_commands and by completion
---   when it creates a route command already claimed by the completing worker.
+--   group, holding what that step reads (command_reads). Used by claim_commands_v1, by
+--   completion when it creates a route command already claimed by the completing worker,
+--   and by a worker for the iterations a cursor claim created claimed by it.
 -- Locks: none.
-create or replace function noetl.describe_commands(p_command_ids bigint[])
+create or replace function noetl.describe_commands_v1(p_command_ids bigint[])
 returns setof noetl.claimed_command
 language sql
 stable

@@ -267,7 +267,7 @@ begin
         perform noetl.notify_queue();
     end if;
 
-    return query select * from noetl.describe_commands(v_routes || v_claimed);
+    return query select * from noetl.describe_commands_v1(v_routes || v_claimed);
 end;
 $$;
 

@@ -188,3 +188,13 @@ language sql
 as $$
     select noetl.record_store_fallbacks_v1(p_fallbacks);
 $$;
+
+-- noetl.describe_commands(command_ids) -> setof noetl.claimed_command
+-- Contract: noetl.describe_commands_v1. Locks: as it (none).
+create or replace function noetl.describe_commands(p_command_ids bigint[])
+returns setof noetl.claimed_command
+language sql
+stable
+as $$
+    select * from noetl.describe_commands_v1(p_command_ids);
+$$;

@@ -9,4 +9,4 @@ select * from noetl.finish_cursor_claim_v1(
 
 -- name: cursor_claimed_commands
 -- The claim payload of commands a cursor claim created already claimed by this worker.
-select * from noetl.describe_commands(%(command_ids)s);
+select * from noetl.describe_commands_v1(%(command_ids)s);

@@ -3,7 +3,7 @@
 -- (granted to noetl_worker), and their unversioned names, which workers of the previous
 -- release call, are thin wrappers with the same arguments and result that answer alike.
 begin;
-select plan(18);
+select plan(20);
 set local client_min_messages = warning;
 
 create temporary table compat_pair as
@@ -14,7 +14,8 @@ from unnest(array[
     'claim_commands', 'finish_and_claim', 'register_worker', 'worker_heartbeat',
     'stop_worker', 'reap_stale_claims', 'reap_orphan_claims', 'reap_earlier_process',
     'finish_cursor_claim', 'record_partial', 'stream_chunks', 'report_worker',
-    'apply_worker_reports', 'take_wake_counts', 'record_store_fallbacks'
+    'apply_worker_reports', 'take_wake_counts', 'record_store_fallbacks',
+    'describe_commands'
 ]) as v (name);
 
 create function pg_temp.signature(p_name text) returns text
@@ -108,6 +109,27 @@ select is(
 select is(
     (select noetl.stream_chunks(command_id, 1) from compat_cmd), '{}'::integer[],
     'stream_chunks answers alike'
+);
+
+-- a claim's payload
+select is(
+    (
+        select (d.step_name, d.kind, d.context ->> 'execution_id')::text
+        from noetl.describe_commands_v1((select array_agg(command_id) from compat_cmd)) as d
+    ),
+    (select ('a', 'noop', execution_id)::text from compat_run),
+    'describe_commands_v1 describes the command with its context'
+);
+select is(
+    (
+        select array_agg(d::text)
+        from noetl.describe_commands((select array_agg(command_id) from compat_cmd)) as d
+    ),
+    (
+        select array_agg(d::text)
+        from noetl.describe_commands_v1((select array_agg(command_id) from compat_cmd)) as d
+    ),
+    'describe_commands answers alike'
 );
 
 -- a cursor claim for a command that is no claim command: refused both ways
