@@ -10,7 +10,8 @@
 --   executions it cancelled: 0 when the execution had already finished (a no-op).
 -- Locks: in the lock order (locking.sql): the execution with its ancestors, then its
 --   running loops by loop_id, then its active command rows by command_id; then each child
---   the same way (its ancestors are held already, so nothing else can hold its rows).
+--   the same way (cancel_children; its ancestors are held already, so nothing else can
+--   hold its rows).
 -- Failure modes: raises no_data_found naming the id when the execution does not exist.
 create or replace function noetl.cancel_execution(
     p_execution_id bigint,
@@ -22,19 +23,15 @@ language plpgsql
 set plan_cache_mode = force_custom_plan
 as $$
 declare
-    v_status text;
-    v_child bigint;
     v_cancelled integer := 0;
 begin
     perform noetl.lock_executions(array[p_execution_id]);
-    select e.status into v_status
-    from noetl.execution as e
-    where e.execution_id = p_execution_id;
+    perform 1 from noetl.execution as e where e.execution_id = p_execution_id;
     if not found then
         raise exception 'execution % does not exist', p_execution_id using errcode = 'P0002';
     end if;
 
-    if v_status = 'RUNNING' then
+    if noetl.execution_is_running(p_execution_id) then
         perform 1 from noetl.loop as l
         where l.execution_id = p_execution_id and l.status = 'running'
         order by l.loop_id
@@ -57,6 +54,28 @@ begin
         v_cancelled := 1;
     end if;
 
+    return v_cancelled + noetl.cancel_children(p_execution_id, p_reason);
+end;
+$$;
+
+-- noetl.cancel_children(execution_id, reason) -> integer
+-- Contract: cancels every RUNNING child execution of `execution_id` (parent_execution_id),
+--   ascending id, each with cancel_execution (and so, recursively, their children), with
+--   `reason` as their error. Returns how many executions were cancelled (0: none ran).
+--   Called by cancel_execution and by fail_execution (a failed parent's children would run
+--   on for nothing).
+-- Locks: each child with its ancestors (cancel_execution); the caller holds the parent's
+--   execution row with its ancestors already, so a child's rows are never held elsewhere.
+create or replace function noetl.cancel_children(
+    p_execution_id bigint,
+    p_reason text
+) returns integer
+language plpgsql
+as $$
+declare
+    v_child bigint;
+    v_cancelled integer := 0;
+begin
     for v_child in
         select e.execution_id
         from noetl.execution as e

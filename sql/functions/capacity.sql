@@ -1,10 +1,11 @@
 -- capacity.sql: the capacity registry. A worker reports with every heartbeat how many of
--- its slots are free and what its tool pools hold, either itself (report_worker, via
+-- its slots are free and what its tool pools hold, either itself (report_worker_v1, via
 -- 'db') or as an event over NATS that a consumer applies in batches
--- (apply_worker_reports, via 'nats'). Reports are ordered by the worker's own send time,
--- so a redelivered or late report changes nothing.
+-- (apply_worker_reports_v1, via 'nats'). Reports are ordered by the worker's own send
+-- time, so a redelivered or late report changes nothing. Worker protocol v1: the
+-- unversioned names are kept for older workers (worker_compat.sql).
 
--- noetl.report_worker(report, via) -> boolean
+-- noetl.report_worker_v1(report, via) -> boolean
 -- Contract: applies one report {worker_id, hostname, pid, slots, kinds, available_slots,
 --   tool_pools, sent_at}: registers the worker when its row is missing, else refreshes
 --   heartbeat_at (never backwards, never past noetl.now()) and the capacity columns.
@@ -14,7 +15,7 @@
 --   Returns true when the report was applied. sent_at missing: noetl.now().
 -- Locks: the worker row.
 -- Failure modes: a report without worker_id raises 22023.
-create or replace function noetl.report_worker(
+create or replace function noetl.report_worker_v1(
     p_report jsonb,
     p_via text default 'db'
 ) returns boolean
@@ -62,13 +63,13 @@ begin
 end;
 $$;
 
--- noetl.apply_worker_reports(reports, via) -> integer
--- Contract: applies a batch of reports (a JSON array, as report_worker) in one
+-- noetl.apply_worker_reports_v1(reports, via) -> integer
+-- Contract: applies a batch of reports (a JSON array, as report_worker_v1) in one
 --   transaction, as the NATS consumer does before it acknowledges the messages; returns
 --   how many were applied (the others were redeliveries or older than what is stored).
 -- Locks: the worker rows, in worker_id order, so two consumers applying overlapping
 --   batches never deadlock.
-create or replace function noetl.apply_worker_reports(
+create or replace function noetl.apply_worker_reports_v1(
     p_reports jsonb,
     p_via text default 'nats'
 ) returns integer
@@ -82,7 +83,7 @@ begin
         select r.value from jsonb_array_elements(coalesce(p_reports, '[]')) as r (value)
         order by r.value ->> 'worker_id', (r.value ->> 'sent_at')::timestamptz
     loop
-        if noetl.report_worker(v_report, p_via) then
+        if noetl.report_worker_v1(v_report, p_via) then
             v_applied := v_applied + 1;
         end if;
     end loop;

@@ -145,13 +145,12 @@ begin
         end if;
         if jsonb_typeof(v_waiting -> 'pipeline') = 'object' then
             update noetl.command as c
-            set status = 'queued', claimed_by = null, claimed_at = null,
-                available_at = noetl.now(),
-                input = c.input || jsonb_build_object(
-                    'pipeline', (v_waiting -> 'pipeline')
-                    || jsonb_build_object('child_result', v_result)
-                )
+            set input = c.input || jsonb_build_object(
+                'pipeline', (v_waiting -> 'pipeline')
+                || jsonb_build_object('child_result', v_result)
+            )
             where c.command_id = v_cmd.command_id;
+            perform noetl.requeue_commands(array[v_cmd.command_id]);
             perform noetl.record_event(
                 v_cmd.execution_id, 'command.resumed', v_cmd.step_name, v_cmd.command_id,
                 v_cmd.attempt, null, null,
@@ -161,7 +160,6 @@ begin
                 ),
                 v_cmd.loop_id, v_cmd.iter_index
             );
-            perform noetl.notify_queue();
             return;
         end if;
         perform noetl.complete_command(v_cmd.command_id, v_cmd.attempt, v_result, null, null);

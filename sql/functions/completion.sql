@@ -7,6 +7,8 @@ drop function if exists noetl.fail_command(
     bigint, integer, text, double precision, jsonb, text
 );
 drop function if exists noetl.lock_claimed_command(bigint, integer, text);
+-- (worker_id added: a refusal of a worker's own call raises the NOTICE it logs.)
+drop function if exists noetl.lock_claimed_command(bigint, integer, text, integer, text);
 
 -- noetl.complete_command(command_id, attempt, result, ctx_set, worker_id, targets, claim)
 --   -> (outcome, route_command_id)
@@ -52,7 +54,7 @@ begin
             v_cmd.kind,
             case v_cmd.kind
                 when 'route' then 'apply_route' when 'loop' then 'start_loop'
-                else 'finish_cursor_claim'
+                else 'finish_cursor_claim_v1'
             end
             using errcode = '22023';
     end if;
@@ -126,20 +128,13 @@ begin
     );
 
     if p_retry_delay_seconds is not null and v_cmd.attempt < v_cmd.max_attempts then
-        update noetl.command as c
-        set status = 'queued',
-            attempt = c.attempt + 1,
-            available_at = noetl.now() + make_interval(secs => greatest(p_retry_delay_seconds, 0)),
-            claimed_by = null,
-            claimed_at = null
-        where c.command_id = p_command_id;
+        perform noetl.requeue_commands(array[p_command_id], true, p_retry_delay_seconds);
         perform noetl.record_event(
             v_cmd.execution_id, 'command.retried', v_cmd.step_name, p_command_id,
             p_attempt + 1, null, null,
             jsonb_build_object('delay_seconds', p_retry_delay_seconds),
             v_cmd.loop_id, v_cmd.iter_index
         );
-        perform noetl.notify_queue();
         outcome := 'retried';
         return;
     end if;
@@ -287,14 +282,18 @@ begin
 end;
 $$;
 
--- noetl.lock_claimed_command(command_id, attempt, kind, claim, op) -> noetl.command
--- Contract: the fencing check of every outcome (finish_and_claim fences a worker's batch
---   first, then its outcomes pass here again). Takes the locks of the command in the lock
---   order and returns the command when it is claimed at `attempt` and, when `claim` is
---   given, under that claim generation; returns NULL (the caller reports 'stale') when it
---   is not: taken back (even if claimed again at the same attempt), retried, cancelled or
---   finished meanwhile. A refusal is recorded (refuse_outcome, with `claim` and `op`). With
---   `kind`, a command of another kind is an error (a route command finished as a loop).
+-- noetl.lock_claimed_command(command_id, attempt, kind, claim, op, worker_id)
+--   -> noetl.command
+-- Contract: the fencing preamble of every outcome and of every call a claim holder makes
+--   while it runs (complete, fail, route, loop, await_child, a cursor claim, a stream's
+--   chunk; finish_and_claim fences a worker's batch first, then its outcomes pass here
+--   again). Takes the locks of the command in the lock order and returns the command when
+--   it is claimed at `attempt` and, when `claim` is given, under that claim generation;
+--   returns NULL (the caller reports 'stale') when it is not: taken back (even if claimed
+--   again at the same attempt), retried, cancelled or finished meanwhile. A refusal is
+--   recorded (refuse_outcome, with `claim`, `op` and `worker_id`: given, the refusal also
+--   raises the NOTICE the worker logs). With `kind`, a command of another kind is an error
+--   (a route command finished as a loop).
 -- Locks: its execution (with ancestors), its loop, then the command row
 --   (lock_command_rows); rows a caller such as finish_and_claim already holds are free.
 -- Failure modes: raises no_data_found (P0002) naming an unknown command id, and 22023
@@ -304,7 +303,8 @@ create or replace function noetl.lock_claimed_command(
     p_attempt integer,
     p_kind text default null,
     p_claim integer default null,
-    p_op text default null
+    p_op text default null,
+    p_worker_id text default null
 ) returns noetl.command
 language plpgsql
 as $$
@@ -322,7 +322,7 @@ begin
     end if;
     if v_cmd.status <> 'claimed' or v_cmd.attempt <> p_attempt
         or v_cmd.claim_gen <> coalesce(p_claim, v_cmd.claim_gen) then
-        perform noetl.refuse_outcome(v_cmd, p_attempt, p_claim, p_op, null);
+        perform noetl.refuse_outcome(v_cmd, p_attempt, p_claim, p_op, p_worker_id);
         return null;
     end if;
     return v_cmd;

@@ -76,7 +76,8 @@ $$;
 
 -- noetl.command_credential_v1(worker_id, command_id, claim_gen, name)
 --   -> (credential_type, public_data, secret_data, cipher, key_id)
--- Contract: the worker's only way to a credential: `name` as get_credential returns it,
+-- Contract: the worker's only way to a credential: `name` as get_credential returns it
+--   (it calls get_credential, running as the owner: the worker may not call it itself),
 --   provided the caller holds the command it runs for and that command may use it. The
 --   command must be claimed by `worker_id` under claim generation `claim_gen` (the one its
 --   claim returned: a claim reaped and taken again by anyone, even at the same attempt,
@@ -143,14 +144,8 @@ begin
             '(command %)', p_name, v_cmd.step_name, v_cmd.execution_id, p_command_id
             using errcode = 'insufficient_privilege';
     end if;
-    return query
-    select c.credential_type, c.public_data, c.secret_data, c.cipher, c.key_id
-    from noetl.credential as c
-    where c.name = p_name;
-    if not found then
-        raise exception 'credential "%" not found', p_name
-            using errcode = 'no_data_found';
-    end if;
+    -- Read (and refused when missing) by the one reader of a stored credential.
+    return query select * from noetl.get_credential(p_name);
 end
 $$;
 

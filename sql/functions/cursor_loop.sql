@@ -4,8 +4,8 @@
 --   start_loop (mode 'cursor') -> start_cursor_loop: the loop row, its cursor_loop row
 --       and one claim command (kind 'cursor') per slot.
 --   a worker runs a claim command: the claim statement, in a transaction on the
---       playbook's database that it commits only after finish_cursor_claim committed
---       (noetl_pg/cursor.py) -> finish_cursor_claim: the rows become loop items of that
+--       playbook's database that it commits only after finish_cursor_claim_v1 committed
+--       (noetl_pg/cursor.py) -> finish_cursor_claim_v1: the rows become loop items of that
 --       slot, numbered in claim order, and the slot's first new item is issued as an
 --       ordinary loop iteration; no row: the slot is drained.
 --   each iteration of a cursor item finishes like any loop iteration (finish_and_claim,
@@ -88,6 +88,7 @@ language plpgsql
 as $$
 declare
     v_cursor noetl.cursor_loop;
+    v_logged integer;
 begin
     if coalesce(cardinality(p_slots), 0) = 0 then
         return;
@@ -110,20 +111,24 @@ begin
         returning command_id, command_key
     )
 
-    insert into noetl.event (
-        execution_id, event_type, node_name, command_id, attempt, meta, loop_id
-    )
-    select
-        p_loop.execution_id, 'command.issued', p_loop.step_name, issued.command_id, 1,
-        jsonb_build_object('kind', 'cursor', 'command_key', issued.command_key),
-        p_loop.loop_id
+    select noetl.record_events(array_agg(
+        row(
+            p_loop.execution_id, 'command.issued', p_loop.step_name, issued.command_id, 1,
+            null, null,
+            jsonb_build_object('kind', 'cursor', 'command_key', issued.command_key),
+            p_loop.loop_id, null, null
+        )::noetl.event_record
+        order by issued.command_id
+    ))
+    into v_logged
     from issued;
     perform noetl.notify_queue();
 end;
 $$;
 
--- noetl.finish_cursor_claim(worker_id, command_id, attempt, claim_gen, rows, error)
---   -> (outcome, route_command_id)
+-- noetl.finish_cursor_claim_v1(worker_id, command_id, attempt, claim_gen, rows, error,
+--   kinds) -> (outcome, route_command_id, claimed)
+-- Worker protocol v1 (the unversioned finish_cursor_claim calls it, for older workers).
 -- Contract: what a claim command of a cursor loop returned, applied at most once: fenced
 --   like every outcome (claimed at `attempt` and claim generation `claim_gen`, else
 --   outcome 'stale', refuse_outcome, nothing changes). Then, in one transaction:
@@ -143,7 +148,7 @@ $$;
 --   (lock_claimed_command); then the cursor_loop row and the new items.
 -- Failure modes: no_data_found for an unknown command id; 22023 when it is not a claim
 --   command or `rows` is not a JSON array.
-create or replace function noetl.finish_cursor_claim(
+create or replace function noetl.finish_cursor_claim_v1(
     p_worker_id text,
     p_command_id bigint,
     p_attempt integer,
@@ -170,20 +175,15 @@ declare
     end;
 begin
     claimed := '{}';
-    v_cmd := noetl.lock_claimed_command(p_command_id, p_attempt, 'cursor');
-    if v_cmd.command_id is not null and v_cmd.claim_gen <> p_claim_gen then
-        perform noetl.refuse_outcome(v_cmd, p_attempt, p_claim_gen, 'cursor', p_worker_id);
-        v_cmd := null;
-    end if;
+    v_cmd := noetl.lock_claimed_command(
+        p_command_id, p_attempt, 'cursor', p_claim_gen, 'cursor', p_worker_id
+    );
     if v_cmd.command_id is null then
         outcome := 'stale';
         return;
     end if;
     select * into strict v_loop from noetl.loop as l where l.loop_id = v_cmd.loop_id;
-    if v_loop.status <> 'running' or not exists (
-        select 1 from noetl.execution as e
-        where e.execution_id = v_cmd.execution_id and e.status = 'RUNNING'
-    ) then
+    if v_loop.status <> 'running' or not noetl.execution_is_running(v_cmd.execution_id) then
         update noetl.command as c set status = 'cancelled', finished_at = noetl.now()
         where c.command_id = p_command_id;
         outcome := 'closed';
@@ -358,7 +358,7 @@ $$;
 --   an iteration (up to `claim_n` created claimed by `claimer`, see issue_loop_items), or
 --   with a new claim command after the claim's last item. A loop no longer running is left
 --   as it is; a loop whose execution is no longer RUNNING counts and becomes 'cancelled'.
---   It never closes the loop: the last drained slot does (finish_cursor_claim).
+--   It never closes the loop: the last drained slot does (finish_cursor_claim_v1).
 -- Locks: the loop row (FOR UPDATE), then the cursor_loop row and the new command rows.
 create or replace function noetl.advance_cursor_loop(
     p_loop_id bigint,
@@ -382,10 +382,7 @@ begin
     if not found or v_loop.status <> 'running' then
         return v_claimed;
     end if;
-    if not exists (
-        select 1 from noetl.execution as e
-        where e.execution_id = v_loop.execution_id and e.status = 'RUNNING'
-    ) then
+    if not noetl.execution_is_running(v_loop.execution_id) then
         update noetl.loop as l
         set done = l.done + p_done, failed = l.failed + p_failed, status = 'cancelled',
             finished_at = noetl.now()
@@ -426,7 +423,7 @@ comment on function noetl.start_cursor_loop(noetl.command, integer, jsonb) is
 'Called by start_loop, which holds the loop command''s locks.';
 comment on function noetl.issue_cursor_claims(noetl.loop, integer[]) is
 'Issues one claim command (kind cursor) per given slot. Caller holds the loop row.';
-comment on function noetl.finish_cursor_claim(
+comment on function noetl.finish_cursor_claim_v1(
     text, bigint, integer, integer, jsonb, text, text[]
 ) is
 'Applies a cursor claim (fenced by attempt and claim generation): rows become items of the '

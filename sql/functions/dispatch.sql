@@ -55,6 +55,50 @@ begin
 end;
 $$;
 
+-- noetl.requeue_commands(command_ids, next_attempt, delay_seconds, reclaim, wake) -> integer
+-- Contract: the one way a command goes back on the queue after its claim: each of
+--   `command_ids` becomes 'queued' again, unclaimed (claimed_by, claimed_at, finished_at
+--   cleared), due after `delay_seconds` (NULL or negative: now); at attempt + 1 when
+--   `next_attempt` (a retry: fail_command, a fan-out shard that failed), else at the same
+--   attempt (a claim taken back or handed back: the reaper, stop_worker, a pipeline resumed
+--   after its child); reclaims + 1 when `reclaim` (its worker died holding it). The caller
+--   has checked that each command is its own to put back (its claim is fenced, or it
+--   failed in this transaction). (resume_execution, which re-issues finished commands with
+--   room for a new attempt in max_attempts, has its own rule.) With `wake`,
+--   workers are woken once (notify_queue) when any went back; a caller requeueing several
+--   times in one transaction passes false and wakes once itself. Returns how many went
+--   back. Writes no event: the caller records why (command.retried, command.reaped, ...).
+-- Locks: the command rows (UPDATE); callers hold them already, taken in the lock order.
+create or replace function noetl.requeue_commands(
+    p_command_ids bigint[],
+    p_next_attempt boolean default false,
+    p_delay_seconds double precision default 0,
+    p_reclaim boolean default false,
+    p_wake boolean default true
+) returns integer
+language plpgsql
+as $$
+declare
+    v_requeued integer;
+begin
+    update noetl.command as c
+    set status = 'queued',
+        attempt = c.attempt + p_next_attempt::integer,
+        available_at = noetl.now()
+        + make_interval(secs => greatest(coalesce(p_delay_seconds, 0), 0)),
+        claimed_by = null,
+        claimed_at = null,
+        finished_at = null,
+        reclaims = c.reclaims + p_reclaim::integer
+    where c.command_id = any(p_command_ids);
+    get diagnostics v_requeued = row_count;
+    if p_wake and v_requeued > 0 then
+        perform noetl.notify_queue();
+    end if;
+    return v_requeued;
+end;
+$$;
+
 -- noetl.issue_step(execution_id, catalog_id, step_name, cause) -> command_id
 -- Contract: issues the command that runs `step_name` once for `cause` (a string naming
 --   what led here, e.g. the source command id): reads the step's plan and calls
@@ -201,8 +245,8 @@ end;
 $$;
 
 -- Return types changed (claim_gen, then noetl.claimed_command): drop the old shapes
--- before re-creating them. The unversioned claim_commands is re-created as a wrapper
--- (worker_compat.sql).
+-- before re-creating them. The unversioned claim_commands and describe_commands are
+-- re-created as wrappers (worker_compat.sql).
 drop function if exists noetl.claim_commands(text, text[], integer);
 drop function if exists noetl.describe_commands(bigint[]);
 
@@ -231,19 +275,21 @@ declare
 begin
     v_ids := noetl.claim_command_ids(p_worker_id, p_kinds, p_n);
     -- A separate statement, so a fresh snapshot. In one statement the STABLE
-    -- describe_commands would read with the snapshot taken before the claim, miss rows
+    -- describe_commands_v1 would read with the snapshot taken before the claim, miss rows
     -- committed in between that the claim did take, and leave them claimed but never run.
-    return query select * from noetl.describe_commands(v_ids);
+    return query select * from noetl.describe_commands_v1(v_ids);
 end;
 $$;
 
--- noetl.describe_commands(command_ids) -> setof noetl.claimed_command
+-- noetl.describe_commands_v1(command_ids) -> setof noetl.claimed_command
+-- Worker protocol v1 (the unversioned describe_commands calls it, for older workers).
 -- Contract: the claim payload of the given commands (ordered by command_id), with the
 --   context on the first row of each (execution_id, step_name, kind, loop_id is null)
---   group, holding what that step reads (command_reads). Used by claim_commands and by completion
---   when it creates a route command already claimed by the completing worker.
+--   group, holding what that step reads (command_reads). Used by claim_commands_v1, by
+--   completion when it creates a route command already claimed by the completing worker,
+--   and by a worker for the iterations a cursor claim created claimed by it.
 -- Locks: none.
-create or replace function noetl.describe_commands(p_command_ids bigint[])
+create or replace function noetl.describe_commands_v1(p_command_ids bigint[])
 returns setof noetl.claimed_command
 language sql
 stable

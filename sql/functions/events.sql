@@ -36,3 +36,34 @@ begin
     return v_event_id;
 end;
 $$;
+
+-- noetl.record_events(events) -> integer
+-- Contract: record_event for many events in one statement (a claim, a batch of loop
+--   iterations): appends one row per element of `events` (noetl.event_record), in array
+--   order, and returns how many. An element's event_id, when set, is the id reserved for
+--   it beforehand (nextval of noetl.event_id_seq: stream_chunk names its chunk's event);
+--   NULL takes the next one. result_ref as in record_event. NULL or empty: 0, nothing
+--   written.
+-- Locks: none beyond the insert.
+-- Failure modes: as record_event, for any element (the whole call then rolls back).
+create or replace function noetl.record_events(p_events noetl.event_record[])
+returns integer
+language plpgsql
+as $$
+declare
+    v_recorded integer;
+begin
+    insert into noetl.event (
+        execution_id, event_id, event_type, node_name, command_id, attempt, result,
+        result_ref, error, meta, loop_id, iter_index
+    )
+    select
+        e.execution_id, coalesce(e.event_id, nextval('noetl.event_id_seq')), e.event_type,
+        e.node_name, e.command_id, e.attempt, e.result, noetl.result_ref_of(e.result),
+        e.error, e.meta, e.loop_id, e.iter_index
+    from unnest(p_events) with ordinality as e
+    order by e.ordinality;
+    get diagnostics v_recorded = row_count;
+    return v_recorded;
+end;
+$$;

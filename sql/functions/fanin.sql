@@ -34,10 +34,7 @@ begin
             and li.shard_attempts < v_loop.max_shard_retries
         returning li.shard_attempts into v_shard_attempts;
         if found then
-            update noetl.command as c
-            set status = 'queued', attempt = c.attempt + 1, available_at = noetl.now(),
-                claimed_by = null, claimed_at = null, finished_at = null
-            where c.command_id = p_cmd.command_id;
+            perform noetl.requeue_commands(array[p_cmd.command_id], true);
             perform noetl.record_event(
                 p_cmd.execution_id, 'loop.shard.failed', p_cmd.step_name, p_cmd.command_id,
                 p_cmd.attempt, null, p_result ->> 'error',
@@ -52,7 +49,6 @@ begin
                 p_cmd.attempt + 1, null, null, jsonb_build_object('reason', 'shard retry'),
                 p_cmd.loop_id, p_cmd.iter_index
             );
-            perform noetl.notify_queue();
             return null;
         end if;
     end if;

@@ -129,6 +129,7 @@ declare
     v_claim_below integer;
     v_claimed bigint[];
     v_queued integer;
+    v_logged integer;
 begin
     if p_n <= 0 then
         return '{}';
@@ -165,30 +166,33 @@ begin
         order by items.iter_index
         on conflict on constraint command_key_unique do nothing
         returning command_id, command_key, iter_index, status
-    ),
-
-    logged as (
-        insert into noetl.event (
-            execution_id, event_type, node_name, command_id, attempt, meta, loop_id,
-            iter_index
-        )
-        select
-            p_loop.execution_id, 'command.issued', p_loop.step_name, issued.command_id, 1,
-            jsonb_build_object('kind', v_kind, 'command_key', issued.command_key),
-            p_loop.loop_id, issued.iter_index
-        from issued
-        union all
-        select
-            p_loop.execution_id, 'command.claimed', p_loop.step_name, issued.command_id, 1,
-            jsonb_build_object('worker_id', p_claimer), p_loop.loop_id, issued.iter_index
-        from issued
-        where issued.status = 'claimed'
     )
 
+    -- Every command.issued first, then the command.claimed of those created claimed.
     select
         coalesce(array_agg(issued.command_id) filter (where issued.status = 'claimed'), '{}'),
-        count(*) filter (where issued.status = 'queued')
-    into v_claimed, v_queued
+        count(*) filter (where issued.status = 'queued'),
+        noetl.record_events(
+            array_agg(
+                row(
+                    p_loop.execution_id, 'command.issued', p_loop.step_name,
+                    issued.command_id, 1, null, null,
+                    jsonb_build_object('kind', v_kind, 'command_key', issued.command_key),
+                    p_loop.loop_id, issued.iter_index, null
+                )::noetl.event_record
+                order by issued.iter_index
+            )
+            || coalesce(array_agg(
+                row(
+                    p_loop.execution_id, 'command.claimed', p_loop.step_name,
+                    issued.command_id, 1, null, null,
+                    jsonb_build_object('worker_id', p_claimer),
+                    p_loop.loop_id, issued.iter_index, null
+                )::noetl.event_record
+                order by issued.iter_index
+            ) filter (where issued.status = 'claimed'), '{}')
+        )
+    into v_claimed, v_queued, v_logged
     from issued;
     if v_queued > 0 then
         perform noetl.notify_queue(v_kind, v_queued);
@@ -233,10 +237,7 @@ begin
     end if;
     v_loop.done := v_loop.done + p_done;
     v_loop.failed := v_loop.failed + p_failed;
-    if not exists (
-        select 1 from noetl.execution as e
-        where e.execution_id = v_loop.execution_id and e.status = 'RUNNING'
-    ) then
+    if not noetl.execution_is_running(v_loop.execution_id) then
         -- The execution failed or was cancelled: count, issue nothing more, stop here.
         update noetl.loop as l
         set done = v_loop.done, failed = v_loop.failed, status = 'cancelled',
@@ -292,6 +293,7 @@ declare
     v_iter_indexes integer[];
     v_count record;
     v_advanced record;
+    v_logged integer;
 begin
     route_ids := '{}';
     claimed := '{}';
@@ -317,25 +319,6 @@ begin
             outcome.result
     ),
 
-    logged as (
-        insert into noetl.event (
-            execution_id, event_type, node_name, command_id, attempt, result, result_ref,
-            meta, loop_id, iter_index
-        )
-        select
-            f.execution_id, 'call.done', f.step_name, f.command_id, f.attempt, f.result,
-            noetl.result_ref_of(f.result), null, f.loop_id, f.iter_index
-        from finished as f
-        union all
-        select
-            f.execution_id, 'loop.shard.done', f.step_name, f.command_id, f.attempt, null,
-            null, jsonb_build_object('shard_id', f.iter_index, 'retry', false),
-            f.loop_id, f.iter_index
-        from finished as f
-        inner join noetl.loop as l on f.loop_id = l.loop_id
-        where l.is_fanout
-    ),
-
     stored as (
         update noetl.loop_item as li
         set status = 'done', result = f.result
@@ -343,12 +326,31 @@ begin
         where li.loop_id = f.loop_id and li.iter_index = f.iter_index
     )
 
+    -- Every call.done first, then the loop.shard.done of the fan-out shards among them.
     select
         coalesce(array_agg(f.command_id), '{}'),
         coalesce(array_agg(f.loop_id), '{}'),
-        coalesce(array_agg(f.iter_index), '{}')
-    into handled, v_loop_ids, v_iter_indexes
-    from finished as f;
+        coalesce(array_agg(f.iter_index), '{}'),
+        noetl.record_events(
+            array_agg(
+                row(
+                    f.execution_id, 'call.done', f.step_name, f.command_id, f.attempt,
+                    f.result, null, null, f.loop_id, f.iter_index, null
+                )::noetl.event_record
+                order by f.command_id
+            )
+            || coalesce(array_agg(
+                row(
+                    f.execution_id, 'loop.shard.done', f.step_name, f.command_id, f.attempt,
+                    null, null, jsonb_build_object('shard_id', f.iter_index, 'retry', false),
+                    f.loop_id, f.iter_index, null
+                )::noetl.event_record
+                order by f.command_id
+            ) filter (where l.is_fanout), '{}')
+        )
+    into handled, v_loop_ids, v_iter_indexes, v_logged
+    from finished as f
+    left join noetl.loop as l on f.loop_id = l.loop_id;
 
     for v_count in
         select u.loop_id, count(*)::integer as n, array_agg(u.iter_index) as indexes,

@@ -122,10 +122,7 @@ begin
         v_cmd.step_name, v_cmd.attempt, coalesce(v_cmd.claimed_by, '?'), p_reason
     );
 
-    if not exists (
-        select 1 from noetl.execution as e
-        where e.execution_id = v_cmd.execution_id and e.status = 'RUNNING'
-    ) then
+    if not noetl.execution_is_running(v_cmd.execution_id) then
         update noetl.command as c
         set status = 'cancelled', finished_at = noetl.now()
         where c.command_id = v_cmd.command_id;
@@ -149,13 +146,8 @@ begin
         return true;
     end if;
 
-    update noetl.command as c
-    set status = 'queued',
-        available_at = noetl.now(),
-        claimed_by = null,
-        claimed_at = null,
-        reclaims = v_reclaims
-    where c.command_id = v_cmd.command_id;
+    -- Woken once by reap_commands, for every command it took back.
+    perform noetl.requeue_commands(array[v_cmd.command_id], false, 0, p_counts, false);
     perform noetl.record_reap(v_cmd, p_reason, 'requeued', v_reclaims, v_error);
     return true;
 end;

@@ -226,14 +226,16 @@ as $$
     end;
 $$;
 
--- record_store_fallbacks: warning events for results that reached a lower tier than the
--- first one tried. `p_fallbacks` is a JSON array of {command_id, attempt, fallbacks: [{
--- tier_from, tier_to, error, result_ref}]}; one `result.store.fallback` event per step
--- down, with the fallback as meta. Only for commands still claimed at that attempt, so an
--- outcome sent again after a lost acknowledgement (stale) writes nothing twice. The worker
--- calls it in the transaction of finish_and_claim. Returns how many events it wrote.
+-- noetl.record_store_fallbacks_v1(fallbacks) -> integer
+-- Worker protocol v1 (the unversioned record_store_fallbacks calls it, for older workers).
+-- Contract: warning events for results that reached a lower tier than the first one
+--   tried. `p_fallbacks` is a JSON array of {command_id, attempt, fallbacks: [{tier_from,
+--   tier_to, error, result_ref}]}; one `result.store.fallback` event per step down, with
+--   the fallback as meta. Only for commands still claimed at that attempt, so an outcome
+--   sent again after a lost acknowledgement (stale) writes nothing twice. The worker calls
+--   it in the transaction of finish_and_claim. Returns how many events it wrote.
 -- Locks: none (reads the command rows).
-create or replace function noetl.record_store_fallbacks(p_fallbacks jsonb) returns integer
+create or replace function noetl.record_store_fallbacks_v1(p_fallbacks jsonb) returns integer
 language sql
 as $$
     with written as (

@@ -23,22 +23,21 @@ language plpgsql
 as $$
 declare
     v_catalog_id bigint;
-    v_status text;
     v_step noetl.catalog_step;
     v_target text;
     v_chosen jsonb;
     v_route_id bigint;
 begin
-    select e.catalog_id, e.status into v_catalog_id, v_status
-    from noetl.execution as e
-    where e.execution_id = p_cmd.execution_id;
-    if v_status <> 'RUNNING' then
+    if not noetl.execution_is_running(p_cmd.execution_id) then
         return null;
     end if;
 
-    select * into strict v_step
+    -- The step's plan, read once for this transition (its catalog_id names the playbook).
+    select s.* into strict v_step
     from noetl.catalog_step as s
-    where s.catalog_id = v_catalog_id and s.step_name = p_cmd.step_name;
+    inner join noetl.execution as e on s.catalog_id = e.catalog_id
+    where e.execution_id = p_cmd.execution_id and s.step_name = p_cmd.step_name;
+    v_catalog_id := v_step.catalog_id;
 
     if v_step.route_mode = 'router' and p_event = 'call.done' and p_targets is not null then
         perform noetl.record_event(
@@ -143,7 +142,6 @@ as $$
 declare
     v_cmd noetl.command;
     v_catalog_id bigint;
-    v_status text;
     v_event text;
     v_source bigint;
     v_target jsonb;
@@ -165,12 +163,12 @@ begin
         jsonb_build_object('event', v_event, 'targets', coalesce(p_targets, '[]'::jsonb))
     );
 
-    select e.catalog_id, e.status into v_catalog_id, v_status
-    from noetl.execution as e
-    where e.execution_id = v_cmd.execution_id;
-    if v_status <> 'RUNNING' then
+    if not noetl.execution_is_running(v_cmd.execution_id) then
         return 'ok';
     end if;
+    select e.catalog_id into v_catalog_id
+    from noetl.execution as e
+    where e.execution_id = v_cmd.execution_id;
 
     if v_event = 'call.error' and coalesce(jsonb_array_length(p_targets), 0) = 0 then
         perform noetl.fail_execution(
@@ -206,7 +204,7 @@ create or replace function noetl.check_progress(
 language plpgsql
 as $$
 declare
-    v_exec noetl.execution;
+    v_catalog_id bigint;
     v_join record;
     v_command_id bigint;
     v_arc_set jsonb;
@@ -214,9 +212,7 @@ declare
     v_reachable text[];
 begin
     perform noetl.lock_executions(array[p_execution_id]);
-    select * into v_exec from noetl.execution as e
-    where e.execution_id = p_execution_id;
-    if v_exec.status <> 'RUNNING' then
+    if not noetl.execution_is_running(p_execution_id) then
         return;
     end if;
 
@@ -226,10 +222,16 @@ begin
         where a.execution_id = p_execution_id and a.consumed_by is null
         group by a.step_name
     loop
+        -- The playbook's id is read only when a join waits.
+        if v_catalog_id is null then
+            select e.catalog_id into v_catalog_id
+            from noetl.execution as e
+            where e.execution_id = p_execution_id;
+        end if;
         -- What the active commands can still reach, computed once, when a join waits: the
         -- plan stores arc targets only (reachable_steps walks them).
         if v_reachable is null then
-            v_reachable := noetl.reachable_steps(v_exec.catalog_id, array(
+            v_reachable := noetl.reachable_steps(v_catalog_id, array(
                 select distinct c.step_name
                 from noetl.command as c
                 where c.execution_id = p_execution_id
@@ -250,7 +252,7 @@ begin
             where e.execution_id = p_execution_id;
         end loop;
         v_command_id := noetl.issue_step(
-            p_execution_id, v_exec.catalog_id, v_join.step_name,
+            p_execution_id, v_catalog_id, v_join.step_name,
             'join:' || v_join.first_source
         );
         update noetl.join_arrival as a
@@ -291,11 +293,11 @@ $$;
 -- noetl.fail_execution(execution_id, step_name, error) -> void
 -- Contract: a step failed and nothing handled it: cancels the execution's queued and
 --   waiting commands, finishes it FAILED with the step and its error, and cancels its
---   running child executions (noetl.cancel_execution). Commands already claimed finish
+--   running child executions (noetl.cancel_children). Commands already claimed finish
 --   normally; their outcomes are recorded but route nowhere.
 -- Locks: in the lock order: the execution row with its ancestors (held by the caller
 --   already), then the command rows it cancels by command_id, then each child
---   (cancel_execution).
+--   (cancel_children).
 create or replace function noetl.fail_execution(
     p_execution_id bigint,
     p_step_name text,
@@ -306,8 +308,6 @@ language plpgsql
 -- commands" may scan the whole queue when one execution holds most of it.
 set plan_cache_mode = force_custom_plan
 as $$
-declare
-    v_child bigint;
 begin
     perform noetl.lock_executions(array[p_execution_id]);
     perform 1 from noetl.command as c
@@ -319,15 +319,31 @@ begin
     where c.execution_id = p_execution_id and c.status in ('queued', 'waiting');
     perform noetl.finish_execution(p_execution_id, 'FAILED', null, p_error, p_step_name);
     -- Children awaited by the commands just cancelled would run on for nothing.
-    for v_child in
-        select e.execution_id from noetl.execution as e
-        where e.parent_execution_id = p_execution_id and e.status = 'RUNNING'
-        order by e.execution_id
-    loop
-        perform noetl.cancel_execution(
-            v_child, 'parent execution ' || p_execution_id || ' failed'
-        );
-    end loop;
+    perform noetl.cancel_children(
+        p_execution_id, 'parent execution ' || p_execution_id || ' failed'
+    );
+end;
+$$;
+
+-- noetl.execution_is_running(execution_id) -> boolean
+-- Contract: whether the execution is RUNNING (false when it finished or does not exist): the
+--   one test every transition makes before it issues, counts or routes anything. Read at
+--   the calling statement's snapshot, so it sees what this transaction changed already.
+-- Locks: none. The answer holds for the rest of the transaction only while the caller holds
+--   the execution row (every writer takes it first, in the lock order: locking.sql), as
+--   all its callers do.
+create or replace function noetl.execution_is_running(p_execution_id bigint)
+returns boolean
+language plpgsql
+stable
+as $$
+-- plpgsql rather than sql: an EXISTS keeps a SQL function from being inlined, and a SQL
+-- function that is not inlined is planned on every call.
+begin
+    return exists (
+        select 1 from noetl.execution as e
+        where e.execution_id = p_execution_id and e.status = 'RUNNING'
+    );
 end;
 $$;
 

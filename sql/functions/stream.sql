@@ -1,15 +1,16 @@
 -- stream.sql: the chunks of a streamed step (`tool.output.stream: {chunk_rows: N}`).
 --
 -- A worker running a streamed postgres or duckdb step reads its result through a cursor
--- and, for each chunk of N rows, calls record_partial while the command is still claimed:
+-- and, for each chunk of N rows, calls record_partial_v1 while the command is still claimed:
 -- one `call.partial` event per chunk (meta.chunk_index), and one command per chunk for
 -- each step its `on: call.partial` arcs chose, carrying the chunk in its input. The step's
 -- `call.done` (complete_command) stays the one terminal event: only it routes the step's
--- other arcs. stream_chunks tells a stream started again (a reclaim at the same attempt)
+-- other arcs. stream_chunks_v1 tells a stream started again (a reclaim at the same attempt)
 -- which chunks it need not send again.
 
--- noetl.record_partial(command_id, attempt, claim, chunk_index, has_more, row_count,
---                      columns, rows, targets) -> text
+-- noetl.record_partial_v1(command_id, attempt, claim, chunk_index, has_more, row_count,
+--                         columns, rows, targets) -> text
+-- Worker protocol v1 (the unversioned record_partial calls it, for older workers).
 -- Contract: records chunk `chunk_index` of the streamed command `command_id`, still
 --   claimed at `attempt` and claim generation `claim` (the fencing token of the claim;
 --   NULL: fenced by attempt alone). `rows` is the chunk's rows inline (a JSON array) or
@@ -22,15 +23,16 @@
 --   has_more, row_count, columns, rows, source_step, source_command_id}}.
 --   Returns 'ok'; 'duplicate' when this attempt recorded the chunk already (nothing is
 --   written); 'stale' when the claim is no longer held (a `command.outcome_refused`
---   trace, nothing else); 'stopped' when the execution is no longer RUNNING (nothing).
+--   trace from lock_claimed_command, nothing else); 'stopped' when the execution is no
+--   longer RUNNING (nothing).
 --   A chunk command issued once is never issued again, whatever the attempt: a stream
 --   retried after a tool error records its chunks again as events of the new attempt,
 --   but the steps downstream run once per chunk index.
 -- Locks: in the lock order, the execution (with ancestors) and the command row
---   (lock_command_rows); then the unique keys of stream_chunk and command.
+--   (lock_claimed_command); then the unique keys of stream_chunk and command.
 -- Failure modes: an unknown command raises P0002; a target that is no partial target of
 --   the step, a negative chunk index or row count, 22023.
-create or replace function noetl.record_partial(
+create or replace function noetl.record_partial_v1(
     p_command_id bigint,
     p_attempt integer,
     p_claim integer,
@@ -45,7 +47,7 @@ language plpgsql
 as $$
 declare
     v_cmd noetl.command;
-    v_exec noetl.execution;
+    v_catalog_id bigint;
     v_allowed jsonb;
     v_target jsonb;
     v_step noetl.catalog_step;
@@ -57,18 +59,11 @@ begin
         raise exception 'command %: chunk index and row count must be >= 0', p_command_id
             using errcode = '22023';
     end if;
-    perform noetl.lock_command_rows(array[p_command_id]);
-    select * into v_cmd from noetl.command as c where c.command_id = p_command_id;
-    if not found then
-        raise exception 'command % does not exist', p_command_id using errcode = 'P0002';
-    end if;
-    if v_cmd.status <> 'claimed' or v_cmd.attempt <> p_attempt
-        or v_cmd.claim_gen <> coalesce(p_claim, v_cmd.claim_gen) then
-        perform noetl.refuse_outcome(v_cmd, p_attempt, p_claim, 'partial', null);
+    v_cmd := noetl.lock_claimed_command(p_command_id, p_attempt, null, p_claim, 'partial');
+    if v_cmd.command_id is null then
         return 'stale';
     end if;
-    select * into v_exec from noetl.execution as e where e.execution_id = v_cmd.execution_id;
-    if v_exec.status <> 'RUNNING' then
+    if not noetl.execution_is_running(v_cmd.execution_id) then
         return 'stopped';
     end if;
 
@@ -85,13 +80,10 @@ begin
         return 'duplicate';
     end if;
 
-    insert into noetl.event (
-        execution_id, event_id, event_type, node_name, command_id, attempt, result,
-        result_ref, meta
-    )
-    values (
-        v_cmd.execution_id, v_event_id, 'call.partial', v_cmd.step_name, p_command_id,
-        p_attempt, p_rows, noetl.result_ref_of(p_rows),
+    -- The event id the stream_chunk row names, reserved above.
+    perform noetl.record_events(array[row(
+        v_cmd.execution_id, 'call.partial', v_cmd.step_name, p_command_id, p_attempt, p_rows,
+        null,
         jsonb_build_object(
             'chunk_index', p_chunk_index, 'has_more', coalesce(p_has_more, false),
             'row_count', p_row_count, 'columns', coalesce(p_columns, '[]'::jsonb),
@@ -99,24 +91,27 @@ begin
                 (select jsonb_agg(t.value ->> 'step') from jsonb_array_elements(v_targets) as t),
                 '[]'::jsonb
             )
-        )
-    );
+        ),
+        null, null, v_event_id
+    )::noetl.event_record]);
     if jsonb_array_length(v_targets) = 0 then
         return 'ok';
     end if;
 
     -- The plan's partial targets, from the stored spec: read once per chunk, not per row.
+    select e.catalog_id into v_catalog_id
+    from noetl.execution as e where e.execution_id = v_cmd.execution_id;
     select coalesce(w.value -> 'plan' -> 'partial_targets', '[]'::jsonb) into v_allowed
     from noetl.catalog as k
     cross join lateral jsonb_array_elements(k.spec -> 'workflow') as w (value)
-    where k.catalog_id = v_exec.catalog_id and w.value ->> 'step' = v_cmd.step_name;
+    where k.catalog_id = v_catalog_id and w.value ->> 'step' = v_cmd.step_name;
     for v_target in select value from jsonb_array_elements(v_targets) loop
         if not coalesce(v_allowed, '[]'::jsonb) ? (v_target ->> 'step') then
             raise exception 'step "%" has no on: call.partial arc to "%"',
                 v_cmd.step_name, v_target ->> 'step' using errcode = '22023';
         end if;
         select * into strict v_step from noetl.catalog_step as s
-        where s.catalog_id = v_exec.catalog_id and s.step_name = v_target ->> 'step';
+        where s.catalog_id = v_catalog_id and s.step_name = v_target ->> 'step';
         if jsonb_typeof(v_target -> 'set') = 'object' and v_target -> 'set' <> '{}'::jsonb
             then
             update noetl.execution as e
@@ -144,12 +139,13 @@ end;
 $$;
 
 
--- noetl.stream_chunks(command_id, attempt) -> integer[]
+-- noetl.stream_chunks_v1(command_id, attempt) -> integer[]
+-- Worker protocol v1 (the unversioned stream_chunks calls it, for older workers).
 -- Contract: the chunk indexes the command recorded at `attempt`, ascending ('{}' when
 --   none): what a stream started again at the same attempt (its worker died, the claim
 --   was taken back) skips sending.
 -- Locks: none (a plain read).
-create or replace function noetl.stream_chunks(
+create or replace function noetl.stream_chunks_v1(
     p_command_id bigint,
     p_attempt integer
 ) returns integer[]

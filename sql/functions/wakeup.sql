@@ -2,7 +2,7 @@
 -- noetl_command; a session that publishes wake-ups over NATS (a worker whose NATS
 -- connection is up sets `noetl.wakeup` to 'nats') sends none and instead collects how many
 -- commands of each kind its transactions issued, which it takes after the commit
--- (take_wake_counts) and publishes per kind. The database holds every command either way:
+-- (take_wake_counts_v1) and publishes per kind. The database holds every command either way:
 -- a lost wake-up of either kind only delays work until a worker polls.
 
 -- The wake-up function took no arguments before it carried the kind.
@@ -15,7 +15,7 @@ drop function if exists noetl.notify_queue();
 --   transaction). Commits that NOTIFY serialise on one global lock.
 --   Session with `noetl.wakeup` = 'nats': no NOTIFY; the counts are added to the session
 --   setting `noetl.wake_counts` ({kind: n}, '*' for unknown kinds) for
---   noetl.take_wake_counts. A session setting changed in a transaction that rolls back is
+--   noetl.take_wake_counts_v1. A session setting changed in a transaction that rolls back is
 --   restored, so only committed work is counted.
 --   Inside noetl.finish_and_claim (`noetl.defer_notify` on) the wake-up is deferred: that
 --   call claims new work for its own worker in the same transaction and calls this
@@ -75,13 +75,14 @@ begin
 end;
 $$;
 
--- noetl.take_wake_counts() -> jsonb
+-- noetl.take_wake_counts_v1() -> jsonb
+-- Worker protocol v1 (the unversioned take_wake_counts calls it, for older workers).
 -- Contract: the wake-up counts ({kind: n}) this session's committed transactions collected
 --   since the last call (see notify_queue), and clears them; '{}' when there are none.
 --   Called after the commit that issued the work, so a publisher never announces work a
 --   worker cannot see yet.
 -- Locks: none.
-create or replace function noetl.take_wake_counts() returns jsonb
+create or replace function noetl.take_wake_counts_v1() returns jsonb
 language plpgsql
 as $$
 declare

@@ -36,6 +36,7 @@ declare
     v_priorities integer[];
     v_picked bigint[];
     v_ids bigint[];
+    v_logged integer;
 begin
     if p_n is null or p_n <= 0 then
         return '{}';
@@ -87,21 +88,20 @@ begin
             claim_gen = c.claim_gen + 1
         where c.command_id = any(v_picked)
         returning c.*
-    ),
-
-    logged as (
-        insert into noetl.event (
-            execution_id, event_type, node_name, command_id, attempt, loop_id, iter_index,
-            meta
-        )
-        select
-            cl.execution_id, 'command.claimed', cl.step_name, cl.command_id, cl.attempt,
-            cl.loop_id, cl.iter_index,
-            jsonb_build_object('worker_id', p_worker_id, 'claim', cl.claim_gen)
-        from claimed as cl
     )
 
-    select coalesce(array_agg(cl.command_id order by cl.command_id), '{}') into v_ids
+    select
+        coalesce(array_agg(cl.command_id order by cl.command_id), '{}'),
+        noetl.record_events(array_agg(
+            row(
+                cl.execution_id, 'command.claimed', cl.step_name, cl.command_id, cl.attempt,
+                null, null,
+                jsonb_build_object('worker_id', p_worker_id, 'claim', cl.claim_gen),
+                cl.loop_id, cl.iter_index, null
+            )::noetl.event_record
+            order by cl.command_id
+        ))
+    into v_ids, v_logged
     from claimed as cl;
     return v_ids;
 end;
@@ -267,7 +267,7 @@ begin
         perform noetl.notify_queue();
     end if;
 
-    return query select * from noetl.describe_commands(v_routes || v_claimed);
+    return query select * from noetl.describe_commands_v1(v_routes || v_claimed);
 end;
 $$;
 
@@ -319,20 +319,21 @@ create or replace function noetl.stop_worker_v1(p_worker_id text) returns intege
 language plpgsql
 as $$
 declare
-    v_released integer;
+    v_claims bigint[];
 begin
     update noetl.worker as w set stopped_at = noetl.now() where w.worker_id = p_worker_id;
-    perform noetl.lock_command_rows(array(
+    v_claims := array(
         select c.command_id from noetl.command as c
         where c.claimed_by = p_worker_id and c.status = 'claimed'
+    );
+    perform noetl.lock_command_rows(v_claims);
+    -- Still ours once locked: a claim finished meanwhile may have been claimed by another.
+    return noetl.requeue_commands(array(
+        select c.command_id from noetl.command as c
+        where
+            c.command_id = any(v_claims)
+            and c.claimed_by = p_worker_id
+            and c.status = 'claimed'
     ));
-    update noetl.command as c
-    set status = 'queued', claimed_by = null, claimed_at = null
-    where c.claimed_by = p_worker_id and c.status = 'claimed';
-    get diagnostics v_released = row_count;
-    if v_released > 0 then
-        perform noetl.notify_queue();
-    end if;
-    return v_released;
 end;
 $$;

@@ -94,3 +94,107 @@ language sql
 as $$
     select noetl.reap_earlier_process_v1(p_worker_id, p_max_reclaims);
 $$;
+
+-- noetl.finish_cursor_claim(worker_id, command_id, attempt, claim_gen, rows, error, kinds)
+--   -> (outcome, route_command_id, claimed)
+-- Contract: noetl.finish_cursor_claim_v1. Locks: as it.
+create or replace function noetl.finish_cursor_claim(
+    p_worker_id text,
+    p_command_id bigint,
+    p_attempt integer,
+    p_claim_gen integer,
+    p_rows jsonb,
+    p_error text default null,
+    p_kinds text[] default null,
+    out outcome text,
+    out route_command_id bigint,
+    out claimed bigint[]
+)
+language sql
+as $$
+    select * from noetl.finish_cursor_claim_v1(
+        p_worker_id, p_command_id, p_attempt, p_claim_gen, p_rows, p_error, p_kinds
+    );
+$$;
+
+-- noetl.record_partial(command_id, attempt, claim, chunk_index, has_more, row_count,
+--                      columns, rows, targets) -> text
+-- Contract: noetl.record_partial_v1. Locks: as it.
+create or replace function noetl.record_partial(
+    p_command_id bigint,
+    p_attempt integer,
+    p_claim integer,
+    p_chunk_index integer,
+    p_has_more boolean,
+    p_row_count integer,
+    p_columns jsonb,
+    p_rows jsonb,
+    p_targets jsonb
+) returns text
+language sql
+as $$
+    select noetl.record_partial_v1(
+        p_command_id, p_attempt, p_claim, p_chunk_index, p_has_more, p_row_count, p_columns,
+        p_rows, p_targets
+    );
+$$;
+
+-- noetl.stream_chunks(command_id, attempt) -> integer[]
+-- Contract: noetl.stream_chunks_v1. Locks: as it (none).
+create or replace function noetl.stream_chunks(
+    p_command_id bigint,
+    p_attempt integer
+) returns integer[]
+language sql
+stable
+as $$
+    select noetl.stream_chunks_v1(p_command_id, p_attempt);
+$$;
+
+-- noetl.report_worker(report, via) -> boolean
+-- Contract: noetl.report_worker_v1. Locks: as it.
+create or replace function noetl.report_worker(
+    p_report jsonb,
+    p_via text default 'db'
+) returns boolean
+language sql
+as $$
+    select noetl.report_worker_v1(p_report, p_via);
+$$;
+
+-- noetl.apply_worker_reports(reports, via) -> integer
+-- Contract: noetl.apply_worker_reports_v1. Locks: as it.
+create or replace function noetl.apply_worker_reports(
+    p_reports jsonb,
+    p_via text default 'nats'
+) returns integer
+language sql
+as $$
+    select noetl.apply_worker_reports_v1(p_reports, p_via);
+$$;
+
+-- noetl.take_wake_counts() -> jsonb
+-- Contract: noetl.take_wake_counts_v1. Locks: as it (none).
+create or replace function noetl.take_wake_counts() returns jsonb
+language sql
+as $$
+    select noetl.take_wake_counts_v1();
+$$;
+
+-- noetl.record_store_fallbacks(fallbacks) -> integer
+-- Contract: noetl.record_store_fallbacks_v1. Locks: as it.
+create or replace function noetl.record_store_fallbacks(p_fallbacks jsonb) returns integer
+language sql
+as $$
+    select noetl.record_store_fallbacks_v1(p_fallbacks);
+$$;
+
+-- noetl.describe_commands(command_ids) -> setof noetl.claimed_command
+-- Contract: noetl.describe_commands_v1. Locks: as it (none).
+create or replace function noetl.describe_commands(p_command_ids bigint[])
+returns setof noetl.claimed_command
+language sql
+stable
+as $$
+    select * from noetl.describe_commands_v1(p_command_ids);
+$$;

@@ -37,6 +37,9 @@ declare
         'claim_commands_v1', 'finish_and_claim_v1', 'register_worker_v1', 'worker_heartbeat_v1',
         'stop_worker_v1', 'reap_stale_claims_v1', 'reap_orphan_claims_v1',
         'reap_earlier_process_v1', 'complete_command_v1', 'fail_command_v1',
+        'describe_commands_v1', 'finish_cursor_claim_v1', 'record_partial_v1',
+        'stream_chunks_v1', 'report_worker_v1', 'apply_worker_reports_v1',
+        'take_wake_counts_v1', 'record_store_fallbacks_v1',
         -- NATS and the capacity registry (wakeup.sql, capacity.sql).
         'report_worker', 'apply_worker_reports', 'take_wake_counts',
         'result_ref_put', 'result_ref_get', 'result_ref_list', 'result_blob_id',

@@ -123,7 +123,7 @@ select noetl.cancel_execution(%(execution_id)s, %(reason)s) as cancelled;
 
 -- name: record_store_fallbacks
 -- Warning events for results written to a lower store tier than the first one tried.
-select noetl.record_store_fallbacks(%(fallbacks)s) as recorded;
+select noetl.record_store_fallbacks_v1(%(fallbacks)s) as recorded;
 
 -- name: claim_projection_shards
 -- Projector heartbeat: renew leases, take free or expired shards, rebalance; held shards.

@@ -3,11 +3,11 @@
 
 -- name: report_worker
 -- Heartbeat with capacity, sent by the worker itself (via 'db'); true when applied.
-select noetl.report_worker(%(report)s, 'db') as applied;
+select noetl.report_worker_v1(%(report)s, 'db') as applied;
 
 -- name: apply_worker_reports
 -- A batch of reports that arrived over NATS, applied before the messages are acknowledged.
-select noetl.apply_worker_reports(%(reports)s, 'nats') as applied;
+select noetl.apply_worker_reports_v1(%(reports)s, 'nats') as applied;
 
 -- name: set_wakeup_nats
 -- This session publishes its wake-ups over NATS (no NOTIFY), or goes back to NOTIFY.
@@ -15,7 +15,7 @@ select set_config('noetl.wakeup', case when %(nats)s then 'nats' else 'notify' e
 
 -- name: take_wake_counts
 -- Commands issued per kind by this session's commits since the last call (then cleared).
-select noetl.take_wake_counts() as counts;
+select noetl.take_wake_counts_v1() as counts;
 
 -- name: notify_workers
 -- Wake LISTENing workers now (NATS went away between the commit and the publish).

@@ -55,7 +55,7 @@ create function pg_temp.finish(
     p_error text default null
 ) returns text
 language sql as $$
-    select f.outcome from noetl.finish_cursor_claim(
+    select f.outcome from noetl.finish_cursor_claim_v1(
         'tap', p_command_id, p_attempt, p_claim_gen, p_rows, p_error
     ) as f;
 $$;

@@ -185,7 +185,7 @@ select noetl.issue_command(current_setting('test.e3')::bigint, 'y@test', 'noop',
 select is(
     (
         select array_agg(d.context is not null order by d.command_id)
-        from noetl.describe_commands(array(
+        from noetl.describe_commands_v1(array(
             select c.command_id from noetl.command as c
             where
                 c.execution_id = current_setting('test.e3')::bigint and c.step_name = 'b'

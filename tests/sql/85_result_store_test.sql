@@ -270,7 +270,7 @@ where c.command_id = fb.command_id;
 select is(
     (
         select
-            noetl.record_store_fallbacks(jsonb_build_array(
+            noetl.record_store_fallbacks_v1(jsonb_build_array(
                 jsonb_build_object('command_id', fb.command_id, 'attempt', 1, 'fallbacks', '[
                 {"tier_from": "s3", "tier_to": "db", "error": "s3 down"},
                 {"tier_from": "db", "tier_to": "event", "error": "too big"}]'::jsonb),
@@ -295,7 +295,7 @@ where c.command_id = fb.command_id;
 select is(
     (
         select
-            noetl.record_store_fallbacks(jsonb_build_array(jsonb_build_object(
+            noetl.record_store_fallbacks_v1(jsonb_build_array(jsonb_build_object(
                 'command_id', fb.command_id, 'attempt', 1,
                 'fallbacks', '[{"tier_from": "s3", "tier_to": "db"}]'::jsonb
             )))
@@ -303,7 +303,7 @@ select is(
     ),
     0, 'a command no longer claimed (the outcome sent again) writes nothing'
 );
-select is(noetl.record_store_fallbacks(null), 0, 'no fallbacks: nothing');
+select is(noetl.record_store_fallbacks_v1(null), 0, 'no fallbacks: nothing');
 
 select * from finish();
 rollback;

@@ -1,6 +1,6 @@
--- Streamed steps (sql/functions/stream.sql): record_partial writes one call.partial per
+-- Streamed steps (sql/functions/stream.sql): record_partial_v1 writes one call.partial per
 -- (command, attempt, chunk_index) and one command per chosen partial target, refuses a
--- lost claim and a target the plan does not name; stream_chunks lists what was recorded.
+-- lost claim and a target the plan does not name; stream_chunks_v1 lists what was recorded.
 begin;
 select plan(12);
 
@@ -35,7 +35,7 @@ select is(
 );
 select is(
     (
-        select noetl.record_partial(
+        select noetl.record_partial_v1(
             s.command_id, 1, s.claim_gen, 0, true, 2, '["id"]', '[{"id": 1}, {"id": 2}]',
             '[{"step": "each", "set": {"seen": 0}}]'
         ) from t_scan as s
@@ -44,7 +44,7 @@ select is(
 );
 select is(
     (
-        select noetl.record_partial(
+        select noetl.record_partial_v1(
             s.command_id, 1, s.claim_gen, 0, true, 2, '["id"]', '[]',
             '[{"step": "each", "set": null}]'
         ) from t_scan as s
@@ -53,21 +53,21 @@ select is(
 );
 select is(
     (
-        select noetl.record_partial(
+        select noetl.record_partial_v1(
             s.command_id, 1, s.claim_gen + 1, 1, false, 1, '["id"]', '[]', '[]'
         ) from t_scan as s
     ),
     'stale', 'a chunk from a claim that is no longer held is refused'
 );
 select throws_ok(
-    $$select noetl.record_partial(s.command_id, 1, s.claim_gen, 1, false, 1, '["id"]', '[]',
+    $$select noetl.record_partial_v1(s.command_id, 1, s.claim_gen, 1, false, 1, '["id"]', '[]',
         '[{"step": "scan"}]') from t_scan as s$$,
     '22023', 'step "scan" has no on: call.partial arc to "scan"',
     'a target the plan does not name is refused'
 );
 select is(
     (
-        select noetl.record_partial(
+        select noetl.record_partial_v1(
             s.command_id, 1, null, 1, false, 1, '["id"]', '[{"id": 3}]',
             '[{"step": "each", "set": null}]'
         ) from t_scan as s
@@ -75,7 +75,7 @@ select is(
     'ok', 'the last chunk is recorded'
 );
 select is(
-    (select noetl.stream_chunks(s.command_id, 1) from t_scan as s),
+    (select noetl.stream_chunks_v1(s.command_id, 1) from t_scan as s),
     array[0, 1], 'stream_chunks lists the recorded chunks of the attempt'
 );
 select is(
@@ -113,7 +113,7 @@ select is(
 select noetl.cancel_execution((select execution_id from t_stream), 'test');
 select is(
     (
-        select noetl.record_partial(
+        select noetl.record_partial_v1(
             s.command_id, 1, null, 2, false, 0, '[]', '[]', '[]'
         ) from t_scan as s
     ),

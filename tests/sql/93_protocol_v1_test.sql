@@ -20,7 +20,7 @@ select is(
             and p.proretset
             and p.proname in (
                 'claim_commands', 'claim_commands_v1', 'finish_and_claim',
-                'finish_and_claim_v1', 'describe_commands'
+                'finish_and_claim_v1', 'describe_commands', 'describe_commands_v1'
             )
     ),
     array['noetl.claimed_command'],

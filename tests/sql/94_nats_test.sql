@@ -1,36 +1,36 @@
 -- The NATS accelerator's SQL (wakeup.sql, capacity.sql): in a session with noetl.wakeup =
--- 'nats', notify_queue collects counts per kind for take_wake_counts instead of NOTIFY
--- (deferred counts are kept only when finish_and_claim's end says so); report_worker
+-- 'nats', notify_queue collects counts per kind for take_wake_counts_v1 instead of NOTIFY
+-- (deferred counts are kept only when finish_and_claim's end says so); report_worker_v1
 -- registers and refreshes a worker's capacity, ignoring redelivered and late reports and
--- reports sent before a clean stop; apply_worker_reports applies a batch.
+-- reports sent before a clean stop; apply_worker_reports_v1 applies a batch.
 begin;
 select plan(14);
 
-select is(noetl.take_wake_counts(), '{}'::jsonb, 'nothing collected: no counts');
+select is(noetl.take_wake_counts_v1(), '{}'::jsonb, 'nothing collected: no counts');
 select set_config('noetl.wakeup', 'nats', true) as nats_mode;
 select noetl.notify_queue('python', 3);
 select noetl.notify_queue('python');
 select noetl.notify_queue('http', 2);
 select is(
-    noetl.take_wake_counts(), '{"python": 4, "http": 2}'::jsonb,
+    noetl.take_wake_counts_v1(), '{"python": 4, "http": 2}'::jsonb,
     'counts per kind add up'
 );
-select is(noetl.take_wake_counts(), '{}'::jsonb, 'taking the counts clears them');
+select is(noetl.take_wake_counts_v1(), '{}'::jsonb, 'taking the counts clears them');
 select noetl.notify_queue();
-select is(noetl.take_wake_counts(), '{"*": 1}'::jsonb, 'unknown kinds are counted as *');
+select is(noetl.take_wake_counts_v1(), '{"*": 1}'::jsonb, 'unknown kinds are counted as *');
 
 select set_config('noetl.defer_notify', 'on', true) as deferred;
 select noetl.notify_queue('noop', 5);
-select is(noetl.take_wake_counts(), '{}'::jsonb, 'a deferred wake-up is not handed out');
+select is(noetl.take_wake_counts_v1(), '{}'::jsonb, 'a deferred wake-up is not handed out');
 select set_config('noetl.defer_notify', 'off', true) as not_deferred;
 select noetl.notify_queue();
 select is(
-    noetl.take_wake_counts(), '{"noop": 5}'::jsonb,
+    noetl.take_wake_counts_v1(), '{"noop": 5}'::jsonb,
     'the closing call hands out what was deferred, without *'
 );
 
 select is(
-    noetl.report_worker('{"worker_id": "cap1", "slots": 4, "available_slots": 3,
+    noetl.report_worker_v1('{"worker_id": "cap1", "slots": 4, "available_slots": 3,
         "kinds": ["python"], "tool_pools": {"python": {"free": 3}},
         "sent_at": "2026-01-01T00:00:10+00:00"}'),
     true, 'a report registers an unknown worker'
@@ -42,17 +42,17 @@ select results_eq(
     'the registry view shows its capacity'
 );
 select is(
-    noetl.report_worker('{"worker_id": "cap1", "slots": 4, "available_slots": 1,
+    noetl.report_worker_v1('{"worker_id": "cap1", "slots": 4, "available_slots": 1,
         "sent_at": "2026-01-01T00:00:10+00:00"}', 'nats'),
     false, 'the same report again (a redelivery) is ignored'
 );
 select is(
-    noetl.report_worker('{"worker_id": "cap1", "slots": 4, "available_slots": 0,
+    noetl.report_worker_v1('{"worker_id": "cap1", "slots": 4, "available_slots": 0,
         "sent_at": "2026-01-01T00:00:05+00:00"}', 'nats'),
     false, 'an older report arriving late is ignored'
 );
 select is(
-    noetl.apply_worker_reports('[
+    noetl.apply_worker_reports_v1('[
         {"worker_id": "cap2", "slots": 2, "available_slots": 2},
         {"worker_id": "cap1", "slots": 4, "available_slots": 2,
          "sent_at": "2026-01-01T00:00:20+00:00"}]'),
@@ -67,11 +67,11 @@ select results_eq(
 update noetl.worker set stopped_at = '2026-01-01T00:00:30+00:00'
 where worker_id = 'cap1';
 select is(
-    noetl.report_worker('{"worker_id": "cap1", "sent_at": "2026-01-01T00:00:25+00:00"}'),
+    noetl.report_worker_v1('{"worker_id": "cap1", "sent_at": "2026-01-01T00:00:25+00:00"}'),
     false, 'a report sent before a clean stop does not bring the worker back'
 );
 select throws_ok(
-    $$select noetl.report_worker('{"slots": 1}')$$, '22023', null,
+    $$select noetl.report_worker_v1('{"slots": 1}')$$, '22023', null,
     'a report without worker_id is refused'
 );
 
