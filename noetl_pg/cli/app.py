@@ -369,26 +369,28 @@ def _while_unreachable(what: str, action: Callable[[], T]) -> T:
 @click.option("--kinds", help="Comma-separated command kinds to serve (default: all).")
 @click.option("--worker-id", help="Stable id for this worker (default: NOETL_WORKER_ID, "
                                    "else host-pid-random).")
-@click.option("--batch-size", default=16, show_default=True, type=click.IntRange(min=1))
+@click.option("--batch-size", default=None, show_default="32, fewer while commands are slow",
+              type=click.IntRange(min=1), help="Commands claimed at once, at most.")
 @click.option("--projector/--no-projector", "with_projector", default=True, show_default=True,
               help="Also fold events into execution.state (projection shards are shared).")
 @json_option
 def worker_start(concurrency: int | None, kinds: str | None, worker_id: str | None,
-                 batch_size: int, with_projector: bool, as_json: bool) -> None:
+                 batch_size: int | None, with_projector: bool, as_json: bool) -> None:
     """Serve the command queue until SIGTERM/SIGINT (finishes what it holds first).
 
     Migrates the schema first when it is behind. With --json, one JSON document is printed
     when the worker stops."""
     from noetl_pg.projection import Projector  # the worker's imports are heavy: only here
     from noetl_pg.schedules import fire_due
-    from noetl_pg.worker import build_worker, default_slots
+    from noetl_pg.worker import DEFAULT_BATCH_SIZE, build_worker, default_slots
 
     # A worker started while PostgreSQL restarts (a supervisor replacing a dead one) waits.
     dsn = _while_unreachable("worker start", lambda: get_dsn("migrate"))
     concurrency = concurrency or default_slots()
     # A `noetl worker` fires due cron schedules from its heartbeat (`noetl run` does not).
     worker_id = worker_id or settings.current().worker_id
-    worker = build_worker(dsn, slots=concurrency, worker_id=worker_id, batch_size=batch_size,
+    worker = build_worker(dsn, slots=concurrency, worker_id=worker_id,
+                          batch_size=batch_size or DEFAULT_BATCH_SIZE,
                           kinds=kinds.split(",") if kinds else None, housekeeping=fire_due)
 
     def _stop(signum: int, frame: object) -> None:

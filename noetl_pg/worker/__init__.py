@@ -15,7 +15,8 @@ One module per job, the parts composed by `Worker` and sharing one `WorkerState`
 """
 
 from noetl_pg.worker.lifecycle import Worker, build_worker
-from noetl_pg.worker.sizing import ClaimSizer, default_slots
+from noetl_pg.worker.sizing import DEFAULT_BATCH_SIZE, ClaimSizer, default_slots
 from noetl_pg.worker.slots import SpecCache
 
-__all__ = ["ClaimSizer", "SpecCache", "Worker", "build_worker", "default_slots"]
+__all__ = ["DEFAULT_BATCH_SIZE", "ClaimSizer", "SpecCache", "Worker", "build_worker",
+           "default_slots"]

@@ -28,6 +28,7 @@ from noetl_pg.keychain import RedactingFilter, SecretRedactor
 from noetl_pg.store import ResultStore
 from noetl_pg.tools.base import CredentialResolver
 from noetl_pg.worker.housekeeping import Housekeeping
+from noetl_pg.worker.sizing import DEFAULT_BATCH_SIZE
 from noetl_pg.worker.slots import SlotLoop
 from noetl_pg.worker.state import WorkerState
 from noetl_pg.worker.wakeup import WakeUp
@@ -45,7 +46,7 @@ class Worker:
         slots: int = 4,
         kinds: list[str] | None = None,
         worker_id: str | None = None,
-        batch_size: int = 16,
+        batch_size: int = DEFAULT_BATCH_SIZE,
         poll_interval: float = 1.0,
         heartbeat_interval: float | None = None,
         claim_timeout: float | None = None,

@@ -1,12 +1,81 @@
 -- dispatch.sql: putting commands on the queue and claiming them.
 
+-- noetl.open_issue_claims(worker_id, kinds, n) -> void
+-- Contract: for the rest of this transaction, the next `n` commands issue_command creates
+--   without a claimer, of `kinds` (NULL: any), are created claimed by `worker_id`: the
+--   finishing worker takes the steps its outcomes issue, as it takes the loop iterations
+--   they issue, instead of queueing them for a claim scan and a wake-up. Transaction-local
+--   settings carry this through the routing functions (as noetl.defer_notify does), so
+--   their signatures stay those of every other caller. close_issue_claims ends it.
+-- Locks: none.
+create or replace function noetl.open_issue_claims(
+    p_worker_id text,
+    p_kinds text[],
+    p_n integer
+) returns void
+language plpgsql
+as $$
+begin
+    perform set_config('noetl.issue_claimer', coalesce(p_worker_id, ''), true);
+    perform set_config('noetl.issue_claim_kinds', coalesce(array_to_string(p_kinds, ','), '*'), true);
+    perform set_config('noetl.issue_claims_left', greatest(coalesce(p_n, 0), 0)::text, true);
+    perform set_config('noetl.issue_claimed', '', true);
+end;
+$$;
+
+-- noetl.take_issue_claim(kind) -> worker_id | null
+-- Contract: the worker a new command of `kind` is to be created claimed by (see
+--   open_issue_claims), counting it against the budget; NULL when none is open, the
+--   budget is spent or that worker does not serve `kind`.
+-- Locks: none.
+create or replace function noetl.take_issue_claim(p_kind text)
+returns text
+language plpgsql
+as $$
+declare
+    v_left integer := coalesce(
+        nullif(current_setting('noetl.issue_claims_left', true), '')::integer, 0
+    );
+    v_kinds text := current_setting('noetl.issue_claim_kinds', true);
+begin
+    if v_left <= 0
+        or (v_kinds <> '*' and not p_kind = any(string_to_array(v_kinds, ','))) then
+        return null;
+    end if;
+    perform set_config('noetl.issue_claims_left', (v_left - 1)::text, true);
+    return nullif(current_setting('noetl.issue_claimer', true), '');
+end;
+$$;
+
+-- noetl.close_issue_claims() -> bigint[]
+-- Contract: ends what open_issue_claims opened and returns the ids of the commands created
+--   claimed under it, in the order they were issued.
+-- Locks: none.
+create or replace function noetl.close_issue_claims()
+returns bigint[]
+language plpgsql
+as $$
+declare
+    v_ids bigint[] := coalesce(
+        string_to_array(nullif(current_setting('noetl.issue_claimed', true), ''), ',')::bigint[],
+        '{}'
+    );
+begin
+    perform set_config('noetl.issue_claims_left', '0', true);
+    perform set_config('noetl.issue_claimed', '', true);
+    return v_ids;
+end;
+$$;
+
 -- noetl.issue_command(execution_id, command_key, kind, step_name, max_attempts, loop_id,
 --                     iter_index, input, claimed_by) -> command_id | null
 -- Contract: inserts one command and its `command.issued` event in the caller's
 --   transaction. The key is deterministic (it names the cause), so issuing the same key
 --   twice is a no-op that returns NULL. With `claimed_by` the command is created already
---   claimed by that worker (the route fast path) and no NOTIFY is sent; otherwise
---   workers are woken through noetl.notify_queue.
+--   claimed by that worker (the route fast path) and no NOTIFY is sent; without, it is
+--   created claimed by the finishing worker while open_issue_claims's budget lasts (with
+--   its `command.claimed` event, listed for close_issue_claims), else queued and workers
+--   are woken through noetl.notify_queue.
 -- Locks: the unique index entry of (execution_id, command_key).
 create or replace function noetl.issue_command(
     p_execution_id bigint,
@@ -23,6 +92,7 @@ language plpgsql
 as $$
 declare
     v_command_id bigint;
+    v_claimer text := coalesce(p_claimed_by, noetl.take_issue_claim(p_kind));
 begin
     insert into noetl.command (
         execution_id, command_key, kind, step_name, max_attempts, loop_id, iter_index,
@@ -31,9 +101,9 @@ begin
     values (
         p_execution_id, p_command_key, p_kind, p_step_name, p_max_attempts, p_loop_id,
         p_iter_index, p_input,
-        case when p_claimed_by is null then 'queued' else 'claimed' end,
-        p_claimed_by,
-        case when p_claimed_by is null then null else noetl.now() end
+        case when v_claimer is null then 'queued' else 'claimed' end,
+        v_claimer,
+        case when v_claimer is null then null else noetl.now() end
     )
     on conflict on constraint command_key_unique do nothing
     returning command_id into v_command_id;
@@ -48,8 +118,16 @@ begin
         jsonb_build_object('kind', p_kind, 'command_key', p_command_key),
         p_loop_id, p_iter_index
     );
-    if p_claimed_by is null then
+    if v_claimer is null then
         perform noetl.notify_queue(p_kind);
+    elsif p_claimed_by is null then
+        perform noetl.record_event(
+            p_execution_id, 'command.claimed', p_step_name, v_command_id, 1, null, null,
+            jsonb_build_object('worker_id', v_claimer, 'claim', 0), p_loop_id, p_iter_index
+        );
+        perform set_config('noetl.issue_claimed', concat_ws(
+            ',', nullif(current_setting('noetl.issue_claimed', true), ''), v_command_id
+        ), true);
     end if;
     return v_command_id;
 end;
@@ -291,9 +369,13 @@ $$;
 -- Locks: none.
 create or replace function noetl.describe_commands_v1(p_command_ids bigint[])
 returns setof noetl.claimed_command
-language sql
+language plpgsql
 stable
 as $$
+-- plpgsql rather than sql: a set-returning SQL function is planned on every call, and this
+-- one runs on every claim (measured: most of the 0.6 ms of a 25-row claim).
+begin
+    return query
     select
         c.command_id,
         c.execution_id,
@@ -324,4 +406,5 @@ as $$
         on c.loop_id = li.loop_id and c.iter_index = li.iter_index
     where c.command_id = any(p_command_ids)
     order by c.command_id;
+end;
 $$;

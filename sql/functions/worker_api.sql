@@ -204,6 +204,8 @@ begin
     v_loop_done := coalesce(v_loop_done, '{}');
     v_routes := coalesce(v_routes, '{}');
     v_loop_claimed := coalesce(v_loop_claimed, '{}');
+    -- Steps these outcomes issue are created claimed by us, within what is left of p_n.
+    perform noetl.open_issue_claims(p_worker_id, p_kinds, p_n - cardinality(v_loop_claimed));
     for v_outcome in select value from jsonb_array_elements(v_outcomes) loop
         v_id := (v_outcome ->> 'command_id')::bigint;
         continue when v_id = any(v_loop_done);
@@ -255,9 +257,10 @@ begin
         end if;
     end loop;
 
-    -- Next iterations the loops issued already claimed by us count against p_n.
-    v_claimed := v_loop_claimed || noetl.claim_command_ids(
-        p_worker_id, p_kinds, p_n - cardinality(v_loop_claimed)
+    -- Iterations and steps the outcomes issued already claimed by us count against p_n.
+    v_claimed := v_loop_claimed || noetl.close_issue_claims();
+    v_claimed := v_claimed || noetl.claim_command_ids(
+        p_worker_id, p_kinds, p_n - cardinality(v_claimed)
     );
     perform set_config('noetl.defer_notify', 'off', true);
     if current_setting('noetl.notify_pending', true) = 'on' and exists (

@@ -1,0 +1,136 @@
+-- The finishing worker takes the steps its outcomes issue (open_issue_claims,
+-- take_issue_claim, close_issue_claims, issue_command under them, finish_and_claim's use
+-- of them) and lock_executions remembers what it locked.
+begin;
+select plan(16);
+set local client_min_messages = warning;
+
+create temporary table spec_fixture as
+select  -- noqa: LT09
+    '{"entry_step": "a", "workflow": [
+      {"step": "a", "tool": {"kind": "noop"},
+       "plan": {"kind": "noop", "route_mode": "direct", "direct_targets": ["b"],
+                "is_join": false, "has_loop": false, "successors": ["b"], "max_attempts": 1,
+                "reads": {}, "loop_reads": {}}},
+      {"step": "b", "tool": {"kind": "noop"},
+       "plan": {"kind": "noop", "route_mode": "none", "direct_targets": [],
+                "is_join": false, "has_loop": false, "successors": [], "max_attempts": 1,
+                "reads": {}, "loop_reads": {}}}
+    ]}'::jsonb as spec;
+select * from noetl.register_playbook('t/issue_claims', 'yaml', (select spec from spec_fixture));
+select set_config(
+    'test.e1', noetl.start_execution('t/issue_claims')::text, true
+) as e1;
+
+-- take_issue_claim: nothing is open, then a budget of one for kind noop
+select is(noetl.take_issue_claim('noop'), null, 'no claims are open: nobody takes a command');
+select noetl.open_issue_claims('w1', array['noop'], 1);
+select is(noetl.take_issue_claim('http'), null, 'a kind the worker does not serve is not taken');
+select is(noetl.take_issue_claim('noop'), 'w1', 'a served kind is taken by the worker');
+select is(noetl.take_issue_claim('noop'), null, 'the budget of one is spent');
+select is(noetl.close_issue_claims(), '{}'::bigint[], 'nothing was issued under the claims');
+
+-- issue_command under open claims: created claimed with its event, listed, then queued
+select noetl.open_issue_claims('w1', null, 1);
+select set_config('test.c1', noetl.issue_command(
+    current_setting('test.e1')::bigint, 'b@t1', 'noop', 'b'
+)::text, true) as c1;
+select set_config('test.c2', noetl.issue_command(
+    current_setting('test.e1')::bigint, 'b@t2', 'noop', 'b'
+)::text, true) as c2;
+select is(
+    (
+        select c.status || ' ' || c.claimed_by from noetl.command as c
+        where c.command_id = current_setting('test.c1')::bigint
+    ),
+    'claimed w1', 'the first command is created claimed by the finishing worker'
+);
+select is(
+    (
+        select count(*)::integer from noetl.event as e
+        where
+            e.command_id = current_setting('test.c1')::bigint
+            and e.event_type = 'command.claimed' and e.meta ->> 'worker_id' = 'w1'
+    ),
+    1, 'with its command.claimed event'
+);
+select is(
+    (
+        select c.status from noetl.command as c
+        where c.command_id = current_setting('test.c2')::bigint
+    ),
+    'queued', 'past the budget commands are queued'
+);
+select is(
+    noetl.close_issue_claims(), array[current_setting('test.c1')::bigint],
+    'close_issue_claims lists the command created claimed'
+);
+select set_config('test.c3', noetl.issue_command(
+    current_setting('test.e1')::bigint, 'b@t3', 'noop', 'b'
+)::text, true) as c3;
+select is(
+    (
+        select c.status from noetl.command as c
+        where c.command_id = current_setting('test.c3')::bigint
+    ),
+    'queued', 'after close_issue_claims commands are queued again'
+);
+
+-- finish_and_claim: the step an outcome issues comes back claimed, with no queue scan
+select set_config(
+    'test.e2', noetl.start_execution('t/issue_claims')::text, true
+) as e2;
+create temporary table claim_a as
+select * from noetl.claim_commands_v1('w2', null, 10)
+where execution_id = current_setting('test.e2')::bigint;
+create temporary table next_b as
+select * from noetl.finish_and_claim_v1(
+    'w2',
+    jsonb_build_array(jsonb_build_object(
+        'op', 'done', 'command_id', (select command_id from claim_a), 'attempt', 1,
+        'claim', (select claim_gen from claim_a), 'result', '{}'::jsonb
+    )),
+    array['noop'], 1
+);
+select is(
+    (select step_name || ' ' || claim_gen from next_b), 'b 0',
+    'finish_and_claim returns the next step, created claimed (claim_gen 0)'
+);
+select is(
+    (
+        select count(*)::integer from noetl.event as e
+        where
+            e.command_id = (select nb.command_id from next_b as nb)
+            and e.event_type = 'command.claimed'
+    ),
+    1, 'the next step has one command.claimed event'
+);
+select is(
+    noetl.take_issue_claim('noop'), null, 'finish_and_claim leaves no claims open'
+);
+
+-- lock_executions: what it locked is remembered for the transaction
+select noetl.lock_executions(array[current_setting('test.e2')::bigint]);
+select ok(
+    array[current_setting('test.e2')::bigint]
+    <@ current_setting('noetl.locked_executions')::bigint[],
+    'lock_executions records the executions it locked'
+);
+update noetl.execution set parent_execution_id = current_setting('test.e1')::bigint
+where execution_id = current_setting('test.e2')::bigint;
+select noetl.lock_executions(array[current_setting('test.e2')::bigint]);
+select ok(
+    not array[current_setting('test.e1')::bigint]
+    <@ current_setting('noetl.locked_executions')::bigint[],
+    'a call for executions already held does not walk again'
+);
+select set_config('noetl.locked_executions', '', true) as reset;
+select noetl.lock_executions(array[current_setting('test.e2')::bigint]);
+select ok(
+    array[current_setting('test.e1')::bigint, current_setting('test.e2')::bigint]
+    <@ current_setting('noetl.locked_executions')::bigint[],
+    'a child''s lock takes its parent too'
+);
+
+select * from finish(); -- noqa: AM04
+rollback;
