@@ -76,6 +76,95 @@ begin
 end;
 $$;
 
+-- noetl.fold_iterations(state, events, last_tx, last_event_id, newest, counts) -> state
+-- Contract: folds a run of `events` consecutive loop-iteration events of one execution
+--   (iter_index set, none at or before state.position, no step-level event between them)
+--   exactly as fold_event would one by one: position becomes (last_tx, last_event_id),
+--   the last event in fold order; `events` is counted; last_event becomes `newest` (the
+--   run's highest event_id) when it is newer; and each step's counters add what
+--   fold_iteration would count. `counts` is [{step, loop_id, done, failed, shard_done,
+--   shard_failed, shard_retries}] (call.done, command.failed, loop.shard.done,
+--   loop.shard.failed without and with meta.retry), one entry per step and loop. Counters
+--   only add and a run changes no loop's identity, so the order inside the run does not
+--   matter: the projector folds the three events of every iteration in one call per run
+--   instead of three plpgsql calls that each copy the state.
+-- Locks: none (pure).
+create or replace function noetl.fold_iterations(
+    p_state jsonb,
+    p_events integer,
+    p_last_tx xid8,
+    p_last_event_id bigint,
+    p_newest noetl.projection_event,
+    p_counts jsonb
+) returns jsonb
+language plpgsql
+immutable
+as $$
+declare
+    v_state jsonb := coalesce(p_state, '{}');
+    v_count jsonb;
+    v_name text;
+    v_loop jsonb;
+    v_fanout jsonb;
+    v_done integer;
+    v_failed integer;
+begin
+    v_state := v_state || jsonb_build_object(
+        'position', jsonb_build_array(p_last_tx::text::numeric, p_last_event_id),
+        'events', coalesce((v_state ->> 'events')::bigint, 0) + p_events
+    );
+    if p_newest.event_id > coalesce((v_state #>> '{last_event,id}')::bigint, 0) then
+        v_state := v_state || jsonb_build_object('last_event', jsonb_build_object(
+            'id', p_newest.event_id, 'type', p_newest.event_type, 'step', p_newest.node_name,
+            'at', to_jsonb(p_newest.created_at)
+        ));
+    end if;
+    for v_count in select c.value from jsonb_array_elements(coalesce(p_counts, '[]')) as c loop
+        v_name := v_count ->> 'step';
+        v_loop := v_state -> 'loop' -> v_name;
+        continue when v_name is null or v_loop is null
+            or (v_loop ->> 'loop_id')::bigint is distinct from (v_count ->> 'loop_id')::bigint;
+        v_fanout := v_state -> 'fanout' -> v_name;
+        if v_fanout is null then
+            v_done := (v_count ->> 'done')::integer;
+            v_failed := (v_count ->> 'failed')::integer;
+        else
+            v_done := (v_count ->> 'shard_done')::integer;
+            v_failed := (v_count ->> 'shard_failed')::integer;
+        end if;
+        -- A counter is written only when counted, as one-by-one folding leaves it.
+        if v_done > 0 then
+            v_state := jsonb_set(v_state, array['loop', v_name, 'done'],
+                                 to_jsonb(coalesce((v_loop ->> 'done')::integer, 0) + v_done));
+        end if;
+        if v_failed > 0 then
+            v_state := jsonb_set(v_state, array['loop', v_name, 'failed'], to_jsonb(
+                coalesce((v_loop ->> 'failed')::integer, 0) + v_failed
+            ));
+        end if;
+        if v_fanout is not null then
+            if v_done > 0 then
+                v_state := jsonb_set(v_state, array['fanout', v_name, 'done'], to_jsonb(
+                    coalesce((v_fanout ->> 'done')::integer, 0) + v_done
+                ));
+            end if;
+            if v_failed > 0 then
+                v_state := jsonb_set(v_state, array['fanout', v_name, 'failed'], to_jsonb(
+                    coalesce((v_fanout ->> 'failed')::integer, 0) + v_failed
+                ));
+            end if;
+            if (v_count ->> 'shard_retries')::integer > 0 then
+                v_state := jsonb_set(v_state, array['fanout', v_name, 'retries'], to_jsonb(
+                    coalesce((v_fanout ->> 'retries')::integer, 0)
+                    + (v_count ->> 'shard_retries')::integer
+                ));
+            end if;
+        end if;
+    end loop;
+    return v_state;
+end;
+$$;
+
 -- noetl.fold_step(state, event) -> state
 -- Contract: applies one step-level event (node_name set, iter_index NULL) to
 --   state.steps[node_name], and loop starts/ends to state.loop and state.fanout. A step's

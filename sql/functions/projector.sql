@@ -85,6 +85,10 @@ $$;
 --   An execution row locked by the engine is not waited for: the batch stops before that
 --   execution's first event and has_more says to come back. With nothing to fold, the
 --   checkpoint moves to (xmin, 0) at most once a second, so idle shards read no old events.
+--   Step-level events fold one by one (fold_event); each run of loop-iteration events
+--   between them folds in one call (fold_iterations, from counts taken set-based), which
+--   gives the same state: a 20,000-item loop's 60,000 events folded in 0.6-1.0 s instead
+--   of 2.0-3.6 s (2-core machine, loaded).
 -- Locks: the shard row (FOR UPDATE: one fold per shard at a time), then the batch's
 --   execution rows (FOR UPDATE SKIP LOCKED, in execution_id order). Never waits on the
 --   engine, so it cannot deadlock with it.
@@ -171,17 +175,89 @@ begin
     end if;
 
     executions := 0;
+    -- Step-level events fold one by one; the iteration events between two of them (most
+    -- of a loop's events) fold as one run (fold_iterations), from counts taken here.
+    -- Events at or before an execution's state.position are left out: folding them is a
+    -- no-op, and leaving them out keeps every run after the position.
     for v_row in
-        select e.execution_id,
-            row(
-                e.event_id, e.tx_id, e.event_type, e.node_name, e.command_id, e.loop_id,
-                e.iter_index, e.attempt, e.meta, left(e.error, 500), e.created_at
-            )::noetl.projection_event as event
-        from noetl.event as e
-        where (e.tx_id, e.event_id) > (v_shard.checkpoint_tx_id, v_shard.checkpoint_event_id)
-            and (e.tx_id, e.event_id) <= (v_tx_ids[v_count], v_event_ids[v_count])
-            and e.execution_id % v_shard.shard_count = p_shard
-        order by e.execution_id, e.tx_id, e.event_id
+        with batch as (
+            select
+                e.execution_id,
+                e.tx_id,
+                e.event_id,
+                e.iter_index is not null as is_iteration,
+                e.node_name,
+                e.loop_id,
+                e.event_type,
+                coalesce((e.meta ->> 'retry')::boolean, false) as is_retry,
+                row(
+                    e.event_id, e.tx_id, e.event_type, e.node_name, e.command_id, e.loop_id,
+                    e.iter_index, e.attempt, e.meta, left(e.error, 500), e.created_at
+                )::noetl.projection_event as event,
+                sum((e.iter_index is null)::integer) over (
+                    partition by e.execution_id order by e.tx_id, e.event_id
+                ) as run
+            from noetl.event as e
+            inner join noetl.execution as x on e.execution_id = x.execution_id
+            where (e.tx_id, e.event_id) > (v_shard.checkpoint_tx_id, v_shard.checkpoint_event_id)
+                and (e.tx_id, e.event_id) <= (v_tx_ids[v_count], v_event_ids[v_count])
+                and e.execution_id % v_shard.shard_count = p_shard
+                and (e.tx_id::text::numeric, e.event_id) > (
+                    coalesce((x.state #>> '{position,0}')::numeric, -1),
+                    coalesce((x.state #>> '{position,1}')::bigint, -1)
+                )
+        ),
+
+        step_counts as (
+            select
+                b.execution_id,
+                b.run,
+                jsonb_build_object(
+                    'step', b.node_name, 'loop_id', b.loop_id,
+                    'done', count(*) filter (where b.event_type = 'call.done'),
+                    'failed', count(*) filter (where b.event_type = 'command.failed'),
+                    'shard_done', count(*) filter (where b.event_type = 'loop.shard.done'),
+                    'shard_failed', count(*) filter (
+                        where b.event_type = 'loop.shard.failed' and not b.is_retry
+                    ),
+                    'shard_retries', count(*) filter (
+                        where b.event_type = 'loop.shard.failed' and b.is_retry
+                    )
+                ) as counts
+            from batch as b
+            where b.is_iteration
+            group by b.execution_id, b.run, b.node_name, b.loop_id
+        ),
+
+        runs as (
+            select
+                b.execution_id,
+                b.run,
+                count(*)::integer as events,
+                (array_agg(b.tx_id order by b.tx_id desc, b.event_id desc))[1] as last_tx,
+                (array_agg(b.event_id order by b.tx_id desc, b.event_id desc))[1]
+                    as last_event_id,
+                (array_agg(b.event order by b.event_id desc))[1] as newest,
+                (
+                    select jsonb_agg(sc.counts) from step_counts as sc
+                    where sc.execution_id = b.execution_id and sc.run = b.run
+                ) as counts
+            from batch as b
+            where b.is_iteration
+            group by b.execution_id, b.run
+        )
+
+        select
+            b.execution_id, b.run, false as is_run, b.event, null::integer as events,
+            null::xid8 as last_tx, null::bigint as last_event_id, null::jsonb as counts
+        from batch as b
+        where not b.is_iteration
+        union all
+        select
+            r.execution_id, r.run, true as is_run, r.newest, r.events, r.last_tx,
+            r.last_event_id, r.counts
+        from runs as r
+        order by execution_id, run, is_run
     loop
         if v_row.execution_id is distinct from v_current then
             if v_state is not null then
@@ -193,7 +269,14 @@ begin
             select x.state into v_state from noetl.execution as x
             where x.execution_id = v_current;
         end if;
-        if v_state is not null then
+        if v_state is null then
+            continue;
+        elsif v_row.is_run then
+            v_state := noetl.fold_iterations(
+                v_state, v_row.events, v_row.last_tx, v_row.last_event_id, v_row.event,
+                v_row.counts
+            );
+        else
             v_state := noetl.fold_event(v_state, v_row.event);
         end if;
     end loop;
