@@ -4,10 +4,13 @@
 -- Contract: for the rest of this transaction, the next `n` commands issue_command creates
 --   without a claimer, of `kinds` (NULL: any), are created claimed by `worker_id`: the
 --   finishing worker takes the steps its outcomes issue, as it takes the loop iterations
---   they issue, instead of queueing them for a claim scan and a wake-up. Transaction-local
---   settings carry this through the routing functions (as noetl.defer_notify does), so
---   their signatures stay those of every other caller. close_issue_claims ends it.
--- Locks: none.
+--   they issue, instead of queueing them for a claim scan and a wake-up. Only while no
+--   due work of those kinds is queued: queued work is older and keeps its turn (claims
+--   are oldest first), so a worker busy with chains does not starve executions waiting
+--   in the queue. Transaction-local settings carry this through the routing functions
+--   (as noetl.defer_notify does), so their signatures stay those of every other caller.
+--   close_issue_claims ends it.
+-- Locks: none (reads the head of the queue).
 create or replace function noetl.open_issue_claims(
     p_worker_id text,
     p_kinds text[],
@@ -15,10 +18,21 @@ create or replace function noetl.open_issue_claims(
 ) returns void
 language plpgsql
 as $$
+declare
+    v_n integer := greatest(coalesce(p_n, 0), 0);
 begin
+    if v_n > 0 and exists (
+        select 1 from noetl.command as c
+        where c.status = 'queued' and c.available_at <= noetl.now()
+            and (p_kinds is null or c.kind = any(p_kinds))
+    ) then
+        v_n := 0;
+    end if;
     perform set_config('noetl.issue_claimer', coalesce(p_worker_id, ''), true);
-    perform set_config('noetl.issue_claim_kinds', coalesce(array_to_string(p_kinds, ','), '*'), true);
-    perform set_config('noetl.issue_claims_left', greatest(coalesce(p_n, 0), 0)::text, true);
+    perform set_config(
+        'noetl.issue_claim_kinds', coalesce(array_to_string(p_kinds, ','), '*'), true
+    );
+    perform set_config('noetl.issue_claims_left', v_n::text, true);
     perform set_config('noetl.issue_claimed', '', true);
 end;
 $$;
@@ -49,8 +63,10 @@ $$;
 
 -- noetl.close_issue_claims() -> bigint[]
 -- Contract: ends what open_issue_claims opened and returns the ids of the commands created
---   claimed under it, in the order they were issued.
--- Locks: none.
+--   claimed under it that are still to run, in the order they were issued. One whose
+--   execution ended later in this transaction (the command that went past the budget
+--   failed it, noetl.count_command) is cancelled, as fail_execution cancels the queued.
+-- Locks: those command rows (UPDATE), under their execution's lock the caller holds.
 create or replace function noetl.close_issue_claims()
 returns bigint[]
 language plpgsql
@@ -63,7 +79,20 @@ declare
 begin
     perform set_config('noetl.issue_claims_left', '0', true);
     perform set_config('noetl.issue_claimed', '', true);
-    return v_ids;
+    if cardinality(v_ids) = 0 then
+        return v_ids;
+    end if;
+    update noetl.command as c
+    set status = 'cancelled', finished_at = noetl.now()
+    where c.command_id = any(v_ids)
+        and c.status = 'claimed'
+        and not noetl.execution_is_running(c.execution_id);
+    return array(
+        select u.id from unnest(v_ids) with ordinality as u (id, position)
+        inner join noetl.command as c on u.id = c.command_id
+        where c.status = 'claimed'
+        order by u.position
+    );
 end;
 $$;
 

@@ -2,7 +2,7 @@
 -- take_issue_claim, close_issue_claims, issue_command under them, finish_and_claim's use
 -- of them) and lock_executions remembers what it locked.
 begin;
-select plan(16);
+select plan(19);
 set local client_min_messages = warning;
 
 create temporary table spec_fixture as
@@ -21,6 +21,16 @@ select * from noetl.register_playbook('t/issue_claims', 'yaml', (select spec fro
 select set_config(
     'test.e1', noetl.start_execution('t/issue_claims')::text, true
 ) as e1;
+
+-- the entry step is queued: due work of a kind keeps its turn in the queue
+select noetl.open_issue_claims('w1', array['noop'], 5);
+select is(
+    noetl.take_issue_claim('noop'), null,
+    'with due work of that kind queued the finishing worker takes nothing'
+);
+select noetl.close_issue_claims();
+create temporary table claim_start as
+select * from noetl.claim_commands_v1('w0', null, 10);
 
 -- take_issue_claim: nothing is open, then a budget of one for kind noop
 select is(noetl.take_issue_claim('noop'), null, 'no claims are open: nobody takes a command');
@@ -74,6 +84,30 @@ select is(
         where c.command_id = current_setting('test.c3')::bigint
     ),
     'queued', 'after close_issue_claims commands are queued again'
+);
+
+-- a command created claimed for an execution that ended meanwhile is cancelled
+select set_config(
+    'test.e3', noetl.start_execution('t/issue_claims')::text, true
+) as e3;
+create temporary table claim_e3 as
+select * from noetl.claim_commands_v1('w0', null, 10);
+select noetl.open_issue_claims('w1', null, 1);
+select set_config('test.c4', noetl.issue_command(
+    current_setting('test.e3')::bigint, 'b@t4', 'noop', 'b'
+)::text, true) as c4;
+update noetl.execution set status = 'FAILED'
+where execution_id = current_setting('test.e3')::bigint;
+select is(
+    noetl.close_issue_claims(), '{}'::bigint[],
+    'a command of an execution no longer running is not handed out'
+);
+select is(
+    (
+        select c.status from noetl.command as c
+        where c.command_id = current_setting('test.c4')::bigint
+    ),
+    'cancelled', 'it is cancelled, as fail_execution cancels queued commands'
 );
 
 -- finish_and_claim: the step an outcome issues comes back claimed, with no queue scan
