@@ -21,6 +21,12 @@
 --    fanout: {step: {total_shards, done, failed, retries, status}}}
 -- Step status: queued -> running -> (retrying -> running)* -> done | failed.
 
+-- fold_iterations (one call per run, bookkeeping included) became fold_position and
+-- fold_iteration_counts.
+drop function if exists noetl.fold_iterations(
+    jsonb, integer, xid8, bigint, noetl.projection_event, jsonb
+);
+
 -- noetl.fold_iteration(state, event) -> state
 -- Contract: counts one loop-iteration event (iter_index set) into state.loop/state.fanout
 --   of its step, when it belongs to the step's current loop (same loop_id). Plain loops
@@ -76,25 +82,52 @@ begin
 end;
 $$;
 
--- noetl.fold_iterations(state, events, last_tx, last_event_id, newest, counts) -> state
--- Contract: folds a run of `events` consecutive loop-iteration events of one execution
---   (iter_index set, none at or before state.position, no step-level event between them)
---   exactly as fold_event would one by one: position becomes (last_tx, last_event_id),
---   the last event in fold order; `events` is counted; last_event becomes `newest` (the
---   run's highest event_id) when it is newer; and each step's counters add what
---   fold_iteration would count. `counts` is [{step, loop_id, done, failed, shard_done,
---   shard_failed, shard_retries}] (call.done, command.failed, loop.shard.done,
---   loop.shard.failed without and with meta.retry), one entry per step and loop. Counters
---   only add and a run changes no loop's identity, so the order inside the run does not
---   matter: the projector folds the three events of every iteration in one call per run
---   instead of three plpgsql calls that each copy the state.
+-- noetl.fold_position(state, events, last_tx, last_event_id, newest) -> state
+-- Contract: the bookkeeping fold_event does for each event, for `events` events at once:
+--   position becomes (last_tx, last_event_id), the last of them in fold order; `events` is
+--   counted; last_event becomes `newest` (their highest event_id) when it is newer. Every
+--   other part of the state is independent of these fields, so the projector folds an
+--   execution's batch of events without them and applies them once.
 -- Locks: none (pure).
-create or replace function noetl.fold_iterations(
+create or replace function noetl.fold_position(
     p_state jsonb,
     p_events integer,
     p_last_tx xid8,
     p_last_event_id bigint,
-    p_newest noetl.projection_event,
+    p_newest noetl.projection_event
+) returns jsonb
+language plpgsql
+immutable
+as $$
+declare
+    v_state jsonb := coalesce(p_state, '{}');
+begin
+    v_state := v_state || jsonb_build_object(
+        'position', jsonb_build_array(p_last_tx::text::numeric, p_last_event_id),
+        'events', coalesce((v_state ->> 'events')::bigint, 0) + p_events
+    );
+    if p_newest.event_id > coalesce((v_state #>> '{last_event,id}')::bigint, 0) then
+        v_state := v_state || jsonb_build_object('last_event', jsonb_build_object(
+            'id', p_newest.event_id, 'type', p_newest.event_type, 'step', p_newest.node_name,
+            'at', to_jsonb(p_newest.created_at)
+        ));
+    end if;
+    return v_state;
+end;
+$$;
+
+-- noetl.fold_iteration_counts(state, counts) -> state
+-- Contract: counts a run of loop-iteration events (consecutive in fold order, no
+--   step-level event between them) into state.loop/state.fanout exactly as fold_iteration
+--   would one by one. `counts` is [{step, loop_id, done, failed, shard_done, shard_failed,
+--   shard_retries}] (call.done, command.failed, loop.shard.done, loop.shard.failed without
+--   and with meta.retry), one entry per step and loop. Counters only add and a run changes
+--   no loop's identity, so the order inside the run does not matter: the projector counts
+--   the events of a loop's iterations in one call per run instead of one plpgsql fold (and
+--   state copy) per event.
+-- Locks: none (pure).
+create or replace function noetl.fold_iteration_counts(
+    p_state jsonb,
     p_counts jsonb
 ) returns jsonb
 language plpgsql
@@ -109,16 +142,6 @@ declare
     v_done integer;
     v_failed integer;
 begin
-    v_state := v_state || jsonb_build_object(
-        'position', jsonb_build_array(p_last_tx::text::numeric, p_last_event_id),
-        'events', coalesce((v_state ->> 'events')::bigint, 0) + p_events
-    );
-    if p_newest.event_id > coalesce((v_state #>> '{last_event,id}')::bigint, 0) then
-        v_state := v_state || jsonb_build_object('last_event', jsonb_build_object(
-            'id', p_newest.event_id, 'type', p_newest.event_type, 'step', p_newest.node_name,
-            'at', to_jsonb(p_newest.created_at)
-        ));
-    end if;
     for v_count in select c.value from jsonb_array_elements(coalesce(p_counts, '[]')) as c loop
         v_name := v_count ->> 'step';
         v_loop := v_state -> 'loop' -> v_name;
@@ -270,9 +293,65 @@ begin
 end;
 $$;
 
+-- noetl.merge_steps(state, steps) -> state
+-- Contract: state with `steps` ({name: step}, as fold_step leaves them) written into
+--   state.steps over what is there; the state as it is when `steps` is empty.
+-- Locks: none (pure).
+create or replace function noetl.merge_steps(p_state jsonb, p_steps jsonb)
+returns jsonb
+language plpgsql
+immutable
+as $$
+begin
+    if p_steps is null or p_steps = '{}'::jsonb then
+        return p_state;
+    end if;
+    return p_state || jsonb_build_object(
+        'steps', coalesce(p_state -> 'steps', '{}'::jsonb) || p_steps
+    );
+end;
+$$;
+
+-- noetl.fold_content(state, event) -> state
+-- Contract: what one event changes in an execution's state besides the bookkeeping of
+--   fold_position: the status of a playbook.* event, a step's (fold_step) or a loop
+--   iteration's (fold_iteration). It reads no bookkeeping field. For a step-level event
+--   it reads only state.steps[step], state.loop and state.fanout, which is what lets the
+--   projector fold it against a state holding only those.
+-- Locks: none (pure).
+create or replace function noetl.fold_content(
+    p_state jsonb,
+    p_event noetl.projection_event
+) returns jsonb
+language plpgsql
+immutable
+as $$
+declare
+    v_type text := p_event.event_type;
+    v_at jsonb := to_jsonb(p_event.created_at);
+begin
+    if v_type = 'playbook.started' then
+        return p_state || jsonb_build_object(
+            'status', coalesce(p_state ->> 'status', 'RUNNING'), 'started', v_at
+        );
+    elsif v_type in ('playbook.completed', 'playbook.failed', 'playbook.cancelled') then
+        return p_state || jsonb_build_object(
+            'status', upper(split_part(v_type, '.', 2)), 'finished', v_at,
+            'error', left(p_event.error, 500), 'failed_step', p_event.node_name
+        );
+    elsif p_event.node_name is null then
+        return p_state;
+    elsif p_event.iter_index is not null then
+        return noetl.fold_iteration(p_state, p_event);
+    end if;
+    return noetl.fold_step(p_state, p_event);
+end;
+$$;
+
 -- noetl.fold_event(state, event) -> state
--- Contract: the projection's one step: folds one event into an execution's state. Events
---   at or before state.position are ignored, so folding is idempotent.
+-- Contract: the projection's one step: folds one event into an execution's state
+--   (fold_position for the event, then fold_content). Events at or before
+--   state.position are ignored, so folding is idempotent.
 -- Locks: none (pure).
 create or replace function noetl.fold_event(
     p_state jsonb,
@@ -283,40 +362,15 @@ immutable
 as $$
 declare
     v_state jsonb := coalesce(p_state, '{}');
-    v_tx numeric := p_event.tx_id::text::numeric;
-    v_type text := p_event.event_type;
-    v_at jsonb := to_jsonb(p_event.created_at);
 begin
     if v_state ? 'position'
         and ((v_state #>> '{position,0}')::numeric, (v_state #>> '{position,1}')::bigint)
-        >= (v_tx, p_event.event_id) then
+        >= (p_event.tx_id::text::numeric, p_event.event_id) then
         return v_state;
     end if;
-    v_state := v_state || jsonb_build_object(
-        'position', jsonb_build_array(v_tx, p_event.event_id),
-        'events', coalesce((v_state ->> 'events')::bigint, 0) + 1
+    return noetl.fold_content(
+        noetl.fold_position(v_state, 1, p_event.tx_id, p_event.event_id, p_event), p_event
     );
-    if p_event.event_id > coalesce((v_state #>> '{last_event,id}')::bigint, 0) then
-        v_state := v_state || jsonb_build_object('last_event', jsonb_build_object(
-            'id', p_event.event_id, 'type', v_type, 'step', p_event.node_name, 'at', v_at
-        ));
-    end if;
-
-    if v_type = 'playbook.started' then
-        return v_state || jsonb_build_object(
-            'status', coalesce(v_state ->> 'status', 'RUNNING'), 'started', v_at
-        );
-    elsif v_type in ('playbook.completed', 'playbook.failed', 'playbook.cancelled') then
-        return v_state || jsonb_build_object(
-            'status', upper(split_part(v_type, '.', 2)), 'finished', v_at,
-            'error', left(p_event.error, 500), 'failed_step', p_event.node_name
-        );
-    elsif p_event.node_name is null then
-        return v_state;
-    elsif p_event.iter_index is not null then
-        return noetl.fold_iteration(v_state, p_event);
-    end if;
-    return noetl.fold_step(v_state, p_event);
 end;
 $$;
 

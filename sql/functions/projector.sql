@@ -110,6 +110,13 @@ declare
     v_current bigint;
     v_state jsonb;
     v_row record;
+    v_marks record;
+    v_touched jsonb;
+    v_name text;
+    v_step jsonb;
+    v_small jsonb;
+    v_rest jsonb;
+    v_touched_count integer;
 begin
     select * into v_shard from noetl.projection_shard as s where s.shard = p_shard for update;
     if not found or v_shard.owner is distinct from p_owner
@@ -175,10 +182,14 @@ begin
     end if;
 
     executions := 0;
-    -- Step-level events fold one by one; the iteration events between two of them (most
-    -- of a loop's events) fold as one run (fold_iterations), from counts taken here.
-    -- Events at or before an execution's state.position are left out: folding them is a
-    -- no-op, and leaving them out keeps every run after the position.
+    -- An execution's batch folds against a state without its steps: each step-level event
+    -- folds (fold_content) against a small state holding only its step (from the steps
+    -- touched in this batch, else the stored ones) and the loop maps, the run of iteration
+    -- events between two of them is counted in one call (fold_iteration_counts), and the
+    -- bookkeeping (position, events, last_event) and the touched steps are written once
+    -- at the end. Folding each event against the whole state copied it three or four
+    -- times: quadratic in a long chain's steps. Events at or before the state's position
+    -- are left out: folding them is a no-op.
     for v_row in
         with batch as (
             select
@@ -208,6 +219,18 @@ begin
                 )
         ),
 
+        marks as (
+            select
+                b.execution_id,
+                count(*)::integer as events,
+                (array_agg(b.tx_id order by b.tx_id desc, b.event_id desc))[1] as last_tx,
+                (array_agg(b.event_id order by b.tx_id desc, b.event_id desc))[1]
+                    as last_event_id,
+                (array_agg(b.event order by b.event_id desc))[1] as newest
+            from batch as b
+            group by b.execution_id
+        ),
+
         step_counts as (
             select
                 b.execution_id,
@@ -229,59 +252,85 @@ begin
             group by b.execution_id, b.run, b.node_name, b.loop_id
         ),
 
-        runs as (
-            select
-                b.execution_id,
-                b.run,
-                count(*)::integer as events,
-                (array_agg(b.tx_id order by b.tx_id desc, b.event_id desc))[1] as last_tx,
-                (array_agg(b.event_id order by b.tx_id desc, b.event_id desc))[1]
-                    as last_event_id,
-                (array_agg(b.event order by b.event_id desc))[1] as newest,
-                (
-                    select jsonb_agg(sc.counts) from step_counts as sc
-                    where sc.execution_id = b.execution_id and sc.run = b.run
-                ) as counts
+        items as (
+            select b.execution_id, b.run, false as is_run, b.event, null::jsonb as counts
             from batch as b
-            where b.is_iteration
-            group by b.execution_id, b.run
+            where not b.is_iteration
+            union all
+            select sc.execution_id, sc.run, true, null, jsonb_agg(sc.counts)
+            from step_counts as sc
+            group by sc.execution_id, sc.run
         )
 
         select
-            b.execution_id, b.run, false as is_run, b.event, null::integer as events,
-            null::xid8 as last_tx, null::bigint as last_event_id, null::jsonb as counts
-        from batch as b
-        where not b.is_iteration
-        union all
-        select
-            r.execution_id, r.run, true as is_run, r.newest, r.events, r.last_tx,
-            r.last_event_id, r.counts
-        from runs as r
-        order by execution_id, run, is_run
+            i.execution_id, i.is_run, i.event, i.counts, m.events, m.last_tx,
+            m.last_event_id, m.newest
+        from items as i
+        inner join marks as m on i.execution_id = m.execution_id
+        order by i.execution_id, i.run, i.is_run
     loop
         if v_row.execution_id is distinct from v_current then
             if v_state is not null then
-                update noetl.execution as x set state = v_state
+                update noetl.execution as x
+                set state = noetl.fold_position(
+                    noetl.merge_steps(v_state, v_touched),
+                    v_marks.events, v_marks.last_tx, v_marks.last_event_id, v_marks.newest
+                )
                 where x.execution_id = v_current;
                 executions := executions + 1;
             end if;
             v_current := v_row.execution_id;
+            v_marks := v_row;
+            v_touched := '{}';
+            v_touched_count := 0;
             select x.state into v_state from noetl.execution as x
             where x.execution_id = v_current;
         end if;
         if v_state is null then
             continue;
         elsif v_row.is_run then
-            v_state := noetl.fold_iterations(
-                v_state, v_row.events, v_row.last_tx, v_row.last_event_id, v_row.event,
-                v_row.counts
-            );
+            v_state := noetl.fold_iteration_counts(v_state, v_row.counts);
+        elsif (v_row.event).node_name is null
+            or (v_row.event).event_type like 'playbook.%' then
+            v_state := noetl.fold_content(v_state, v_row.event);
         else
-            v_state := noetl.fold_event(v_state, v_row.event);
+            -- fold_step reads and writes only steps[step], loop and fanout (fold_content).
+            v_name := (v_row.event).node_name;
+            v_step := coalesce(v_touched -> v_name, v_state -> 'steps' -> v_name);
+            v_rest := v_state - 'steps';
+            v_small := noetl.fold_content(
+                v_rest || jsonb_build_object('steps', case
+                    when v_step is null then '{}'::jsonb
+                    else jsonb_build_object(v_name, v_step)
+                end),
+                v_row.event
+            );
+            if v_small -> 'steps' ? v_name then
+                if not v_touched ? v_name then
+                    v_touched_count := v_touched_count + 1;
+                end if;
+                v_touched := v_touched
+                    || jsonb_build_object(v_name, v_small -> 'steps' -> v_name);
+            end if;
+            if (v_small - 'steps') is distinct from v_rest then  -- a loop started or ended
+                v_state := v_state || (v_small - 'steps');
+            end if;
+            -- Touched steps are merged every 64, so a long catch-up copies the state
+            -- once per 64 step events, not once per event.
+            if v_touched_count >= 64 then
+                v_state := noetl.merge_steps(v_state, v_touched);
+                v_touched := '{}';
+                v_touched_count := 0;
+            end if;
         end if;
     end loop;
     if v_state is not null then
-        update noetl.execution as x set state = v_state where x.execution_id = v_current;
+        update noetl.execution as x
+        set state = noetl.fold_position(
+            noetl.merge_steps(v_state, v_touched),
+            v_marks.events, v_marks.last_tx, v_marks.last_event_id, v_marks.newest
+        )
+        where x.execution_id = v_current;
         executions := executions + 1;
     end if;
 

@@ -429,3 +429,27 @@ def test_status_cli_reads_the_projection(engine: Engine, projector: Projector,
     assert '"total_shards": 7' in as_json.output
     listed = runner.invoke(main, ["executions", "--status", "COMPLETED", "--json"])
     assert listed.exit_code == 0 and f'"execution_id": {execution_id}' in listed.output
+
+
+def test_long_chain_folded_in_one_catch_up_equals_rebuild(fresh_engine: Engine) -> None:
+    """A 150-step chain folded by one catch-up after it ran: the batch folds steps against
+    a small state and merges them every 64, and gives what folding one by one gives."""
+    steps = 150
+    lines = ["metadata: {name: long_chain, path: test/long_chain}", "workflow:"]
+    for index in range(steps):
+        lines.append(f"  - step: s{index}\n    tool: {{kind: noop}}")
+        if index + 1 < steps:
+            lines.append(f"    next: s{index + 1}")
+    with fresh_engine.worker(slots=2):
+        execution_id = _run(fresh_engine, "\n".join(lines) + "\n")
+    assert "events" not in fresh_engine.sql(
+        "select state from noetl.execution where execution_id = %s", execution_id)[0]["state"]
+    projector = Projector(fresh_engine.dsn, owner="catch-up")
+    with db.connect(fresh_engine.dsn) as conn:
+        projector.catch_up(conn, timeout=120)
+    live = _projected(fresh_engine.dsn, execution_id)
+    assert live == _rebuilt(fresh_engine.dsn, execution_id)
+    assert live["status"] == "COMPLETED"
+    assert len(live["steps"]) == steps
+    assert {step["status"] for step in live["steps"].values()} == {"done"}
+    assert live["events"] == steps * 3 + 2

@@ -1,7 +1,9 @@
--- fold_iterations: a run of loop-iteration events folds to what fold_event gives one by
--- one (plain loop and fan-out, another loop's events, counters not counted left absent).
+-- The parts the projector folds a batch with give what fold_event gives one by one:
+-- fold_iteration_counts for a run of loop-iteration events (plain loop and fan-out,
+-- another loop's events, counters not counted left absent), fold_position for the
+-- bookkeeping, fold_content and merge_steps.
 begin;
-select plan(5);
+select plan(8);
 
 create temporary table fold_event_fixture (
     seq integer primary key,
@@ -83,16 +85,8 @@ create function pg_temp.fold_run(p_from integer, p_to integer, p_state jsonb)
 returns jsonb
 language sql
 as $$
-    select noetl.fold_iterations(
-        p_state,
-        (select count(*)::integer from fold_event_fixture as f where f.seq between p_from and p_to),
-        (select (f.event).tx_id from fold_event_fixture as f
-         where f.seq between p_from and p_to order by f.seq desc limit 1),
-        (select (f.event).event_id from fold_event_fixture as f
-         where f.seq between p_from and p_to order by f.seq desc limit 1),
-        (select f.event from fold_event_fixture as f
-         where f.seq between p_from and p_to order by (f.event).event_id desc limit 1),
-        (
+    select noetl.fold_position(
+        noetl.fold_iteration_counts(p_state, (
             select jsonb_agg(c.counts) from (
                 select jsonb_build_object(
                     'step', (f.event).node_name, 'loop_id', (f.event).loop_id,
@@ -114,7 +108,14 @@ as $$
                 where f.seq between p_from and p_to
                 group by (f.event).node_name, (f.event).loop_id
             ) as c
-        )
+        )),
+        (select count(*)::integer from fold_event_fixture as f where f.seq between p_from and p_to),
+        (select (f.event).tx_id from fold_event_fixture as f
+         where f.seq between p_from and p_to order by f.seq desc limit 1),
+        (select (f.event).event_id from fold_event_fixture as f
+         where f.seq between p_from and p_to order by f.seq desc limit 1),
+        (select f.event from fold_event_fixture as f
+         where f.seq between p_from and p_to order by (f.event).event_id desc limit 1)
     );
 $$;
 
@@ -141,6 +142,29 @@ select is(
     pg_temp.fold_run(3, 4, pg_temp.fold_seq(-1, 2, '{}')),
     pg_temp.fold_seq(-1, 4, '{}'),
     'a run that counts nothing only moves position, events and last_event'
+);
+
+select is(
+    noetl.fold_content(
+        pg_temp.fold_seq(
+            -1, 0, '{}'), (
+            select f.event from fold_event_fixture as f
+            where f.seq = 1
+        )
+    ) - 'position' - 'events' - 'last_event',
+    pg_temp.fold_seq(-1, 1, '{}') - 'position' - 'events' - 'last_event',
+    'fold_content is fold_event without the bookkeeping'
+);
+select is(
+    noetl.merge_steps(
+        '{"steps": {"a": {"status": "queued"}}, "x": 1}', '{"b": {"status": "done"}}'
+    ),
+    '{"steps": {"a": {"status": "queued"}, "b": {"status": "done"}}, "x": 1}'::jsonb,
+    'merge_steps writes the steps into state.steps'
+);
+select is(
+    noetl.merge_steps('{"x": 1}', '{}'), '{"x": 1}'::jsonb,
+    'merge_steps with no steps leaves the state as it is'
 );
 
 select * from finish(); -- noqa: AM04
