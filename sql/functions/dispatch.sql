@@ -82,6 +82,14 @@ begin
     if cardinality(v_ids) = 0 then
         return v_ids;
     end if;
+    -- The usual case, every execution still running, is one read.
+    if not exists (
+        select 1 from noetl.command as c
+        inner join noetl.execution as e on c.execution_id = e.execution_id
+        where c.command_id = any(v_ids) and e.status <> 'RUNNING'
+    ) then
+        return v_ids;
+    end if;
     update noetl.command as c
     set status = 'cancelled', finished_at = noetl.now()
     where c.command_id = any(v_ids)
