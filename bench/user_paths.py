@@ -14,7 +14,10 @@ sees the same machine load; the median of the rounds is reported):
   tuned_previous  `noetl worker --concurrency 2 --batch-size 25`, python `isolation: inline`
                   (NOETL_PYTHON_ISOLATION), serving the loop over previous output.
   chain_default   `noetl run` of a linear chain of `--steps` noop steps, each reading the
-                  previous one's result in its input: the per-step transition.
+                  previous one's result in its input: the per-step transition. 100 steps
+                  by default: a fresh `noetl run` plans the engine's functions on its first
+                  transitions (17, 5, 5 ms, then 2-3 ms), which a 20-step chain reports as
+                  the transition's cost.
 With `--big-items N` (default 100,000; 0 skips) the loop over previous output also runs
 once at N items through `noetl run` and through the floor (linearity: items/s at N vs at
 `--items`).
@@ -26,7 +29,7 @@ bench/results/user_paths.json. The machine is shared: compare the ratios, which 
 within one round, rather than absolute figures across runs.
 
 Usage: .venv/bin/python bench/user_paths.py [--items 10000] [--width 50] [--rounds 3]
-       [--steps 20] [--big-items 100000]
+       [--steps 100] [--big-items 100000]
 """
 
 from __future__ import annotations
@@ -256,7 +259,7 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--items", type=int, default=10_000)
     parser.add_argument("--width", type=int, default=50)
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--steps", type=int, default=100)
     parser.add_argument("--big-items", type=int, default=100_000)
     args = parser.parse_args(argv)
 
