@@ -74,11 +74,19 @@ def python_context(scope: Mapping[str, Any]) -> dict[str, Any]:
     return context
 
 
+# JSON scalars, returned as they are: checked by exact type before the isinstance chain
+# (Mapping is an ABC, slow to test), as python_context runs for every python command.
+_SCALAR_TYPES = frozenset({str, int, float, bool, type(None)})
+
+
 def _plain(value: Any) -> Any:
-    if isinstance(value, Mapping):
+    kind = type(value)
+    if kind in _SCALAR_TYPES:
+        return value
+    if kind is dict or isinstance(value, Mapping):
         return {str(key): _plain(item) for key, item in value.items()}
     if isinstance(value, list | tuple):
         return [_plain(item) for item in value]
-    if value is None or isinstance(value, bool | int | float | str):
+    if isinstance(value, bool | int | float | str):  # a subclass (an IntEnum, say)
         return value
     return str(value)
