@@ -428,8 +428,12 @@ def _store_errors() -> Iterator[None]:
         raise StoreUnavailable("db", exc.message) from exc
 
 
+# json.dumps with options builds an encoder per call; every step result is measured here.
+_COMPACT_JSON = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
+
+
 def _encode_json(value: Any) -> bytes:
-    return json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode()
+    return _COMPACT_JSON.encode(value).encode()
 
 
 def _segment(text: str) -> str:

@@ -57,6 +57,9 @@ DEFAULT_FILENAME = "<python step>"
 _PR_SET_PDEATHSIG = 1
 # Exit code of an executor that could not start (EX_SOFTWARE): its reply says why.
 STARTUP_FAILED = 70
+# A reply as JSON, values JSON cannot hold as `str`: one encoder for every request
+# (json.dumps with options builds one per call).
+_REPLY_JSON = json.JSONEncoder(default=str)
 
 
 class SnippetSyntaxError(Exception):
@@ -226,7 +229,7 @@ def serve(log_bytes: int, log_max_bytes: int) -> None:
             if whole is not None:
                 reply[f"{name}_full"] = whole
         try:
-            data = json.dumps(reply, default=str)
+            data = _REPLY_JSON.encode(reply)
         except ValueError as exc:  # e.g. a circular structure
             data = json.dumps({"ok": False, "error": f"result is not JSON: {exc}",
                                "syntax_error": False})

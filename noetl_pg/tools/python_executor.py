@@ -47,6 +47,9 @@ MAX_CALLS_PER_EXECUTOR = 10_000
 CANCEL_CHECK_SECONDS = 0.1
 # How long an executor whose reply pipe closed may take to exit before it is killed.
 EXIT_GRACE_SECONDS = 1.0
+# A request as JSON, values JSON cannot hold as `str`: one encoder for every call
+# (json.dumps with options builds one per call).
+_REQUEST_JSON = json.JSONEncoder(default=str)
 
 _user_lock = threading.Lock()
 
@@ -174,7 +177,7 @@ class Executor:
         self.calls += 1
         deadline = None if timeout is None else time.monotonic() + timeout
         try:
-            self.process.stdin.write(json.dumps(request, default=str).encode() + b"\n")
+            self.process.stdin.write(_REQUEST_JSON.encode(request).encode() + b"\n")
         except (BrokenPipeError, OSError):
             raise ExecutorDied(self._ended()) from None
         fd = self.process.stdout.fileno()
