@@ -47,7 +47,11 @@ class CommandStats:
         """One command of `kind` ran for `run_seconds` and ended with outcome `op`."""
         second = math.floor(self._clock())
         with self._lock:
-            counts = self._seconds.setdefault(second, {}).setdefault(kind, _empty())
+            # Not setdefault(kind, _empty()): that builds the empty counts on every call.
+            per_kind = self._seconds.setdefault(second, {})
+            counts = per_kind.get(kind)
+            if counts is None:
+                counts = per_kind[kind] = _empty()
             counts["claims"] += 1
             if op in COMPLETED_OPS:
                 counts["completions"] += 1

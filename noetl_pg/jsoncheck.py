@@ -29,8 +29,15 @@ def _label(key: Any) -> str:
     return str(key).encode("unicode_escape").decode("ascii")
 
 
+# Values that hold no string, answered without a walk: the executor checks every outcome's
+# result, ctx writes, payload and output, mostly None or a number.
+_STRINGLESS_TYPES = frozenset({type(None), bool, int, float})
+
+
 def storage_problem(value: Any, path: str = "") -> str | None:
     """'<path> holds <problem>' for the first unstorable string in `value`, else None."""
+    if type(value) in _STRINGLESS_TYPES:
+        return None
     stack: list[tuple[str, Any]] = [(path, value)]
     while stack:
         where, item = stack.pop()
