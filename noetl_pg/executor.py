@@ -42,10 +42,16 @@ from noetl_pg.results import CommandResults
 from noetl_pg.router import choose, direct_targets, route_scope
 from noetl_pg.sqlrender import render_tool_config
 from noetl_pg.store import ResultStore
-from noetl_pg.stream import PARTIAL_EVENT, ChunkEmitter, PartialRecorder, streamed_chunk_rows
+from noetl_pg.stream import (
+    PARTIAL_EVENT,
+    ChunkEmitter,
+    ChunkSink,
+    PartialRecorder,
+    streamed_chunk_rows,
+)
 from noetl_pg.templating import render_value, result_view
 from noetl_pg.tools import CONTEXT_KEYS
-from noetl_pg.tools.base import CredentialResolver, Tool, ToolContext
+from noetl_pg.tools.base import CredentialResolver, ResultAccess, Tool, ToolContext
 from noetl_pg.tools.playbook import ChildRequest
 from noetl_pg.tools.workbook import WorkbookTool
 from noetl_pg.workbook_call import resolve_task
@@ -64,7 +70,8 @@ class CommandRunner:
         self,
         tools: Mapping[str, Tool],
         spec_loader: Callable[[int], Playbook],
-        make_tool_context: Callable[[Mapping[str, Any]], ToolContext],
+        make_tool_context: Callable[
+            [Mapping[str, Any], ResultAccess | None, ChunkSink | None], ToolContext],
         redact: Callable[[str], str] = lambda text: text,
         credentials: CredentialResolver | None = None,
         store: ResultStore | None = None,
@@ -75,6 +82,8 @@ class CommandRunner:
         # Whose claims the commands are: credentials are read for one held command.
         self._worker_id = worker_id
         self._spec_loader = spec_loader
+        # The ToolContext of a command, given its stored results and its chunk sink (built
+        # with them: a dataclasses.replace per command costs more than building it).
         self._make_tool_context = make_tool_context
         self._redact = redact
         self._credentials = credentials
@@ -229,8 +238,8 @@ class CommandRunner:
         self, step: Step, command: Mapping[str, Any], namespace: dict[str, Any],
         playbook: Playbook, results: CommandResults | None = None,
     ) -> Outcome:
-        tool_context = dataclasses.replace(self._make_tool_context(command), results=results,
-                                           stream=self._chunk_sink(step, command, namespace))
+        tool_context = self._make_tool_context(command, results,
+                                               self._chunk_sink(step, command, namespace))
         step_input = render_value(step.input, namespace) if step.input else {}
         try:
             run = self._run_tasks(

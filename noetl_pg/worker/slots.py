@@ -35,9 +35,9 @@ from noetl_pg.logs import CommandLogWriter
 from noetl_pg.protocol import ClaimedCommand, Outcome, claimed, failure
 from noetl_pg.slot_share import SharedClaims, StepTimings, context_group
 from noetl_pg.store import ResultStore
-from noetl_pg.stream import DbPartialRecorder, EngineConnectionLost
+from noetl_pg.stream import ChunkSink, DbPartialRecorder, EngineConnectionLost
 from noetl_pg.tools import create_tools
-from noetl_pg.tools.base import CredentialResolver, Tool, ToolContext
+from noetl_pg.tools.base import CredentialResolver, ResultAccess, Tool, ToolContext
 from noetl_pg.worker.sizing import ClaimSizer
 from noetl_pg.worker.state import WorkerState
 from noetl_pg.worker.wakeup import WakeUp
@@ -341,7 +341,8 @@ class SlotLoop:
             return claimed(db.fetch_all(conn, "finish_and_claim", worker_id=state.worker_id,
                                         outcomes=Jsonb([refused]), kinds=state.kinds, n=0))
 
-    def _tool_context(self, command: Mapping[str, Any]) -> ToolContext:
+    def _tool_context(self, command: Mapping[str, Any], results: ResultAccess | None = None,
+                      stream: ChunkSink | None = None) -> ToolContext:
         state = self._state
         return ToolContext(
             cancelled=state.running.started(command),
@@ -353,4 +354,6 @@ class SlotLoop:
             credentials=for_command(self._credentials, state.worker_id, command),
             worker_resources=state.resources,
             log_sink=partial(self._logs.write, command),
+            results=results,
+            stream=stream,
         )

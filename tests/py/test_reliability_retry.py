@@ -249,8 +249,8 @@ workflow:
 """)
     runner = CommandRunner(
         {"python": tool}, lambda catalog_id: playbook,
-        lambda command: ToolContext(execution_id=1, step="slow", command_id=1, attempt=1,
-                                    dsn=""),
+        lambda command, results, stream: ToolContext(execution_id=1, step="slow",
+                                                     command_id=1, attempt=1, dsn=""),
     )
     command = {"command_id": 1, "attempt": 1, "catalog_id": 1, "step_name": "slow",
                "kind": "python", "loop_id": None, "iter_index": None, "input": None,
