@@ -49,7 +49,8 @@ def decide(
 ) -> Decision:
     """The action after one attempt; `error_kind` is None on success, else error|timeout."""
     rules = ((tool_spec.get("spec") or {}).get("policy") or {}).get("rules") or []
-    scope = {**namespace, "output": dict(output)}
+    # The rules' scope, a copy of the namespace, only for a task that has rules.
+    scope = {**namespace, "output": dict(output)} if rules else {}
     for rule in rules:
         if "else" in rule:
             then = (rule["else"] or {}).get("then") or {}
