@@ -64,10 +64,12 @@ class SecretRedactor:
                 self._extra |= fresh
 
     def secrets(self) -> list[str]:
-        found = set(self._extra)
         source = getattr(self._resolver, "secret_values", None)
-        if callable(source):
-            found.update(v for v in source() if len(v) >= MIN_SECRET_LENGTH)
+        handed = source() if callable(source) else []
+        if not handed and not self._extra:
+            return []  # no secret known yet: every outcome asks, skip building the set
+        found = set(self._extra)
+        found.update(v for v in handed if len(v) >= MIN_SECRET_LENGTH)
         return sorted(found)
 
     def __call__(self, text: str) -> str:

@@ -129,10 +129,10 @@ def as_outcome(outcome: Mapping[str, Any]) -> Outcome:
     if kind is None:
         raise ValueError(f"command {outcome.get('command_id')}: unknown outcome op "
                          f"{outcome.get('op')!r}")
-    missing = sorted(kind.__required_keys__ - outcome.keys())
+    missing = kind.__required_keys__ - outcome.keys()
     if missing:
         raise ValueError(f"command {outcome.get('command_id')}: {outcome['op']} outcome "
-                         f"without {', '.join(missing)}")
+                         f"without {', '.join(sorted(missing))}")
     return cast(Outcome, outcome)
 
 
