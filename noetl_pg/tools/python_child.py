@@ -201,7 +201,8 @@ class Capture:
             text = self._read(size, self.limit, "; noetl logs --full prints them")
         if size > self.limit:
             whole = self._read(size, self.whole_limit, "")
-        os.ftruncate(self.fd, 0)
+        if size > 0:  # most snippets write nothing: one system call fewer per request
+            os.ftruncate(self.fd, 0)
         os.lseek(self.fd, 0, os.SEEK_SET)
         return text, whole
 
