@@ -84,7 +84,9 @@ def _plain(value: Any) -> Any:
     if kind in _SCALAR_TYPES:
         return value
     if kind is dict or isinstance(value, Mapping):
-        return {str(key): _plain(item) for key, item in value.items()}
+        # Scalar members without a call each: most of the context is scalars.
+        return {str(key): item if type(item) in _SCALAR_TYPES else _plain(item)
+                for key, item in value.items()}
     if isinstance(value, list | tuple):
         return [_plain(item) for item in value]
     if isinstance(value, bool | int | float | str):  # a subclass (an IntEnum, say)
