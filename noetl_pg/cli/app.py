@@ -25,6 +25,7 @@ from noetl_pg.catalog import register_file
 from noetl_pg.cli.common import (
     EXIT_FAILED,
     EXIT_USAGE,
+    call_or_fail,
     console,
     dumps,
     emit,
@@ -296,13 +297,8 @@ def cancel_command(execution_id: int, reason: str, as_json: bool) -> None:
     """Cancel a running execution and its child executions."""
     dsn = get_dsn()
     require_execution(dsn, execution_id, as_json)
-    with db.connection(dsn) as conn:
-        try:
-            row = db.fetch_one(conn, "cancel_execution", execution_id=execution_id,
-                               reason=reason)
-        except DatabaseError as exc:
-            fail(db.error_message(exc), as_json=as_json)
-    assert row is not None
+    row = call_or_fail(dsn, "cancel_execution", as_json=as_json,
+                       execution_id=execution_id, reason=reason)
     emit({"execution_id": execution_id, "cancelled": row["cancelled"]}, as_json,
          lambda: console.print(
              f"cancelled {row['cancelled']} execution(s)" if row["cancelled"] else

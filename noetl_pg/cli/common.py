@@ -18,6 +18,7 @@ import click
 from rich.console import Console
 
 from noetl_pg import db
+from noetl_pg.errors import DatabaseError
 from noetl_pg.runtime import SchemaPolicy, resolve_dsn
 
 EXIT_FAILED = 1
@@ -65,6 +66,19 @@ def fail(message: str, code: int = EXIT_USAGE, *, as_json: bool = False) -> NoRe
 
 def get_dsn(schema: SchemaPolicy = "check") -> str:
     return resolve_dsn(schema=schema)
+
+
+def call_or_fail(dsn: str, name: str, /, *, as_json: bool = False,
+                 **params: Any) -> dict[str, Any]:
+    """The row of one engine call (a query of sql/queries by name) that returns one; a
+    refusal by the database is the command's one-line error."""
+    with db.connection(dsn) as conn:
+        try:
+            row = db.fetch_one(conn, name, **params)
+        except DatabaseError as exc:
+            fail(db.error_message(exc), as_json=as_json)
+    assert row is not None
+    return row
 
 
 def require_execution(dsn: str, execution_id: int, as_json: bool = False) -> None:

@@ -11,18 +11,16 @@ from typing import Any, TypeVar
 
 import click
 
-from noetl_pg import db
 from noetl_pg.cli.common import (
+    call_or_fail,
     dumps,
     err_console,
-    fail,
     get_dsn,
     json_option,
     require_execution,
     wants_json,
 )
 from noetl_pg.cli.run import follow_to_end, local_runtime
-from noetl_pg.errors import DatabaseError
 
 
 def _follow(dsn: str, execution_id: int, *, runtime: str, concurrency: int, as_json: bool,
@@ -64,12 +62,8 @@ def register_resume_commands(main: click.Group) -> None:
         as_json = wants_json(as_json)
         dsn = get_dsn("migrate-embedded")
         require_execution(dsn, execution_id, as_json)
-        with db.connection(dsn) as conn:
-            try:
-                row = db.fetch_one(conn, "resume_execution", execution_id=execution_id)
-            except DatabaseError as exc:
-                fail(db.error_message(exc), as_json=as_json)
-        assert row is not None
+        row = call_or_fail(dsn, "resume_execution", as_json=as_json,
+                           execution_id=execution_id)
         if not as_json:
             err_console.print(f"execution {execution_id} resumed: {row['requeued']} "
                               "command(s) issued again", highlight=False)
@@ -91,13 +85,8 @@ def register_resume_commands(main: click.Group) -> None:
         as_json = wants_json(as_json)
         dsn = get_dsn("migrate-embedded")
         require_execution(dsn, execution_id, as_json)
-        with db.connection(dsn) as conn:
-            try:
-                row = db.fetch_one(conn, "rerun_execution", execution_id=execution_id,
-                                   from_step=from_step)
-            except DatabaseError as exc:
-                fail(db.error_message(exc), as_json=as_json)
-        assert row is not None
+        row = call_or_fail(dsn, "rerun_execution", as_json=as_json,
+                           execution_id=execution_id, from_step=from_step)
         new_id = int(row["execution_id"])
         if not as_json:
             err_console.print(f"execution {new_id} reruns {execution_id} from {from_step}",
