@@ -348,6 +348,22 @@ begin
 end;
 $$;
 
+-- noetl.is_folded(state, tx_id, event_id) -> boolean
+-- Contract: whether the event (tx_id, event_id) is at or before state.position, i.e.
+--   already folded into `state` (folding it again must change nothing). The one test of
+--   idempotence, for fold_event and for the projector's batch.
+-- Locks: none (pure).
+create or replace function noetl.is_folded(p_state jsonb, p_tx_id xid8, p_event_id bigint)
+returns boolean
+language sql
+immutable
+as $$
+    -- SQL, one expression: inlined into the projector's batch query, evaluated per event.
+    select coalesce(p_state ? 'position'
+        and ((p_state #>> '{position,0}')::numeric, (p_state #>> '{position,1}')::bigint)
+        >= (p_tx_id::text::numeric, p_event_id), false);
+$$;
+
 -- noetl.fold_event(state, event) -> state
 -- Contract: the projection's one step: folds one event into an execution's state
 --   (fold_position for the event, then fold_content). Events at or before
@@ -363,9 +379,7 @@ as $$
 declare
     v_state jsonb := coalesce(p_state, '{}');
 begin
-    if v_state ? 'position'
-        and ((v_state #>> '{position,0}')::numeric, (v_state #>> '{position,1}')::bigint)
-        >= (p_event.tx_id::text::numeric, p_event.event_id) then
+    if noetl.is_folded(v_state, p_event.tx_id, p_event.event_id) then
         return v_state;
     end if;
     return noetl.fold_content(

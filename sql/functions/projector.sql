@@ -213,10 +213,7 @@ begin
             where (e.tx_id, e.event_id) > (v_shard.checkpoint_tx_id, v_shard.checkpoint_event_id)
                 and (e.tx_id, e.event_id) <= (v_tx_ids[v_count], v_event_ids[v_count])
                 and e.execution_id % v_shard.shard_count = p_shard
-                and (e.tx_id::text::numeric, e.event_id) > (
-                    coalesce((x.state #>> '{position,0}')::numeric, -1),
-                    coalesce((x.state #>> '{position,1}')::bigint, -1)
-                )
+                and not noetl.is_folded(x.state, e.tx_id, e.event_id)
         ),
 
         marks as (

@@ -3,7 +3,7 @@
 -- another loop's events, counters not counted left absent), fold_position for the
 -- bookkeeping, fold_content and merge_steps.
 begin;
-select plan(8);
+select plan(11);
 
 create temporary table fold_event_fixture (
     seq integer primary key,
@@ -165,6 +165,19 @@ select is(
 select is(
     noetl.merge_steps('{"x": 1}', '{}'), '{"x": 1}'::jsonb,
     'merge_steps with no steps leaves the state as it is'
+);
+
+select ok(
+    noetl.is_folded('{"position": [101, 4]}', '101'::xid8, 4)
+    and noetl.is_folded('{"position": [101, 4]}', '100'::xid8, 9),
+    'is_folded: an event at or before the position is folded'
+);
+select ok(
+    not noetl.is_folded('{"position": [101, 4]}', '101'::xid8, 5),
+    'is_folded: a later event is not'
+);
+select ok(
+    not noetl.is_folded('{}', '1'::xid8, 1), 'is_folded: nothing is folded without a position'
 );
 
 select * from finish(); -- noqa: AM04
