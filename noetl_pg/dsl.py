@@ -16,9 +16,6 @@ from __future__ import annotations
 from functools import cached_property
 from typing import Any, Literal
 
-import jinja2
-import jinja2.meta
-import jinja2.nodes
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -34,6 +31,7 @@ from noetl_pg.dsl_keys import (
 from noetl_pg.errors import PlaybookError
 from noetl_pg.policy import DEFAULT_RULE_ATTEMPTS
 from noetl_pg.stream import check_streams
+from noetl_pg.template_reads import CommandUses, template_strings, template_uses, uses_of
 from noetl_pg.tools import INPUT_ALIASES, STREAM_KINDS, tool_config_keys
 from noetl_pg.tools.workbook import WorkbookTool
 from noetl_pg.yamlbound import load_bounded, text_bytes
@@ -226,6 +224,13 @@ class Playbook(_Model):
                 return step
         raise KeyError(name)
 
+    @cached_property
+    def command_uses(self) -> dict[str, CommandUses]:
+        """Per step, what each kind of its commands reads (noetl_pg.template_reads),
+        computed once per playbook: the executor loads the stored results a command
+        reads before it renders (noetl_pg.namespace)."""
+        return {step.step: _command_uses(step, self) for step in self.workflow}
+
     def to_spec(self) -> dict[str, Any]:
         """The canonical JSON stored in the catalog, each step with its routing plan."""
         spec = self.model_dump(mode="json", by_alias=True, exclude_none=True)
@@ -303,37 +308,29 @@ def _max_attempts(step: Step) -> int:
 
 
 
-class _EveryName(dict[str, Any]):
-    """A filter/test table that claims every name: the analysis needs only which variables
-    a template reads, and compiling it for that must not fail on filters registered by
-    other environments (`sql_literal` in noetl_pg.sqlrender); unknown ones fail at render."""
-
-    def __contains__(self, name: object) -> bool:
-        return True
-
-    def get(self, name: str, default: Any = None) -> Any:
-        return super().get(name, _any_filter)
-
-
-def _any_filter(value: Any, *args: Any, **kwargs: Any) -> Any:
-    return value
-
-
-_PARSE_ENV = jinja2.Environment()
-_PARSE_ENV.filters = _EveryName(_PARSE_ENV.filters)
-_PARSE_ENV.tests = _EveryName(_PARSE_ENV.tests)
-# Keys whose string values are conditions, which may be written without braces.
-_CONDITION_KEYS = frozenset({"when"})
 # Keys of a step that are never rendered.
 _UNRENDERED_STEP_KEYS = frozenset({"step", "desc"})
-# An attribute that is a dict method (`start.get('x')`) reads the whole mapping.
-_MAPPING_METHODS = frozenset(dir(dict))
 StepReads = dict[str, Any] | None
 
 
 def _reads(step: Step, playbook: Playbook) -> dict[str, StepReads]:
     """The plan's `reads` and `loop_reads` of `step` (see above)."""
     step_names = frozenset(other.step for other in playbook.workflow)
+    body, loop_part, extras = _rendered_parts(step, playbook)
+    reads = _names_read([body, *extras], step_names)
+    if reads is not None and step.loop is not None:
+        # Iterations never see their own loop's aggregate (nor other iterations' results).
+        reads.pop(step.step, None)
+    loop_reads = (_names_read([loop_part, *extras], step_names)
+                  if step.loop is not None else {})
+    return {"reads": reads, "loop_reads": loop_reads}
+
+
+def _rendered_parts(step: Step, playbook: Playbook) -> tuple[dict[str, Any], list[Any],
+                                                               list[Any]]:
+    """What `step` renders, as JSON: its body (tool, input, set, next), what its loop
+    command renders (loop.in, cursor, spec) and what every command may render (the
+    playbook's keychain; its workbook when a task calls it)."""
     body = step.model_dump(mode="json", by_alias=True, exclude_none=True)
     for key in _UNRENDERED_STEP_KEYS:
         body.pop(key, None)
@@ -344,20 +341,28 @@ def _reads(step: Step, playbook: Playbook) -> dict[str, StepReads]:
     tasks = step.tool if isinstance(step.tool, list) else [step.tool] if step.tool else []
     if any(task.kind == WorkbookTool.kind for task in tasks):
         extras.append(playbook.workbook)
-    reads = _names_read([body, *extras], step_names)
-    if reads is not None and step.loop is not None:
-        # Iterations never see their own loop's aggregate (nor other iterations' results).
-        reads.pop(step.step, None)
-    loop_reads = (_names_read([loop_part.get("in"), loop_part.get("cursor"),
-                               loop_part.get("spec"), *extras],
-                              step_names) if step.loop is not None else {})
-    return {"reads": reads, "loop_reads": loop_reads}
+    return body, [loop_part.get("in"), loop_part.get("cursor"), loop_part.get("spec")], extras
+
+
+def _command_uses(step: Step, playbook: Playbook) -> CommandUses:
+    body, loop_part, extras = _rendered_parts(step, playbook)
+    body.pop("next", None)
+    arcs = step.next.route_arcs if step.next else []
+    partial_arcs = step.next.partial_arcs if step.next else []
+    return CommandUses(
+        step=uses_of([body, *extras]),
+        loop=uses_of([*loop_part, *extras]),
+        shared=uses_of(extras),
+        arcs=uses_of([arc.model_dump(mode="json", exclude_none=True) for arc in arcs]),
+        partial_arcs=uses_of([arc.model_dump(mode="json", exclude_none=True)
+                              for arc in partial_arcs]),
+    )
 
 
 def _names_read(values: list[Any], step_names: frozenset[str]) -> StepReads:
     """Union of the step results the templates inside `values` read; None if unknown."""
     reads: dict[str, Any] = {}
-    for source in _template_strings(values):
+    for source in template_strings(values):
         found = _template_reads(source, step_names)
         if found is None:
             return None
@@ -369,88 +374,32 @@ def _names_read(values: list[Any], step_names: frozenset[str]) -> StepReads:
     return reads
 
 
-def _template_strings(values: list[Any]) -> list[str]:
-    """Every rendered string in `values`; a bare condition becomes `{{ condition }}`."""
-    found: list[str] = []
-
-    def walk(value: Any, key: str | None) -> None:
-        if isinstance(value, str):
-            if "{{" in value or "{%" in value:
-                found.append(value)
-            elif key in _CONDITION_KEYS and value.strip():
-                found.append("{{ " + value + " }}")
-        elif isinstance(value, dict):
-            for child_key, child in value.items():
-                walk(child, str(child_key))
-        elif isinstance(value, list):
-            for child in value:
-                walk(child, key)
-
-    walk(values, None)
-    return found
-
-
 def _template_reads(source: str, step_names: frozenset[str]) -> dict[str, Any] | None:
     """{step: set of top-level keys | True} that `source` reads; None if it cannot parse.
 
     `start.xs` and `start['xs']` read key `xs`; `start.data.xs` reads `data` and `xs` (a
     result view omits `.data` when the result has none); any other use of `start` (bare,
-    filtered, indexed by a variable, a method call) or of `start_ref` reads all of it.
+    filtered, indexed by a variable or a number, a method call) or of `start_ref` reads
+    all of it.
     """
-    try:
-        tree = _PARSE_ENV.parse(source)
-    except jinja2.TemplateSyntaxError:
+    found = template_uses(source)
+    if found is None:
         return None
-    free = jinja2.meta.find_undeclared_variables(tree)
     # `<step>_ref` is that step's ref (or inline result) unless a step has that name.
-    refs = {name: name[: -len("_ref")] for name in free - step_names
+    refs = {name: name[: -len("_ref")] for name in found.keys() - step_names
             if name.endswith("_ref") and name[: -len("_ref")] in step_names}
-    targets = (free & step_names) | set(refs)
-    if not targets:
-        return {}
     reads: dict[str, Any] = {}
-
-    def record(name: str, path: list[str]) -> None:
+    for name in (found.keys() & step_names) | refs.keys():
         step_name = refs.get(name, name)
-        keys = path[:2] if path[:1] == ["data"] and len(path) > 1 else path[:1]
-        if name in refs or not keys or keys == ["data"] or reads.get(step_name) is True:
-            reads[step_name] = True
-        else:
-            reads.setdefault(step_name, set()).update(keys)
-
-    def visit(node: jinja2.nodes.Node) -> None:
-        path: list[str] = []
-        base = node
-        while isinstance(base, jinja2.nodes.Getattr | jinja2.nodes.Getitem):
-            key = _constant_key(base)
-            path = [key, *path] if key is not None else []
-            if isinstance(base, jinja2.nodes.Getitem):
-                visit(base.arg)
-            base = base.node
-        if isinstance(base, jinja2.nodes.Name) and base.ctx == "load" and base.name in targets:
-            record(base.name, _until_method(path))
-            return
-        for child in base.iter_child_nodes():
-            visit(child)
-
-    visit(tree)
+        for use in found[name]:
+            path = use.path
+            keys = path[:2] if path[:1] == ("data",) and len(path) > 1 else path[:1]
+            if (name in refs or not keys or keys == ("data",) or reads.get(step_name) is True
+                    or not all(isinstance(key, str) for key in keys)):
+                reads[step_name] = True
+            else:
+                reads.setdefault(step_name, set()).update(keys)
     return reads
-
-
-def _constant_key(node: jinja2.nodes.Getattr | jinja2.nodes.Getitem) -> str | None:
-    if isinstance(node, jinja2.nodes.Getattr):
-        return node.attr
-    if isinstance(node.arg, jinja2.nodes.Const) and isinstance(node.arg.value, str):
-        return node.arg.value
-    return None
-
-
-def _until_method(path: list[str]) -> list[str]:
-    """The path up to the first dict method name (its keys are then read whole)."""
-    for position, key in enumerate(path):
-        if key in _MAPPING_METHODS:
-            return path[:position]
-    return path
 
 
 # --- loading -------------------------------------------------------------------------

@@ -15,7 +15,7 @@ leave the worker.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from typing import Any
 
 from noetl_pg import protocol
@@ -25,7 +25,7 @@ from noetl_pg.errors import NoetlError, ToolError
 from noetl_pg.jsoncheck import storage_problem
 from noetl_pg.keychain import SecretRedactor
 from noetl_pg.loop_start import loop_outcome
-from noetl_pg.namespace import command_namespace, python_context
+from noetl_pg.namespace import StoredReads, command_namespace, python_context
 from noetl_pg.pipeline import (
     TaskCall,
     TaskRun,
@@ -49,6 +49,7 @@ from noetl_pg.stream import (
     PartialRecorder,
     streamed_chunk_rows,
 )
+from noetl_pg.template_reads import Uses
 from noetl_pg.templating import render_value, result_view
 from noetl_pg.tools import CONTEXT_KEYS
 from noetl_pg.tools.base import CredentialResolver, ResultAccess, Tool, ToolContext
@@ -110,26 +111,35 @@ class CommandRunner:
         # Credentials are narrowed to this command only for a keychain to read them.
         credentials = (for_command(self._credentials, self._worker_id, command)
                        if playbook.keychain else None)
-        namespace = command_namespace(
-            command, context, step, playbook, results, credentials=credentials,
-            redactor=self._redact if isinstance(self._redact, SecretRedactor) else None,
-        )
+        uses = playbook.command_uses[step.step]
+        kind = command["kind"]
+        stored = StoredReads(context, results)
         # loop_id lets finish_and_claim skip the loop fast path for batches without iterations.
         base = {"command_id": command["command_id"], "attempt": command["attempt"],
                 "loop_id": command.get("loop_id")}
         try:
-            if command["kind"] == "route":
-                targets = self._route_keeping_cause(step, command, namespace)
+            # The stored results the command's templates read are loaded here, before any
+            # renders (a ref that cannot be read fails the command, naming the step).
+            namespace = command_namespace(
+                command, context, step, playbook, stored,
+                uses.shared if kind == "route" else uses.loop if kind == "loop" else uses.step,
+                credentials=credentials, with_refs=results is not None,
+                redactor=self._redact if isinstance(self._redact, SecretRedactor) else None,
+            )
+            if kind == "route":
+                targets = self._route_keeping_cause(step, command, namespace, stored,
+                                                    uses.arcs)
                 # After call.error an unmatched route fails with the step's own error (SQL).
                 event = (command.get("input") or {}).get("event")
                 if not targets and playbook.no_next_is_error and event != "call.error":
                     raise NoetlError("no arc matched (executor.spec.no_next_is_error)")
                 return {**base, "op": "route", "targets": targets}
-            if command["kind"] == "loop":
+            if kind == "loop":
                 return {**base, "op": "loop", **loop_outcome(step, namespace, playbook)}
-            outcome = self._scrub(self._step(step, command, namespace, playbook, results))
+            outcome = self._scrub(self._step(step, command, namespace, playbook, stored,
+                                             results))
             _refuse_unstorable(outcome)
-            fused = self._fused_targets(step, command, namespace, outcome, playbook)
+            fused = self._fused_targets(step, command, namespace, outcome, playbook, stored)
             outcome = self._store_result(step, command, outcome)
             return {**base, **outcome, **({"targets": fused} if fused is not None else {})}
         except NoetlError as exc:
@@ -137,13 +147,14 @@ class CommandRunner:
             return {**base, "op": "fail", "error": self._redact(message), "retry_delay": None}
 
     def _route_keeping_cause(
-        self, step: Step, command: Mapping[str, Any], namespace: dict[str, Any]
+        self, step: Step, command: Mapping[str, Any], namespace: dict[str, Any],
+        stored: StoredReads, arc_uses: Uses,
     ) -> list[dict[str, Any]]:
         """Arcs after an error that cannot be evaluated fail the run with the step's own
         error first: the secondary error never hides the cause."""
         route_input = command.get("input") or {}
         try:
-            return self._route(step, command, namespace)
+            return self._route(step, command, namespace, stored, arc_uses)
         except NoetlError as exc:
             if route_input.get("event") != "call.error":
                 raise
@@ -164,8 +175,12 @@ class CommandRunner:
     # --- route -----------------------------------------------------------------------
 
     def _route(
-        self, step: Step, command: Mapping[str, Any], namespace: dict[str, Any]
+        self, step: Step, command: Mapping[str, Any], namespace: dict[str, Any],
+        stored: StoredReads, arc_uses: Uses, *, skip: Collection[str] = (),
     ) -> list[dict[str, Any]]:
+        """The targets of the step's arcs, the stored results they read (`arc_uses`)
+        loaded first (`skip`: steps whose value in `namespace` is not the claim's)."""
+        stored.load(namespace, arc_uses, own=step.step, skip=skip)
         command_input = command.get("input") or {}
         event = command_input.get("event", "call.done")
         scope = route_scope(namespace, step.step, event, command_input.get("error"))
@@ -175,7 +190,7 @@ class CommandRunner:
 
     def _fused_targets(
         self, step: Step, command: Mapping[str, Any], namespace: dict[str, Any],
-        outcome: Outcome, playbook: Playbook,
+        outcome: Outcome, playbook: Playbook, stored: StoredReads,
     ) -> list[dict[str, Any]] | None:
         """The conditional arcs of a step that just succeeded, evaluated here so that
         finish_and_claim applies them with the completion (noetl.route_after): no route
@@ -195,7 +210,8 @@ class CommandRunner:
             steps = {other.step for other in playbook.workflow}
             scope.update({key: value for key, value in ctx_set.items() if key not in steps})
         try:
-            targets = self._route(step, {"input": {"event": "call.done"}}, scope)
+            targets = self._route(step, {"input": {"event": "call.done"}}, scope, stored,
+                                  playbook.command_uses[step.step].arcs, skip={step.step})
         except NoetlError:
             return None
         if not targets and playbook.no_next_is_error:
@@ -207,20 +223,27 @@ class CommandRunner:
     # --- stream ----------------------------------------------------------------------
 
     def _chunk_sink(
-        self, step: Step, command: Mapping[str, Any], namespace: dict[str, Any]
+        self, step: Step, command: Mapping[str, Any], namespace: dict[str, Any],
+        stored: StoredReads, partial_uses: Uses,
     ) -> ChunkEmitter | None:
-        """Where a streamed step's tool hands its chunks (None for any other step)."""
+        """Where a streamed step's tool hands its chunks (None for any other step). Its
+        `call.partial` arcs see the namespace with the stored results they read, loaded
+        at the first chunk."""
         if streamed_chunk_rows(step) is None:
             return None
         if self._partials is None or self._store is None:
             raise ToolError("output.stream needs a worker attached to the engine database")
         partial_arcs = step.next.partial_arcs if step.next else []
         mode = step.next.mode if step.next else "exclusive"
+        arcs_namespace: dict[str, Any] = {}
 
         def targets(chunk: Mapping[str, Any]) -> list[dict[str, Any]]:
             if not partial_arcs:
                 return []
-            scope = {**namespace, "chunk": chunk,
+            if not arcs_namespace:
+                arcs_namespace.update(namespace)
+                stored.load(arcs_namespace, partial_uses)
+            scope = {**arcs_namespace, "chunk": chunk,
                      "event": {"name": PARTIAL_EVENT, "step": step.step, "type": "tool.partial"}}
             chosen = _targets(choose(partial_arcs, mode, PARTIAL_EVENT, scope))
             if isinstance(self._redact, SecretRedactor):
@@ -236,10 +259,11 @@ class CommandRunner:
 
     def _step(
         self, step: Step, command: Mapping[str, Any], namespace: dict[str, Any],
-        playbook: Playbook, results: CommandResults | None = None,
+        playbook: Playbook, stored: StoredReads, results: CommandResults | None = None,
     ) -> Outcome:
-        tool_context = self._make_tool_context(command, results,
-                                               self._chunk_sink(step, command, namespace))
+        sink = self._chunk_sink(step, command, namespace, stored,
+                                playbook.command_uses[step.step].partial_arcs)
+        tool_context = self._make_tool_context(command, results, sink)
         step_input = render_value(step.input, namespace) if step.input else {}
         try:
             run = self._run_tasks(

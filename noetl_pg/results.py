@@ -1,7 +1,7 @@
 """What one command sees of the result store: refs loaded at most once, and as local files.
 
-A worker makes one `CommandResults` per command it runs. Templates load a stored step
-result through it when they first touch the step (noetl_pg.templating.LazyResult), tools
+A worker makes one `CommandResults` per command it runs. The executor loads through it the
+stored results a command's templates read, before they render (noetl_pg.namespace), tools
 through `ToolContext.results`; each ref is read once per command and the values are dropped
 with the command, so a long loop over large results keeps the worker's memory flat.
 `local_path` gives DuckDB (and the postgres tool) a file: fs/pvc refs in place, other tiers

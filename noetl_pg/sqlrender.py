@@ -46,7 +46,6 @@ from jinja2 import (
     TemplateSyntaxError,
     Undefined,
     UndefinedError,
-    meta,
     pass_eval_context,
 )
 from jinja2.sandbox import ImmutableSandboxedEnvironment
@@ -54,7 +53,7 @@ from jinja2.sandbox import ImmutableSandboxedEnvironment
 from noetl_pg.authguard import check_rendered_auth
 from noetl_pg.errors import NoetlError, TemplateError
 from noetl_pg.templating import _ENV as _VALUE_ENV
-from noetl_pg.templating import LazyResult, is_template, render_value
+from noetl_pg.templating import is_template, render_value
 from noetl_pg.tools import PERCENT_PARAM_KINDS, SQL_TEXT_KINDS
 from noetl_pg.tools.postgres import PLACEHOLDER_CHARS
 
@@ -119,19 +118,6 @@ def _compiled(source: str) -> Any:
     return _ENV.from_string(source)
 
 
-@lru_cache(maxsize=1024)
-def _names(source: str) -> frozenset[str]:
-    return frozenset(meta.find_undeclared_variables(_ENV.parse(source)))
-
-
-def _load_named(source: str, context: Mapping[str, Any]) -> Mapping[str, Any]:
-    """`context` with the stored results this template names loaded (as templating does)."""
-    loaded = {name: value.load() for name in _names(source)
-              if isinstance(value := context.get(name), LazyResult)}
-    return {**context, **loaded} if loaded else context
-
-
-
 def render_tool_config(
     raw: Mapping[str, Any], scope: Mapping[str, Any], *, step: str = "",
     playbook_workload: Mapping[str, Any] | None = None,
@@ -171,7 +157,7 @@ def render_sql(source: str, context: Mapping[str, Any], *, step: str = "",
     values: list[Any] = []
     _outputs.values = values
     try:
-        text = _compiled(source).render(**_load_named(source, context))
+        text = _compiled(source).render(**context)
     except UndefinedError as exc:
         raise TemplateError(f"undefined variable: {exc.message} in SQL") from exc
     except TemplateSyntaxError as exc:

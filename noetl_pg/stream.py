@@ -35,12 +35,10 @@ from psycopg.types.json import Jsonb
 from noetl_pg import db
 from noetl_pg.errors import DatabaseError, DatabaseTransient, PlaybookError, ToolError
 from noetl_pg.jsoncheck import storage_problem
-from noetl_pg.templating import LazyResult
 
 if TYPE_CHECKING:
     from noetl_pg.dsl import Playbook, Step
     from noetl_pg.store import ResultStore
-    from noetl_pg.tools.base import ResultAccess
 
 # A chunk is held whole by the worker (and by each command that reads it): the bound keeps
 # one chunk a size a worker can hold, whatever the total.
@@ -282,15 +280,8 @@ def _unstorable(rows: list[Row], path: str) -> str | None:
 # --- the chunk a command reads ------------------------------------------------------------
 
 
-def chunk_view(command_input: Mapping[str, Any] | None,
-               results: ResultAccess | None) -> dict[str, Any] | None:
+def chunk_view(command_input: Mapping[str, Any] | None) -> dict[str, Any] | None:
     """`chunk` of a command issued by an `on: call.partial` arc, else None. Its `rows`
-    held by ref load when a template first names `chunk` (noetl_pg.templating)."""
+    may be a ref: the executor loads them before rendering (noetl_pg.namespace)."""
     chunk = (command_input or {}).get("chunk")
-    if not isinstance(chunk, Mapping):
-        return None
-    view = dict(chunk)
-    rows = view.get("rows")
-    if results is not None and isinstance(rows, Mapping) and results.is_ref(rows):
-        view["rows"] = LazyResult(rows, results)
-    return view
+    return dict(chunk) if isinstance(chunk, Mapping) else None

@@ -6,12 +6,11 @@ that reads as `true`/`false`, a number or a JSON object/array is coerced back, a
 says. Undefined variables raise `TemplateError` naming the variable (`default()` still
 works). Compiled templates are cached: a loop renders the same config thousands of times.
 
-Stored results (a step result too large for an event is a ref to the result store) are
-seen transparently: `{{ fetch.rows }}` loads the step's stored value the first time a
-template of the command names `fetch` (LazyResult), and a list of refs inside an inline
-result (a loop's `results`) loads each element when it is read (ResultList).
-`{{ fetch_ref }}` is the ref itself, never loaded: its dict in a single-expression
-template, its `noetl://` URI inside text (see build_context).
+Pure: rendering reads the context it is given and nothing else. It never loads a stored
+result; the executor loads the refs a command's templates read before it renders
+(noetl_pg.namespace), so a template sees their values as plain data. A ref dict it is
+given renders as data: `{{ fetch_ref }}` (a RefDict) is the dict in a single-expression
+template and its `noetl://` URI inside text.
 """
 
 from __future__ import annotations
@@ -20,15 +19,12 @@ import json
 import re
 from collections.abc import Mapping
 from functools import lru_cache
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from jinja2 import StrictUndefined, TemplateSyntaxError, UndefinedError, meta
+from jinja2 import StrictUndefined, TemplateSyntaxError, UndefinedError
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from noetl_pg.errors import NoetlError, TemplateError
-
-if TYPE_CHECKING:
-    from noetl_pg.tools.base import ResultAccess
 
 _SINGLE_EXPRESSION = re.compile(r"^\s*\{\{(?P<expr>(?:(?!\{\{|\}\}|\{%).)*)\}\}\s*$", re.DOTALL)
 _NUMBER = re.compile(r"^-?\d+(\.\d+)?([eE][-+]?\d+)?$")
@@ -104,47 +100,6 @@ class RefDict(dict[str, Any]):
         return str(self["result_ref"])
 
 
-class LazyResult:
-    """A step result held by the result store. It is loaded when a template that names it
-    is rendered (render_string), at most once per command (CommandResults caches it)."""
-
-    __slots__ = ("_results", "ref")
-
-    def __init__(self, ref: Mapping[str, Any], results: ResultAccess) -> None:
-        self.ref = ref
-        self._results = results
-
-    def load(self) -> Any:
-        return result_view(self._results.resolve(self.ref))
-
-    def __repr__(self) -> str:
-        return f"LazyResult({self.ref.get('result_ref')!r})"
-
-
-class ResultList(list[Any]):
-    """A list whose ref elements (loop iterations stored by reference) load when read.
-
-    len() never loads; indexing loads one element, iterating loads them one by one. As JSON
-    (an outcome, `tojson`) the list is what is stored: the refs, not the values.
-    """
-
-    def __init__(self, items: list[Any], results: ResultAccess) -> None:
-        super().__init__(items)
-        self._results = results
-
-    def __getitem__(self, index: Any) -> Any:
-        item = super().__getitem__(index)
-        if isinstance(index, slice):
-            return ResultList(item, self._results)
-        return self._load(item)
-
-    def __iter__(self) -> Any:
-        return (self._load(item) for item in super().__iter__())
-
-    def _load(self, item: Any) -> Any:
-        return result_view(self._results.resolve(item)) if self._results.is_ref(item) else item
-
-
 def result_view(value: Any) -> Any:
     """A step result as templates see it: a dict as a ResultView, anything else as is."""
     return ResultView(value) if isinstance(value, dict) else value
@@ -165,32 +120,6 @@ def _compiled_template(source: str) -> Any:
 
 
 @lru_cache(maxsize=4096)
-def _names(source: str) -> frozenset[str]:
-    """The top-level variables a template reads."""
-    return frozenset(meta.find_undeclared_variables(_ENV.parse(source)))
-
-
-def _load_named(source: str, context: Mapping[str, Any]) -> Mapping[str, Any]:
-    """`context` with the stored results this template names loaded (others stay lazy)."""
-    loaded = {name: _loaded(value) for name in _names(source)
-              if _holds_lazy(value := context.get(name))}
-    return {**context, **loaded} if loaded else context
-
-
-def _holds_lazy(value: Any) -> bool:
-    """A stored result, or a plain scope dict (a route's `output`) holding one."""
-    return isinstance(value, LazyResult) or (
-        type(value) is dict and any(isinstance(item, LazyResult) for item in value.values()))
-
-
-def _loaded(value: Any) -> Any:
-    if isinstance(value, LazyResult):
-        return value.load()
-    return {key: item.load() if isinstance(item, LazyResult) else item
-            for key, item in value.items()}
-
-
-@lru_cache(maxsize=4096)
 def _bare_name(source: str) -> str | None:
     """The variable of a template that is exactly `{{ name }}`, else None."""
     match = _BARE_NAME.match(source)
@@ -207,11 +136,8 @@ def render_string(source: str, context: Mapping[str, Any]) -> Any:
     if name is not None and name in context:
         # "{{ name }}" is the variable itself: skip building a Jinja context per call
         # (a loop renders "{{ item }}" once per iteration).
-        value = context[name]
-        if not isinstance(value, LazyResult):
-            return value
+        return context[name]
     try:
-        context = _load_named(source, context)
         match = _SINGLE_EXPRESSION.match(source)
         if match:
             value = _compiled_expression(match.group("expr").strip())(**context)
@@ -263,16 +189,12 @@ def _coerce(text: str) -> Any:
     return text
 
 
-def build_context(
-    claim_context: Mapping[str, Any], results: ResultAccess | None = None
-) -> dict[str, Any]:
+def build_context(claim_context: Mapping[str, Any]) -> dict[str, Any]:
     """The template namespace of a command from noetl.command_context's JSON.
 
     Workload keys are bare and under `workload`; ctx writes under `ctx` and bare (they win
-    over workload); step results by step name, each a ResultView. With `results` (the
-    command's store access), a stored step result is a LazyResult, a list of refs in a
-    result is a ResultList, and `<step>_ref` is the step's ref (a RefDict; the result itself
-    when it is inline) unless a workload key, ctx key or step already has that name.
+    over workload); step results by step name, each a ResultView (a result held by the
+    store is its ref dict here: noetl_pg.namespace loads the ones a command reads).
     """
     workload = dict(claim_context.get("workload") or {})
     ctx = dict(claim_context.get("ctx") or {})
@@ -280,28 +202,6 @@ def build_context(
     namespace["workload"] = workload
     namespace["ctx"] = {**workload, **ctx}
     namespace["execution_id"] = claim_context.get("execution_id")
-    step_results = claim_context.get("results") or {}
-    for step_name, result in step_results.items():
-        namespace[step_name] = _step_view(result, results)
-    if results is not None:
-        for step_name, result in step_results.items():
-            ref_name = f"{step_name}_ref"
-            if ref_name not in namespace:
-                namespace[ref_name] = (RefDict(result) if results.is_ref(result)
-                                       else namespace[step_name])
+    for step_name, result in (claim_context.get("results") or {}).items():
+        namespace[step_name] = result_view(result)
     return namespace
-
-
-def _step_view(result: Any, results: ResultAccess | None) -> Any:
-    if results is None:
-        return result_view(result)
-    if results.is_ref(result):
-        return LazyResult(result, results)
-    if isinstance(result, dict):
-        return ResultView({
-            key: ResultList(value, results)
-            if isinstance(value, list) and any(results.is_ref(item) for item in value)
-            else value
-            for key, value in result.items()
-        })
-    return result
