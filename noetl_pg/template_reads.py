@@ -7,7 +7,7 @@ noetl_pg.namespace). Both parse with `PARSE_ENV`, which accepts every filter and
 A `Use` is one place a template reads a name: the constant keys and indices after it
 (`big.results[3].rows` is `("results", 3, "rows")`, cut at the first key that is not a
 constant or is a dict method) and how the value at the end is used: `count` (`| length`,
-`| count`), `whole` (printed or passed as it is, `| tojson`) or `read` (anything else:
+`| count`, a truth test), `whole` (printed or passed as it is, `| tojson`) or `read` (anything else:
 iterated, filtered, compared, indexed by a variable).
 """
 
@@ -140,6 +140,9 @@ def template_uses(source: str) -> Mapping[str, frozenset[Use]] | None:
 
 
 def _mode(node: jinja2.nodes.Node, parent: jinja2.nodes.Node | None) -> str:
+    if ((isinstance(parent, jinja2.nodes.If | jinja2.nodes.CondExpr) and parent.test is node)
+            or isinstance(parent, jinja2.nodes.Not)):
+        return "count"  # a truth test reads only whether it is empty
     if isinstance(parent, jinja2.nodes.Filter) and parent.node is node:
         if parent.name in _COUNT_FILTERS:
             return "count"

@@ -170,6 +170,8 @@ def test_template_uses_tell_count_whole_read_and_constant_indices() -> None:
     assert uses["b"] == {Use(("ys",), "read")}
     assert uses["c"] == {Use((), "read")}       # a variable index: every element
     assert uses["d"] == {Use((), "whole")}
+    tests = template_uses("{% if e.xs %}{{ 1 if not e.ys else 2 }}{% endif %}")
+    assert tests is not None and tests["e"] == {Use(("xs",), "count"), Use(("ys",), "count")}
     assert template_uses("{{ broken") is None
 
 
