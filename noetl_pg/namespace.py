@@ -11,9 +11,9 @@ kind read (dsl.Playbook.command_uses, noetl_pg.template_reads):
 - a step result held by the store is loaded when a template names the step (never for
   `<step>_ref` alone: that is the ref);
 - in an inline result (a loop's `{results, stats}`), refs inside a list the templates read
-  are loaded: `big.results[3]` loads element 3; `big.results | length` and the list as a
-  whole value (`"{{ big.results }}"`, `| tojson`) load nothing (they are the refs, as
-  stored); any other use (iterating it, a filter, a variable index) loads every element;
+  are loaded: `big.results[3]` loads element 3; `big.results | length`, a truth test and
+  the list as a whole value (`"{{ big.results }}"`, `| tojson`) load nothing (they are the
+  refs, as stored); any other use (iterating it, a filter, a variable index) loads every element;
 - a chunk's rows held by ref are loaded when a template names `chunk`.
 A step's arcs are read only when they are evaluated (a route command, a fused route, a
 chunk's `call.partial` arcs), never by a loop's iterations. Each ref is read at most once
