@@ -21,10 +21,14 @@
 --   times, from lock_command_rows, lock_claimed_command and routing; the ancestor walk was
 --   a quarter of a chain step's time). A rolled-back subtransaction drops its locks and
 --   its setting together.
+--   Generic plans (plan_cache_mode): with an array literal the planner's estimate of
+--   `= any(ids)` is one row against ten for a parameter, so the plan cache kept choosing
+--   a custom plan and planned the statements again on every call.
 -- Locks: execution rows (step 1 of the order).
 create or replace function noetl.lock_executions(p_execution_ids bigint[])
 returns void
 language plpgsql
+set plan_cache_mode = force_generic_plan
 as $$
 declare
     v_held bigint[] := nullif(current_setting('noetl.locked_executions', true), '')::bigint[];
@@ -64,16 +68,26 @@ $$;
 -- Contract: locks, in the lock order, everything a change to these commands may touch:
 --   their executions (with ancestors), their loops, then the command rows themselves.
 --   An execution_id or loop_id of a command never changes, so reading them before the
---   locks is safe. Unknown ids are ignored.
+--   locks is safe. Unknown ids are ignored. As in lock_executions, what this transaction
+--   locked here is remembered (transaction-local `noetl.locked_commands`; a rolled-back
+--   subtransaction drops it with its locks) and a call asking only for commands already
+--   locked returns at once: finish_and_claim locks its outcomes' commands, then each
+--   outcome passes lock_claimed_command again. Generic plans, as lock_executions.
 -- Locks: execution rows, loop rows, command rows (steps 1-3 of the order).
 create or replace function noetl.lock_command_rows(p_command_ids bigint[])
 returns void
 language plpgsql
+set plan_cache_mode = force_generic_plan
 as $$
 declare
+    v_held bigint[] := nullif(current_setting('noetl.locked_commands', true), '')::bigint[];
     v_execution_ids bigint[];
     v_loop_ids bigint[];
+    v_locked bigint[];
 begin
+    if p_command_ids <@ v_held then
+        return;
+    end if;
     select
         array_agg(distinct c.execution_id),
         array_agg(distinct c.loop_id) filter (where c.loop_id is not null)
@@ -90,9 +104,18 @@ begin
         order by l.loop_id
         for update;
     end if;
-    perform 1 from noetl.command as c
-    where c.command_id = any(p_command_ids)
-    order by c.command_id
-    for update;
+    select array_agg(l.command_id) into v_locked
+    from (
+        select c.command_id
+        from noetl.command as c
+        where
+            c.command_id = any(p_command_ids)
+            and not c.command_id = any(coalesce(v_held, '{}'))
+        order by c.command_id
+        for update
+    ) as l;
+    perform set_config(
+        'noetl.locked_commands', (coalesce(v_held, '{}') || v_locked)::text, true
+    );
 end;
 $$;
