@@ -407,15 +407,17 @@ $$;
 --   estimates one row for `= any(ids)` against ten for a parameter, so the plan cache kept
 --   choosing a custom plan and planned this query again on every call, which cost more
 --   than running it (its merge join estimates read index ends: ~1 ms on 2,000
---   executions, a third of a chain step). Nested loops only: for "ten rows" the generic
---   plan otherwise merge-joins the whole execution index, where a claim of a few
---   commands wants one index probe per table and row.
+--   executions, a third of a chain step). Nested loops of index scans only: for "ten
+--   rows" the generic plan otherwise merge-joins the whole execution index, and a plan
+--   kept from when a table was small would go on scanning it whole as it grows; a claim
+--   of a few commands wants one index probe per table and row.
 -- Locks: none.
 create or replace function noetl.describe_commands_v1(p_command_ids bigint[])
 returns setof noetl.claimed_command
 language plpgsql
 stable
 set plan_cache_mode = force_generic_plan
+set enable_seqscan = off
 set enable_hashjoin = off
 set enable_mergejoin = off
 as $$

@@ -21,14 +21,17 @@
 --   times, from lock_command_rows, lock_claimed_command and routing; the ancestor walk was
 --   a quarter of a chain step's time). A rolled-back subtransaction drops its locks and
 --   its setting together.
---   Generic plans (plan_cache_mode): with an array literal the planner's estimate of
---   `= any(ids)` is one row against ten for a parameter, so the plan cache kept choosing
---   a custom plan and planned the statements again on every call.
+--   Planned once per session (plan_cache_mode): with the ids as a literal the planner's
+--   estimate of `= any(ids)` is one row against ten for a parameter, so the plan cache
+--   kept choosing a custom plan and planned the statements again on every call. Index
+--   scans only (enable_seqscan): a plan kept from when the table was small would
+--   otherwise go on scanning it whole as it grows, until the next ANALYZE.
 -- Locks: execution rows (step 1 of the order).
 create or replace function noetl.lock_executions(p_execution_ids bigint[])
 returns void
 language plpgsql
 set plan_cache_mode = force_generic_plan
+set enable_seqscan = off
 as $$
 declare
     v_held bigint[] := nullif(current_setting('noetl.locked_executions', true), '')::bigint[];
@@ -72,12 +75,13 @@ $$;
 --   locked here is remembered (transaction-local `noetl.locked_commands`; a rolled-back
 --   subtransaction drops it with its locks) and a call asking only for commands already
 --   locked returns at once: finish_and_claim locks its outcomes' commands, then each
---   outcome passes lock_claimed_command again. Generic plans, as lock_executions.
+--   outcome passes lock_claimed_command again. Plans as lock_executions'.
 -- Locks: execution rows, loop rows, command rows (steps 1-3 of the order).
 create or replace function noetl.lock_command_rows(p_command_ids bigint[])
 returns void
 language plpgsql
 set plan_cache_mode = force_generic_plan
+set enable_seqscan = off
 as $$
 declare
     v_held bigint[] := nullif(current_setting('noetl.locked_commands', true), '')::bigint[];

@@ -115,25 +115,26 @@ select is(
         select p.proconfig from pg_proc as p
         where p.oid = 'noetl.lock_executions(bigint[])'::regprocedure
     ),
-    array['plan_cache_mode=force_generic_plan'],
-    'lock_executions keeps a generic plan'
+    array['plan_cache_mode=force_generic_plan', 'enable_seqscan=off'],
+    'lock_executions keeps a generic plan of index scans'
 );
 select is(
     (
         select p.proconfig from pg_proc as p
         where p.oid = 'noetl.lock_command_rows(bigint[])'::regprocedure
     ),
-    array['plan_cache_mode=force_generic_plan'],
-    'lock_command_rows keeps a generic plan'
+    array['plan_cache_mode=force_generic_plan', 'enable_seqscan=off'],
+    'lock_command_rows keeps a generic plan of index scans'
 );
 select ok(
     (
         select p.proconfig from pg_proc as p
         where p.oid = 'noetl.describe_commands_v1(bigint[])'::regprocedure
     ) @> array[
-        'plan_cache_mode=force_generic_plan', 'enable_hashjoin=off', 'enable_mergejoin=off'
+        'plan_cache_mode=force_generic_plan', 'enable_seqscan=off', 'enable_hashjoin=off',
+        'enable_mergejoin=off'
     ],
-    'describe_commands_v1 keeps a generic plan of nested loops'
+    'describe_commands_v1 keeps a generic plan of nested loops of index scans'
 );
 
 -- describe_commands_v1 under its generic plan: the same payload on every call
