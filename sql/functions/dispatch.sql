@@ -321,9 +321,23 @@ begin
                     )
                 end
             )
-             from noetl.step_result as r
-             where r.execution_id = e.execution_id
-                 and (p_reads is null or p_reads ? r.step_name)),
+             from (
+                 -- The steps an object `reads` names are looked up by key, not filtered
+                 -- from all results (a chain's step read every result before it). The
+                 -- first branch's test names no row: it gates the scan once.
+                 select a.step_name, a.result from noetl.step_result as a
+                 where
+                     a.execution_id = e.execution_id
+                     and (p_reads is null or jsonb_typeof(p_reads) <> 'object')
+                     and (p_reads is null or p_reads ? a.step_name)
+                 union all
+                 select b.step_name, b.result
+                 from jsonb_object_keys(
+                     case when jsonb_typeof(p_reads) = 'object' then p_reads end
+                 ) as k (step_name)
+                 inner join noetl.step_result as b
+                     on b.execution_id = e.execution_id and k.step_name = b.step_name
+             ) as r),
             '{}'::jsonb
         )
     ) into v_context
@@ -403,14 +417,11 @@ $$;
 --   group, holding what that step reads (command_reads). Used by claim_commands_v1, by
 --   completion when it creates a route command already claimed by the completing worker,
 --   and by a worker for the iterations a cursor claim created claimed by it.
---   Planned once per session (plan_cache_mode): with the ids as a literal the planner
---   estimates one row for `= any(ids)` against ten for a parameter, so the plan cache kept
---   choosing a custom plan and planned this query again on every call, which cost more
---   than running it (its merge join estimates read index ends: ~1 ms on 2,000
---   executions, a third of a chain step). Nested loops of index scans only: for "ten
---   rows" the generic plan otherwise merge-joins the whole execution index, and a plan
---   kept from when a table was small would go on scanning it whole as it grows; a claim
---   of a few commands wants one index probe per table and row.
+--   One plan per session (plan_cache_mode): as in lock_executions, the plan cache chose
+--   a custom plan and planned this query on every call, which cost more than running it
+--   (~1 ms on 2,000 executions). Nested loops of index scans only: for "ten rows" the
+--   generic plan would merge-join the whole execution index, or keep scanning a table
+--   that was small when planned; a few commands want a few index probes.
 -- Locks: none.
 create or replace function noetl.describe_commands_v1(p_command_ids bigint[])
 returns setof noetl.claimed_command

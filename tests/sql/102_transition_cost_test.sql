@@ -1,12 +1,13 @@
 -- A chain step's transition without work it does not need (issue 13): lock_command_rows
 -- remembers the commands it locked, so finish_and_claim's outcomes do not lock them
 -- again; lock_executions, lock_command_rows and describe_commands_v1 keep one generic
--- plan instead of planning their `= any(ids)` statements on every call.
+-- plan instead of planning their `= any(ids)` statements on every call; command_context
+-- looks up the results a step reads by key.
 --
 -- A row this transaction locked FOR UPDATE carries its transaction id in xmax (see
 -- 80_completion_test.sql): pg_temp.locked() says whether a command row is locked.
 begin;
-select plan(14);
+select plan(19);
 set local client_min_messages = warning;
 
 create temporary table spec_fixture as
@@ -162,6 +163,40 @@ select is(
     (select array_agg(d.context -> 'results' order by d.command_id) from described as d),
     array['{"a": {"n": 1}}'::jsonb, null],
     'the context, with what step b reads, on the first row of the group only'
+);
+
+-- command_context: the results `reads` names, looked up by key
+insert into noetl.step_result (execution_id, step_name, result, command_id)
+values
+(current_setting('test.e1')::bigint, 'b', '{"x": 2}', current_setting('test.c2')::bigint),
+(current_setting('test.e1')::bigint, 'c', '3', current_setting('test.c3')::bigint);
+select is(
+    noetl.command_context(current_setting('test.e1')::bigint, '{"a": true}') -> 'results',
+    '{"a": {"n": 1}}'::jsonb,
+    'an object reads sends the steps it names'
+);
+select is(
+    noetl.command_context(
+        current_setting('test.e1')::bigint, '{"b": ["x", "y"], "c": ["z"], "none": true}'
+    ) -> 'results',
+    '{"b": {"x": 2}, "c": 3}'::jsonb,
+    'the keys it names of an object result, a result that is not an object whole; '
+    || 'a step without a result is absent'
+);
+select is(
+    noetl.command_context(current_setting('test.e1')::bigint, null) -> 'results',
+    '{"a": {"n": 1}, "b": {"x": 2}, "c": 3}'::jsonb,
+    'reads NULL sends every result'
+);
+select is(
+    noetl.command_context(current_setting('test.e1')::bigint, '{}') -> 'results',
+    '{}'::jsonb,
+    'reads {} sends none'
+);
+select is(
+    noetl.command_context(current_setting('test.e1')::bigint, 'null') -> 'results',
+    '{}'::jsonb,
+    'a reads that is not an object names no step'
 );
 
 select * from finish(); -- noqa: AM04
