@@ -22,8 +22,13 @@ from noetl_pg.protocol import ClaimedCommand
 # Kinds whose commands take no time worth spreading over slots: the worker evaluates
 # routes and renders loop collections itself, and noop does nothing.
 FAST_KINDS = frozenset({"route", "loop", "noop"})
-# A step whose last command took at most this long stays batched in one slot.
+# A step whose commands take at most this long stays batched in one slot.
 FAST_SECONDS = 0.005
+# A step is slow once this many of its commands in a row took longer: one command that
+# waited for a core or for the interpreter lock on a busy machine (a thread waits up to
+# its 5 ms switch interval) does not make a fast step slow. Set aside, each command
+# would cost a transaction of its own.
+SLOW_IN_A_ROW = 3
 
 
 def context_group(row: Mapping[str, Any]) -> tuple[Any, ...]:
@@ -33,20 +38,24 @@ def context_group(row: Mapping[str, Any]) -> tuple[Any, ...]:
 
 
 class StepTimings:
-    """Seconds the last command of each (catalog_id, step, kind) took on this worker: the
-    kind matters, a loop step's own 'loop' command is fast whatever its iterations do."""
+    """How many commands in a row of each (catalog_id, step, kind) took longer than
+    FAST_SECONDS on this worker: the kind matters, a loop step's own 'loop' command is
+    fast whatever its iterations do. A step never seen is not fast."""
 
     def __init__(self) -> None:
-        self._seconds: dict[tuple[int, str, str], float] = {}
+        self._slow: dict[tuple[int, str, str], int] = {}
 
     def observe(self, row: Mapping[str, Any], seconds: float) -> None:
-        self._seconds[(row["catalog_id"], row["step_name"], row["kind"])] = seconds
+        key = (row["catalog_id"], row["step_name"], row["kind"])
+        # A step never seen counts as slow already: its first slow command keeps it slow.
+        self._slow[key] = (self._slow.get(key, SLOW_IN_A_ROW) + 1
+                           if seconds > FAST_SECONDS else 0)
 
     def is_fast(self, row: Mapping[str, Any]) -> bool:
         if row["kind"] in FAST_KINDS:
             return True
-        seconds = self._seconds.get((row["catalog_id"], row["step_name"], row["kind"]))
-        return seconds is not None and seconds <= FAST_SECONDS
+        slow = self._slow.get((row["catalog_id"], row["step_name"], row["kind"]))
+        return slow is not None and slow < SLOW_IN_A_ROW
 
 
 class SharedClaims:
