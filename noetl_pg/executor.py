@@ -15,7 +15,7 @@ leave the worker.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Collection, Mapping
+from collections.abc import Callable, Collection, Generator, Mapping
 from typing import Any
 
 from noetl_pg import protocol
@@ -51,8 +51,15 @@ from noetl_pg.stream import (
 )
 from noetl_pg.template_reads import Uses
 from noetl_pg.templating import render_value, result_view
+from noetl_pg.tool_calls import CommandRun, run_alone
 from noetl_pg.tools import CONTEXT_KEYS
-from noetl_pg.tools.base import CredentialResolver, ResultAccess, Tool, ToolContext
+from noetl_pg.tools.base import (
+    CredentialResolver,
+    ResultAccess,
+    Tool,
+    ToolCall,
+    ToolContext,
+)
 from noetl_pg.tools.playbook import ChildRequest
 from noetl_pg.tools.workbook import WorkbookTool
 from noetl_pg.workbook_call import resolve_task
@@ -95,11 +102,17 @@ class CommandRunner:
 
     def run(self, command: Mapping[str, Any], context: Mapping[str, Any]) -> protocol.Outcome:
         """Run one claimed command (a ClaimedCommand row); the outcome to send for it."""
+        return run_alone(self.start(command, context))
+
+    def start(self, command: Mapping[str, Any], context: Mapping[str, Any]) -> CommandRun:
+        """Run one claimed command, yielding each tool call it needs and sent the call's
+        TaskCall (noetl_pg.tool_calls); returns the outcome to send for it."""
         playbook = self._spec_loader(command["catalog_id"])
         step = playbook.step_named(command["step_name"])
         results = CommandResults(self._store) if self._store is not None else None
         try:
-            return protocol.as_outcome(self._run(command, context, playbook, step, results))
+            return protocol.as_outcome(
+                (yield from self._run(command, context, playbook, step, results)))
         finally:
             if results is not None:
                 results.close()
@@ -107,7 +120,7 @@ class CommandRunner:
     def _run(
         self, command: Mapping[str, Any], context: Mapping[str, Any], playbook: Playbook,
         step: Step, results: CommandResults | None,
-    ) -> Outcome:
+    ) -> Generator[ToolCall, TaskCall, Outcome]:
         # Credentials are narrowed to this command only for a keychain to read them.
         credentials = (for_command(self._credentials, self._worker_id, command)
                        if playbook.keychain else None)
@@ -136,8 +149,8 @@ class CommandRunner:
                 return {**base, "op": "route", "targets": targets}
             if kind == "loop":
                 return {**base, "op": "loop", **loop_outcome(step, namespace, playbook)}
-            outcome = self._scrub(self._step(step, command, namespace, playbook, stored,
-                                             results))
+            outcome = self._scrub(
+                (yield from self._step(step, command, namespace, playbook, stored, results)))
             _refuse_unstorable(outcome)
             fused = self._fused_targets(step, command, namespace, outcome, playbook, stored)
             outcome = self._store_result(step, command, outcome)
@@ -260,13 +273,13 @@ class CommandRunner:
     def _step(
         self, step: Step, command: Mapping[str, Any], namespace: dict[str, Any],
         playbook: Playbook, stored: StoredReads, results: CommandResults | None = None,
-    ) -> Outcome:
+    ) -> Generator[ToolCall, TaskCall, Outcome]:
         sink = self._chunk_sink(step, command, namespace, stored,
                                 playbook.command_uses[step.step].partial_arcs)
         tool_context = self._make_tool_context(command, results, sink)
         step_input = render_value(step.input, namespace) if step.input else {}
         try:
-            run = self._run_tasks(
+            run = yield from self._run_tasks(
                 list(step.task_configs), step_input, namespace, command["attempt"], tool_context,
                 pipeline=isinstance(step.tool, list), workbook=playbook.workbook,
                 workload=playbook.workload, resume=pipeline_resume(command),
@@ -298,7 +311,7 @@ class CommandRunner:
         workbook: list[dict[str, Any]],
         workload: Mapping[str, Any] | None = None,
         resume: Mapping[str, Any] | None = None,
-    ) -> TaskRun:
+    ) -> Generator[ToolCall, TaskCall, TaskRun]:
         """Run a tool or a pipeline, each task in four phases: render its config, run its
         tool, decide by its policy, go to the next task. Tasks' own `set` and policy
         `then.set` ctx writes are collected in the run's ctx_writes. A playbook task hands
@@ -314,8 +327,9 @@ class CommandRunner:
             if position == resumed_at:
                 call = TaskCall.ok(child_result)
             else:
-                call = self._run_task(self._render_task(task, step_input, scope, workload),
-                                      tool_context, scope, workbook, workload)
+                call = yield from self._run_task(
+                    self._render_task(task, step_input, scope, workload), tool_context, scope,
+                    workbook, workload)
             if isinstance(call.result, ChildRequest):
                 return dataclasses.replace(run, result=call.result, stop=self._await_child(
                     call.result, task, scope, attempt,
@@ -355,21 +369,23 @@ class CommandRunner:
     def _run_task(
         self, config: dict[str, Any], tool_context: ToolContext, scope: Mapping[str, Any],
         workbook: list[dict[str, Any]], workload: Mapping[str, Any] | None,
-    ) -> TaskCall:
+    ) -> Generator[ToolCall, TaskCall, TaskCall]:
         """Run: the task's tool called with its rendered config, within its
-        `spec.timeout` (the tool context carries the execution's cancel event); a
-        workbook call runs the workbook entry it names, resolved here. A ToolError (no
-        tool of the kind, a bad timeout, the tool's own failure) is the call's error,
-        for the policy to judge; a playbook task's result is the ChildRequest to start."""
+        `spec.timeout` (the tool context carries the execution's cancel event): yielded
+        as a ToolCall, for the caller to run now or with other commands' calls
+        (noetl_pg.tool_calls). A workbook call runs the workbook entry it names,
+        resolved here. A ToolError (no tool of the kind, a bad timeout, the tool's own
+        failure) is the call's error, for the policy to judge; a playbook task's result
+        is the ChildRequest to start."""
         options = config.get("spec") or {}
         try:
             if config.get("kind") == WorkbookTool.kind:
                 config = resolve_task(workbook, config, scope, workload)
-            result = self._tool_for(config).run(
-                config, _with_timeout(tool_context, options.get("timeout")))
+            call = ToolCall(self._tool_for(config), config,
+                            _with_timeout(tool_context, options.get("timeout")))
         except ToolError as exc:
             return TaskCall.failed(exc)
-        return TaskCall.ok(result)
+        return (yield call)
 
     def _tool_for(self, config: Mapping[str, Any]) -> Tool:
         tool = self._tools.get(str(config.get("kind")))

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import re
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, ClassVar, Protocol
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol, runtime_checkable
 
 from noetl_pg.errors import ToolError
 
@@ -104,3 +104,39 @@ class Tool(Protocol):
     config_keys: ClassVar[frozenset[str]]
 
     def run(self, config: Mapping[str, Any], context: ToolContext) -> Any: ...
+
+
+@dataclass(frozen=True)
+class ToolCall:
+    """One call of a tool, as the executor asks for it: the rendered config and the
+    context it runs in (noetl_pg.tool_calls runs it, alone or with others)."""
+
+    tool: Tool
+    config: dict[str, Any]
+    context: ToolContext
+
+
+class ToolBatch(Protocol):
+    """Calls of one tool started together (BatchingTool.start_batch)."""
+
+    def result(self, index: int) -> Any:
+        """Call `index`'s result, or its ToolError raised; asked in order, each once."""
+        ...
+
+    def close(self) -> None:
+        """Release what the batch holds; calls whose result was not asked are dropped."""
+        ...
+
+
+@runtime_checkable
+class BatchingTool(Tool, Protocol):
+    """A tool whose calls are cheaper started together: the python kind sends a batch's
+    requests to one executor ahead of their replies. Its `run` is a batch of one."""
+
+    def batch_key(self, config: Mapping[str, Any], context: ToolContext) -> Hashable | None:
+        """Calls with equal keys may share a batch; None: this call runs alone."""
+        ...
+
+    def start_batch(
+        self, calls: Sequence[tuple[Mapping[str, Any], ToolContext]]
+    ) -> ToolBatch: ...

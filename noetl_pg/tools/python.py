@@ -38,12 +38,12 @@ Timeout: `spec.timeout` (seconds or `{read: N}`), else env `NOETL_PYTHON_TIMEOUT
 from __future__ import annotations
 
 import threading
-from collections.abc import Mapping
+from collections.abc import Hashable, Mapping, Sequence
 from typing import Any, ClassVar
 
 from noetl_pg import settings
 from noetl_pg.errors import ToolError, ToolTimeout
-from noetl_pg.tools.base import ToolContext
+from noetl_pg.tools.base import ToolBatch, ToolContext
 from noetl_pg.tools.python_child import SnippetFailed, SnippetSyntaxError, run_snippet
 from noetl_pg.tools.python_executor import (
     ExecutorCancelled,
@@ -109,21 +109,62 @@ class PythonTool:
     context_key: ClassVar[str] = CONTEXT_KEY
 
     def run(self, config: Mapping[str, Any], context: ToolContext) -> Any:
-        code = config.get("code")
-        if not isinstance(code, str) or not code.strip():
-            raise ToolError("python tool needs `code`")
-        inputs = dict(config.get("input") or config.get("args") or {})
-        libs = dict(config.get("libs") or {})
-        filename = f"<step {context.step}>"
         if isolation_mode(config) == "inline":
-            return check_result(_run_inline(code, inputs, libs, filename,
+            code, inputs, libs = _snippet(config)
+            return check_result(_run_inline(code, inputs, libs, f"<step {context.step}>",
                                             config.get(CONTEXT_KEY)))
-        timeout = timeout_seconds(context)
-        request = {"code": code, "input": inputs, "libs": libs, "filename": filename,
-                   "context": config.get(CONTEXT_KEY)}
+        batch = self.start_batch([(config, context)])
         try:
-            reply = worker_pool(context.worker_resources).run(request, timeout,
-                                                              context.cancelled)
+            return batch.result(0)
+        finally:
+            batch.close()
+
+    def batch_key(self, config: Mapping[str, Any], context: ToolContext) -> Hashable | None:
+        """Isolated calls of one execution share a batch (a cancel stops it whole); an
+        inline call, or one whose isolation is invalid (run says why), runs alone."""
+        try:
+            isolated = isolation_mode(config) == "process"
+        except ToolError:
+            return None
+        return context.execution_id if isolated else None
+
+    def start_batch(
+        self, calls: Sequence[tuple[Mapping[str, Any], ToolContext]]
+    ) -> ToolBatch:
+        return _ProcessBatch(calls)
+
+
+class _ProcessBatch:
+    """Isolated calls sent ahead to one executor (python_executor.ExecutorBatch); a call
+    that cannot be sent (no `code`) fails alone."""
+
+    def __init__(self, calls: Sequence[tuple[Mapping[str, Any], ToolContext]]) -> None:
+        self._contexts = [context for _, context in calls]
+        # call index -> its request's index in the executor batch, or the call's error
+        self._requests: list[int | ToolError] = []
+        requests: list[dict[str, Any]] = []
+        for config, context in calls:
+            try:
+                code, inputs, libs = _snippet(config)
+            except ToolError as exc:
+                self._requests.append(exc)
+                continue
+            self._requests.append(len(requests))
+            requests.append({"code": code, "input": inputs, "libs": libs,
+                             "filename": f"<step {context.step}>",
+                             "context": config.get(CONTEXT_KEY)})
+        pool = worker_pool(self._contexts[0].worker_resources) if requests else None
+        self._batch = pool.batch(requests) if pool is not None else None
+
+    def result(self, index: int) -> Any:
+        request = self._requests[index]
+        if isinstance(request, ToolError):
+            raise request
+        assert self._batch is not None
+        context = self._contexts[index]
+        timeout = timeout_seconds(context)
+        try:
+            reply = self._batch.reply(request, timeout, context.cancelled)
         except ExecutorTimeout:
             raise ToolTimeout(f"python step timed out after {timeout:g}s") from None
         except ExecutorCancelled:
@@ -141,6 +182,19 @@ class PythonTool:
         if not reply.get("ok"):
             raise ToolError(str(reply.get("error")), output={"logs": logs} if logs else None)
         return check_result(reply.get("value"))
+
+    def close(self) -> None:
+        if self._batch is not None:
+            self._batch.close()
+
+
+def _snippet(config: Mapping[str, Any]) -> tuple[str, dict[str, Any], dict[str, Any]]:
+    """The code, input and libs of a python call."""
+    code = config.get("code")
+    if not isinstance(code, str) or not code.strip():
+        raise ToolError("python tool needs `code`")
+    return (code, dict(config.get("input") or config.get("args") or {}),
+            dict(config.get("libs") or {}))
 
 
 def _run_inline(code: str, inputs: dict[str, Any], libs: dict[str, Any], filename: str,

@@ -196,13 +196,11 @@ class Capture:
         """What was written since the last call: at most `limit` bytes of it, and when it
         is longer, the whole (at most `whole_limit` bytes), else None."""
         size = os.fstat(self.fd).st_size
-        text, whole = "", None
-        if size > 0:
-            text = self._read(size, self.limit, "; noetl logs --full prints them")
-        if size > self.limit:
-            whole = self._read(size, self.whole_limit, "")
-        if size > 0:  # most snippets write nothing: one system call fewer per request
-            os.ftruncate(self.fd, 0)
+        if size == 0:  # most snippets write nothing: one system call per stream and request
+            return "", None
+        text = self._read(size, self.limit, "; noetl logs --full prints them")
+        whole = self._read(size, self.whole_limit, "") if size > self.limit else None
+        os.ftruncate(self.fd, 0)
         os.lseek(self.fd, 0, os.SEEK_SET)
         return text, whole
 

@@ -28,7 +28,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -166,6 +166,14 @@ class Executor:
         finally:
             os.close(lifeline_read)
         self.calls = 0
+        assert self.process.stdin is not None and self.process.stdout is not None
+        self._stdin_fd = self.process.stdin.fileno()
+        self._stdout_fd = self.process.stdout.fileno()
+        # Requests are written without blocking (see `send`); replies read ahead of the
+        # one asked for wait here.
+        os.set_blocking(self._stdin_fd, False)
+        self._outgoing = bytearray()
+        self._incoming = bytearray()
 
     def call(
         self, request: Mapping[str, Any], timeout: float | None,
@@ -173,35 +181,59 @@ class Executor:
     ) -> dict[str, Any]:
         """Send one request and wait for its reply; raises ExecutorDied / ExecutorTimeout /
         ExecutorCancelled (when `cancelled` is set while it waits)."""
-        assert self.process.stdin is not None and self.process.stdout is not None
-        self.calls += 1
+        self.send([request])
+        return self.receive(timeout, cancelled)
+
+    def send(self, requests: Sequence[Mapping[str, Any]]) -> None:
+        """Queue requests for the runner, which answers them in order (`receive`): as much
+        as the pipe takes is written now, in one system call, the rest while waiting for
+        replies (a runner blocked writing replies nobody reads would never read more)."""
+        self.calls += len(requests)
+        self._outgoing += b"".join(_REQUEST_JSON.encode(request).encode() + b"\n"
+                                   for request in requests)
+        self._write()
+
+    def receive(self, timeout: float | None,
+                cancelled: threading.Event | None = None) -> dict[str, Any]:
+        """The reply to the oldest request not yet answered. The time budget counts from
+        this call: a request sent ahead may have started earlier, by at most the time its
+        caller spent on the replies before it."""
         deadline = None if timeout is None else time.monotonic() + timeout
-        try:
-            self.process.stdin.write(_REQUEST_JSON.encode(request).encode() + b"\n")
-        except (BrokenPipeError, OSError):
-            raise ExecutorDied(self._ended()) from None
-        fd = self.process.stdout.fileno()
-        reply = bytearray()
-        while not reply.endswith(b"\n"):
+        end = self._incoming.find(b"\n")
+        while end < 0:
             remaining = None if deadline is None else deadline - time.monotonic()
             if remaining is not None and remaining <= 0:
                 raise ExecutorTimeout()
             wait = remaining
             if cancelled is not None:
                 wait = CANCEL_CHECK_SECONDS if wait is None else min(wait, CANCEL_CHECK_SECONDS)
-            ready, _, _ = select.select([fd], [], [], wait)
+            writable = [self._stdin_fd] if self._outgoing else []
+            ready, can_write, _ = select.select([self._stdout_fd], writable, [], wait)
             if cancelled is not None and cancelled.is_set():
                 raise ExecutorCancelled()
+            if can_write:
+                self._write()
             if not ready:
-                if deadline is not None and time.monotonic() >= deadline:
-                    raise ExecutorTimeout()
                 continue
-            chunk = os.read(fd, 1 << 16)
+            searched = len(self._incoming)
+            chunk = os.read(self._stdout_fd, 1 << 16)
             if not chunk:
                 raise ExecutorDied(self._ended())
-            reply += chunk
-        result: dict[str, Any] = json.loads(reply)
+            self._incoming += chunk
+            end = self._incoming.find(b"\n", searched)
+        result: dict[str, Any] = json.loads(self._incoming[:end])
+        del self._incoming[:end + 1]
         return result
+
+    def _write(self) -> None:
+        """Write what the pipe takes of the queued requests without blocking."""
+        try:
+            written = os.write(self._stdin_fd, self._outgoing)
+        except BlockingIOError:
+            return
+        except OSError:
+            raise ExecutorDied(self._ended()) from None
+        del self._outgoing[:written]
 
     def _ended(self) -> int | None:
         """The exit status of an executor whose reply pipe closed. The guard exits as soon
@@ -240,7 +272,8 @@ class ExecutorPool:
     """Warm executors shared by a worker's slots; broken ones are replaced in the background.
 
     `acquire` hands out an idle executor or starts one; `release` keeps at most
-    `max_idle` warm. `close()` (worker shutdown) kills them all.
+    `max_idle` warm; `discard` kills a broken one and warms a replacement. `close()`
+    (worker shutdown) kills them all.
     """
 
     def __init__(self, max_idle: int = 8, warm: int = 1) -> None:
@@ -255,17 +288,17 @@ class ExecutorPool:
         self, request: Mapping[str, Any], timeout: float | None,
         cancelled: threading.Event | None = None,
     ) -> dict[str, Any]:
-        executor = self._acquire()
+        batch = self.batch([request])
         try:
-            reply = executor.call(request, timeout, cancelled)
-        except (ExecutorDied, ExecutorTimeout, ExecutorCancelled):
-            executor.kill()
-            self._replace_in_background()
-            raise
-        self._release(executor)
-        return reply
+            return batch.reply(0, timeout, cancelled)
+        finally:
+            batch.close()
 
-    def _acquire(self) -> Executor:
+    def batch(self, requests: Sequence[Mapping[str, Any]]) -> ExecutorBatch:
+        """Requests for one executor, sent ahead of their replies (see ExecutorBatch)."""
+        return ExecutorBatch(self, requests)
+
+    def acquire(self) -> Executor:
         with self._lock:
             while self._idle:
                 executor = self._idle.pop()
@@ -274,13 +307,18 @@ class ExecutorPool:
                 executor.kill()
         return Executor()
 
-    def _release(self, executor: Executor) -> None:
+    def release(self, executor: Executor) -> None:
         with self._lock:
             if (not self._closed and len(self._idle) < self._max_idle
                     and executor.calls < MAX_CALLS_PER_EXECUTOR):
                 self._idle.append(executor)
                 return
         executor.kill()
+
+    def discard(self, executor: Executor) -> None:
+        """A broken, timed-out or cancelled executor: killed and replaced."""
+        executor.kill()
+        self._replace_in_background()
 
     def _replace_in_background(self) -> None:
         threading.Thread(target=self._warm_one, daemon=True,
@@ -292,7 +330,7 @@ class ExecutorPool:
         except (ToolError, OSError) as exc:  # the next step starts one itself and reports it
             log.warning("could not start a python executor: %s", exc)
             return
-        self._release(executor)
+        self.release(executor)
 
     def close(self) -> None:
         with self._lock:
@@ -300,3 +338,69 @@ class ExecutorPool:
             idle, self._idle = self._idle, []
         for executor in idle:
             executor.kill()
+
+
+class ExecutorBatch:
+    """Requests answered in order by one executor, sent up to `AHEAD` before the reply
+    asked for, so that the runner works while the worker renders and finishes the others:
+    more are sent when half of those ahead are answered (a batch of 32 costs a few
+    writes), and replies are read several at a time. A batch's loop iterations of one
+    python step cost fewer system calls, and fewer hand-offs between the worker's
+    threads, than a round trip each.
+
+    `reply(i)` is asked in order. The runner answers sequentially, so when request i dies
+    or times out, the requests after it never started: they are sent again to a fresh
+    executor. A cancel stops the batch (its requests are of one execution) and nothing
+    more is sent: the requests already sent run, as a running call does until the cancel
+    is seen (at most `AHEAD` of them, within CANCEL_CHECK_SECONDS).
+    """
+
+    # Requests sent ahead of the one whose reply is awaited, at most.
+    AHEAD = 16
+
+    def __init__(self, pool: ExecutorPool, requests: Sequence[Mapping[str, Any]]) -> None:
+        self._pool = pool
+        self._requests = list(requests)
+        self._executor: Executor | None = None
+        # Requests [_answered, _sent) are with the executor; replies are taken in order.
+        self._sent = 0
+        self._answered = 0
+
+    def reply(self, index: int, timeout: float | None,
+              cancelled: threading.Event | None = None) -> dict[str, Any]:
+        """Request `index`'s reply; raises ExecutorDied / ExecutorTimeout /
+        ExecutorCancelled for it (the executor is then replaced)."""
+        if index != self._answered:
+            raise ValueError(f"replies are taken in order: asked {index}, next {self._answered}")
+        self._answered += 1
+        if cancelled is not None and cancelled.is_set():
+            self._drop()
+            raise ExecutorCancelled()
+        if self._executor is None:  # the first reply, or the previous executor failed
+            self._executor = self._pool.acquire()
+            self._sent = index
+        executor = self._executor
+        ahead = min(len(self._requests), index + 1 + self.AHEAD)
+        try:
+            if self._sent <= index + self.AHEAD // 2 and ahead > self._sent:
+                executor.send(self._requests[self._sent:ahead])
+                self._sent = ahead
+            return executor.receive(timeout, cancelled)
+        except (ExecutorDied, ExecutorTimeout, ExecutorCancelled):
+            self._drop()
+            raise
+
+    def close(self) -> None:
+        """Give the executor back, or kill it when requests it holds were not answered."""
+        executor, self._executor = self._executor, None
+        if executor is None:
+            return
+        if self._sent > self._answered:
+            self._pool.discard(executor)
+        else:
+            self._pool.release(executor)
+
+    def _drop(self) -> None:
+        executor, self._executor = self._executor, None
+        if executor is not None:
+            self._pool.discard(executor)

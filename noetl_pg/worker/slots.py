@@ -32,12 +32,14 @@ from noetl_pg.dsl import Playbook
 from noetl_pg.errors import DatabaseError, DatabaseTransient
 from noetl_pg.executor import CommandRunner
 from noetl_pg.logs import CommandLogWriter
+from noetl_pg.pipeline import TaskCall
 from noetl_pg.protocol import ClaimedCommand, Outcome, claimed, failure
 from noetl_pg.slot_share import SharedClaims, StepTimings, context_group
 from noetl_pg.store import ResultStore
 from noetl_pg.stream import ChunkSink, DbPartialRecorder, EngineConnectionLost
+from noetl_pg.tool_calls import CommandRun, FirstCalls, call_tool
 from noetl_pg.tools import create_tools
-from noetl_pg.tools.base import CredentialResolver, ResultAccess, Tool, ToolContext
+from noetl_pg.tools.base import CredentialResolver, ResultAccess, Tool, ToolCall, ToolContext
 from noetl_pg.worker.sizing import ClaimSizer
 from noetl_pg.worker.state import WorkerState
 from noetl_pg.worker.wakeup import WakeUp
@@ -217,39 +219,82 @@ class SlotLoop:
 
     def _run_batch(self, conn: psycopg.Connection[Any], runner: CommandRunner,
                    rows: list[ClaimedCommand]) -> list[Outcome]:
+        """Run a claimed batch in two passes: each command up to its first tool call,
+        those calls started together where their tool batches (noetl_pg.tool_calls),
+        then each command to its end, in claim order. A command of an execution
+        cancelled meanwhile is dropped: cancel_execution already cancelled it, and any
+        outcome would be stale."""
         # claim rows carry the context (what the step reads) on the first row of each
         # group of one execution, step, kind and loop-or-not only (noetl.describe_commands).
         contexts: dict[tuple[Any, ...], Mapping[str, Any]] = {}
-        outcomes: list[Outcome] = []
-        for row in rows:
-            group = context_group(row)
-            if row["context"] is not None:
-                contexts[group] = row["context"]
-            if row["execution_id"] in self._state.running.cancelled:
-                # cancel_execution already cancelled the command; any outcome would be stale.
-                continue
-            started = time.monotonic()
-            outcome = self._run_one(conn, runner, row, contexts[group])
-            run_seconds = time.monotonic() - started
-            self._timings.observe(row, run_seconds)
-            self._state.stats.observe(row["kind"], str(outcome.get("op")), run_seconds)
-            # The claim's fencing token: refused if the claim was taken back meanwhile,
-            # even when the command went back to the queue at the same attempt.
-            outcome["claim"] = row["claim_gen"]
-            outcomes.append(outcome)
-        return outcomes
-
-    def _run_one(
-        self, conn: psycopg.Connection[Any], runner: CommandRunner, row: ClaimedCommand,
-        context: Mapping[str, Any]
-    ) -> Outcome:
+        cancelled = self._state.running.cancelled
+        done: dict[int, Outcome] = {}
+        # Commands at their first tool call: (row, its run, the seconds it took so far).
+        waiting: list[tuple[ClaimedCommand, CommandRun, float]] = []
+        calls: list[ToolCall] = []
         try:
-            return runner.run(row, context)
+            for row in rows:
+                group = context_group(row)
+                if row["context"] is not None:
+                    contexts[group] = row["context"]
+                if row["execution_id"] in cancelled:
+                    continue
+                started = time.monotonic()
+                run = runner.start(row, contexts[group])
+                step = self._advance(conn, row, run, None)
+                if isinstance(step, ToolCall):
+                    waiting.append((row, run, time.monotonic() - started))
+                    calls.append(step)
+                else:
+                    self._observe(row, step, time.monotonic() - started)
+                    done[row["command_id"]] = step
+            first_calls = FirstCalls(calls)
+            try:
+                for index, (row, run, seconds) in enumerate(waiting):
+                    if row["execution_id"] in cancelled:
+                        first_calls.drop(index)
+                        continue
+                    started = time.monotonic()
+                    step = self._advance(conn, row, run, first_calls.take(index))
+                    while isinstance(step, ToolCall):
+                        step = self._advance(conn, row, run, call_tool(step))
+                    self._observe(row, step, seconds + time.monotonic() - started)
+                    done[row["command_id"]] = step
+            finally:
+                first_calls.close()
+        finally:
+            for row, run, _ in waiting:  # dropped, or the batch ended by a lost connection
+                if row["command_id"] not in done:
+                    run.close()
+                    self._state.running.finished(row["command_id"])
+        return [done[row["command_id"]] for row in rows if row["command_id"] in done]
+
+    def _observe(self, row: ClaimedCommand, outcome: Outcome, run_seconds: float) -> None:
+        self._timings.observe(row, run_seconds)
+        self._state.stats.observe(row["kind"], str(outcome.get("op")), run_seconds)
+        # The claim's fencing token: refused if the claim was taken back meanwhile, even
+        # when the command went back to the queue at the same attempt.
+        outcome["claim"] = row["claim_gen"]
+
+    def _advance(
+        self, conn: psycopg.Connection[Any], row: ClaimedCommand, run: CommandRun,
+        call: TaskCall | None,
+    ) -> ToolCall | Outcome:
+        """The command's next tool call, sent the last one's TaskCall (None: start it),
+        or its outcome once it ends."""
+        try:
+            return next(run) if call is None else run.send(call)
+        except StopIteration as finished:
+            self._state.running.finished(row["command_id"])
+            outcome: Outcome = finished.value
+            return outcome
         except EngineConnectionLost as lost:
             # A stream lost this slot's connection: reconnect, like a lost finish. The
             # command stays claimed by us; the orphan sweep gives it back to the queue.
+            self._state.running.finished(row["command_id"])
             raise lost.connection_error from None
         except (DatabaseTransient, psycopg.OperationalError) as exc:
+            self._state.running.finished(row["command_id"])
             if conn.broken or conn.closed:
                 # The engine's own connection broke while the command ran (reading its
                 # spec, a stored result, a credential): infrastructure, not the step's
@@ -258,9 +303,8 @@ class SlotLoop:
                     from None
             return self._internal_error(row, exc)
         except Exception as exc:  # a bug or an unexpected library error: fail the command
-            return self._internal_error(row, exc)
-        finally:
             self._state.running.finished(row["command_id"])
+            return self._internal_error(row, exc)
 
     def _internal_error(self, row: ClaimedCommand, exc: Exception) -> Outcome:
         log.exception("command %s failed unexpectedly", row["command_id"])

@@ -73,6 +73,6 @@ def test_engine_connection_lost_while_a_command_runs_is_not_the_steps_failure(
     runner = worker._slot_loop._runner(conn)
     conn.close()  # as a restart or pg_terminate_backend leaves it
     with pytest.raises(DatabaseUnavailable):
-        worker._slot_loop._run_one(conn, runner, rows[0], rows[0]["context"] or {})
+        worker._slot_loop._run_batch(conn, runner, rows)
     assert fresh_engine.sql("select count(*) as n from noetl.event "
                             "where event_type in ('call.error', 'command.failed')") == [{"n": 0}]
