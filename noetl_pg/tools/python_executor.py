@@ -284,16 +284,6 @@ class ExecutorPool:
         for _ in range(warm):
             self._replace_in_background()
 
-    def run(
-        self, request: Mapping[str, Any], timeout: float | None,
-        cancelled: threading.Event | None = None,
-    ) -> dict[str, Any]:
-        batch = self.batch([request])
-        try:
-            return batch.reply(0, timeout, cancelled)
-        finally:
-            batch.close()
-
     def batch(self, requests: Sequence[Mapping[str, Any]]) -> ExecutorBatch:
         """Requests for one executor, sent ahead of their replies (see ExecutorBatch)."""
         return ExecutorBatch(self, requests)

@@ -284,27 +284,30 @@ class SlotLoop:
         or its outcome once it ends."""
         try:
             return next(run) if call is None else run.send(call)
-        except StopIteration as finished:
+        except Exception as exc:  # StopIteration included: the command ended either way
             self._state.running.finished(row["command_id"])
-            outcome: Outcome = finished.value
+            return self._ended(conn, row, exc)
+
+    def _ended(self, conn: psycopg.Connection[Any], row: ClaimedCommand,
+               exc: Exception) -> Outcome:
+        """The outcome of a command whose run ended with `exc`: its own outcome, or the
+        internal error of a bug; raises when the engine's connection is lost."""
+        if isinstance(exc, StopIteration):
+            outcome: Outcome = exc.value
             return outcome
-        except EngineConnectionLost as lost:
+        if isinstance(exc, EngineConnectionLost):
             # A stream lost this slot's connection: reconnect, like a lost finish. The
             # command stays claimed by us; the orphan sweep gives it back to the queue.
-            self._state.running.finished(row["command_id"])
-            raise lost.connection_error from None
-        except (DatabaseTransient, psycopg.OperationalError) as exc:
-            self._state.running.finished(row["command_id"])
-            if conn.broken or conn.closed:
-                # The engine's own connection broke while the command ran (reading its
-                # spec, a stored result, a credential): infrastructure, not the step's
-                # failure. Reconnect; the command goes back to the queue at this attempt.
-                raise db.database_error(exc) if isinstance(exc, psycopg.Error) else exc \
-                    from None
-            return self._internal_error(row, exc)
-        except Exception as exc:  # a bug or an unexpected library error: fail the command
-            self._state.running.finished(row["command_id"])
-            return self._internal_error(row, exc)
+            raise exc.connection_error from None
+        if isinstance(exc, DatabaseTransient | psycopg.OperationalError) and (
+                conn.broken or conn.closed):
+            # The engine's own connection broke while the command ran (reading its spec,
+            # a stored result, a credential): infrastructure, not the step's failure.
+            # Reconnect; the command goes back to the queue at this attempt.
+            raise db.database_error(exc) if isinstance(exc, psycopg.Error) else exc \
+                from None
+        # A bug or an unexpected library error: fail the command.
+        return self._internal_error(row, exc)
 
     def _internal_error(self, row: ClaimedCommand, exc: Exception) -> Outcome:
         log.exception("command %s failed unexpectedly", row["command_id"])
