@@ -110,9 +110,10 @@ $$;
 --   transaction. The key is deterministic (it names the cause), so issuing the same key
 --   twice is a no-op that returns NULL. With `claimed_by` the command is created already
 --   claimed by that worker (the route fast path) and no NOTIFY is sent; without, it is
---   created claimed by the finishing worker while open_issue_claims's budget lasts (with
---   its `command.claimed` event, listed for close_issue_claims), else queued and workers
---   are woken through noetl.notify_queue.
+--   created claimed by the finishing worker while open_issue_claims's budget lasts (listed
+--   for close_issue_claims), else queued and workers are woken through notify_queue. A
+--   command created claimed has no `command.claimed` event: its `command.issued` names
+--   the worker (meta.worker_id), issued and claimed being one happening.
 -- Locks: the unique index entry of (execution_id, command_key).
 create or replace function noetl.issue_command(
     p_execution_id bigint,
@@ -152,16 +153,16 @@ begin
     perform noetl.record_event(
         p_execution_id, 'command.issued', p_step_name, v_command_id, 1,
         null, null,
-        jsonb_build_object('kind', p_kind, 'command_key', p_command_key),
+        jsonb_build_object('kind', p_kind, 'command_key', p_command_key)
+        || case
+            when v_claimer is not null then jsonb_build_object('worker_id', v_claimer)
+            else '{}'::jsonb
+        end,
         p_loop_id, p_iter_index
     );
     if v_claimer is null then
         perform noetl.notify_queue(p_kind);
     elsif p_claimed_by is null then
-        perform noetl.record_event(
-            p_execution_id, 'command.claimed', p_step_name, v_command_id, 1, null, null,
-            jsonb_build_object('worker_id', v_claimer, 'claim', 0), p_loop_id, p_iter_index
-        );
         perform set_config('noetl.issue_claimed', concat_ws(
             ',', nullif(current_setting('noetl.issue_claimed', true), ''), v_command_id
         ), true);

@@ -109,8 +109,10 @@ $$;
 --   commands keyed "iter:<loop_id>:<index>" (a key issued before is skipped), with one
 --   `command.issued` event each. The first `claim_n` of them are created already claimed
 --   by `claimer` (a worker finishing this loop's iterations with free capacity: no queue
---   round trip), with their `command.claimed` event, when that worker serves the step's
---   kind (`kinds` NULL: any); their ids are returned. The rest are queued, with one wake-up.
+--   round trip), when that worker serves the step's kind (`kinds` NULL: any); their ids
+--   are returned, and their `command.issued` names the claimer (meta.worker_id): issued
+--   and claimed in one happening, one event, not a `command.claimed` beside it (a third
+--   of a loop item's events). The rest are queued, with one wake-up.
 --   Does not touch the loop row: the caller counts all n in loop.issued in its own update.
 -- Locks: the caller holds the loop row; the unique keys of the new commands.
 create or replace function noetl.issue_loop_items(
@@ -168,30 +170,23 @@ begin
         returning command_id, command_key, iter_index, status
     )
 
-    -- Every command.issued first, then the command.claimed of those created claimed.
     select
         coalesce(array_agg(issued.command_id) filter (where issued.status = 'claimed'), '{}'),
         count(*) filter (where issued.status = 'queued'),
-        noetl.record_events(
-            array_agg(
-                row(
-                    p_loop.execution_id, 'command.issued', p_loop.step_name,
-                    issued.command_id, 1, null, null,
-                    jsonb_build_object('kind', v_kind, 'command_key', issued.command_key),
-                    p_loop.loop_id, issued.iter_index, null
-                )::noetl.event_record
-                order by issued.iter_index
-            )
-            || coalesce(array_agg(
-                row(
-                    p_loop.execution_id, 'command.claimed', p_loop.step_name,
-                    issued.command_id, 1, null, null,
-                    jsonb_build_object('worker_id', p_claimer),
-                    p_loop.loop_id, issued.iter_index, null
-                )::noetl.event_record
-                order by issued.iter_index
-            ) filter (where issued.status = 'claimed'), '{}')
-        )
+        noetl.record_events(array_agg(
+            row(
+                p_loop.execution_id, 'command.issued', p_loop.step_name,
+                issued.command_id, 1, null, null,
+                jsonb_build_object('kind', v_kind, 'command_key', issued.command_key)
+                || case
+                    when issued.status = 'claimed'
+                        then jsonb_build_object('worker_id', p_claimer)
+                    else '{}'::jsonb
+                end,
+                p_loop.loop_id, issued.iter_index, null
+            )::noetl.event_record
+            order by issued.iter_index
+        ))
     into v_claimed, v_queued, v_logged
     from issued;
     if v_queued > 0 then

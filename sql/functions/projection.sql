@@ -215,8 +215,11 @@ begin
             or p_event.command_id <= coalesce((v_step ->> 'command_id')::bigint, 0) then
             return p_state;
         end if;
+        -- A command created claimed (meta.worker_id) is issued and claimed in one event.
         v_step := v_step || jsonb_build_object(
-            'status', 'queued', 'command_id', p_event.command_id, 'attempts', 0,
+            'status', case when p_event.meta ? 'worker_id' then 'running' else 'queued' end,
+            'command_id', p_event.command_id,
+            'attempts', case when p_event.meta ? 'worker_id' then p_event.attempt else 0 end,
             'runs', coalesce((v_step ->> 'runs')::integer, 0) + 1,
             'started', coalesce(v_step -> 'started', v_at), 'finished', null
         );

@@ -153,6 +153,10 @@ def test_progress_bar_advances_to_the_final_state(server: Server, browser: Brows
     page.wait_for_function("document.querySelectorAll('#graph g.node[data-status=done]')"
                            ".length === 3", timeout=20_000)
     assert page.locator("#steps tbody tr").count() == 3
+    # The event table is read again when the projected event count moves, which can be a
+    # poll after the graph shows the last step done: wait for it, then read it.
+    page.wait_for_function("(document.querySelector('#events tbody tr') || {}).innerText"
+                           "?.includes('playbook.completed')", timeout=20_000)
     first_event = page.locator("#events tbody tr").first.inner_text()
     assert "playbook.completed" in first_event
     page.screenshot(path=SHOTS / "console-execution.png", full_page=True)

@@ -134,7 +134,9 @@ def _serve_and_check(command: list[str], probe: list[str], env: dict[str, str],
         with db.connection(env["NOETL_DSN"]) as conn:
             claims = conn.execute(
                 "select node_name, meta ->> 'worker_id' as worker_id from noetl.event "
-                "where execution_id = %s and event_type = 'command.claimed' "
+                "where execution_id = %s and (event_type = 'command.claimed' or "
+                # a command created claimed: its command.issued names the worker
+                "(event_type = 'command.issued' and meta ? 'worker_id')) "
                 "order by event_id", (execution_id,)).fetchall()
         assert [(c["node_name"], c["worker_id"]) for c in claims] == [
             ("greet", worker_id), ("measure", worker_id)]

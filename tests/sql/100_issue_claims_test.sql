@@ -57,12 +57,12 @@ select is(
 );
 select is(
     (
-        select count(*)::integer from noetl.event as e
-        where
-            e.command_id = current_setting('test.c1')::bigint
-            and e.event_type = 'command.claimed' and e.meta ->> 'worker_id' = 'w1'
+        select array_agg(e.event_type || ' ' || coalesce(e.meta ->> 'worker_id', '-'))
+        from noetl.event as e
+        where e.command_id = current_setting('test.c1')::bigint
     ),
-    1, 'with its command.claimed event'
+    array['command.issued w1'],
+    'issued and claimed in one event: its command.issued names the worker, no command.claimed'
 );
 select is(
     (
@@ -132,12 +132,12 @@ select is(
 );
 select is(
     (
-        select count(*)::integer from noetl.event as e
-        where
-            e.command_id = (select nb.command_id from next_b as nb)
-            and e.event_type = 'command.claimed'
+        select array_agg(e.event_type || ' ' || coalesce(e.meta ->> 'worker_id', '-'))
+        from noetl.event as e
+        where e.command_id = (select nb.command_id from next_b as nb)
     ),
-    1, 'the next step has one command.claimed event'
+    array['command.issued w2'],
+    'the next step has one event, its command.issued naming the worker'
 );
 select is(
     noetl.take_issue_claim('noop'), null, 'finish_and_claim leaves no claims open'

@@ -149,15 +149,17 @@ select is(
             ]
         from l1
     ),
-    array[5, 1]::bigint[],
-    'one command.issued per new command and command.claimed for the claimed one'
+    array[5, 0]::bigint[],
+    'one command.issued per new command, no command.claimed for the one created claimed'
 );
 select is(
     (
-        select e.meta from noetl.event as e, l1
-        where e.loop_id = l1.id and e.event_type = 'command.claimed'
+        select array_agg(e.meta ->> 'worker_id' order by e.iter_index)
+        from noetl.event as e, l1
+        where e.loop_id = l1.id and e.event_type = 'command.issued'
     ),
-    '{"worker_id": "w9"}'::jsonb, 'command.claimed names the claimer'
+    array[null, null, null, null, 'w9'],
+    'the command.issued of the one created claimed names the claimer, the others none'
 );
 select is(
     (

@@ -4,7 +4,7 @@
 -- release_projection_shards with one and two projectors. The folds are pure: events are
 -- built in memory (pg_temp.ev) with a fixed time per event id.
 begin;
-select plan(40);
+select plan(41);
 
 -- An event as the fold reads it; created_at is 2030-01-01 plus event_id seconds.
 create function pg_temp.ev(
@@ -35,6 +35,16 @@ select is(
         'started', pg_temp.at(1), 'finished', null
     ),
     'command.issued starts the step queued, one run'
+);
+select is(
+    noetl.fold_step(
+        '{}', pg_temp.ev(1, 'command.issued', 'b', 20, 1, '{"kind": "python", "worker_id": "w1"}')
+    ) -> 'steps' -> 'b',
+    jsonb_build_object(
+        'status', 'running', 'command_id', 20, 'attempts', 1, 'runs', 1,
+        'started', pg_temp.at(1), 'finished', null
+    ),
+    'a command.issued naming its worker (created claimed) starts the step running, attempt 1'
 );
 select is(
     (
