@@ -23,17 +23,64 @@ $$;
 --   object, is sent whole: refs are resolved by the worker when a template reads them).
 --   `reads` NULL sends every result. A step without a result yet is absent. So the bytes
 --   a claim carries do not grow with results its step does not read.
+-- Cost: an object `reads` is one step_result lookup by key per step it names, whatever
+--   the number of results (a chain's step reads the one before it); otherwise one scan of
+--   the execution's results.
+-- Plans: one per session, index scans only (plan_cache_mode, enable_seqscan): a plan made
+--   while step_result was a page or two, kept by the plan cache, would otherwise go on
+--   filtering every result of the execution for each key it looks up.
 -- Locks: none (a plain read at the statement's snapshot).
 create or replace function noetl.command_context(p_execution_id bigint, p_reads jsonb)
 returns jsonb
 language plpgsql
 stable
+set plan_cache_mode = force_generic_plan
+set enable_seqscan = off
 as $$
 -- plpgsql rather than sql: a non-inlinable SQL function is planned on every call, and this
--- one runs on every claim.
+-- one runs on every claim. Two statements, one per shape of `reads`, rather than one
+-- whose branches are gated by a test of the parameter: a generic plan of that one read
+-- every result of the execution and filtered them by step name, for each step named.
 declare
     v_context jsonb;
 begin
+    if jsonb_typeof(p_reads) = 'object' then
+        select jsonb_build_object(
+            'execution_id', e.execution_id,
+            'path', e.path,
+            'workload', e.workload,
+            'ctx', e.ctx,
+            'results', coalesce(
+                (select jsonb_object_agg(
+                    r.step_name,
+                    case
+                        when jsonb_typeof(p_reads -> r.step_name) <> 'array'
+                            or jsonb_typeof(r.result) <> 'object'
+                            or r.result ? 'result_ref'
+                            then r.result
+                        else coalesce(
+                            (select jsonb_object_agg(k.key, r.result -> k.key)
+                             from jsonb_array_elements_text(p_reads -> r.step_name) as k (key)
+                             where r.result ? k.key),
+                            '{}'::jsonb
+                        )
+                    end
+                )
+                 from jsonb_object_keys(p_reads) as n (step_name)
+                 -- `offset 0`: a lookup by (execution_id, step_name) per name, kept apart
+                 -- from the key list (not flattened into a join).
+                 cross join lateral (
+                     select b.step_name, b.result from noetl.step_result as b
+                     where b.execution_id = e.execution_id and b.step_name = n.step_name
+                     offset 0
+                 ) as r),
+                '{}'::jsonb
+            )
+        ) into v_context
+        from noetl.execution as e
+        where e.execution_id = p_execution_id;
+        return v_context;
+    end if;
     select jsonb_build_object(
         'execution_id', e.execution_id,
         'path', e.path,
@@ -56,23 +103,10 @@ begin
                     )
                 end
             )
-             from (
-                 -- The steps an object `reads` names are looked up by key, not filtered
-                 -- from all results (a chain's step read every result before it). The
-                 -- first branch's test names no row: it gates the scan once.
-                 select a.step_name, a.result from noetl.step_result as a
-                 where
-                     a.execution_id = e.execution_id
-                     and (p_reads is null or jsonb_typeof(p_reads) <> 'object')
-                     and (p_reads is null or p_reads ? a.step_name)
-                 union all
-                 select b.step_name, b.result
-                 from jsonb_object_keys(
-                     case when jsonb_typeof(p_reads) = 'object' then p_reads end
-                 ) as k (step_name)
-                 inner join noetl.step_result as b
-                     on b.execution_id = e.execution_id and k.step_name = b.step_name
-             ) as r),
+             from noetl.step_result as r
+             where
+                 r.execution_id = e.execution_id
+                 and (p_reads is null or p_reads ? r.step_name)),
             '{}'::jsonb
         )
     ) into v_context

@@ -67,9 +67,17 @@ $$;
 --   execution ended later in this transaction (the command that went past the budget
 --   failed it, noetl.count_command) is cancelled, as fail_execution cancels the queued.
 -- Locks: those command rows (UPDATE), under their execution's lock the caller holds.
+-- Plans: one per session, of index probes by key (plan_cache_mode, enable_seqscan, as in
+--   describe_commands_v1): a plan made while noetl.command was a few pages, kept by the
+--   plan cache, read the whole table on every call as it grew (a chain of n steps read
+--   ~n^2/2 rows).
 create or replace function noetl.close_issue_claims()
 returns bigint[]
 language plpgsql
+set plan_cache_mode = force_generic_plan
+set enable_seqscan = off
+set enable_hashjoin = off
+set enable_mergejoin = off
 as $$
 declare
     v_ids bigint[] := coalesce(
@@ -315,7 +323,8 @@ $$;
 --   a custom plan and planned this query on every call, which cost more than running it
 --   (~1 ms on 2,000 executions). Nested loops of index scans only: for "ten rows" the
 --   generic plan would merge-join the whole execution index, or keep scanning a table
---   that was small when planned; a few commands want a few index probes.
+--   that was small when planned; a few commands want a few index probes, each step's
+--   plan row by its whole key (catalog_id, step_name), whatever the playbook's size.
 -- Locks: none.
 create or replace function noetl.describe_commands_v1(p_command_ids bigint[])
 returns setof noetl.claimed_command
@@ -329,6 +338,31 @@ as $$
 -- plpgsql rather than sql: a set-returning SQL function is planned on every call, and this
 -- one runs on every claim (measured: most of the 0.6 ms of a 25-row claim).
 begin
+    -- `offset 0` (below): each step's plan row is looked up by its whole key. As a join,
+    -- the plan probed catalog_step by catalog_id alone and filtered the steps by name.
+    -- One command (a chain's next step): its own group, no window or sorts to set up.
+    if cardinality(p_command_ids) = 1 then
+        return query
+        select
+            c.command_id, c.execution_id, e.catalog_id, c.step_name, c.kind, c.attempt,
+            c.loop_id, c.iter_index, c.input, li.item_value,
+            noetl.command_context(
+                c.execution_id,
+                noetl.command_reads(c.kind, c.step_name, s.reads, s.loop_reads)
+            ),
+            c.claim_gen
+        from noetl.command as c
+        inner join noetl.execution as e on c.execution_id = e.execution_id
+        left join lateral (
+            select s.reads, s.loop_reads from noetl.catalog_step as s
+            where s.catalog_id = e.catalog_id and s.step_name = c.step_name
+            offset 0
+        ) as s on true
+        left join noetl.loop_item as li
+            on c.loop_id = li.loop_id and c.iter_index = li.iter_index
+        where c.command_id = p_command_ids[1];
+        return;
+    end if;
     return query
     select
         c.command_id,
@@ -354,8 +388,11 @@ begin
         c.claim_gen
     from noetl.command as c
     inner join noetl.execution as e on c.execution_id = e.execution_id
-    left join noetl.catalog_step as s
-        on e.catalog_id = s.catalog_id and c.step_name = s.step_name
+    left join lateral (
+        select s.reads, s.loop_reads from noetl.catalog_step as s
+        where s.catalog_id = e.catalog_id and s.step_name = c.step_name
+        offset 0
+    ) as s on true
     left join noetl.loop_item as li
         on c.loop_id = li.loop_id and c.iter_index = li.iter_index
     where c.command_id = any(p_command_ids)
