@@ -12,6 +12,8 @@
 --   Nothing is routed once the execution is no longer RUNNING.
 -- Locks: the execution row (check_progress), which the caller holds already: every
 --   caller took its command's locks in the lock order first.
+-- Failure modes: raises no_data_found (P0002) when the command's step is not in its
+--   execution's playbook.
 create or replace function noetl.route_after(
     p_cmd noetl.command,
     p_event text,
@@ -23,20 +25,27 @@ language plpgsql
 as $$
 declare
     v_catalog_id bigint;
+    v_read record;
     v_step noetl.catalog_step;
     v_target text;
     v_chosen jsonb;
     v_route_id bigint;
 begin
-    if not noetl.execution_is_running(p_cmd.execution_id) then
+    -- One read for this transition: whether the execution still runs (execution_is_running's
+    -- test) and the step's plan (its catalog_id names the playbook).
+    select e.status = 'RUNNING' as running, s as step into v_read
+    from noetl.execution as e
+    left join noetl.catalog_step as s
+        on e.catalog_id = s.catalog_id and s.step_name = p_cmd.step_name
+    where e.execution_id = p_cmd.execution_id;
+    if not coalesce(v_read.running, false) then
         return null;
     end if;
-
-    -- The step's plan, read once for this transition (its catalog_id names the playbook).
-    select s.* into strict v_step
-    from noetl.catalog_step as s
-    inner join noetl.execution as e on s.catalog_id = e.catalog_id
-    where e.execution_id = p_cmd.execution_id and s.step_name = p_cmd.step_name;
+    if (v_read.step).catalog_id is null then
+        raise exception 'execution %: step "%" is not in the playbook', p_cmd.execution_id,
+            p_cmd.step_name using errcode = 'P0002';
+    end if;
+    v_step := v_read.step;
     v_catalog_id := v_step.catalog_id;
 
     if v_step.route_mode = 'router' and p_event = 'call.done' and p_targets is not null then
@@ -193,6 +202,8 @@ $$;
 -- Contract: after any step-level change, issues each join step whose arrivals are in and
 --   which no active command can still reach, then completes the execution when nothing is
 --   active and no arrival waits: `playbook.completed` with the result of `last_step`.
+-- Cost: one read when no join waits (the usual transition): whether the execution runs,
+--   whether an arrival waits, whether a command is active.
 -- Locks: the execution row with its ancestors (lock_executions; callers hold them
 --   already, in the lock order). This serialises the "is anything still active?"
 --   question per execution: two branches finishing at once cannot both see the other as
@@ -208,76 +219,100 @@ declare
     v_join record;
     v_command_id bigint;
     v_arc_set jsonb;
-    v_active boolean := false;
+    v_running boolean;
+    v_waiting boolean;
+    v_active boolean;
     v_reachable text[];
 begin
     perform noetl.lock_executions(array[p_execution_id]);
-    if not noetl.execution_is_running(p_execution_id) then
+    -- Whether it runs (execution_is_running's test), whether an arrival waits and whether
+    -- a command is active, in one read. The active test is ordered like
+    -- command_active_idx so even a generic plan reads that index: with one execution
+    -- holding most of the queue, "first matching row of a scan" looks cheaper to the
+    -- planner and walks the whole table for any other execution. (Not EXISTS: the planner
+    -- drops ORDER BY and LIMIT inside EXISTS.)
+    select
+        e.status = 'RUNNING',
+        exists (
+            select 1 from noetl.join_arrival as a
+            where a.execution_id = e.execution_id and a.consumed_by is null
+        ),
+        coalesce((
+            select true from noetl.command as c
+            where
+                c.execution_id = e.execution_id
+                and c.status in ('queued', 'claimed', 'waiting')
+            order by c.step_name
+            limit 1
+        ), false)
+    into v_running, v_waiting, v_active
+    from noetl.execution as e
+    where e.execution_id = p_execution_id;
+    if not coalesce(v_running, false) then
         return;
     end if;
 
-    for v_join in
-        select a.step_name, min(a.source_command_id) as first_source
-        from noetl.join_arrival as a
-        where a.execution_id = p_execution_id and a.consumed_by is null
-        group by a.step_name
-    loop
-        -- The playbook's id is read only when a join waits.
-        if v_catalog_id is null then
-            select e.catalog_id into v_catalog_id
-            from noetl.execution as e
-            where e.execution_id = p_execution_id;
-        end if;
-        -- What the active commands can still reach, computed once, when a join waits: the
-        -- plan stores arc targets only (reachable_steps walks them).
-        if v_reachable is null then
-            v_reachable := noetl.reachable_steps(v_catalog_id, array(
-                select distinct c.step_name
-                from noetl.command as c
-                where c.execution_id = p_execution_id
-                    and c.status in ('queued', 'claimed', 'waiting')
-            ));
-        end if;
-        continue when v_join.step_name = any(v_reachable);
-        for v_arc_set in
-            select a.arc_set from noetl.join_arrival as a
+    if v_waiting then
+        for v_join in
+            select a.step_name, min(a.source_command_id) as first_source
+            from noetl.join_arrival as a
+            where a.execution_id = p_execution_id and a.consumed_by is null
+            group by a.step_name
+        loop
+            -- The playbook's id is read only when a join waits.
+            if v_catalog_id is null then
+                select e.catalog_id into v_catalog_id
+                from noetl.execution as e
+                where e.execution_id = p_execution_id;
+            end if;
+            -- What the active commands can still reach, computed once, when a join waits:
+            -- the plan stores arc targets only (reachable_steps walks them).
+            if v_reachable is null then
+                v_reachable := noetl.reachable_steps(v_catalog_id, array(
+                    select distinct c.step_name
+                    from noetl.command as c
+                    where c.execution_id = p_execution_id
+                        and c.status in ('queued', 'claimed', 'waiting')
+                ));
+            end if;
+            continue when v_join.step_name = any(v_reachable);
+            for v_arc_set in
+                select a.arc_set from noetl.join_arrival as a
+                where a.execution_id = p_execution_id
+                    and a.step_name = v_join.step_name
+                    and a.consumed_by is null
+                    and a.arc_set is not null
+                order by a.source_command_id
+            loop
+                update noetl.execution as e
+                set ctx = e.ctx || v_arc_set
+                where e.execution_id = p_execution_id;
+            end loop;
+            v_command_id := noetl.issue_step(
+                p_execution_id, v_catalog_id, v_join.step_name,
+                'join:' || v_join.first_source
+            );
+            update noetl.join_arrival as a
+            set consumed_by = v_command_id
             where a.execution_id = p_execution_id
                 and a.step_name = v_join.step_name
-                and a.consumed_by is null
-                and a.arc_set is not null
-            order by a.source_command_id
-        loop
-            update noetl.execution as e
-            set ctx = e.ctx || v_arc_set
-            where e.execution_id = p_execution_id;
+                and a.consumed_by is null;
+            -- The join issued is active now: what it reaches counts for the next joins.
+            v_reachable := null;
         end loop;
-        v_command_id := noetl.issue_step(
-            p_execution_id, v_catalog_id, v_join.step_name,
-            'join:' || v_join.first_source
+        -- Asked again, the joins just issued being active (ordered as above).
+        select true into v_active
+        from noetl.command as c
+        where c.execution_id = p_execution_id
+            and c.status in ('queued', 'claimed', 'waiting')
+        order by c.step_name
+        limit 1;
+        v_active := coalesce(v_active, false) or exists (
+            select 1 from noetl.join_arrival as a
+            where a.execution_id = p_execution_id and a.consumed_by is null
         );
-        update noetl.join_arrival as a
-        set consumed_by = v_command_id
-        where a.execution_id = p_execution_id
-            and a.step_name = v_join.step_name
-            and a.consumed_by is null;
-        -- The join issued is active now: what it reaches counts for the next joins.
-        v_reachable := null;
-    end loop;
-
-    -- Ordered like command_active_idx so even a generic plan reads that index: with one
-    -- execution holding most of the queue, "first matching row of a scan" looks cheaper
-    -- to the planner and walks the whole table for any other execution. (Not EXISTS: the
-    -- planner drops ORDER BY and LIMIT inside EXISTS.)
-    select true into v_active
-    from noetl.command as c
-    where c.execution_id = p_execution_id
-        and c.status in ('queued', 'claimed', 'waiting')
-    order by c.step_name
-    limit 1;
-    if v_active or exists (
-        select 1 from noetl.join_arrival as a
-        where a.execution_id = p_execution_id and a.consumed_by is null
-    ) then
+    end if;
+    if v_active then
         return;
     end if;
 
@@ -337,12 +372,16 @@ returns boolean
 language plpgsql
 stable
 as $$
--- plpgsql rather than sql: an EXISTS keeps a SQL function from being inlined, and a SQL
--- function that is not inlined is planned on every call.
+-- plpgsql rather than sql: a sub-select keeps a SQL function from being inlined, and a
+-- SQL function that is not inlined is planned on every call.
+-- The row by its key, its status tested after: with the status in the WHERE clause a
+-- generic plan made on a fresh database walked execution_status_idx over every RUNNING
+-- execution to find this one.
 begin
-    return exists (
-        select 1 from noetl.execution as e
-        where e.execution_id = p_execution_id and e.status = 'RUNNING'
+    return coalesce(
+        (select e.status = 'RUNNING' from noetl.execution as e
+         where e.execution_id = p_execution_id),
+        false
     );
 end;
 $$;
