@@ -41,13 +41,23 @@ as $$
 declare
     v_issued bigint;
     v_max bigint;
-    v_pending bigint;
+    v_pending bigint := 0;
+    v_folds boolean := true;
     v_path text;
 begin
-    select b.issued, b.max_commands into v_issued, v_max
+    -- Whether pending counts wait is read with the row: usually none do, and the delete
+    -- that folds them in is skipped.
+    select
+        b.issued,
+        b.max_commands,
+        exists (
+            select 1 from noetl.execution_budget_pending as p
+            where p.execution_id = b.execution_id
+        )
+    into v_issued, v_max, v_folds
     from noetl.execution_budget as b
     where b.execution_id = new.execution_id
-    for update skip locked;
+    for update of b skip locked;
     if not found then
         if exists (
             select 1 from noetl.execution_budget as b where b.execution_id = new.execution_id
@@ -71,14 +81,17 @@ begin
             return null;
         end if;
         v_issued := 0;
+        v_folds := true;
     end if;
 
-    with folded as (
-        delete from noetl.execution_budget_pending as p
-        where p.execution_id = new.execution_id
-        returning 1
-    )
-    select count(*) into v_pending from folded;
+    if v_folds then
+        with folded as (
+            delete from noetl.execution_budget_pending as p
+            where p.execution_id = new.execution_id
+            returning 1
+        )
+        select count(*) into v_pending from folded;
+    end if;
     update noetl.execution_budget as b
     set issued = b.issued + 1 + v_pending
     where b.execution_id = new.execution_id
