@@ -26,7 +26,9 @@ drop function if exists noetl.lock_claimed_command(bigint, integer, text, intege
 --   `command.outcome_refused` event. A worker passes the claim_gen its claim returned
 --   (complete_command_v1 requires it); without it the attempt alone fences.
 -- Locks: in the lock order, its execution (with ancestors), its loop and the command row
---   (lock_claimed_command); routing then re-uses the execution row it holds.
+--   (lock_command_rows; the fence of lock_claimed_command is the update's WHERE clause,
+--   and lock_claimed_command records a refusal); routing then re-uses the execution row
+--   it holds.
 -- Failure modes: raises no_data_found for an unknown command id.
 create or replace function noetl.complete_command(
     p_command_id bigint,
@@ -42,10 +44,28 @@ create or replace function noetl.complete_command(
 language plpgsql
 as $$
 declare
+    -- The command row as this call updated it (status 'done').
     v_cmd noetl.command;
 begin
-    v_cmd := noetl.lock_claimed_command(p_command_id, p_attempt, null, p_claim, 'done');
-    if v_cmd.command_id is null then
+    -- lock_claimed_command's fence, applied by the update itself (one statement, where a
+    -- read then an update were two): done only while claimed at `attempt` and, when
+    -- given, under `claim`; NULLs fence nothing, as there.
+    perform noetl.lock_command_rows(array[p_command_id]);
+    update noetl.command as c
+    set status = 'done', finished_at = noetl.now()
+    where
+        c.command_id = p_command_id
+        and c.status = 'claimed'
+        and coalesce(c.attempt = p_attempt, true)
+        and coalesce(c.claim_gen = p_claim, true)
+    returning c.* into v_cmd;
+    if not found then
+        -- Refused or unknown: lock_claimed_command records the refusal or raises.
+        v_cmd := noetl.lock_claimed_command(p_command_id, p_attempt, null, p_claim, 'done');
+        if v_cmd.command_id is not null then
+            raise exception 'complete_command: command %: the update''s fence and '
+                'lock_claimed_command''s disagree', p_command_id;
+        end if;
         outcome := 'stale';
         return;
     end if;
@@ -58,10 +78,6 @@ begin
             end
             using errcode = '22023';
     end if;
-
-    update noetl.command as c
-    set status = 'done', finished_at = noetl.now()
-    where c.command_id = p_command_id;
 
     perform noetl.record_event(
         v_cmd.execution_id, 'call.done', v_cmd.step_name, p_command_id, p_attempt,
