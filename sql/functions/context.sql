@@ -41,6 +41,7 @@ as $$
 -- one runs on every claim. Two statements, one per shape of `reads`, rather than one
 -- whose branches are gated by a test of the parameter: a generic plan of that one read
 -- every result of the execution and filtered them by step name, for each step named.
+-- Keys are picked by a call (result_keys), not a sub-select every execution sets up.
 declare
     v_context jsonb;
 begin
@@ -58,12 +59,7 @@ begin
                             or jsonb_typeof(r.result) <> 'object'
                             or r.result ? 'result_ref'
                             then r.result
-                        else coalesce(
-                            (select jsonb_object_agg(k.key, r.result -> k.key)
-                             from jsonb_array_elements_text(p_reads -> r.step_name) as k (key)
-                             where r.result ? k.key),
-                            '{}'::jsonb
-                        )
+                        else noetl.result_keys(r.result, p_reads -> r.step_name)
                     end
                 )
                  from jsonb_object_keys(p_reads) as n (step_name)
@@ -95,12 +91,7 @@ begin
                         or jsonb_typeof(r.result) <> 'object'
                         or r.result ? 'result_ref'
                         then r.result
-                    else coalesce(
-                        (select jsonb_object_agg(k.key, r.result -> k.key)
-                         from jsonb_array_elements_text(p_reads -> r.step_name) as k (key)
-                         where r.result ? k.key),
-                        '{}'::jsonb
-                    )
+                    else noetl.result_keys(r.result, p_reads -> r.step_name)
                 end
             )
              from noetl.step_result as r
@@ -113,6 +104,26 @@ begin
     from noetl.execution as e
     where e.execution_id = p_execution_id;
     return v_context;
+end;
+$$;
+
+-- noetl.result_keys(result, keys) -> jsonb
+-- Contract: the object of the top-level `keys` (a JSON array of strings) that `result` (an
+--   object) has, each with its value; '{}' when it has none of them. What command_context
+--   sends of a result its step reads by key.
+-- Locks: none.
+create or replace function noetl.result_keys(p_result jsonb, p_keys jsonb)
+returns jsonb
+language plpgsql
+immutable
+as $$
+begin
+    return coalesce(
+        (select jsonb_object_agg(k.key, p_result -> k.key)
+         from jsonb_array_elements_text(p_keys) as k (key)
+         where p_result ? k.key),
+        '{}'::jsonb
+    );
 end;
 $$;
 
