@@ -28,12 +28,14 @@ begin
     ) then
         v_n := 0;
     end if;
-    perform set_config('noetl.issue_claimer', coalesce(p_worker_id, ''), true);
-    perform set_config(
-        'noetl.issue_claim_kinds', coalesce(array_to_string(p_kinds, ','), '*'), true
-    );
-    perform set_config('noetl.issue_claims_left', v_n::text, true);
-    perform set_config('noetl.issue_claimed', '', true);
+    -- One statement for the four settings (a PERFORM each cost an executor start).
+    perform
+        set_config('noetl.issue_claimer', coalesce(p_worker_id, ''), true),
+        set_config(
+            'noetl.issue_claim_kinds', coalesce(array_to_string(p_kinds, ','), '*'), true
+        ),
+        set_config('noetl.issue_claims_left', v_n::text, true),
+        set_config('noetl.issue_claimed', '', true);
 end;
 $$;
 
@@ -85,8 +87,9 @@ declare
         '{}'
     );
 begin
-    perform set_config('noetl.issue_claims_left', '0', true);
-    perform set_config('noetl.issue_claimed', '', true);
+    perform
+        set_config('noetl.issue_claims_left', '0', true),
+        set_config('noetl.issue_claimed', '', true);
     if cardinality(v_ids) = 0 then
         return v_ids;
     end if;
