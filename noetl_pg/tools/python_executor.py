@@ -47,7 +47,7 @@ MAX_CALLS_PER_EXECUTOR = 10_000
 CANCEL_CHECK_SECONDS = 0.1
 # How long an executor whose reply pipe closed may take to exit before it is killed.
 EXIT_GRACE_SECONDS = 1.0
-# A request as JSON, values JSON cannot hold as `str`: one encoder for every call
+# Requests as JSON, values JSON cannot hold as `str`: one encoder for every call
 # (json.dumps with options builds one per call).
 _REQUEST_JSON = json.JSONEncoder(default=str)
 
@@ -189,8 +189,7 @@ class Executor:
         as the pipe takes is written now, in one system call, the rest while waiting for
         replies (a runner blocked writing replies nobody reads would never read more)."""
         self.calls += len(requests)
-        self._outgoing += b"".join(_REQUEST_JSON.encode(request).encode() + b"\n"
-                                   for request in requests)
+        self._outgoing += _REQUEST_JSON.encode(list(requests)).encode() + b"\n"
         self._write()
 
     def receive(self, timeout: float | None,
@@ -221,7 +220,9 @@ class Executor:
                 raise ExecutorDied(self._ended())
             self._incoming += chunk
             end = self._incoming.find(b"\n", searched)
-        result: dict[str, Any] = json.loads(self._incoming[:end])
+        # Replies are ASCII (the runner's encoder escapes the rest): decoding them as text
+        # skips json.loads' guess at the encoding of bytes.
+        result: dict[str, Any] = json.loads(self._incoming[:end].decode())
         del self._incoming[:end + 1]
         return result
 
