@@ -170,8 +170,9 @@ class Executor:
         self._stdin_fd = self.process.stdin.fileno()
         self._stdout_fd = self.process.stdout.fileno()
         # Requests are written without blocking (see `send`); replies read ahead of the
-        # one asked for wait here.
+        # one asked for wait here. Replies are read without blocking too (see `receive`).
         os.set_blocking(self._stdin_fd, False)
+        os.set_blocking(self._stdout_fd, False)
         self._outgoing = bytearray()
         self._incoming = bytearray()
 
@@ -203,21 +204,29 @@ class Executor:
             remaining = None if deadline is None else deadline - time.monotonic()
             if remaining is not None and remaining <= 0:
                 raise ExecutorTimeout()
-            wait = remaining
-            if cancelled is not None:
-                wait = CANCEL_CHECK_SECONDS if wait is None else min(wait, CANCEL_CHECK_SECONDS)
-            writable = [self._stdin_fd] if self._outgoing else []
-            ready, can_write, _ = select.select([self._stdout_fd], writable, [], wait)
+            # The runner is usually ahead of the worker: its replies are read at once, and
+            # select (a system call more, and another release of the interpreter lock for
+            # the other slots to contend for) waits only when none has come yet.
+            if self._outgoing:
+                self._write()
+            chunk = self._read()
+            if chunk is None:
+                wait = remaining
+                if cancelled is not None:
+                    wait = (CANCEL_CHECK_SECONDS if wait is None
+                            else min(wait, CANCEL_CHECK_SECONDS))
+                writable = [self._stdin_fd] if self._outgoing else []
+                ready, can_write, _ = select.select([self._stdout_fd], writable, [], wait)
+                if can_write:
+                    self._write()
+                chunk = self._read() if ready else None
             if cancelled is not None and cancelled.is_set():
                 raise ExecutorCancelled()
-            if can_write:
-                self._write()
-            if not ready:
+            if chunk is None:
                 continue
-            searched = len(self._incoming)
-            chunk = os.read(self._stdout_fd, 1 << 16)
             if not chunk:
                 raise ExecutorDied(self._ended())
+            searched = len(self._incoming)
             self._incoming += chunk
             end = self._incoming.find(b"\n", searched)
         # Replies are ASCII (the runner's encoder escapes the rest): decoding them as text
@@ -225,6 +234,13 @@ class Executor:
         result: dict[str, Any] = json.loads(self._incoming[:end].decode())
         del self._incoming[:end + 1]
         return result
+
+    def _read(self) -> bytes | None:
+        """What the runner has written so far (b"" at its end), None when nothing yet."""
+        try:
+            return os.read(self._stdout_fd, 1 << 16)
+        except BlockingIOError:
+            return None
 
     def _write(self) -> None:
         """Write what the pipe takes of the queued requests without blocking."""
