@@ -66,9 +66,11 @@ class SharedClaims:
         self._lock = threading.Lock()
 
     def split(self, rows: list[ClaimedCommand], timings: StepTimings) -> list[ClaimedCommand]:
-        """Keep the first row and rows of fast steps; set the others aside. Every row is
-        given its group's context first (see context_group), so a set-aside row runs on
-        its own."""
+        """Keep the first row and rows of fast steps; set the others aside, each given its
+        group's context (see context_group), so that it runs on its own. The rows of a
+        group are of one step, so a group's kept rows come with its first row, which
+        carries the context: they are kept as they are (a copy of each row cost more
+        than the rest of the split)."""
         if len(rows) <= 1:
             return rows
         contexts: dict[tuple[Any, ...], Any] = {}
@@ -78,8 +80,10 @@ class SharedClaims:
             group = context_group(row)
             if row.get("context") is not None:
                 contexts[group] = row["context"]
-            row = {**row, "context": contexts.get(group)}
-            (kept if position == 0 or timings.is_fast(row) else aside).append(row)
+            if position == 0 or timings.is_fast(row):
+                kept.append(row)
+            else:
+                aside.append({**row, "context": contexts.get(group)})
         if aside:
             with self._lock:
                 self._rows.extend(aside)

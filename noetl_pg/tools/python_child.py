@@ -17,9 +17,11 @@ load):
   SIGKILL), and the guard kills the whole process group, itself, the runner and anything
   the step spawned. The guard runs no user code, so it always answers.
 - the **runner** (the guard's child) dies with the guard (PR_SET_PDEATHSIG on Linux) and
-  answers requests: one JSON request per line on stdin, `{code, input, libs, filename}`;
-  one JSON reply per line on stdout, `{ok: true, value}` or `{ok: false, error,
-  syntax_error}`, both with `stdout`/`stderr` when the snippet wrote any. File descriptors
+  answers requests: a JSON array of requests per line on stdin, each `{code, input, libs,
+  filename, context}` (the worker sends those it has together: one encoding and one
+  decoding per line, not per request), answered in order, one JSON reply per line on
+  stdout, `{ok: true, value}` or `{ok: false, error, syntax_error}`, both with
+  `stdout`/`stderr` when the snippet wrote any. File descriptors
   0-2 of the runner are /dev/null and two temporary files: `print`, `sys.stderr`,
   C extensions and subprocesses write there, never into the reply pipe; after each request
   the files are read back (bounded by `--log-bytes` per stream: the head and the tail are
@@ -216,23 +218,30 @@ def serve(log_bytes: int, log_max_bytes: int) -> None:
                "stderr": Capture(2, log_bytes, log_max_bytes)}
     stdout, stderr = sys.stdout, sys.stderr
     for line in requests:
-        reply = _reply(json.loads(line))
-        sys.stdout, sys.stderr = stdout, stderr  # in case the snippet replaced them
-        for stream in (stdout, stderr):
-            with contextlib.suppress(OSError, ValueError):  # e.g. closed by the snippet
-                stream.flush()
-        for name, capture in outputs.items():
-            text, whole = capture.take()
-            if text:
-                reply[name] = text
-            if whole is not None:
-                reply[f"{name}_full"] = whole
-        try:
-            data = _REPLY_JSON.encode(reply)
-        except ValueError as exc:  # e.g. a circular structure
-            data = json.dumps({"ok": False, "error": f"result is not JSON: {exc}",
-                               "syntax_error": False})
-        replies.write(data.encode() + b"\n")
+        for request in json.loads(line):
+            replies.write(_answer(request, outputs, stdout, stderr))
+
+
+def _answer(request: Mapping[str, Any], outputs: dict[str, Capture], stdout: Any,
+            stderr: Any) -> bytes:
+    """Run one request: its reply line, with what the snippet wrote on each stream."""
+    reply = _reply(request)
+    sys.stdout, sys.stderr = stdout, stderr  # in case the snippet replaced them
+    for stream in (stdout, stderr):
+        with contextlib.suppress(OSError, ValueError):  # e.g. closed by the snippet
+            stream.flush()
+    for name, capture in outputs.items():
+        text, whole = capture.take()
+        if text:
+            reply[name] = text
+        if whole is not None:
+            reply[f"{name}_full"] = whole
+    try:
+        data = _REPLY_JSON.encode(reply)
+    except ValueError as exc:  # e.g. a circular structure
+        data = json.dumps({"ok": False, "error": f"result is not JSON: {exc}",
+                           "syntax_error": False})
+    return data.encode() + b"\n"
 
 
 # --- the guard: privileges, parent death, process group ---------------------------------

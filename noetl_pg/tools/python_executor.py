@@ -47,7 +47,7 @@ MAX_CALLS_PER_EXECUTOR = 10_000
 CANCEL_CHECK_SECONDS = 0.1
 # How long an executor whose reply pipe closed may take to exit before it is killed.
 EXIT_GRACE_SECONDS = 1.0
-# A request as JSON, values JSON cannot hold as `str`: one encoder for every call
+# Requests as JSON, values JSON cannot hold as `str`: one encoder for every call
 # (json.dumps with options builds one per call).
 _REQUEST_JSON = json.JSONEncoder(default=str)
 
@@ -170,8 +170,9 @@ class Executor:
         self._stdin_fd = self.process.stdin.fileno()
         self._stdout_fd = self.process.stdout.fileno()
         # Requests are written without blocking (see `send`); replies read ahead of the
-        # one asked for wait here.
+        # one asked for wait here. Replies are read without blocking too (see `receive`).
         os.set_blocking(self._stdin_fd, False)
+        os.set_blocking(self._stdout_fd, False)
         self._outgoing = bytearray()
         self._incoming = bytearray()
 
@@ -189,8 +190,7 @@ class Executor:
         as the pipe takes is written now, in one system call, the rest while waiting for
         replies (a runner blocked writing replies nobody reads would never read more)."""
         self.calls += len(requests)
-        self._outgoing += b"".join(_REQUEST_JSON.encode(request).encode() + b"\n"
-                                   for request in requests)
+        self._outgoing += _REQUEST_JSON.encode(list(requests)).encode() + b"\n"
         self._write()
 
     def receive(self, timeout: float | None,
@@ -204,26 +204,43 @@ class Executor:
             remaining = None if deadline is None else deadline - time.monotonic()
             if remaining is not None and remaining <= 0:
                 raise ExecutorTimeout()
-            wait = remaining
-            if cancelled is not None:
-                wait = CANCEL_CHECK_SECONDS if wait is None else min(wait, CANCEL_CHECK_SECONDS)
-            writable = [self._stdin_fd] if self._outgoing else []
-            ready, can_write, _ = select.select([self._stdout_fd], writable, [], wait)
+            # The runner is usually ahead of the worker: its replies are read at once, and
+            # select (a system call more, and another release of the interpreter lock for
+            # the other slots to contend for) waits only when none has come yet.
+            if self._outgoing:
+                self._write()
+            chunk = self._read()
+            if chunk is None:
+                wait = remaining
+                if cancelled is not None:
+                    wait = (CANCEL_CHECK_SECONDS if wait is None
+                            else min(wait, CANCEL_CHECK_SECONDS))
+                writable = [self._stdin_fd] if self._outgoing else []
+                ready, can_write, _ = select.select([self._stdout_fd], writable, [], wait)
+                if can_write:
+                    self._write()
+                chunk = self._read() if ready else None
             if cancelled is not None and cancelled.is_set():
                 raise ExecutorCancelled()
-            if can_write:
-                self._write()
-            if not ready:
+            if chunk is None:
                 continue
-            searched = len(self._incoming)
-            chunk = os.read(self._stdout_fd, 1 << 16)
             if not chunk:
                 raise ExecutorDied(self._ended())
+            searched = len(self._incoming)
             self._incoming += chunk
             end = self._incoming.find(b"\n", searched)
-        result: dict[str, Any] = json.loads(self._incoming[:end])
+        # Replies are ASCII (the runner's encoder escapes the rest): decoding them as text
+        # skips json.loads' guess at the encoding of bytes.
+        result: dict[str, Any] = json.loads(self._incoming[:end].decode())
         del self._incoming[:end + 1]
         return result
+
+    def _read(self) -> bytes | None:
+        """What the runner has written so far (b"" at its end), None when nothing yet."""
+        try:
+            return os.read(self._stdout_fd, 1 << 16)
+        except BlockingIOError:
+            return None
 
     def _write(self) -> None:
         """Write what the pipe takes of the queued requests without blocking."""

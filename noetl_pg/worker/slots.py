@@ -14,6 +14,7 @@ batch it holds and claims nothing more.
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 import time
@@ -22,7 +23,7 @@ from functools import partial
 from typing import Any
 
 import psycopg
-from psycopg.types.json import Jsonb
+from psycopg.types.json import Jsonb, set_json_loads
 
 from noetl_pg import db
 from noetl_pg.credentials import for_command
@@ -53,6 +54,13 @@ def _log_refusal(diagnostic: psycopg.errors.Diagnostic) -> None:
     message = diagnostic.message_primary or ""
     if message.startswith("outcome refused:"):
         log.warning("%s", message)
+
+
+def _load_json(data: str | bytes) -> Any:
+    """A json/jsonb value of a slot's connection: PostgreSQL sends UTF-8 text, so it is
+    decoded as such; json.loads on bytes guesses their encoding first, which cost half
+    of a claimed row's small `input` and `item` (1 us each)."""
+    return json.loads(data.decode() if isinstance(data, bytes) else data)
 
 
 class SpecCache:
@@ -122,6 +130,7 @@ class SlotLoop:
                 with self._state.connect() as conn:
                     reconnect.succeeded()
                     conn.add_notice_handler(_log_refusal)
+                    set_json_loads(_load_json, conn)
                     runner = self._runner(conn)
                     pending = self._serve(conn, runner, pending)
                     return

@@ -18,6 +18,16 @@ from noetl_pg import db, nats_bus
 from noetl_pg.command_stats import CommandStats
 
 
+class _ExecutionFlag:
+    """The cancel flag the running commands of one execution share, and how many run."""
+
+    __slots__ = ("event", "running")
+
+    def __init__(self) -> None:
+        self.event = threading.Event()
+        self.running = 0
+
+
 class RunningCommands:
     """Commands running now and executions cancelled while this worker runs: a slot
     registers each command it starts, the listener cancels (NOTIFY noetl_cancel)."""
@@ -25,28 +35,43 @@ class RunningCommands:
     def __init__(self) -> None:
         # Executions cancelled while this worker runs (from NOTIFY noetl_cancel).
         self.cancelled: set[int] = set()
-        # command_id -> (execution_id, flag set on cancel) for commands running now.
-        self._running: dict[int, tuple[int, threading.Event]] = {}
+        # command_id -> execution_id, for commands running now.
+        self._running: dict[int, int] = {}
+        # execution_id -> the flag set on its cancel: the commands of one execution share
+        # it (an Event per command cost more than the rest of a command's bookkeeping
+        # here), dropped when the last of them ends.
+        self._flags: dict[int, _ExecutionFlag] = {}
         self._lock = threading.Lock()
 
     def started(self, command: Mapping[str, Any]) -> threading.Event:
         """The cancel flag of `command`, set if its execution is cancelled while it runs."""
-        flag = threading.Event()
+        command_id, execution_id = command["command_id"], command["execution_id"]
         with self._lock:
-            self._running[command["command_id"]] = (command["execution_id"], flag)
-        return flag
+            flag = self._flags.get(execution_id)
+            if flag is None:
+                flag = self._flags[execution_id] = _ExecutionFlag()
+            if self._running.get(command_id) != execution_id:
+                self._running[command_id] = execution_id
+                flag.running += 1
+            return flag.event
 
     def finished(self, command_id: int) -> None:
         with self._lock:
-            self._running.pop(command_id, None)
+            execution_id = self._running.pop(command_id, None)
+            if execution_id is None:
+                return
+            flag = self._flags[execution_id]
+            flag.running -= 1
+            if not flag.running:
+                del self._flags[execution_id]
 
     def cancel(self, execution_id: int) -> None:
         """NOTIFY noetl_cancel: skip what is not started, stop what is running."""
         self.cancelled.add(execution_id)
         with self._lock:
-            for running_execution, flag in self._running.values():
-                if running_execution == execution_id:
-                    flag.set()
+            flag = self._flags.get(execution_id)
+            if flag is not None:
+                flag.event.set()
 
 
 class WorkerState:
