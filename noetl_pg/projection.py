@@ -1,4 +1,4 @@
-"""The projector: keeps `execution.state` up to date from the event log, shard by shard.
+"""The projector: keeps `noetl.execution_state` up to date from the event log, shard by shard.
 
 The fold itself is SQL (`noetl.project_shard`, sql/functions/projector.sql); this module
 only schedules it. A projector holds shards (execution_id % shard count) through leases it
@@ -60,6 +60,8 @@ class Projector:
         self.shard_count = shard_count if shard_count is not None else shard_count_from_env()
         self.shards: list[int] = []
         self.folded_events = 0
+        # Whether the last round left a shard with more events than one batch folds.
+        self.behind = False
         self._renewed_at = 0.0
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
@@ -89,7 +91,11 @@ class Projector:
                         db.fetch_one(conn, "set_projection_shard_count", count=self.shard_count)
                     reconnect.succeeded()
                     while not self._stopping.is_set():
-                        if self.run_once(conn) == 0:
+                        # A round that left no shard with a full batch waiting caught up:
+                        # going round again at once would fold a few events per shard at
+                        # the fixed cost of a call per shard (and rescan, for each empty
+                        # shard, the events the others wrote since).
+                        if self.run_once(conn) == 0 or not self.behind:
                             self._stopping.wait(self.poll_interval)
                     # A stopping worker folds what its own last commits added first: with
                     # no other projector running, `noetl status` would show them missing.
@@ -106,7 +112,8 @@ class Projector:
     # --- one round -------------------------------------------------------------------
 
     def run_once(self, conn: psycopg.Connection[Any]) -> int:
-        """Renew leases when due, fold one batch of each held shard; returns events folded.
+        """Renew leases when due, fold one batch of each held shard; returns events folded
+        (and sets `behind` when a shard had more than a batch).
 
         Raises DatabaseTransient (DatabaseUnavailable when the connection breaks); other
         database errors are logged and count as nothing folded.
@@ -115,6 +122,7 @@ class Projector:
             if time.monotonic() - self._renewed_at >= self.lease_seconds / 3:
                 self.renew(conn)
             folded = 0
+            behind = False
             for shard in list(self.shards):
                 row = db.fetch_one(conn, "project_shard", shard=shard, owner=self.owner,
                                    batch_limit=self.batch_limit)
@@ -123,7 +131,9 @@ class Projector:
                     self.shards.remove(shard)
                     continue
                 folded += row["folded"]
+                behind = behind or row["has_more"]
             self.folded_events += folded
+            self.behind = behind
             return folded
         except DatabaseTransient:
             raise
