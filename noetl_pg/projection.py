@@ -1,6 +1,6 @@
 """The projector: keeps `noetl.execution_state` up to date from the event log, shard by shard.
 
-The fold itself is SQL (`noetl.project_shard`, sql/functions/projector.sql); this module
+The fold itself is SQL (`noetl.project_shards`, sql/functions/projector.sql); this module
 only schedules it. A projector holds shards (execution_id % shard count) through leases it
 renews every `lease_seconds / 3`; shards of a projector that stopped renewing are taken
 over once their lease expires, and the fold resumes from the shard's checkpoint. Any
@@ -112,8 +112,9 @@ class Projector:
     # --- one round -------------------------------------------------------------------
 
     def run_once(self, conn: psycopg.Connection[Any]) -> int:
-        """Renew leases when due, fold one batch of each held shard; returns events folded
-        (and sets `behind` when a shard had more than a batch).
+        """Renew leases when due, fold one batch of each held shard (one call:
+        noetl.project_shards); returns events folded and sets `behind` when a shard had
+        more than a batch.
 
         Raises DatabaseTransient (DatabaseUnavailable when the connection breaks); other
         database errors are logged and count as nothing folded.
@@ -121,19 +122,13 @@ class Projector:
         try:
             if time.monotonic() - self._renewed_at >= self.lease_seconds / 3:
                 self.renew(conn)
-            folded = 0
-            behind = False
-            for shard in list(self.shards):
-                row = db.fetch_one(conn, "project_shard", shard=shard, owner=self.owner,
-                                   batch_limit=self.batch_limit)
-                assert row is not None
-                if not row["owned"]:
-                    self.shards.remove(shard)
-                    continue
-                folded += row["folded"]
-                behind = behind or row["has_more"]
+            rows = db.fetch_all(conn, "project_shards", owner=self.owner,
+                                batch_limit=self.batch_limit)
+            # A shard left out lost its lease; the next renewal may take it back.
+            self.shards = sorted(row["shard"] for row in rows)
+            folded = int(sum(row["folded"] for row in rows))
             self.folded_events += folded
-            self.behind = behind
+            self.behind = any(row["has_more"] for row in rows)
             return folded
         except DatabaseTransient:
             raise

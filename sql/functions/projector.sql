@@ -339,6 +339,95 @@ begin
 end;
 $$;
 
+-- noetl.project_shards(owner, batch_limit) -> setof (shard, folded, executions, has_more)
+-- Contract: one projector round, in the caller's transaction: one batch (project_shard)
+--   of each shard `owner` holds. Shards at the same checkpoint (idle ones, which it moves
+--   together) are scanned once for all of them, at most batch_limit events, instead of
+--   each reading the same events of the other shards for its own filter, in a call of its
+--   own: a shard with events among them is folded, the others move to the last of them
+--   ((xmin, 0) when that was all), only when events lay in between or once a second (an
+--   idle database writes no shard row per round). Returns a row for each held shard
+--   (folded 0 for the idle ones); a shard whose lease ran out is left out.
+-- Locks: the held shard rows (FOR UPDATE, in shard order), then those of project_shard.
+create or replace function noetl.project_shards(
+    p_owner text,
+    p_batch_limit integer default 5000
+) returns table (shard integer, folded integer, executions integer, has_more boolean)
+language plpgsql
+as $$
+declare
+    v_xmin xid8 := pg_snapshot_xmin(pg_current_snapshot());
+    v_group record;
+    v_pending integer[];
+    v_scanned integer;
+    v_last_tx xid8;
+    v_last_event_id bigint;
+begin
+    for v_group in
+        select
+            h.checkpoint_tx_id,
+            h.checkpoint_event_id,
+            h.shard_count,
+            array_agg(h.shard order by h.shard) as shards
+        from (
+            select s.shard, s.shard_count, s.checkpoint_tx_id, s.checkpoint_event_id
+            from noetl.projection_shard as s
+            where s.owner = p_owner and s.lease_expires_at >= noetl.now()
+            order by s.shard
+            for update
+        ) as h
+        group by h.checkpoint_tx_id, h.checkpoint_event_id, h.shard_count
+        order by min(h.shard)
+    loop
+        v_pending := v_group.shards;
+        if cardinality(v_group.shards) > 1 then
+            select
+                count(*)::integer,
+                array_agg(distinct (b.execution_id % v_group.shard_count)::integer),
+                (array_agg(b.tx_id order by b.tx_id desc, b.event_id desc))[1],
+                (array_agg(b.event_id order by b.tx_id desc, b.event_id desc))[1]
+            into v_scanned, v_pending, v_last_tx, v_last_event_id
+            from (
+                select e.execution_id, e.tx_id, e.event_id
+                from noetl.event as e
+                where (e.tx_id, e.event_id)
+                    > (v_group.checkpoint_tx_id, v_group.checkpoint_event_id)
+                    and e.tx_id < v_xmin
+                order by e.tx_id, e.event_id
+                limit p_batch_limit
+            ) as b;
+            if v_scanned < p_batch_limit then
+                v_last_tx := v_xmin;
+                v_last_event_id := 0;
+            end if;
+            v_pending := array(
+                select g.shard from unnest(v_group.shards) as g (shard)
+                where g.shard = any(v_pending)
+            );
+            update noetl.projection_shard as s
+            set checkpoint_tx_id = v_last_tx, checkpoint_event_id = v_last_event_id,
+                folded_at = noetl.now()
+            where s.shard = any(v_group.shards)
+                and not s.shard = any(v_pending)
+                and (s.checkpoint_tx_id, s.checkpoint_event_id) < (v_last_tx, v_last_event_id)
+                and (
+                    v_scanned > 0
+                    or coalesce(s.folded_at < noetl.now() - interval '1 second', true)
+                );
+            return query
+            select g.shard, 0, 0, false
+            from unnest(v_group.shards) as g (shard)
+            where not g.shard = any(v_pending);
+        end if;
+        return query
+        select g.shard, p.folded, p.executions, p.has_more
+        from unnest(v_pending) as g (shard)
+        cross join lateral noetl.project_shard(g.shard, p_owner, p_batch_limit) as p
+        where p.owned;
+    end loop;
+end;
+$$;
+
 -- noetl.set_projection_shard_count(n) -> integer
 -- Contract: re-shards the projection into n shards (no-op when already n). Every new
 --   shard starts from the oldest checkpoint of the old ones: events after it that some

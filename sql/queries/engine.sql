@@ -136,6 +136,10 @@ select shard from noetl.claim_projection_shards(%(owner)s, %(lease_seconds)s) as
 -- Fold the next batch of one shard's events into execution_state (owned, folded, ...).
 select * from noetl.project_shard(%(shard)s, %(owner)s, %(batch_limit)s);
 
+-- name: project_shards
+-- One projector round: a batch of each held shard with events, idle shards moved on.
+select * from noetl.project_shards(%(owner)s, %(batch_limit)s);
+
 -- name: release_projection_shards
 -- A projector's clean exit: give up its leases at once.
 select noetl.release_projection_shards(%(owner)s) as released;

@@ -2,10 +2,11 @@
 -- project_shard writes noetl.execution_state (never the execution row), creates a state
 -- row only for an execution that exists, says has_more only for a full batch; an empty
 -- shard moves its checkpoint past the other shards' events at once but writes nothing
--- when idle; rebuild_execution_state(store) creates the row it replaces. Events get an
+-- when idle; rebuild_execution_state(store) creates the row it replaces; project_shards
+-- folds the shards with events in one round and moves the idle ones together. Events get an
 -- old tx_id ('3'::xid8) so this one transaction can fold them.
 begin;
-select plan(11);
+select plan(17);
 
 insert into noetl.catalog (catalog_id, path, version, content, spec)
 overriding system value values (910, 'test/execution_state', 1, '', '{}');
@@ -103,6 +104,62 @@ select is(
     ),
     noetl.rebuild_execution_state(9101),
     'rebuild with store creates the missing state row'
+);
+
+-- One round over every shard, from the start again.
+delete from noetl.execution_state;
+update noetl.projection_shard
+set checkpoint_tx_id = '0', checkpoint_event_id = 0, folded_at = noetl.now();
+update noetl.projection_shard set lease_expires_at = noetl.now() - interval '1 second'
+where shard = 0;
+create temporary table round_one as
+select * from noetl.project_shards('solo', 100);
+
+select is(
+    (select array_agg(r.shard order by r.shard) from round_one as r),
+    array(select g from generate_series(1, 15) as g),
+    'project_shards: a row per held shard, none for a shard whose lease ran out'
+);
+select is(
+    (
+        select array_agg((r.shard, r.folded, r.executions)::text) from round_one as r
+        where r.folded > 0
+    ),
+    array['(13,5,1)'],
+    'project_shards folds the shard with events'
+);
+select is(
+    (
+        select state from noetl.execution_state
+        where execution_id = 9101
+    ),
+    noetl.rebuild_execution_state(9101),
+    'project_shards: the folded state equals the rebuild'
+);
+select is(
+    (
+        select (count(*), bool_and(idle.checkpoint_tx_id > '3'))::text from (
+            select distinct
+                s.checkpoint_tx_id,
+                s.checkpoint_event_id
+            from noetl.projection_shard as s
+            where s.shard between 1 and 15 and s.shard <> 13
+        ) as idle
+    ),
+    '(1,t)',
+    'the idle shards move past the events at once, to one checkpoint'
+);
+select is(
+    (
+        select checkpoint_tx_id from noetl.projection_shard
+        where shard = 0
+    ), '0'::xid8,
+    'a shard whose lease ran out is not moved'
+);
+select is(
+    (select sum(r.folded)::integer from noetl.project_shards('solo', 100) as r),
+    0,
+    'the next round folds nothing'
 );
 
 select * from finish(); -- noqa: AM04
