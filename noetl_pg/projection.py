@@ -1,7 +1,7 @@
 """The projector: keeps `noetl.execution_state` up to date from the event log, shard by shard.
 
-The fold itself is SQL (`noetl.project_shards`, sql/functions/projector.sql); this module
-only schedules it. A projector holds shards (execution_id % shard count) through leases it
+The fold itself is SQL (`noetl.project_shards`, sql/functions/projector_round.sql); this
+module only schedules it. A projector holds shards (execution_id % shard count) through leases it
 renews every `lease_seconds / 3`; shards of a projector that stopped renewing are taken
 over once their lease expires, and the fold resumes from the shard's checkpoint. Any
 daemon can run one: `noetl projector`, `noetl worker --projector`, or `noetl run`

@@ -1,4 +1,4 @@
--- The projected state in its own table (migration 0025, sql/functions/projector.sql):
+-- The projected state in its own table (migration 0025, sql/functions/projector_round.sql):
 -- project_shard writes noetl.execution_state (never the execution row), creates a state
 -- row only for an execution that exists, says has_more only for a full batch; an empty
 -- shard moves its checkpoint past the other shards' events at once but writes nothing
