@@ -274,7 +274,10 @@ $$;
 --   ((xmin, 0) when that was all), only when events lay in between or once a second (an
 --   idle database writes no shard row per round). Returns a row for each held shard
 --   (folded 0 for the idle ones); a shard whose lease ran out is left out.
--- Locks: the held shard rows (FOR UPDATE, in shard order), then those of project_shard.
+-- Locks: the idle shards' rows it moves (one UPDATE, which rechecks owner, lease and
+--   checkpoint: a shard taken over or folded meanwhile is left as it is), the rows of
+--   project_shard for the others. Reading the held shards takes no lock: locking all 16
+--   each round wrote 16 row locks for a round that mostly moves nothing.
 create or replace function noetl.project_shards(
     p_owner text,
     p_batch_limit integer default 5000
@@ -299,8 +302,6 @@ begin
             select s.shard, s.shard_count, s.checkpoint_tx_id, s.checkpoint_event_id
             from noetl.projection_shard as s
             where s.owner = p_owner and s.lease_expires_at >= noetl.now()
-            order by s.shard
-            for update
         ) as h
         group by h.checkpoint_tx_id, h.checkpoint_event_id, h.shard_count
         order by min(h.shard)
@@ -335,7 +336,12 @@ begin
                 folded_at = noetl.now()
             where s.shard = any(v_group.shards)
                 and not s.shard = any(v_pending)
-                and (s.checkpoint_tx_id, s.checkpoint_event_id) < (v_last_tx, v_last_event_id)
+                and s.owner = p_owner
+                and s.lease_expires_at >= noetl.now()
+                and (s.checkpoint_tx_id, s.checkpoint_event_id)
+                = (v_group.checkpoint_tx_id, v_group.checkpoint_event_id)
+                and (v_group.checkpoint_tx_id, v_group.checkpoint_event_id)
+                < (v_last_tx, v_last_event_id)
                 and (
                     v_scanned > 0
                     or coalesce(s.folded_at < noetl.now() - interval '1 second', true)
