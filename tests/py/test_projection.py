@@ -280,6 +280,27 @@ def test_the_fold_neither_waits_for_nor_holds_the_engines_row(fresh_dsn: str) ->
         assert _state(admin, execution_id)["events"] == 15
 
 
+def test_migration_0025_moves_the_states_out_of_the_execution_rows(fresh_dsn: str) -> None:
+    """0025 run over a database from before it (execution.state put back): every non-empty
+    state lands in execution_state, the column goes; run again, it changes nothing."""
+    migration = (REPO_ROOT / "sql" / "migrations" / "0025_execution_state.sql").read_text()
+    with db.connect(fresh_dsn) as conn:
+        conn.execute("drop table noetl.execution_state")
+        conn.execute("alter table noetl.execution add column state jsonb not null default '{}'")
+        folded, empty = _new_execution(conn), _new_execution(conn)
+        conn.execute("update noetl.execution set state = '{\"events\": 3}'"
+                     " where execution_id = %s", (folded,))
+        for _ in range(2):
+            conn.execute(migration)
+        states = conn.execute("select execution_id, state from noetl.execution_state"
+                              " where execution_id in (%s, %s)", (folded, empty)).fetchall()
+        column = conn.execute("select count(*) as n from information_schema.columns"
+                              " where table_schema = 'noetl' and table_name = 'execution'"
+                              " and column_name = 'state'").fetchone()
+    assert states == [{"execution_id": folded, "state": {"events": 3}}]
+    assert column == {"n": 0}
+
+
 def _fold_until(projector: Projector, conn: psycopg.Connection[Any], done: Any,
                 timeout: float = 20) -> None:
     """Fold rounds until `done()`. Events wait while any older transaction of the cluster
