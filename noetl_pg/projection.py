@@ -1,7 +1,7 @@
-"""The projector: keeps `execution.state` up to date from the event log, shard by shard.
+"""The projector: keeps `noetl.execution_state` up to date from the event log, shard by shard.
 
-The fold itself is SQL (`noetl.project_shard`, sql/functions/projector.sql); this module
-only schedules it. A projector holds shards (execution_id % shard count) through leases it
+The fold itself is SQL (`noetl.project_shards`, sql/functions/projector_round.sql); this
+module only schedules it. A projector holds shards (execution_id % shard count) through leases it
 renews every `lease_seconds / 3`; shards of a projector that stopped renewing are taken
 over once their lease expires, and the fold resumes from the shard's checkpoint. Any
 daemon can run one: `noetl projector`, `noetl worker --projector`, or `noetl run`
@@ -60,6 +60,8 @@ class Projector:
         self.shard_count = shard_count if shard_count is not None else shard_count_from_env()
         self.shards: list[int] = []
         self.folded_events = 0
+        # Whether the last round left a shard with more events than one batch folds.
+        self.behind = False
         self._renewed_at = 0.0
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
@@ -89,7 +91,11 @@ class Projector:
                         db.fetch_one(conn, "set_projection_shard_count", count=self.shard_count)
                     reconnect.succeeded()
                     while not self._stopping.is_set():
-                        if self.run_once(conn) == 0:
+                        # A round that left no shard with a full batch waiting caught up:
+                        # going round again at once would fold a few events per shard at
+                        # the fixed cost of a call per shard (and rescan, for each empty
+                        # shard, the events the others wrote since).
+                        if self.run_once(conn) == 0 or not self.behind:
                             self._stopping.wait(self.poll_interval)
                     # A stopping worker folds what its own last commits added first: with
                     # no other projector running, `noetl status` would show them missing.
@@ -106,7 +112,9 @@ class Projector:
     # --- one round -------------------------------------------------------------------
 
     def run_once(self, conn: psycopg.Connection[Any]) -> int:
-        """Renew leases when due, fold one batch of each held shard; returns events folded.
+        """Renew leases when due, fold one batch of each held shard (one call:
+        noetl.project_shards); returns events folded and sets `behind` when a shard had
+        more than a batch.
 
         Raises DatabaseTransient (DatabaseUnavailable when the connection breaks); other
         database errors are logged and count as nothing folded.
@@ -114,16 +122,13 @@ class Projector:
         try:
             if time.monotonic() - self._renewed_at >= self.lease_seconds / 3:
                 self.renew(conn)
-            folded = 0
-            for shard in list(self.shards):
-                row = db.fetch_one(conn, "project_shard", shard=shard, owner=self.owner,
-                                   batch_limit=self.batch_limit)
-                assert row is not None
-                if not row["owned"]:
-                    self.shards.remove(shard)
-                    continue
-                folded += row["folded"]
+            rows = db.fetch_all(conn, "project_shards", owner=self.owner,
+                                batch_limit=self.batch_limit)
+            # A shard left out lost its lease; the next renewal may take it back.
+            self.shards = sorted(row["shard"] for row in rows)
+            folded = int(sum(row["folded"] for row in rows))
             self.folded_events += folded
+            self.behind = any(row["has_more"] for row in rows)
             return folded
         except DatabaseTransient:
             raise

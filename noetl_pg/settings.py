@@ -125,7 +125,7 @@ class Settings(BaseSettings):
         5, "a command whose claims were taken back this often (it keeps killing workers) fails",
         section=_WORKERS, expects="a whole number >= 0", ge=0)
     shard_count: int | None = _setting(
-        None, "projection shards (executions folded into `execution.state` per shard)",
+        None, "projection shards (executions folded into `noetl.execution_state` per shard)",
         section=_WORKERS, expects=_COUNT, shown_default="`16`", ge=1)
     python_isolation: Literal["process", "inline"] = _setting(
         "process", "`process` (an executor process per slot) or `inline` (in the worker thread)",

@@ -368,7 +368,7 @@ def _while_unreachable(what: str, action: Callable[[], T]) -> T:
 @click.option("--batch-size", default=None, show_default="32, fewer while commands are slow",
               type=click.IntRange(min=1), help="Commands claimed at once, at most.")
 @click.option("--projector/--no-projector", "with_projector", default=True, show_default=True,
-              help="Also fold events into execution.state (projection shards are shared).")
+              help="Also fold events into noetl.execution_state (projection shards are shared).")
 @json_option
 def worker_start(concurrency: int | None, kinds: str | None, worker_id: str | None,
                  batch_size: int | None, with_projector: bool, as_json: bool) -> None:

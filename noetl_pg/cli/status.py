@@ -272,7 +272,7 @@ def register_status_commands(main: click.Group, dsn: Callable[[], str]) -> None:
     @click.option("--batch-limit", default=5000, show_default=True)
     @click.option("--owner", help="Stable id for this projector (default: host-pid-random).")
     def projector_command(lease_seconds: float, batch_limit: int, owner: str | None) -> None:
-        """Fold events into execution.state (shards by NOETL_SHARD_COUNT, default 16)
+        """Fold events into noetl.execution_state (shards by NOETL_SHARD_COUNT, default 16)
         until SIGTERM/SIGINT; leases are released on exit."""
         projector = Projector(dsn(), owner=owner, lease_seconds=lease_seconds,
                               batch_limit=batch_limit)

@@ -28,7 +28,7 @@ def server_group(get_dsn: Callable[[], str]) -> click.Group:
     @click.option("--worker-slots", default=0, show_default=True, type=int,
                   help="Also run a worker with this many slots in this process.")
     @click.option("--projector/--no-projector", "with_projector", default=True,
-                  show_default=True, help="Also fold events into execution.state here.")
+                  show_default=True, help="Also fold events into noetl.execution_state here.")
     @click.pass_context
     def server(ctx: click.Context, host: str, port: int, worker_slots: int,
                with_projector: bool) -> None:

@@ -75,7 +75,7 @@ class Snapshot(Collector):
                                 value=self.row["workers"]["slots"])
         yield GaugeMetricFamily("noetl_projection_lag_seconds",
                                 "Age of the oldest event not yet folded into "
-                                "execution.state, over running executions",
+                                "noetl.execution_state, over running executions",
                                 value=self.row["lag"]["seconds_behind"])
         yield GaugeMetricFamily("noetl_projection_executions_behind",
                                 "Running executions with events not yet folded",

@@ -218,7 +218,7 @@ class ExecutionDetailResponse(ExecutionEntryResponse):
     steps: list[StepState] = Field(default_factory=list)
     current_step: str | None = None
     projection: dict[str, Any] = Field(default_factory=dict,
-                                       description="execution.state as projected")
+                                       description="noetl.execution_state as projected")
     events: list[ExecutionEventResponse] = Field(default_factory=list)
     events_included: bool = True
     events_endpoint: str

@@ -30,10 +30,10 @@ $$;
 --   the default, FAILED ones stay), their child executions, and everything of theirs
 --   together in one transaction: events (deleted partition by partition, each through its
 --   primary key), commands, step results, captured output, join arrivals, loops and loop
---   items, result refs and db-tier result blobs. stored_objects lists the fs/s3 objects
---   of the deleted refs
---   ([{execution_id, store_tier, physical_uri}]) for the caller to delete: SQL cannot
---   reach a filesystem or a bucket. Running executions are never touched.
+--   items, projected states, result refs and db-tier result blobs. stored_objects lists
+--   the fs/s3 objects of the deleted refs ([{execution_id, store_tier, physical_uri}])
+--   for the caller to delete: SQL cannot reach a filesystem or a bucket. Running
+--   executions are never touched.
 -- Locks: the deleted rows; a concurrent start or worker on other executions is unaffected.
 -- Failure modes: older_than must be positive (22023).
 create or replace function noetl.purge_executions(
@@ -93,6 +93,7 @@ begin
     delete from noetl.stream_chunk as sc where sc.execution_id = any(v_ids);
     delete from noetl.step_result as r where r.execution_id = any(v_ids);
     delete from noetl.command as c where c.execution_id = any(v_ids);
+    delete from noetl.execution_state as st where st.execution_id = any(v_ids);
     delete from noetl.execution as e where e.execution_id = any(v_ids);
     return next;
 end;

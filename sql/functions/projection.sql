@@ -1,4 +1,5 @@
--- projection.sql: execution.state, folded asynchronously from the event log per shard.
+-- projection.sql: an execution's state (noetl.execution_state), folded asynchronously from
+-- the event log per shard.
 --
 -- Order and completeness. Events are folded in (tx_id, event_id) order, and only events
 -- whose tx_id is below the xmin of the folding transaction's snapshot: every transaction
@@ -394,9 +395,10 @@ $$;
 -- noetl.rebuild_execution_state(execution_id, store) -> state
 -- Contract: recomputes an execution's state from its events with the live fold (same
 --   events, same order: those below the snapshot's xmin, by (tx_id, event_id)). With
---   `store` the result replaces execution.state (the projector then skips what it folded).
---   Returns '{}' for an execution without events.
--- Locks: with `store`, the execution row (FOR UPDATE).
+--   `store` the result replaces the execution's noetl.execution_state row (the projector
+--   then skips what it folded). Returns '{}' for an execution without events.
+-- Locks: with `store`, the execution's execution_state row (created when missing, then
+--   FOR UPDATE: a fold of its shard in progress finishes first, the next one waits).
 create or replace function noetl.rebuild_execution_state(
     p_execution_id bigint,
     p_store boolean default false
@@ -404,13 +406,21 @@ create or replace function noetl.rebuild_execution_state(
 language plpgsql
 as $$
 declare
-    v_xmin xid8 := pg_snapshot_xmin(pg_current_snapshot());
+    v_xmin xid8;
     v_state jsonb := '{}';
     v_event noetl.projection_event;
 begin
     if p_store then
-        perform 1 from noetl.execution as x where x.execution_id = p_execution_id for update;
+        insert into noetl.execution_state (execution_id)
+        select x.execution_id from noetl.execution as x where x.execution_id = p_execution_id
+        on conflict (execution_id) do nothing;
+        perform 1 from noetl.execution_state as st
+        where st.execution_id = p_execution_id
+        for update;
     end if;
+    -- Taken after the lock: a fold that held it may have moved its shard's checkpoint past
+    -- events that an older xmin would leave out of the stored state for good.
+    v_xmin := pg_snapshot_xmin(pg_current_snapshot());
     for v_event in
         select e.event_id, e.tx_id, e.event_type, e.node_name, e.command_id, e.loop_id,
             e.iter_index, e.attempt, e.meta, left(e.error, 500), e.created_at
@@ -421,8 +431,8 @@ begin
         v_state := noetl.fold_event(v_state, v_event);
     end loop;
     if p_store then
-        update noetl.execution as x set state = v_state
-        where x.execution_id = p_execution_id;
+        update noetl.execution_state as st set state = v_state
+        where st.execution_id = p_execution_id;
     end if;
     return v_state;
 end;

@@ -44,7 +44,7 @@ declare
         'report_worker', 'apply_worker_reports', 'take_wake_counts',
         'result_ref_put', 'result_ref_get', 'result_ref_list', 'result_blob_id',
         'result_blob_write_chunk', 'result_blob_read_chunk', 'result_blob_delete',
-        'claim_projection_shards', 'project_shard', 'release_projection_shards',
+        'claim_projection_shards', 'project_shard', 'project_shards', 'release_projection_shards',
         'set_projection_shard_count', 'projection_shard_lag', 'reap_earlier_process',
         'cleanup_execution_results', 'due_schedules', 'fire_schedule',
         'record_partial', 'stream_chunks'

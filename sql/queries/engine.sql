@@ -50,19 +50,22 @@ select noetl.stop_worker_v1(%(worker_id)s) as released;
 -- name: execution_status
 -- One execution's row (status, result, error, state), without scanning events.
 select
-    execution_id,
-    path,
-    version,
-    status,
-    result,
-    error,
-    failed_step,
-    state,
-    started_at,
-    finished_at,
-    parent_execution_id
-from noetl.execution
-where execution_id = %(execution_id)s;
+    x.execution_id,
+    x.path,
+    x.version,
+    x.status,
+    x.result,
+    x.error,
+    x.failed_step,
+    x.started_at,
+    x.finished_at,
+    x.parent_execution_id,
+    coalesce((
+        select st.state from noetl.execution_state as st
+        where st.execution_id = x.execution_id
+    ), '{}') as state
+from noetl.execution as x
+where x.execution_id = %(execution_id)s;
 
 -- name: execution_steps
 -- Per-step command summary of one execution (for `noetl status`).
@@ -130,8 +133,12 @@ select noetl.record_store_fallbacks_v1(%(fallbacks)s) as recorded;
 select shard from noetl.claim_projection_shards(%(owner)s, %(lease_seconds)s) as shard;
 
 -- name: project_shard
--- Fold the next batch of one shard's events into execution.state (owned, folded, ...).
+-- Fold the next batch of one shard's events into execution_state (owned, folded, ...).
 select * from noetl.project_shard(%(shard)s, %(owner)s, %(batch_limit)s);
+
+-- name: project_shards
+-- One projector round: a batch of each held shard with events, idle shards moved on.
+select * from noetl.project_shards(%(owner)s, %(batch_limit)s);
 
 -- name: release_projection_shards
 -- A projector's clean exit: give up its leases at once.
@@ -151,13 +158,16 @@ select
     x.result,
     x.error,
     x.failed_step,
-    x.state,
     x.started_at,
     x.finished_at,
     x.parent_execution_id,
     s.shard,
     s.owner as projector,
-    lag.seconds_behind as projection_seconds_behind
+    lag.seconds_behind as projection_seconds_behind,
+    coalesce((
+        select st.state from noetl.execution_state as st
+        where st.execution_id = x.execution_id
+    ), '{}') as state
 from noetl.execution as x
 inner join noetl.projection_shard as s on mod(x.execution_id, s.shard_count) = s.shard
 cross join lateral noetl.projection_shard_lag(s) as lag

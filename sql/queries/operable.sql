@@ -65,12 +65,13 @@ select
                 )::double precision
             )
         from noetl.execution as x
+        left join noetl.execution_state as st on x.execution_id = st.execution_id
         left join lateral (
             select e.created_at
             from noetl.event as e
             where
                 e.execution_id = x.execution_id
-                and e.event_id > coalesce((x.state #>> '{position,1}')::bigint, 0)
+                and e.event_id > coalesce((st.state #>> '{position,1}')::bigint, 0)
             order by e.event_id
             limit 1
         ) as pending on true

@@ -1,6 +1,7 @@
 -- The statements of the HTTP server (noetl_pg/server/), each under a `-- name:` header.
--- Reads come from noetl.execution (its projected `state`), noetl.catalog, noetl.command's
--- indexes and noetl.worker; noetl.event is only read one page at a time by primary key.
+-- Reads come from noetl.execution and its projected state (noetl.execution_state),
+-- noetl.catalog, noetl.command's indexes and noetl.worker; noetl.event is only read one
+-- page at a time by primary key.
 
 -- name: server_ping
 -- Health check: the database answers.
@@ -72,8 +73,14 @@ select
     x.parent_execution_id,
     x.started_at,
     x.finished_at,
-    x.state -> 'steps' as steps,
-    x.state -> 'loop' as loops,
+    (
+        select st.state -> 'steps' from noetl.execution_state as st
+        where st.execution_id = x.execution_id
+    ) as steps,
+    (
+        select st.state -> 'loop' from noetl.execution_state as st
+        where st.execution_id = x.execution_id
+    ) as loops,
     (
         select count(*) from noetl.catalog_step as cs
         where cs.catalog_id = x.catalog_id
@@ -99,10 +106,13 @@ select
     x.failed_step,
     x.parent_execution_id,
     x.ctx,
-    x.state,
     x.started_at,
     x.finished_at,
     case when %(with_result)s then x.result end as result,
+    coalesce((
+        select st.state from noetl.execution_state as st
+        where st.execution_id = x.execution_id
+    ), '{}') as state,
     (
         select count(*) from noetl.catalog_step as cs
         where cs.catalog_id = x.catalog_id

@@ -257,8 +257,9 @@ def test_noetl_status_shows_done_failed_total_of_a_failed_loop(
     try:
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
-            state = engine.sql("select state from noetl.execution where execution_id = %s",
-                               row["execution_id"])[0]["state"]
+            states = engine.sql("select state from noetl.execution_state"
+                                " where execution_id = %s", row["execution_id"])
+            state = states[0]["state"] if states else {}
             if (state or {}).get("status") == "FAILED":
                 break
             time.sleep(0.05)

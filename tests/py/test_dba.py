@@ -123,15 +123,19 @@ def test_purge_removes_old_executions_with_everything_of_theirs(fresh_engine: En
             "select (select count(*) from noetl.event where execution_id = %(id)s) as events,"
             " (select count(*) from noetl.command where execution_id = %(id)s) as commands,"
             " (select count(*) from noetl.step_result where execution_id = %(id)s) as results,"
+            " (select count(*) from noetl.execution_state where execution_id = %(id)s) as states,"
             " (select count(*) from noetl.execution where execution_id = %(id)s) as execution"
-            .replace("%(id)s", "%s"), *([execution_id] * 4))
+            .replace("%(id)s", "%s"), *([execution_id] * 5))
         return dict(counts[0])
 
+    fresh_engine.sql("select noetl.rebuild_execution_state(%s, true)", old_good)
     assert rows(old_good)["events"] > 0 and rows(old_good)["results"] == 1
+    assert rows(old_good)["states"] == 1
     purged = fresh_engine.sql("select * from noetl.purge_executions('30 days')")
     assert purged[0]["executions"] == 1 and purged[0]["events"] > 0
     assert purged[0]["stored_objects"] == []
-    assert rows(old_good) == {"events": 0, "commands": 0, "results": 0, "execution": 0}
+    assert rows(old_good) == {"events": 0, "commands": 0, "results": 0, "states": 0,
+                              "execution": 0}
     for kept in (old_bad, recent, running):
         assert rows(kept)["execution"] == 1 and rows(kept)["events"] > 0
     again = fresh_engine.sql("select * from noetl.purge_executions('30 days', false)")

@@ -1,5 +1,6 @@
-"""The projection of events into execution.state: live == rebuild, out-of-order commits,
-projector takeover, and the cost of `noetl status` on a long history."""
+"""The projection of events into noetl.execution_state: live == rebuild, out-of-order
+commits, no lock shared with the engine, projector takeover, and the cost of `noetl status`
+on a long history."""
 
 from __future__ import annotations
 
@@ -93,9 +94,11 @@ def _projected(dsn: str, execution_id: int, timeout: float = 30) -> dict[str, An
     with db.connect(dsn) as conn:
         while True:
             row = conn.execute(
-                "select x.state, x.status, (select count(*) from noetl.event as e"
+                "select coalesce(st.state, '{}') as state, x.status,"
+                " (select count(*) from noetl.event as e"
                 " where e.execution_id = x.execution_id) as events"
-                " from noetl.execution as x where x.execution_id = %s",
+                " from noetl.execution as x left join noetl.execution_state as st"
+                " on x.execution_id = st.execution_id where x.execution_id = %s",
                 (execution_id,),
             ).fetchone()
             assert row is not None
@@ -238,6 +241,66 @@ def test_later_xid_committed_first_is_folded_after_the_older_one(fresh_dsn: str)
     assert set(state["steps"]) == {"a", "b"}
 
 
+def test_the_fold_neither_waits_for_nor_holds_the_engines_row(fresh_dsn: str) -> None:
+    """The engine locks an execution's row for each whole transition; the state is in a
+    table of its own, so a fold goes on while the engine holds the row, and the engine
+    takes the row while a fold's transaction is open (lock_timeout: waiting fails)."""
+    projector = Projector(fresh_dsn, owner="solo")
+    with db.connect(fresh_dsn) as admin:
+        execution_id = _new_execution(admin)
+        _insert_synthetic(admin, [execution_id], 10)
+        projector.renew(admin)
+        admin.execute("set lock_timeout = '2s'")
+        with psycopg.connect(fresh_dsn) as engine_tx:
+            engine_tx.execute("select 1 from noetl.execution where execution_id = %s"
+                              " for update", (execution_id,))
+            _fold_until(projector, admin,
+                        lambda: _state(admin, execution_id).get("events") == 10)
+
+        _insert_synthetic(admin, [execution_id], 5)
+        shard = execution_id % 16
+        deadline = time.monotonic() + 20
+        with psycopg.connect(fresh_dsn) as fold_tx, psycopg.connect(fresh_dsn) as engine_tx:
+            while True:
+                row = fold_tx.execute("select folded from noetl.project_shard(%s, 'solo')",
+                                      (shard,)).fetchone()
+                assert row is not None
+                if row[0] == 5:
+                    break
+                fold_tx.rollback()  # an older transaction of the cluster is still running
+                assert time.monotonic() < deadline, "the events were never folded"
+                time.sleep(0.05)
+            engine_tx.execute("set lock_timeout = '2s'")
+            engine_tx.execute("select 1 from noetl.execution where execution_id = %s"
+                              " for update", (execution_id,))
+            engine_tx.execute("update noetl.execution set updated_at = now()"
+                              " where execution_id = %s", (execution_id,))
+            engine_tx.commit()
+            fold_tx.commit()
+        assert _state(admin, execution_id)["events"] == 15
+
+
+def test_migration_0025_moves_the_states_out_of_the_execution_rows(fresh_dsn: str) -> None:
+    """0025 run over a database from before it (execution.state put back): every non-empty
+    state lands in execution_state, the column goes; run again, it changes nothing."""
+    migration = (REPO_ROOT / "sql" / "migrations" / "0025_execution_state.sql").read_text()
+    with db.connect(fresh_dsn) as conn:
+        conn.execute("drop table noetl.execution_state")
+        conn.execute("alter table noetl.execution add column state jsonb not null default '{}'")
+        folded, empty = _new_execution(conn), _new_execution(conn)
+        conn.execute("update noetl.execution set state = '{\"events\": 3}'"
+                     " where execution_id = %s", (folded,))
+        for _ in range(2):
+            conn.execute(migration)
+        states = conn.execute("select execution_id, state from noetl.execution_state"
+                              " where execution_id in (%s, %s)", (folded, empty)).fetchall()
+        column = conn.execute("select count(*) as n from information_schema.columns"
+                              " where table_schema = 'noetl' and table_name = 'execution'"
+                              " and column_name = 'state'").fetchone()
+    assert states == [{"execution_id": folded, "state": {"events": 3}}]
+    assert column == {"n": 0}
+
+
 def _fold_until(projector: Projector, conn: psycopg.Connection[Any], done: Any,
                 timeout: float = 20) -> None:
     """Fold rounds until `done()`. Events wait while any older transaction of the cluster
@@ -251,7 +314,9 @@ def _fold_until(projector: Projector, conn: psycopg.Connection[Any], done: Any,
 
 
 def _state(conn: psycopg.Connection[Any], execution_id: int) -> dict[str, Any]:
-    row = conn.execute("select state from noetl.execution where execution_id = %s",
+    row = conn.execute("select coalesce(st.state, '{}') as state from noetl.execution as x"
+                       " left join noetl.execution_state as st"
+                       " on x.execution_id = st.execution_id where x.execution_id = %s",
                        (execution_id,)).fetchone()
     assert row is not None
     return dict(row["state"])
@@ -295,10 +360,11 @@ def test_killed_projector_shards_are_taken_over(fresh_dsn: str) -> None:
 
         def folded() -> bool:
             row = conn.execute(
-                "select count(*) filter (where coalesce((x.state ->> 'events')::bigint, 0)"
+                "select count(*) filter (where coalesce((st.state ->> 'events')::bigint, 0)"
                 " <> (select count(*) from noetl.event as e"
                 "     where e.execution_id = x.execution_id)) as behind"
-                " from noetl.execution as x").fetchone()
+                " from noetl.execution as x left join noetl.execution_state as st"
+                " on x.execution_id = st.execution_id").fetchone()
             return row is not None and row["behind"] == 0
 
         first = _projector_process(fresh_dsn, "first")
@@ -443,7 +509,9 @@ def test_long_chain_folded_in_one_catch_up_equals_rebuild(fresh_engine: Engine) 
     with fresh_engine.worker(slots=2):
         execution_id = _run(fresh_engine, "\n".join(lines) + "\n")
     assert "events" not in fresh_engine.sql(
-        "select state from noetl.execution where execution_id = %s", execution_id)[0]["state"]
+        "select coalesce(st.state, '{}') as state from noetl.execution as x"
+        " left join noetl.execution_state as st on x.execution_id = st.execution_id"
+        " where x.execution_id = %s", execution_id)[0]["state"]
     projector = Projector(fresh_engine.dsn, owner="catch-up")
     with db.connect(fresh_engine.dsn) as conn:
         projector.catch_up(conn, timeout=120)

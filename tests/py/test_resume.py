@@ -100,9 +100,9 @@ def test_resume_runs_only_the_failed_iterations_then_rerun_reuses_results(
     assert runs == [{"n": 100}]
     # The projection shows the resumed step done, without the error its first run had.
     wait_until(lambda: fresh_engine.sql(
-        "select state ->> 'status' as s from noetl.execution where execution_id = %s",
+        "select state ->> 'status' as s from noetl.execution_state where execution_id = %s",
         execution_id) == [{"s": "COMPLETED"}], timeout=30, what="the projection to catch up")
-    steps = fresh_engine.sql("select state -> 'steps' as steps from noetl.execution "
+    steps = fresh_engine.sql("select state -> 'steps' as steps from noetl.execution_state "
                              "where execution_id = %s", execution_id)[0]["steps"]
     assert {name: (step["status"], "error" in step) for name, step in steps.items()} == {
         "work": ("done", False), "total": ("done", False)}

@@ -33,6 +33,8 @@ values
 (9001, 13, 'call.done', 'b', 15, 5, 2, 1, null, null, '3'),
 (9001, 14, 'loop.done', 'b', 12, 5, null, null, '{"loop_id": 5}', null, '3'),
 (9001, 15, 'playbook.completed', null, null, null, null, null, null, null, '3');
+-- The ids above are explicit: record_event below takes the next one from the sequence.
+select setval('noetl.event_id_seq', 100);
 
 select is(
     (noetl.rebuild_execution_state(9001) #> '{steps,a}') - 'started' - 'finished',
@@ -79,7 +81,7 @@ select is(
 );
 select is(
     (
-        select state from noetl.execution
+        select state from noetl.execution_state
         where execution_id = 9001
     ),
     noetl.rebuild_execution_state(9001),
@@ -116,7 +118,7 @@ select noetl.claim_projection_shards('solo', 30);
 select noetl.project_shard(9001 % 4, 'solo', 100);
 select is(
     (
-        select state from noetl.execution
+        select state from noetl.execution_state
         where execution_id = 9001
     ),
     noetl.rebuild_execution_state(9001),
