@@ -243,13 +243,18 @@ class Executor:
             return None
 
     def _write(self) -> None:
-        """Write what the pipe takes of the queued requests without blocking."""
+        """Write what the pipe takes of the queued requests without blocking. A closed
+        request pipe means the runner ended, but the replies it wrote before are still to
+        be read: the queued requests are dropped (they never reach a runner) and the death
+        is reported by `receive` at the first reply missing, not to the caller who happened
+        to be writing."""
         try:
             written = os.write(self._stdin_fd, self._outgoing)
         except BlockingIOError:
             return
         except OSError:
-            raise ExecutorDied(self._ended()) from None
+            self._outgoing.clear()
+            return
         del self._outgoing[:written]
 
     def _ended(self) -> int | None:

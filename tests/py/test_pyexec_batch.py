@@ -8,6 +8,7 @@ so that steps can write into pytest's temporary directories.
 
 from __future__ import annotations
 
+import os
 import threading
 from collections.abc import Hashable, Iterator, Mapping, Sequence
 from pathlib import Path
@@ -100,6 +101,29 @@ def test_a_request_that_ends_its_executor_fails_alone(
     assert len({pid for _, pid in before}) == 1 and len({pid for _, pid in after}) == 1
     assert before[0][1] != after[0][1]
     assert _runs(log) == list(range(10))
+
+
+def test_replies_written_before_the_runner_ended_are_read_after_a_failed_send(
+    pool: ExecutorPool, tmp_path: Path
+) -> None:
+    """Requests sent to an executor that has ended (the pipe is closed) do not fail the
+    request whose reply is being read: its reply was written before the end, and the death
+    belongs to the first request without one (a loop once reported a finished iteration
+    failed this way, whenever the next requests went out after the runner had exited)."""
+    log = tmp_path / "runs"
+    executor = pool.acquire()
+    try:
+        executor.send([_request(0, log), _request(1, log, "os._exit(3)")])
+        # Wait for the guard (and so its runner) to end, without reaping it.
+        os.waitid(os.P_PID, executor.process.pid, os.WEXITED | os.WNOWAIT)
+        executor.send([_request(2, log)])
+        assert executor.receive(30)["value"][0] == 0
+        with pytest.raises(ExecutorDied) as died:
+            executor.receive(30)
+    finally:
+        executor.kill()
+    assert died.value.returncode == 3
+    assert _runs(log) == [0, 1]
 
 
 def test_a_timeout_fails_only_its_request(pool: ExecutorPool, tmp_path: Path) -> None:
