@@ -219,10 +219,37 @@ class Playbook(_Model):
         return bool(((self.executor or {}).get("spec") or {}).get("no_next_is_error"))
 
     def step_named(self, name: str) -> Step:
-        for step in self.workflow:
-            if step.step == name:
-                return step
-        raise KeyError(name)
+        try:
+            return self.steps_by_name[name]
+        except KeyError:
+            raise KeyError(name) from None
+
+    @cached_property
+    def steps_by_name(self) -> dict[str, Step]:
+        """The steps by name, for lookups per command that a long chain would make
+        quadratic as a scan (names are unique: registration refuses a repeated one)."""
+        return {step.step: step for step in self.workflow}
+
+    @cached_property
+    def step_name_set(self) -> frozenset[str]:
+        return frozenset(self.steps_by_name)
+
+    @cached_property
+    def step_names_read(self) -> dict[str, tuple[str, ...]]:
+        """Per step, the step names any of its commands' templates (arcs included) may
+        read: the namespace gives those that have not run None (noetl_pg.namespace), and
+        only those, so a command of a long chain does not pay for every step. Every step
+        when a template of it does not parse (anything may then be read)."""
+        names = self.steps_by_name
+        read: dict[str, tuple[str, ...]] = {}
+        for step_name, uses in self.command_uses.items():
+            parts = (uses.step, uses.loop, uses.shared, uses.arcs, uses.partial_arcs)
+            if any(part is None for part in parts):
+                read[step_name] = tuple(names)
+                continue
+            read[step_name] = tuple(sorted({name for part in parts if part is not None
+                                            for name in part if name in names}))
+        return read
 
     @cached_property
     def command_uses(self) -> dict[str, CommandUses]:
@@ -315,7 +342,7 @@ StepReads = dict[str, Any] | None
 
 def _reads(step: Step, playbook: Playbook) -> dict[str, StepReads]:
     """The plan's `reads` and `loop_reads` of `step` (see above)."""
-    step_names = frozenset(other.step for other in playbook.workflow)
+    step_names = playbook.step_name_set
     body, loop_part, extras = _rendered_parts(step, playbook)
     reads = _names_read([body, *extras], step_names)
     if reads is not None and step.loop is not None:

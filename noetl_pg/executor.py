@@ -220,7 +220,7 @@ class CommandRunner:
         if ctx_set:
             scope["ctx"] = {**(scope.get("ctx") or {}), **ctx_set}
             # Bare ctx keys, as build_context makes them: a step's name wins over them.
-            steps = {other.step for other in playbook.workflow}
+            steps = playbook.steps_by_name
             scope.update({key: value for key, value in ctx_set.items() if key not in steps})
         try:
             targets = self._route(step, {"input": {"event": "call.done"}}, scope, stored,

@@ -169,10 +169,10 @@ def command_namespace(
         "execution_id": execution_id, "uuid": str(execution_id), "id": str(execution_id),
         "path": playbook.path,
     })
-    for other in playbook.workflow:
+    for other in playbook.step_names_read[step.step]:
         # A step that has not run (yet, or on this branch) is none, so
         # `{{ a.x if a else b.x }}` works; a name that is no step stays undefined.
-        namespace.setdefault(other.step, None)
+        namespace.setdefault(other, None)
     keychain = playbook.keychain
     if keychain:
         namespace["keychain"] = Keychain(keychain, credentials, dict(namespace), redactor)

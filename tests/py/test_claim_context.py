@@ -120,6 +120,27 @@ def test_a_step_whose_templates_cannot_be_analysed_reads_everything() -> None:
     assert plans["start"]["reads"] == {}
 
 
+def test_a_command_names_as_none_only_the_steps_its_templates_read() -> None:
+    """The namespace gives a step that has not run None for the names a command's templates
+    (arcs included) may read, not for every step: a 2,000-step chain's command costs the
+    same as a short one's. A step whose templates cannot be analysed gets every step."""
+    lines = ["metadata: {name: long_chain, path: test/long_chain}", "workflow:"]
+    for index in range(2000):
+        source = "1" if index == 0 else f"{{{{ s{index - 1}.v if s{index - 1} else s0 }}}}"
+        lines += [f"  - step: s{index}", f"    tool: {{kind: noop, input: {{v: '{source}'}}}}"]
+        if index + 1 < 2000:
+            lines.append(f"    next: [{{step: s{index + 1}, when: '{{{{ s{index}.v }}}}'}}]")
+    chain = load_playbook("\n".join(lines) + "\n")
+    assert chain.step_names_read["s0"] == ("s0",)  # its arc reads its own result
+    assert chain.step_names_read["s1500"] == ("s0", "s1499", "s1500")
+    assert chain.step_named("s1999").step == "s1999"
+    with pytest.raises(KeyError):
+        chain.step_named("s2000")
+    everything = load_playbook(UNPARSABLE).step_names_read
+    assert everything["last"] == ("start", "other", "last")
+    assert everything["other"] == ()
+
+
 @pytest.mark.parametrize(
     ("template", "expected"),
     [
