@@ -12,6 +12,7 @@ from pathlib import Path
 
 import psycopg
 import pytest
+import yaml
 from engine_harness import REPO_ROOT, Engine
 
 NOETL = [sys.executable, "-m", "noetl_pg.cli"]
@@ -66,6 +67,43 @@ def test_register_refuses_in_one_line(fresh_dsn: str, tmp_path: Path, name: str,
     assert "playbook" in lines[0]
     with psycopg.connect(fresh_dsn) as conn:
         assert conn.execute("select count(*) from noetl.catalog").fetchone() == (0,)
+
+
+def _lines(node: yaml.Node) -> list[tuple[int, int]]:
+    """Every node's start (line, column), depth first."""
+    found = [(node.start_mark.line, node.start_mark.column)]
+    if isinstance(node, yaml.MappingNode):
+        for key, value in node.value:
+            found += _lines(key) + _lines(value)
+    elif isinstance(node, yaml.SequenceNode):
+        for item in node.value:
+            found += _lines(item)
+    return found
+
+
+def test_the_fast_loader_gives_the_pure_loaders_documents_lines_and_errors() -> None:
+    """load_bounded composes with libyaml, which is faster; what it returns (documents, the
+    node lines errors name) and what it refuses are the pure-Python loader's."""
+    from noetl_pg import yamlbound
+
+    texts = [path.read_text() for path in sorted((REPO_ROOT / "examples").rglob("*.yaml"))]
+    assert len(texts) > 20
+    for text in texts:
+        loader = yaml.SafeLoader(text)
+        try:
+            pure_root = loader.get_single_node()
+            pure = loader.construct_document(pure_root)
+        finally:
+            loader.dispose()
+        document, root = yamlbound.load_bounded(text, playbook="examples")
+        assert document == pure
+        assert root is not None and _lines(root) == _lines(pure_root)
+    broken = "workflow:\n  - step: a\n    tool: {kind: noop\n"
+    with pytest.raises(yaml.YAMLError) as pure_error:
+        yaml.safe_load(broken)
+    with pytest.raises(yaml.YAMLError) as error:
+        yamlbound.load_bounded(broken, playbook="broken")
+    assert str(error.value) == str(pure_error.value)
 
 
 def test_alias_bomb_stays_small_in_bytes_too(fresh_dsn: str, tmp_path: Path) -> None:
