@@ -9,7 +9,10 @@
 --   are oldest first), so a worker busy with chains does not starve executions waiting
 --   in the queue. Transaction-local settings carry this through the routing functions
 --   (as noetl.defer_notify does), so their signatures stay those of every other caller.
---   close_issue_claims ends it.
+--   close_issue_claims ends it. Whether that due work was found is kept too
+--   (`noetl.issue_queue_empty`, 'on' when none was): finish_and_claim then skips its own
+--   queue scan unless the outcomes queued something (a scan a few statements later would
+--   find what another transaction committed since, which that one's NOTIFY hands out).
 -- Locks: none (reads the head of the queue).
 create or replace function noetl.open_issue_claims(
     p_worker_id text,
@@ -20,22 +23,30 @@ language plpgsql
 as $$
 declare
     v_n integer := greatest(coalesce(p_n, 0), 0);
+    -- Unknown (off) when not looked at.
+    v_queue_empty boolean := false;
 begin
-    if v_n > 0 and exists (
-        select 1 from noetl.command as c
-        where c.status = 'queued' and c.available_at <= noetl.now()
-            and (p_kinds is null or c.kind = any(p_kinds))
-    ) then
-        v_n := 0;
+    if v_n > 0 then
+        v_queue_empty := not exists (
+            select 1 from noetl.command as c
+            where c.status = 'queued' and c.available_at <= noetl.now()
+                and (p_kinds is null or c.kind = any(p_kinds))
+        );
+        if not v_queue_empty then
+            v_n := 0;
+        end if;
     end if;
-    -- One statement for the four settings (a PERFORM each cost an executor start).
+    -- One statement for the settings (a PERFORM each cost an executor start).
     perform
         set_config('noetl.issue_claimer', coalesce(p_worker_id, ''), true),
         set_config(
             'noetl.issue_claim_kinds', coalesce(array_to_string(p_kinds, ','), '*'), true
         ),
         set_config('noetl.issue_claims_left', v_n::text, true),
-        set_config('noetl.issue_claimed', '', true);
+        set_config('noetl.issue_claimed', '', true),
+        set_config(
+            'noetl.issue_queue_empty', case when v_queue_empty then 'on' else 'off' end, true
+        );
 end;
 $$;
 

@@ -118,10 +118,12 @@ $$;
 --     {op: loop,  command_id, attempt, claim, items, loop}            -> start_loop
 --     {op: await_child, command_id, attempt, claim, path, version, payload, return_step,
 --      retry_delay, pipeline}                                -> await_child (child.sql)
---   then up to `n` commands are claimed. Returns (like claim_commands) the route commands
---   created claimed by this worker while finishing (only when `kinds` is NULL or has
---   'route'; otherwise they are queued for a router), then the newly claimed commands
---   (loop iterations issued by these outcomes are created claimed, within `n`).
+--   then up to `n` commands are claimed (the queue is scanned only when open_issue_claims
+--   found due work of `kinds` queued or the outcomes queued some). Returns (like
+--   claim_commands) the route commands created claimed by this worker while finishing
+--   (only when `kinds` is NULL or has 'route'; otherwise they are queued for a router),
+--   then the newly claimed commands (loop iterations issued by these outcomes are created
+--   claimed, within `n`).
 --   Fencing: an outcome is applied only while its command is still claimed at its
 --   `attempt` and claim generation `claim` (the claim_gen it was handed; an outcome
 --   without `claim` is fenced by attempt alone). Any other outcome is refused: it changes
@@ -166,9 +168,10 @@ declare
     end;
 begin
     -- Wake-ups for what these outcomes issue are decided once, after our own claim.
-    perform set_config('noetl.defer_notify', 'on', true);
-    perform set_config('noetl.notify_pending', 'off', true);
-    perform set_config('noetl.wake_pending', '', true);
+    perform
+        set_config('noetl.defer_notify', 'on', true),
+        set_config('noetl.notify_pending', 'off', true),
+        set_config('noetl.wake_pending', '', true);
 
     perform noetl.lock_command_rows(array(
         select (o.value ->> 'command_id')::bigint from jsonb_array_elements(v_outcomes) as o
@@ -271,9 +274,16 @@ begin
 
     -- Iterations and steps the outcomes issued already claimed by us count against p_n.
     v_claimed := v_loop_claimed || noetl.close_issue_claims();
-    v_claimed := v_claimed || noetl.claim_command_ids(
-        p_worker_id, p_kinds, p_n - cardinality(v_claimed)
-    );
+    -- No queue scan when open_issue_claims found no due work of our kinds and the outcomes
+    -- queued none (notify_queue marks notify_pending): a chain's step skips one.
+    if p_n - cardinality(v_claimed) > 0 and (
+        current_setting('noetl.issue_queue_empty', true) is distinct from 'on'
+        or current_setting('noetl.notify_pending', true) = 'on'
+    ) then
+        v_claimed := v_claimed || noetl.claim_command_ids(
+            p_worker_id, p_kinds, p_n - cardinality(v_claimed)
+        );
+    end if;
     perform set_config('noetl.defer_notify', 'off', true);
     if current_setting('noetl.notify_pending', true) = 'on' and exists (
         select 1 from noetl.command as q

@@ -2,7 +2,7 @@
 -- take_issue_claim, close_issue_claims, issue_command under them, finish_and_claim's use
 -- of them) and lock_executions remembers what it locked.
 begin;
-select plan(19);
+select plan(23);
 set local client_min_messages = warning;
 
 create temporary table spec_fixture as
@@ -141,6 +141,83 @@ select is(
 );
 select is(
     noetl.take_issue_claim('noop'), null, 'finish_and_claim leaves no claims open'
+);
+
+-- finish_and_claim scans the queue only when something may be there for it
+set local track_functions = 'all';
+create temporary table scans (label text, calls bigint);
+insert into scans
+values ('before', coalesce(pg_stat_get_xact_function_calls(
+    'noetl.claim_command_ids(text, text[], integer)'::regprocedure
+), 0));
+create temporary table next_none as
+select * from noetl.finish_and_claim_v1(
+    'w2',
+    jsonb_build_array(jsonb_build_object(
+        'op', 'done', 'command_id', (select nb.command_id from next_b as nb), 'attempt', 1,
+        'claim', (select nb.claim_gen from next_b as nb), 'result', '{}'::jsonb
+    )),
+    array['noop'], 5
+);
+insert into scans
+values ('after', coalesce(pg_stat_get_xact_function_calls(
+    'noetl.claim_command_ids(text, text[], integer)'::regprocedure
+), 0));
+select is(
+    (select count(*) from next_none), 0::bigint,
+    'the last step''s outcome issues nothing and nothing is queued: nothing comes back'
+);
+select is(
+    (select max(calls) - min(calls) from scans), 0::bigint,
+    'with no due work queued at the start and none queued by the outcomes, no queue scan'
+);
+-- work another execution queued before the call is claimed by the scan
+select set_config(
+    'test.e4', noetl.start_execution('t/issue_claims')::text, true
+) as e4;
+select set_config(
+    'test.e5', noetl.start_execution('t/issue_claims')::text, true
+) as e5;
+create temporary table claim_e4 as
+select * from noetl.claim_commands_v1('w3', null, 1)
+where execution_id = current_setting('test.e4')::bigint;
+insert into scans
+values ('claimed e4', coalesce(pg_stat_get_xact_function_calls(
+    'noetl.claim_command_ids(text, text[], integer)'::regprocedure
+), 0));
+create temporary table after_e4 as
+select * from noetl.finish_and_claim_v1(
+    'w3',
+    jsonb_build_array(jsonb_build_object(
+        'op', 'done', 'command_id', (select c.command_id from claim_e4 as c), 'attempt', 1,
+        'claim', (select c.claim_gen from claim_e4 as c), 'result', '{}'::jsonb
+    )),
+    null, 5
+);
+select is(
+    (
+        select array_agg(a.execution_id || ' ' || a.step_name order by a.command_id)
+        from after_e4 as a
+    ),
+    array[
+        current_setting('test.e5') || ' a',
+        current_setting('test.e4') || ' b'
+    ],
+    'with due work queued at the start the queue is scanned: the older execution''s entry '
+    'step comes back, and the step the outcome issued was queued behind it'
+);
+insert into scans
+values ('queued', coalesce(pg_stat_get_xact_function_calls(
+    'noetl.claim_command_ids(text, text[], integer)'::regprocedure
+), 0));
+select is(
+    (
+        select
+            max(s.calls) filter (where s.label = 'queued')
+            - max(s.calls) filter (where s.label = 'claimed e4')
+        from scans as s
+    ),
+    1::bigint, 'that call scanned the queue once'
 );
 
 -- lock_executions: what it locked is remembered for the transaction
