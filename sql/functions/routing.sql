@@ -9,7 +9,9 @@
 --   extra transaction. Otherwise conditional arcs get a route command keyed by the source
 --   command, so it exists once; with `worker_id` it is created claimed by that worker and
 --   its id returned. A 'call.error' with no conditional arcs fails the execution.
---   Nothing is routed once the execution is no longer RUNNING.
+--   Nothing is routed once the execution is no longer RUNNING. check_progress follows,
+--   except after arcs that issued a plain step in a playbook without join steps: a
+--   command is then active and no arrival can wait, so it would find nothing to do.
 -- Locks: the execution row (check_progress), which the caller holds already: every
 --   caller took its command's locks in the lock order first.
 -- Failure modes: raises no_data_found (P0002) when the command's step is not in its
@@ -30,6 +32,8 @@ declare
     v_target text;
     v_chosen jsonb;
     v_route_id bigint;
+    -- A plain step these arcs issued (arrive), if any.
+    v_issued bigint;
 begin
     -- One read for this transition: whether the execution still runs (execution_is_running's
     -- test) and the step's plan (its catalog_id names the playbook).
@@ -55,10 +59,10 @@ begin
             jsonb_build_object('event', p_event, 'targets', p_targets, 'fused', true)
         );
         for v_chosen in select value from jsonb_array_elements(p_targets) loop
-            perform noetl.arrive(
+            v_issued := coalesce(noetl.arrive(
                 p_cmd.execution_id, v_catalog_id, v_chosen ->> 'step', p_cmd.command_id,
                 nullif(v_chosen -> 'set', 'null'::jsonb)
-            );
+            ), v_issued);
         end loop;
     elsif v_step.route_mode = 'router' then
         v_route_id := noetl.issue_command(
@@ -79,22 +83,43 @@ begin
         return null;
     elsif v_step.route_mode = 'direct' then
         foreach v_target in array v_step.direct_targets loop
-            perform noetl.arrive(
+            v_issued := coalesce(noetl.arrive(
                 p_cmd.execution_id, v_catalog_id, v_target, p_cmd.command_id, null
-            );
+            ), v_issued);
         end loop;
     end if;
 
-    perform noetl.check_progress(p_cmd.execution_id, p_cmd.step_name);
+    if v_issued is null or exists (
+        select 1 from noetl.catalog_step as s
+        where s.catalog_id = v_catalog_id and s.is_join
+    ) then
+        perform noetl.check_progress(p_cmd.execution_id, p_cmd.step_name);
+    end if;
     return case when p_worker_id is null then null else v_route_id end;
 end;
 $$;
 
--- noetl.arrive(execution_id, catalog_id, target, source_command_id, arc_set) -> void
+-- arrive returned void before: the old one is dropped (its return type changed), the
+-- current one left in place.
+do $$
+begin
+    if to_regprocedure('noetl.arrive(bigint, bigint, text, bigint, jsonb)') is not null
+        and (
+            select p.prorettype = 'void'::regtype from pg_proc as p
+            where p.oid = to_regprocedure('noetl.arrive(bigint, bigint, text, bigint, jsonb)')
+        ) then
+        drop function noetl.arrive(bigint, bigint, text, bigint, jsonb);
+    end if;
+end
+$$;
+
+-- noetl.arrive(execution_id, catalog_id, target, source_command_id, arc_set)
+--   -> command_id | null
 -- Contract: an arc from the command `source_command_id` reaches `target`. A plain step is
 --   issued at once (after the arc's `set` writes are merged into ctx) with the cause
---   "<target>@<source>", so the same arc taken twice issues one command. A join step only
---   records the arrival; check_progress issues it when no started branch can still reach it.
+--   "<target>@<source>", so the same arc taken twice issues one command; its id is
+--   returned (NULL for the arc taken again). A join step only records the arrival (NULL);
+--   check_progress issues it when no started branch can still reach it.
 -- Locks: the unique keys of command and join_arrival.
 create or replace function noetl.arrive(
     p_execution_id bigint,
@@ -102,7 +127,7 @@ create or replace function noetl.arrive(
     p_target text,
     p_source_command_id bigint,
     p_arc_set jsonb
-) returns void
+) returns bigint
 language plpgsql
 as $$
 declare
@@ -120,7 +145,7 @@ begin
         insert into noetl.join_arrival (execution_id, step_name, source_command_id, arc_set)
         values (p_execution_id, p_target, p_source_command_id, p_arc_set)
         on conflict do nothing;
-        return;
+        return null;
     end if;
 
     if p_arc_set is not null and p_arc_set <> '{}'::jsonb then
@@ -129,7 +154,7 @@ begin
         where e.execution_id = p_execution_id;
     end if;
     -- The plan row read above: a transition reads the target's plan once.
-    perform noetl.issue_planned_step(p_execution_id, v_step, p_source_command_id::text);
+    return noetl.issue_planned_step(p_execution_id, v_step, p_source_command_id::text);
 end;
 $$;
 

@@ -6,7 +6,7 @@
 -- "reaches" (their closure): the join rule reads one or the other, depending on the
 -- schema version.
 begin;
-select plan(37);
+select plan(41);
 
 create temporary table spec_fixture as
 select  -- noqa: LT09
@@ -330,10 +330,21 @@ select throws_ok(
     format('execution %s: arc target "nope" is not a step', (select x6.id from x6)),
     'an arc to an unknown step is refused, naming the execution and the target'
 );
-select noetl.arrive(x6.id, pg_temp.catalog_id(x6.id), 'z', 777, '{"x": 1}')
+create temporary table arrivals as
+select
+    1 as n,
+    noetl.arrive(x6.id, pg_temp.catalog_id(x6.id), 'z', 777, '{"x": 1}') as command_id
 from x6;
-select noetl.arrive(x6.id, pg_temp.catalog_id(x6.id), 'z', 777, '{"x": 2}')
+insert into arrivals
+select
+    2 as n,
+    noetl.arrive(x6.id, pg_temp.catalog_id(x6.id), 'z', 777, '{"x": 2}') as command_id
 from x6;
+select is(
+    (select array_agg(a.command_id order by a.n) from arrivals as a),
+    array[(select pg_temp.command_id(x6.id, 'z') from x6), null],
+    'arrive returns the plain step it issued, and NULL for the arc taken again'
+);
 select is(
     (
         select array_agg(c.command_key) from noetl.command as c, x6
@@ -348,8 +359,10 @@ select is(
     ),
     '{"x": 2}'::jsonb, 'each arrival merges its arc set into ctx'
 );
-select noetl.arrive(x6.id, pg_temp.catalog_id(x6.id), 'j', 200, '{"o": 1}')
-from x6;
+select is(
+    (select noetl.arrive(x6.id, pg_temp.catalog_id(x6.id), 'j', 200, '{"o": 1}') from x6),
+    null::bigint, 'an arrival at a join returns NULL: nothing is issued'
+);
 select noetl.arrive(x6.id, pg_temp.catalog_id(x6.id), 'j', 100, '{"o": 2}')
 from x6;
 select noetl.arrive(x6.id, pg_temp.catalog_id(x6.id), 'j', 100, '{"o": 3}')
@@ -432,6 +445,68 @@ select noetl.check_progress(x5.id, 'start') from x5;
 select is(
     (select pg_temp.commands(x5.id) from x5),
     array['start:noop:done'], 'check_progress does nothing for an execution that is not running'
+);
+
+-- check_progress after route_after: skipped where it would find nothing to do (a plain
+-- step was issued in a playbook without joins), called everywhere else
+select * from noetl.register_playbook(
+    't/r81_nojoin', 'yaml',
+    '{"entry_step": "start", "workflow": [
+      {"step": "start", "tool": {"kind": "noop"},
+       "plan": {"kind": "noop", "route_mode": "direct", "direct_targets": ["z"],
+                "is_join": false, "has_loop": false, "successors": ["z"],
+                "reaches": ["z"], "max_attempts": 1}},
+      {"step": "z", "tool": {"kind": "noop"},
+       "plan": {"kind": "noop", "route_mode": "none", "direct_targets": [],
+                "is_join": false, "has_loop": false, "successors": [],
+                "reaches": [], "max_attempts": 1}}
+    ]}'::jsonb
+);
+set local track_functions = 'all';
+create function pg_temp.progress_checks() returns bigint
+language sql as $$
+    select coalesce(pg_stat_get_xact_function_calls(
+        'noetl.check_progress(bigint, text)'::regprocedure
+    ), 0);
+$$;
+create temporary table checks (label text, calls bigint);
+create temporary table x9 as
+select noetl.start_execution('t/r81_nojoin') as id;
+insert into checks values ('before', pg_temp.progress_checks());
+select noetl.route_after(c, 'call.done', null, null)
+from x9, pg_temp.done(x9.id, 'start') as c;
+insert into checks values ('start', pg_temp.progress_checks());
+select noetl.route_after(c, 'call.done', null, null)
+from x9, pg_temp.done(x9.id, 'z') as c;
+insert into checks values ('z', pg_temp.progress_checks());
+create temporary table x10 as
+select noetl.start_execution('t/r81') as id;
+select noetl.route_after(c, 'call.done', null, null)
+from x10, pg_temp.done(x10.id, 'start') as c;
+insert into checks values ('join playbook', pg_temp.progress_checks());
+select is(
+    (
+        select
+            array[
+                max(ch.calls) filter (where ch.label = 'start')
+                - max(ch.calls) filter (where ch.label = 'before'),
+                max(ch.calls) filter (where ch.label = 'z')
+                - max(ch.calls) filter (where ch.label = 'start'),
+                max(ch.calls) filter (where ch.label = 'join playbook')
+                - max(ch.calls) filter (where ch.label = 'z')
+            ]
+        from checks as ch
+    ),
+    array[0::bigint, 1, 1],
+    'no check after a plain step issued without joins; one after a step that issued '
+    'nothing (the end) and one in a playbook with a join'
+);
+select is(
+    (
+        select e.status from noetl.execution as e, x9
+        where e.execution_id = x9.id
+    ),
+    'COMPLETED', 'the playbook without joins still completes at its last step'
 );
 
 select * from finish();
