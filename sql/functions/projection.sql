@@ -352,20 +352,38 @@ begin
 end;
 $$;
 
+-- noetl.is_folded_at(position, tx_id, event_id) -> boolean
+-- Contract: is_folded against a state's `position` ([tx_id, event_id], NULL when nothing
+--   was folded yet): whether the event is at or before it. The projector's batch reads
+--   each execution's position once and tests every event against it.
+-- Locks: none (pure).
+create or replace function noetl.is_folded_at(
+    p_position jsonb,
+    p_tx_id xid8,
+    p_event_id bigint
+) returns boolean
+language sql
+immutable
+as $$
+    -- SQL, one expression: inlined into the projector's batch query, evaluated per event.
+    select coalesce(
+        ((p_position ->> 0)::numeric, (p_position ->> 1)::bigint)
+        >= (p_tx_id::text::numeric, p_event_id),
+        false
+    );
+$$;
+
 -- noetl.is_folded(state, tx_id, event_id) -> boolean
 -- Contract: whether the event (tx_id, event_id) is at or before state.position, i.e.
 --   already folded into `state` (folding it again must change nothing). The one test of
---   idempotence, for fold_event and for the projector's batch.
+--   idempotence (fold_event; the projector's batch tests its position, is_folded_at).
 -- Locks: none (pure).
 create or replace function noetl.is_folded(p_state jsonb, p_tx_id xid8, p_event_id bigint)
 returns boolean
 language sql
 immutable
 as $$
-    -- SQL, one expression: inlined into the projector's batch query, evaluated per event.
-    select coalesce(p_state ? 'position'
-        and ((p_state #>> '{position,0}')::numeric, (p_state #>> '{position,1}')::bigint)
-        >= (p_tx_id::text::numeric, p_event_id), false);
+    select noetl.is_folded_at(p_state -> 'position', p_tx_id, p_event_id);
 $$;
 
 -- noetl.fold_event(state, event) -> state

@@ -3,7 +3,7 @@
 -- another loop's events, counters not counted left absent), fold_position for the
 -- bookkeeping, fold_content and merge_steps.
 begin;
-select plan(11);
+select plan(13);
 
 create temporary table fold_event_fixture (
     seq integer primary key,
@@ -178,6 +178,17 @@ select ok(
 );
 select ok(
     not noetl.is_folded('{}', '1'::xid8, 1), 'is_folded: nothing is folded without a position'
+);
+select ok(
+    noetl.is_folded_at('[101, 4]', '101'::xid8, 4)
+    and noetl.is_folded_at('[101, 4]', '100'::xid8, 9)
+    and not noetl.is_folded_at('[101, 4]', '101'::xid8, 5)
+    and not noetl.is_folded_at('[101, 4]', '102'::xid8, 1),
+    'is_folded_at: an event at or before the position is folded, a later one is not'
+);
+select ok(
+    not noetl.is_folded_at(null, '1'::xid8, 1),
+    'is_folded_at: nothing is folded without a position'
 );
 
 select * from finish(); -- noqa: AM04
