@@ -37,6 +37,8 @@ from noetl_pg.runtime import TERMINAL_STATUSES
 EXECUTION_STATUSES = TERMINAL_STATUSES | {"RUNNING"}
 # How long `status --watch` and `noetl run` wait out a database they cannot reach.
 FOLLOW_GIVE_UP_SECONDS = 60.0
+# The first poll of `follow`, soon after the start (each next one waits half again more).
+FIRST_POLL_SECONDS = 0.01
 
 console = Console()
 err_console = Console(stderr=True)
@@ -183,7 +185,9 @@ def follow(dsn: str, execution_id: int, *, show: bool, timeout: float | None = N
     """Poll the execution's row until it ends and its projection caught up (at most 5s
     after it ended); with `show`, keep a live step table (loops with rate and ETA) on the
     terminal. Returns the last row. Raises LookupError for an unknown execution,
-    TimeoutError after `timeout` seconds; Ctrl-C (KeyboardInterrupt) propagates."""
+    TimeoutError after `timeout` seconds; Ctrl-C (KeyboardInterrupt) propagates.
+    Polls every `poll` seconds, sooner at first (from FIRST_POLL_SECONDS, growing half
+    again each time): a run of a few milliseconds is not reported a poll later."""
     deadline = None if timeout is None else time.monotonic() + timeout
     ended_at: float | None = None
     rates = LoopRates()
@@ -191,6 +195,7 @@ def follow(dsn: str, execution_id: int, *, show: bool, timeout: float | None = N
     reconnect = db.Reconnect(f"following execution {execution_id}",
                              give_up_after=FOLLOW_GIVE_UP_SECONDS)
     live = Live(console=console, auto_refresh=False, transient=True) if show else None
+    wait = min(FIRST_POLL_SECONDS, poll)
     with live if live is not None else contextlib.nullcontext():
         while True:
             try:
@@ -209,7 +214,8 @@ def follow(dsn: str, execution_id: int, *, show: bool, timeout: float | None = N
                     return row
             if deadline is not None and time.monotonic() > deadline:
                 raise TimeoutError(f"execution {execution_id} still {row['status']}")
-            time.sleep(poll)
+            time.sleep(wait)
+            wait = min(wait * 1.5, poll)
 
 
 def register_status_commands(main: click.Group, dsn: Callable[[], str]) -> None:

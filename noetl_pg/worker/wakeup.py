@@ -26,6 +26,9 @@ from noetl_pg.worker.state import WorkerState
 
 log = logging.getLogger(__name__)
 
+# How long the listener waits for a notification before it looks at the stop flag.
+LISTEN_WAIT_SECONDS = 0.1
+
 
 class WakeUp:
     """Where a worker's idle slots wait for work, and what wakes them."""
@@ -93,7 +96,9 @@ class WakeUp:
                     # Anything notified while we were not listening is picked up now.
                     self.wake_all()
                     while not stopping.is_set():
-                        for notify in db.notifies(conn, 0.5):
+                        # The wait is what a stopping worker waits for this thread (a
+                        # socket wait, no query): `noetl run` ends within it.
+                        for notify in db.notifies(conn, LISTEN_WAIT_SECONDS):
                             if notify.channel == "noetl_cancel" and notify.payload.isdigit():
                                 self._state.running.cancel(int(notify.payload))
                             else:

@@ -265,3 +265,22 @@ def test_credential_get_redacts_unless_asked(fresh_engine: Engine, reveal: bool)
     assert _noetl(dsn, "credential", "delete", "db1").returncode == 0
     gone = _noetl(dsn, "credential", "get", "db1")
     assert gone.returncode == 2 and "credential 'db1' does not exist" in gone.stderr
+
+
+def test_following_a_run_polls_soon_at_first_then_every_poll_interval(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """`noetl run` and `status --watch` see a short run end within a few milliseconds: the
+    first polls come soon after the start and the wait grows to the poll interval."""
+    from noetl_pg.cli import status as cli_status
+
+    running = {"status": "RUNNING", "state": {"status": "RUNNING"}}
+    done = {"status": "COMPLETED", "state": {"status": "COMPLETED"}}
+    rows = [running] * 10 + [done]
+    waits: list[float] = []
+    monkeypatch.setattr(cli_status, "fetch_progress", lambda dsn, execution_id: rows.pop(0))
+    monkeypatch.setattr(cli_status.time, "sleep", waits.append)
+    assert cli_status.follow("unused", 1, show=False, poll=0.2) is done
+    assert waits[:3] == pytest.approx([0.01, 0.015, 0.0225])
+    assert len(waits) == 10 and max(waits) == 0.2 and waits[-1] == 0.2
+    assert waits == sorted(waits)
