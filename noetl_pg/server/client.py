@@ -5,8 +5,6 @@ from __future__ import annotations
 import time
 from typing import Any
 
-import httpx
-
 from noetl_pg import settings
 from noetl_pg.errors import NoetlError
 
@@ -23,6 +21,9 @@ class ServerClient:
         self.base_url = base_url.rstrip("/")
         token = token if token is not None else settings.current().server_token
         headers = {"Authorization": f"Bearer {token}"} if token else {}
+        # Imported here: every CLI command loads this module, few talk to a server.
+        import httpx
+
         self._http = httpx.Client(base_url=self.base_url, headers=headers, timeout=timeout)
 
     def close(self) -> None:
@@ -35,6 +36,8 @@ class ServerClient:
         self.close()
 
     def _call(self, method: str, path: str, **kwargs: Any) -> Any:
+        import httpx
+
         try:
             response = self._http.request(method, path, **kwargs)
         except httpx.HTTPError as exc:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 from typing import Any
 
 from noetl_pg.extras import missing_extra_tool
@@ -16,11 +17,10 @@ from noetl_pg.tools.transfer import TransferTool
 from noetl_pg.tools.unavailable import UNAVAILABLE_TOOL_CLASSES
 from noetl_pg.tools.workbook import WorkbookTool
 
-try:
+# The duckdb module is imported when a step runs (every CLI command loads this registry).
+if importlib.util.find_spec("duckdb") is not None:
     from noetl_pg.tools.duckdb import DuckdbTool
-except ModuleNotFoundError as missing:  # the `duckdb` extra is not installed
-    if missing.name != "duckdb":
-        raise
+else:  # the `duckdb` extra is not installed
     DuckdbTool = missing_extra_tool(DuckdbKind, extra="duckdb")  # type: ignore[misc]
 
 TOOL_CLASSES: dict[str, type[Tool]] = {

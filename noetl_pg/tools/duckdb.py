@@ -21,9 +21,7 @@ from __future__ import annotations
 import contextlib
 import threading
 from collections.abc import Mapping
-from typing import Any
-
-import duckdb
+from typing import TYPE_CHECKING, Any
 
 from noetl_pg.errors import ToolError, ToolTimeout
 from noetl_pg.stream import chunk_rows_of, pump
@@ -37,14 +35,11 @@ from noetl_pg.tools.postgres import (
     statement_result,
 )
 
-COUNT_STATEMENT_TYPES = frozenset(
-    {
-        duckdb.StatementType.INSERT,
-        duckdb.StatementType.UPDATE,
-        duckdb.StatementType.DELETE,
-        duckdb.StatementType.COPY,
-    }
-)
+if TYPE_CHECKING:  # imported where a step runs: every CLI command loads the registry
+    import duckdb
+
+# Statements whose result is a row count (duckdb.StatementType names).
+COUNT_STATEMENT_TYPES = frozenset({"INSERT", "UPDATE", "DELETE", "COPY"})
 
 
 def _statement_params(statement: Any, params: Mapping[str, Any] | list[Any] | None) -> Any:
@@ -63,6 +58,8 @@ class DuckdbTool(DuckdbKind):
     """Run a SQL script in DuckDB; see the module docstring."""
 
     def run(self, config: Mapping[str, Any], context: ToolContext) -> Any:
+        import duckdb
+
         sql = localize_refs(script_text(config, self.kind), context, self.kind)
         params = script_params(config, self.kind)
         database = str(config.get("database") or ":memory:")
@@ -106,6 +103,8 @@ class DuckdbTool(DuckdbKind):
 
 
 def _statement_error(exc: duckdb.Error, index: int | None, timeout: Any) -> ToolError:
+    import duckdb
+
     where = "duckdb" if index is None else f"duckdb statement {index}"
     output = {"statement_index": index, "error": str(exc), "error_type": type(exc).__name__}
     if isinstance(exc, duckdb.InterruptException) and timeout:
@@ -117,6 +116,8 @@ def _stream(conn: duckdb.DuckDBPyConnection, chunk_rows: int, context: ToolConte
             index: int, timeout: Any) -> dict[str, Any]:
     """The last statement's rows handed to `context.stream` chunk by chunk (fetchmany
     reads DuckDB's streaming result; noetl_pg.stream.pump)."""
+    import duckdb
+
     if context.stream is None:
         raise ToolError("duckdb: output.stream needs a worker that records chunks")
     sink = context.stream
@@ -142,7 +143,7 @@ def _result(conn: duckdb.DuckDBPyConnection, statement_type: Any) -> dict[str, A
         return statement_result([], [], 0, statement_type.name)
     columns = [column[0] for column in description]
     rows = conn.fetchall()
-    if statement_type in COUNT_STATEMENT_TYPES and columns == ["Count"] and rows:
+    if statement_type.name in COUNT_STATEMENT_TYPES and columns == ["Count"] and rows:
         return statement_result([], [], int(rows[0][0]), statement_type.name)
     records = [dict(zip(columns, row, strict=True)) for row in rows]
     return statement_result(columns, records, len(records), statement_type.name)

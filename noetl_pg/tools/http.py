@@ -27,13 +27,14 @@ import base64
 import threading
 import urllib.parse
 from collections.abc import Mapping
-from typing import Any, ClassVar
-
-import httpx
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from noetl_pg import settings
 from noetl_pg.errors import ToolError, ToolTimeout
 from noetl_pg.tools.base import ToolContext
+
+if TYPE_CHECKING:  # imported where a request is made: every CLI command loads the registry
+    import httpx
 
 DEFAULT_TIMEOUT_SECONDS = 30.0
 PARAMS_METHODS = frozenset({"GET", "HEAD", "DELETE", "OPTIONS"})
@@ -44,6 +45,8 @@ _client_lock = threading.Lock()
 
 def build_client() -> httpx.Client:
     """A pooled client sized from the NOETL_HTTP_* environment variables."""
+    import httpx
+
     configured = settings.current()
     limits = httpx.Limits(
         max_connections=configured.http_max_connections,
@@ -152,6 +155,8 @@ class HttpTool:
         "auth", "credential", "follow_redirects"})
 
     def run(self, config: Mapping[str, Any], context: ToolContext) -> Any:
+        import httpx
+
         url = config.get("url") or config.get("endpoint")
         if not url or not isinstance(url, str):
             raise ToolError("http tool needs `url` (or `endpoint`)")
