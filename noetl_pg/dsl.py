@@ -31,7 +31,13 @@ from noetl_pg.dsl_keys import (
 from noetl_pg.errors import PlaybookError
 from noetl_pg.policy import DEFAULT_RULE_ATTEMPTS
 from noetl_pg.stream import check_streams
-from noetl_pg.template_reads import CommandUses, template_strings, template_uses, uses_of
+from noetl_pg.template_reads import (
+    CommandUses,
+    merge_uses,
+    template_strings,
+    template_uses,
+    uses_of,
+)
 from noetl_pg.tools import INPUT_ALIASES, STREAM_KINDS, tool_config_keys
 from noetl_pg.tools.workbook import WorkbookTool
 from noetl_pg.yamlbound import load_bounded, text_bytes
@@ -243,12 +249,10 @@ class Playbook(_Model):
         names = self.steps_by_name
         read: dict[str, tuple[str, ...]] = {}
         for step_name, uses in self.command_uses.items():
-            parts = (uses.step, uses.loop, uses.shared, uses.arcs, uses.partial_arcs)
-            if any(part is None for part in parts):
-                read[step_name] = tuple(names)
-                continue
-            read[step_name] = tuple(sorted({name for part in parts if part is not None
-                                            for name in part if name in names}))
+            merged = merge_uses(uses.step, uses.loop, uses.shared, uses.arcs,
+                                uses.partial_arcs)
+            read[step_name] = (tuple(names) if merged is None
+                               else tuple(sorted(name for name in merged if name in names)))
         return read
 
     @cached_property

@@ -210,8 +210,8 @@ begin
             v_touched_count := 0;
             -- `|| '{}'` keeps the state decompressed in the variable: as read from the
             -- table it is compressed (a long chain's is tens of KB), and each operator on it
-            -- below would decompress all of it again, several times per event (a
-            -- 1,000-step chain's live fold: 190 us per step).
+            -- below would decompress all of it again, several times per event (on a
+            -- 1,000-step chain's state, `- 'steps'` takes 37 us compressed, 1 us not).
             select st.state || '{}'::jsonb into v_state from noetl.execution_state as st
             where st.execution_id = v_current;
         end if;

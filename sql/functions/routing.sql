@@ -103,11 +103,11 @@ $$;
 -- current one left in place.
 do $$
 begin
-    if to_regprocedure('noetl.arrive(bigint, bigint, text, bigint, jsonb)') is not null
-        and (
-            select p.prorettype = 'void'::regtype from pg_proc as p
-            where p.oid = to_regprocedure('noetl.arrive(bigint, bigint, text, bigint, jsonb)')
-        ) then
+    if exists (
+        select 1 from pg_proc as p
+        where p.oid = to_regprocedure('noetl.arrive(bigint, bigint, text, bigint, jsonb)')
+            and p.prorettype = 'void'::regtype
+    ) then
         drop function noetl.arrive(bigint, bigint, text, bigint, jsonb);
     end if;
 end

@@ -33,12 +33,12 @@ from typing import Any
 import psycopg
 import pytest
 from engine_harness import Engine
-from private_pg import private_server, restart
 from psycopg.conninfo import make_conninfo
 from worker_procs import Workers, wait_until
 
 from noetl_pg.errors import DatabaseUnavailable
 from noetl_pg.migrate import migrate
+from noetl_pg.testdb import private_server, restart
 
 EXECUTIONS = int(os.environ.get("CHAOS_EXECUTIONS", "25"))
 RUNS = int(os.environ.get("CHAOS_RUNS", "1"))

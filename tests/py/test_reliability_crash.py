@@ -20,11 +20,11 @@ from typing import Any
 import psycopg
 import pytest
 from engine_harness import Engine
-from private_pg import private_server, restart
 from worker_procs import Workers, line_counts, wait_until
 
 from noetl_pg.errors import DatabaseUnavailable
 from noetl_pg.migrate import migrate
+from noetl_pg.testdb import private_server, restart
 from noetl_pg.worker import Worker
 
 HEARTBEAT_SECONDS = "0.2"

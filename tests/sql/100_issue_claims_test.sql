@@ -145,11 +145,16 @@ select is(
 
 -- finish_and_claim scans the queue only when something may be there for it
 set local track_functions = 'all';
+-- How many times this transaction scanned the queue (claim_command_ids) so far.
+create function pg_temp.queue_scans() returns bigint
+language sql as $$
+    select coalesce(pg_stat_get_xact_function_calls(
+        'noetl.claim_command_ids(text, text[], integer)'::regprocedure
+    ), 0);
+$$;
 create temporary table scans (label text, calls bigint);
 insert into scans
-values ('before', coalesce(pg_stat_get_xact_function_calls(
-    'noetl.claim_command_ids(text, text[], integer)'::regprocedure
-), 0));
+values ('before', pg_temp.queue_scans());
 create temporary table next_none as
 select * from noetl.finish_and_claim_v1(
     'w2',
@@ -160,9 +165,7 @@ select * from noetl.finish_and_claim_v1(
     array['noop'], 5
 );
 insert into scans
-values ('after', coalesce(pg_stat_get_xact_function_calls(
-    'noetl.claim_command_ids(text, text[], integer)'::regprocedure
-), 0));
+values ('after', pg_temp.queue_scans());
 select is(
     (select count(*) from next_none), 0::bigint,
     'the last step''s outcome issues nothing and nothing is queued: nothing comes back'
@@ -182,9 +185,7 @@ create temporary table claim_e4 as
 select * from noetl.claim_commands_v1('w3', null, 1)
 where execution_id = current_setting('test.e4')::bigint;
 insert into scans
-values ('claimed e4', coalesce(pg_stat_get_xact_function_calls(
-    'noetl.claim_command_ids(text, text[], integer)'::regprocedure
-), 0));
+values ('claimed e4', pg_temp.queue_scans());
 create temporary table after_e4 as
 select * from noetl.finish_and_claim_v1(
     'w3',
@@ -207,9 +208,7 @@ select is(
     'step comes back, and the step the outcome issued was queued behind it'
 );
 insert into scans
-values ('queued', coalesce(pg_stat_get_xact_function_calls(
-    'noetl.claim_command_ids(text, text[], integer)'::regprocedure
-), 0));
+values ('queued', pg_temp.queue_scans());
 select is(
     (
         select
