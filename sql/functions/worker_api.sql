@@ -166,7 +166,21 @@ declare
     v_router text := case
         when p_kinds is null or 'route' = any(p_kinds) then p_worker_id
     end;
+    v_plain record;
 begin
+    -- A chain's transition, one plain step done and the next issued to us, takes the
+    -- short path (plain_step.sql) when it applies; it writes nothing when it declines.
+    if p_n > 0 and jsonb_array_length(v_outcomes) = 1
+        and v_outcomes -> 0 ->> 'op' = 'done' then
+        select f.applied, f.next_command into v_plain
+        from noetl.finish_plain_step(p_worker_id, v_outcomes -> 0, p_kinds) as f;
+        if v_plain.applied then
+            if (v_plain.next_command).command_id is not null then
+                return next v_plain.next_command;
+            end if;
+            return;
+        end if;
+    end if;
     -- Wake-ups for what these outcomes issue are decided once, after our own claim.
     perform
         set_config('noetl.defer_notify', 'on', true),
