@@ -170,8 +170,11 @@ declare
 begin
     -- A chain's transition, one plain step done and the next issued to us, takes the
     -- short path (plain_step.sql) when it applies; it writes nothing when it declines.
+    -- A loop iteration's outcome names its loop and is never a plain step's: it skips
+    -- the short path's read.
     if p_n > 0 and jsonb_array_length(v_outcomes) = 1
-        and v_outcomes -> 0 ->> 'op' = 'done' then
+        and v_outcomes -> 0 ->> 'op' = 'done'
+        and v_outcomes -> 0 ->> 'loop_id' is null then
         select f.applied, f.next_command into v_plain
         from noetl.finish_plain_step(p_worker_id, v_outcomes -> 0, p_kinds) as f;
         if v_plain.applied then
