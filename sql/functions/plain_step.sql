@@ -1,5 +1,6 @@
 -- plain_step.sql: the commonest transition, a plain step done and the one plain step its
--- unconditional arc names issued to the same worker, in a few statements.
+-- unconditional arc names (or the one arc its worker chose of its conditional arcs) issued
+-- to the same worker, in a few statements.
 --
 -- finish_and_claim_v1 tries this before its general path (complete_command, route_after,
 -- arrive, issue_command, describe_commands_v1): measured on a 2-core machine, that path
@@ -11,25 +12,30 @@
 
 -- noetl.finish_plain_step(worker_id, outcome, kinds) -> (applied, next_command)
 -- Contract: applies one `done` outcome (finish_and_claim_v1's {op, command_id, attempt,
---   claim, result, ctx_set}) when all of these hold, and declines (applied false, nothing
---   written) otherwise:
+--   claim, result, ctx_set, targets}) when all of these hold, and declines (applied false,
+--   nothing written) otherwise:
 --   - the command is a step's (not a loop iteration; not a route, loop or cursor command)
 --     and is still claimed at `attempt` and, when given, claim generation `claim`;
 --   - its execution is a root execution (a child's lock takes its ancestors first: the
 --     general path), is RUNNING, and its playbook has no join step;
---   - the step's plan has exactly one unconditional arc ('direct'), to a step that is
---     neither a join nor a loop, of a kind in `kinds` (NULL: any);
+--   - the step's plan has exactly one unconditional arc ('direct'), or has conditional
+--     arcs ('router') of which the worker, serving routes (`kinds` NULL or naming
+--     'route'), chose exactly one (`targets`, [{step, set}], as route_after takes them);
+--     the arc names a step that is neither a join nor a loop, of a kind in `kinds`
+--     (NULL: any);
 --   - no due command of `kinds` is queued (open_issue_claims's rule: queued work is older
 --     and keeps its turn).
---   Applied: writes `call.done`, merges ctx_set, keeps the step's result, issues the
+--   Applied: writes `call.done` (and for chosen arcs `route.applied`, marked fused),
+--   merges ctx_set and then the arc's `set`, keeps the step's result, issues the
 --   target as "<target>@<command_id>" created claimed by `worker_id` (its
 --   `command.issued` names the worker) and returns it as the worker receives a claim, its
 --   context being what the target reads. next_command is NULL when the arc was taken
 --   already (check_progress then runs, as route_after does) or when the new command took
 --   the execution past its budget (count_command failed the execution; the command is
 --   cancelled, as close_issue_claims does).
--- Events: call.done, then command.issued, with the ids the general path gives them (the
---   call.done id is taken before the insert whose budget trigger may fail the execution).
+-- Events: call.done, [route.applied,] command.issued, with the ids the general path gives
+--   them (those before command.issued are taken before the insert whose budget trigger
+--   may fail the execution).
 -- Locks: in the lock order, the (root) execution row, then the command row (the fenced
 --   update); the unique key of the new command; the budget row (count_command). A
 --   declined outcome may leave the execution row locked; the general path locks it next.
@@ -55,6 +61,18 @@ declare
     v_claim integer := (p_outcome ->> 'claim')::integer;
     v_result jsonb := p_outcome -> 'result';
     v_ctx_set jsonb := nullif(p_outcome -> 'ctx_set', 'null'::jsonb);
+    -- The arcs the worker chose count only for a worker that serves routes
+    -- (finish_and_claim_v1's rule); one chosen arc is the one this path takes.
+    v_targets jsonb := case
+        when p_kinds is null or 'route' = any(p_kinds) then
+            nullif(p_outcome -> 'targets', 'null'::jsonb)
+    end;
+    v_chosen text := case
+        when jsonb_typeof(v_targets) = 'array' and jsonb_array_length(v_targets) = 1 then
+            v_targets -> 0 ->> 'step'
+    end;
+    v_arc_set jsonb;
+    v_route_event bigint;
     v_plan record;
     v_running boolean;
     v_cmd noetl.command;
@@ -84,14 +102,20 @@ begin
     inner join noetl.catalog_step as s
         on e.catalog_id = s.catalog_id and c.step_name = s.step_name
     left join noetl.catalog_step as t
-        on e.catalog_id = t.catalog_id and s.direct_targets[1] = t.step_name
+        on
+            e.catalog_id = t.catalog_id
+            and t.step_name = case s.route_mode
+                when 'direct' then s.direct_targets[1]
+                when 'router' then v_chosen
+            end
     where c.command_id = v_id;
     if not found
         or v_plan.parent_execution_id is not null
         or v_plan.loop_id is not null
         or v_plan.kind in ('route', 'loop', 'cursor')
-        or v_plan.route_mode <> 'direct'
-        or cardinality(v_plan.direct_targets) <> 1
+        or (v_plan.route_mode = 'direct' and cardinality(v_plan.direct_targets) <> 1)
+        or (v_plan.route_mode = 'router' and v_chosen is null)
+        or v_plan.route_mode not in ('direct', 'router')
         or (v_plan.target).step_name is null
         or (v_plan.target).is_join
         or (v_plan.target).has_loop
@@ -124,10 +148,16 @@ begin
     end if;
     applied := true;
     v_done_event := nextval('noetl.event_id_seq');
+    if v_plan.route_mode = 'router' then
+        v_route_event := nextval('noetl.event_id_seq');
+        v_arc_set := nullif(v_targets -> 0 -> 'set', 'null'::jsonb);
+    end if;
 
-    if v_ctx_set is not null and v_ctx_set <> '{}'::jsonb then
+    -- ctx_set, then the arc's `set` (complete_command's merge, then arrive's), in one update.
+    if coalesce(v_ctx_set, '{}'::jsonb) <> '{}'::jsonb
+        or coalesce(v_arc_set, '{}'::jsonb) <> '{}'::jsonb then
         update noetl.execution as e
-        set ctx = e.ctx || v_ctx_set
+        set ctx = e.ctx || coalesce(v_ctx_set, '{}'::jsonb) || coalesce(v_arc_set, '{}'::jsonb)
         where e.execution_id = v_cmd.execution_id;
     end if;
     insert into noetl.step_result (execution_id, step_name, result, command_id)
@@ -152,7 +182,14 @@ begin
             v_cmd.execution_id, 'call.done', v_cmd.step_name, v_id, v_attempt, v_result,
             null, null, null, null, v_done_event
         )::noetl.event_record
-    ] || case when v_next is not null then array[
+    ] || case when v_route_event is not null then array[
+        row(
+            v_cmd.execution_id, 'route.applied', v_cmd.step_name, v_id, v_cmd.attempt, null,
+            null,
+            jsonb_build_object('event', 'call.done', 'targets', v_targets, 'fused', true),
+            null, null, v_route_event
+        )::noetl.event_record
+    ] else '{}' end || case when v_next is not null then array[
         row(
             v_cmd.execution_id, 'command.issued', (v_plan.target).step_name, v_next, 1,
             null, null,

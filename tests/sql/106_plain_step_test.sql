@@ -5,7 +5,7 @@
 -- Which path ran is told by `noetl.locked_commands`: the general path's first call,
 -- lock_command_rows, sets it; the short path never does.
 begin;
-select plan(44);
+select plan(57);
 set local client_min_messages = warning;
 
 -- A step's plan as registration writes it: `route` a route_mode, `targets` its arcs.
@@ -48,10 +48,11 @@ begin
 end;
 $$;
 
--- One `done` outcome through finish_and_claim_v1, with the path marker cleared first.
+-- One `done` outcome through finish_and_claim_v1, with the path marker cleared first;
+-- `targets` the conditional arcs the worker chose.
 create function pg_temp.finish(
     p_command_id bigint, p_claim integer, p_kinds text[] default null,
-    p_n integer default 5, p_ctx_set jsonb default null
+    p_n integer default 5, p_ctx_set jsonb default null, p_targets jsonb default null
 ) returns setof noetl.claimed_command
 language plpgsql
 as $$
@@ -60,7 +61,7 @@ begin
     return query select * from noetl.finish_and_claim_v1('w1', jsonb_build_array(
         jsonb_build_object(
             'op', 'done', 'command_id', p_command_id, 'attempt', 1, 'claim', p_claim,
-            'result', '{"k": 1, "x": 2}'::jsonb, 'ctx_set', p_ctx_set
+            'result', '{"k": 1, "x": 2}'::jsonb, 'ctx_set', p_ctx_set, 'targets', p_targets
         )
     ), p_kinds, p_n);
 end;
@@ -318,6 +319,123 @@ select is(
     1, 'a child execution''s step issues its next'
 );
 select ok(not pg_temp.took_short_path(), 'through the general path');
+
+-- Conditional arcs of which the worker chose one: short, as the general path applies them
+-- (complete_command with the targets): route.applied marked fused, the arc's set merged.
+select * from noetl.register_playbook('t/plain_pick', 'yaml', jsonb_build_object(
+    'entry_step', 'a', 'workflow', jsonb_build_array(
+        pg_temp.plan_step('a', 'router', '{}'),
+        pg_temp.plan_step('b', 'direct', array['c'], '{"a": ["k"]}'),
+        pg_temp.plan_step('c', 'none', '{}')
+    )
+));
+create temporary table px as select * from pg_temp.start_claimed('t/plain_pick');
+create temporary table px_next as
+select * from pg_temp.finish(
+    (select px.command_id from px), (select px.claim_gen from px), null, 5, '{"seen": 1}',
+    '[{"step": "b", "set": {"picked": "b", "seen": 2}}]'
+);
+select ok(pg_temp.took_short_path(), 'one arc the worker chose takes the short path');
+create temporary table py as select * from pg_temp.start_claimed('t/plain_pick');
+select noetl.open_issue_claims('w1', null, 5);
+select count(*) from noetl.complete_command(
+    (select py.command_id from py), 1, '{"k": 1, "x": 2}', '{"seen": 1}', 'w1',
+    '[{"step": "b", "set": {"picked": "b", "seen": 2}}]', (select py.claim_gen from py)
+);
+create temporary table py_next as
+select * from noetl.describe_commands_v1(noetl.close_issue_claims());
+select is(
+    (
+        select (n.step_name, n.kind, n.attempt, n.input, n.context - 'execution_id')::text
+        from px_next as n
+    ),
+    (
+        select (n.step_name, n.kind, n.attempt, n.input, n.context - 'execution_id')::text
+        from py_next as n
+    ),
+    'it returns the chosen step as the general path describes it'
+);
+select is(
+    pg_temp.events_of((select px.execution_id from px)),
+    pg_temp.events_of((select py.execution_id from py)),
+    'the same events, in the same order'
+);
+select is(
+    (
+        select array_agg(e.event_type order by e.event_id) from noetl.event as e
+        where e.execution_id = (select px.execution_id from px)
+    ),
+    array[
+        'playbook.started', 'command.issued', 'command.claimed', 'call.done',
+        'route.applied', 'command.issued'
+    ],
+    'call.done, route.applied, command.issued'
+);
+select is(
+    pg_temp.command_of((select px.execution_id from px), 'b'),
+    pg_temp.command_of((select py.execution_id from py), 'b'), 'the same next command'
+);
+select is(
+    (select e.ctx from noetl.execution as e inner join px on e.execution_id = px.execution_id),
+    (select e.ctx from noetl.execution as e inner join py on e.execution_id = py.execution_id),
+    'ctx_set then the arc''s set, as the general path merges them'
+);
+select is(
+    (
+        select e.ctx ->> 'seen' from noetl.execution as e
+        inner join px on e.execution_id = px.execution_id
+    ),
+    '2', 'the arc''s set wins'
+);
+update noetl.command set status = 'cancelled'
+where status = 'claimed';
+
+-- Declined: no arc or two arcs chosen, or a worker that does not serve routes.
+create temporary table p0 as select * from pg_temp.start_claimed('t/plain_pick');
+select * from pg_temp.finish(
+    (select p0.command_id from p0), (select p0.claim_gen from p0), null, 5, null, '[]'
+);
+select ok(not pg_temp.took_short_path(), 'no arc chosen: general path');
+create temporary table p2 as select * from pg_temp.start_claimed('t/plain_pick');
+select is(
+    (
+        select string_agg(n.step_name, ',' order by n.step_name) from pg_temp.finish(
+            (select p2.command_id from p2), (select p2.claim_gen from p2), null, 5, null,
+            '[{"step": "b"}, {"step": "c"}]'
+        ) as n
+    ),
+    'b,c', 'two arcs chosen: both issued'
+);
+select ok(not pg_temp.took_short_path(), 'through the general path');
+update noetl.command set status = 'cancelled'
+where status in ('queued', 'claimed');
+create temporary table pn as select * from pg_temp.start_claimed('t/plain_pick');
+select * from pg_temp.finish(
+    (select pn.command_id from pn), (select pn.claim_gen from pn), array['noop'], 5, null,
+    '[{"step": "b"}]'
+);
+select ok(not pg_temp.took_short_path(), 'a worker that does not serve routes: general path');
+select is(
+    (
+        select string_agg(c.kind || ' ' || c.status, ',') from noetl.command as c
+        where
+            c.execution_id = (select pn.execution_id from pn) and c.step_name = 'a'
+            and c.kind = 'route'
+    ),
+    'route queued', 'which queues a route command instead of its choice'
+);
+update noetl.command set status = 'cancelled'
+where status in ('queued', 'claimed');
+create temporary table pu as select * from pg_temp.start_claimed('t/plain_pick');
+select throws_ok(
+    format(
+        'select * from pg_temp.finish(%s, %s, null, 5, null, %L)',
+        (select pu.command_id from pu), (select pu.claim_gen from pu), '[{"step": "nope"}]'
+    ),
+    '22023', null, 'an arc to no step: declined, and the general path refuses it'
+);
+update noetl.command set status = 'cancelled'
+where status in ('queued', 'claimed');
 
 -- Declined: router, join and loop plans.
 select * from noetl.register_playbook('t/plain_router', 'yaml', jsonb_build_object(
