@@ -16,8 +16,7 @@
 --   nothing written) otherwise:
 --   - the command is a step's (not a loop iteration; not a route, loop or cursor command)
 --     and is still claimed at `attempt` and, when given, claim generation `claim`;
---   - its execution is a root execution (a child's lock takes its ancestors first: the
---     general path), is RUNNING, and its playbook has no join step;
+--   - its execution is RUNNING and its playbook has no join step;
 --   - the step's plan has exactly one unconditional arc ('direct'), or has conditional
 --     arcs ('router') of which the worker, serving routes (`kinds` NULL or naming
 --     'route'), chose exactly one (`targets`, [{step, set}], as route_after takes them);
@@ -36,9 +35,10 @@
 -- Events: call.done, [route.applied,] command.issued, with the ids the general path gives
 --   them (those before command.issued are taken before the insert whose budget trigger
 --   may fail the execution).
--- Locks: in the lock order, the (root) execution row, then the command row (the fenced
---   update); the unique key of the new command; the budget row (count_command). A
---   declined outcome may leave the execution row locked; the general path locks it next.
+-- Locks: in the lock order, the execution row (a child's with its ancestors first,
+--   lock_executions), then the command row (the fenced update); the unique key of the
+--   new command; the budget row (count_command). A declined outcome may leave the
+--   execution rows locked; the general path locks them next.
 -- Plans: one per session, index probes by key only (plan_cache_mode, enable_seqscan and
 --   the join settings, as describe_commands_v1: a plan kept from a small table must not
 --   scan it whole as it grows).
@@ -85,7 +85,8 @@ begin
     -- plans' columns that never change, read before any lock; the queue's head as
     -- open_issue_claims reads it.
     select
-        c.execution_id, c.step_name, c.kind, c.loop_id, e.parent_execution_id,
+        c.execution_id, c.step_name, c.kind, c.loop_id,
+        e.parent_execution_id is null as root,
         e.catalog_id, s.route_mode, s.direct_targets, t as target,
         exists (
             select 1 from noetl.catalog_step as j
@@ -110,7 +111,6 @@ begin
             end
     where c.command_id = v_id;
     if not found
-        or v_plan.parent_execution_id is not null
         or v_plan.loop_id is not null
         or v_plan.kind in ('route', 'loop', 'cursor')
         or (v_plan.route_mode = 'direct' and cardinality(v_plan.direct_targets) <> 1)
@@ -125,11 +125,17 @@ begin
         return;
     end if;
 
-    -- The lock order's first step: a root execution has no ancestors to lock before it.
-    select e.status = 'RUNNING' into v_running
-    from noetl.execution as e
-    where e.execution_id = v_plan.execution_id
-    for update;
+    -- The lock order's first step: a root execution has no ancestors to lock before it,
+    -- and its row is locked here without lock_executions' walk.
+    if v_plan.root then
+        select e.status = 'RUNNING' into v_running
+        from noetl.execution as e
+        where e.execution_id = v_plan.execution_id
+        for update;
+    else
+        perform noetl.lock_executions(array[v_plan.execution_id]);
+        v_running := noetl.execution_is_running(v_plan.execution_id);
+    end if;
     if not v_running then
         return;
     end if;

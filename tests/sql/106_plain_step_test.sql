@@ -5,7 +5,7 @@
 -- Which path ran is told by `noetl.locked_commands`: the general path's first call,
 -- lock_command_rows, sets it; the short path never does.
 begin;
-select plan(57);
+select plan(58);
 set local client_min_messages = warning;
 
 -- A step's plan as registration writes it: `route` a route_mode, `targets` its arcs.
@@ -306,19 +306,24 @@ select is(
     'a done w1, b claimed w1', 'having completed a and claimed b for w1'
 );
 
--- Declined: a child execution (its lock takes its ancestors first).
+-- A child execution: short too, its ancestors locked first (lock_executions).
 create temporary table ch as select * from pg_temp.start_claimed('t/plain');
 update noetl.execution set parent_execution_id = (select x.execution_id from x)
 where execution_id = (select ch.execution_id from ch);
 select is(
     (
-        select count(*)::integer from pg_temp.finish(
+        select string_agg(n.step_name, ',') from pg_temp.finish(
             (select ch.command_id from ch), (select ch.claim_gen from ch)
-        )
+        ) as n
     ),
-    1, 'a child execution''s step issues its next'
+    'b', 'a child execution''s step issues its next'
 );
-select ok(not pg_temp.took_short_path(), 'through the general path');
+select ok(pg_temp.took_short_path(), 'on the short path');
+select ok(
+    current_setting('noetl.locked_executions')::bigint[]
+    @> array[(select x.execution_id from x), (select ch.execution_id from ch)],
+    'having locked its parent with it'
+);
 
 -- Conditional arcs of which the worker chose one: short, as the general path applies them
 -- (complete_command with the targets): route.applied marked fused, the arc's set merged.
