@@ -16,12 +16,16 @@
 --   nothing written) otherwise:
 --   - the command is a step's (not a loop iteration; not a route, loop or cursor command)
 --     and is still claimed at `attempt` and, when given, claim generation `claim`;
---   - its execution is RUNNING and its playbook has no join step;
+--   - its execution is RUNNING;
 --   - the step's plan has exactly one unconditional arc ('direct'), or has conditional
 --     arcs ('router') of which the worker, serving routes (`kinds` NULL or naming
 --     'route'), chose exactly one (`targets`, [{step, set}], as route_after takes them);
 --     the arc names a step that is neither a join nor a loop, of a kind in `kinds`
 --     (NULL: any);
+--   - the playbook has no join step, or the arc is unconditional and names the step's
+--     only successor: check_progress (route_after's, after arcs in a playbook with
+--     joins) then has nothing to do, because the joins the finished step could reach
+--     are the ones that successor can, it is active now, and no arrival was added;
 --   - no due command of `kinds` is queued (open_issue_claims's rule: queued work is older
 --     and keeps its turn).
 --   Applied: writes `call.done` (and for chosen arcs `route.applied`, marked fused),
@@ -86,7 +90,7 @@ begin
     -- open_issue_claims reads it.
     select
         c.execution_id, c.step_name, c.kind, c.loop_id,
-        e.parent_execution_id is null as root,
+        e.parent_execution_id is null as root, s.successors,
         e.catalog_id, s.route_mode, s.direct_targets, t as target,
         exists (
             select 1 from noetl.catalog_step as j
@@ -119,7 +123,10 @@ begin
         or (v_plan.target).step_name is null
         or (v_plan.target).is_join
         or (v_plan.target).has_loop
-        or v_plan.has_join
+        or (
+            v_plan.has_join
+            and (v_plan.route_mode <> 'direct' or v_plan.successors <> v_plan.direct_targets)
+        )
         or v_plan.queue_busy
         or (p_kinds is not null and not (v_plan.target).tool_kind = any(p_kinds)) then
         return;

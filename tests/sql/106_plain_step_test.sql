@@ -5,7 +5,7 @@
 -- Which path ran is told by `noetl.locked_commands`: the general path's first call,
 -- lock_command_rows, sets it; the short path never does.
 begin;
-select plan(58);
+select plan(61);
 set local client_min_messages = warning;
 
 -- A step's plan as registration writes it: `route` a route_mode, `targets` its arcs.
@@ -468,7 +468,13 @@ select * from noetl.register_playbook('t/plain_join', 'yaml', jsonb_build_object
         pg_temp.plan_step('j', 'none', '{}', '{}', true)
     )
 ));
+-- A join elsewhere in the playbook, an arrival waiting for it (x's): an unconditional arc
+-- to the step's only successor is short, and leaves the join waiting, as check_progress
+-- on the general path does (what a could reach, b can).
 create temporary table j as select * from pg_temp.start_claimed('t/plain_join');
+create temporary table jy as select * from pg_temp.start_claimed('t/plain_join');
+insert into noetl.join_arrival (execution_id, step_name, source_command_id)
+values ((select j.execution_id from j), 'j', -1), ((select jy.execution_id from jy), 'j', -1);
 select is(
     (
         select string_agg(n.step_name, ',') from pg_temp.finish(
@@ -477,7 +483,44 @@ select is(
     ),
     'b', 'a playbook with a join step issues the plain step'
 );
-select ok(not pg_temp.took_short_path(), 'through the general path (check_progress)');
+select ok(pg_temp.took_short_path(), 'on the short path');
+select noetl.open_issue_claims('w1', null, 5);
+select count(*) from noetl.complete_command(
+    (select jy.command_id from jy), 1, '{"k": 1, "x": 2}', null, 'w1', null,
+    (select jy.claim_gen from jy)
+);
+select count(*) from noetl.describe_commands_v1(noetl.close_issue_claims());
+select is(
+    pg_temp.events_of((select j.execution_id from j)),
+    pg_temp.events_of((select jy.execution_id from jy)),
+    'the same events as the general path'
+);
+select is(
+    (
+        select string_agg(c.step_name || ' ' || c.status, ',' order by c.command_id)
+        from noetl.command as c
+        where c.execution_id = (select j.execution_id from j)
+    ),
+    'a done,b claimed', 'and the join still waits'
+);
+update noetl.command set status = 'cancelled'
+where status = 'claimed';
+select * from noetl.register_playbook('t/plain_pick_join', 'yaml', jsonb_build_object(
+    'entry_step', 'a', 'workflow', jsonb_build_array(
+        pg_temp.plan_step('a', 'router', '{}'),
+        pg_temp.plan_step('b', 'direct', array['j']),
+        pg_temp.plan_step('j', 'none', '{}', '{}', true)
+    )
+));
+create temporary table jr as select * from pg_temp.start_claimed('t/plain_pick_join');
+select * from pg_temp.finish(
+    (select jr.command_id from jr), (select jr.claim_gen from jr), null, 5, null,
+    '[{"step": "b"}]'
+);
+select ok(
+    not pg_temp.took_short_path(),
+    'a chosen arc in a playbook with a join: general path (unchosen arcs may free a join)'
+);
 update noetl.command set status = 'cancelled'
 where status = 'claimed';
 
