@@ -22,10 +22,12 @@
 --     'route'), chose exactly one (`targets`, [{step, set}], as route_after takes them);
 --     the arc names a step that is neither a join nor a loop, of a kind in `kinds`
 --     (NULL: any);
---   - the playbook has no join step, or the arc is unconditional and names the step's
---     only successor: check_progress (route_after's, after arcs in a playbook with
---     joins) then has nothing to do, because the joins the finished step could reach
---     are the ones that successor can, it is active now, and no arrival was added;
+--   - in a playbook with join steps, check_progress (route_after's, after arcs in such a
+--     playbook) has nothing to do: the arc is unconditional and names the step's only
+--     successor (the joins the finished step could reach are the ones that successor
+--     can, it is active now, and no arrival was added), or no arrival waits for a join
+--     (checked under the execution's lock: only a waiting arrival can be issued, and
+--     with the successor active the execution does not end);
 --   - no due command of `kinds` is queued (open_issue_claims's rule: queued work is older
 --     and keeps its turn).
 --   Applied: writes `call.done` (and for chosen arcs `route.applied`, marked fused),
@@ -123,10 +125,6 @@ begin
         or (v_plan.target).step_name is null
         or (v_plan.target).is_join
         or (v_plan.target).has_loop
-        or (
-            v_plan.has_join
-            and (v_plan.route_mode <> 'direct' or v_plan.successors <> v_plan.direct_targets)
-        )
         or v_plan.queue_busy
         or (p_kinds is not null and not (v_plan.target).tool_kind = any(p_kinds)) then
         return;
@@ -144,6 +142,15 @@ begin
         v_running := noetl.execution_is_running(v_plan.execution_id);
     end if;
     if not v_running then
+        return;
+    end if;
+    -- Arrivals are written under the execution's lock, so this read holds until commit.
+    if v_plan.has_join
+        and (v_plan.route_mode <> 'direct' or v_plan.successors <> v_plan.direct_targets)
+        and exists (
+            select 1 from noetl.join_arrival as a
+            where a.execution_id = v_plan.execution_id and a.consumed_by is null
+        ) then
         return;
     end if;
     -- The fence (complete_command's): NULLs fence nothing. A refused outcome is declined,

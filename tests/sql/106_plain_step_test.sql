@@ -5,7 +5,7 @@
 -- Which path ran is told by `noetl.locked_commands`: the general path's first call,
 -- lock_command_rows, sets it; the short path never does.
 begin;
-select plan(61);
+select plan(63);
 set local client_min_messages = warning;
 
 -- A step's plan as registration writes it: `route` a route_mode, `targets` its arcs.
@@ -517,9 +517,28 @@ select * from pg_temp.finish(
     (select jr.command_id from jr), (select jr.claim_gen from jr), null, 5, null,
     '[{"step": "b"}]'
 );
+select ok(pg_temp.took_short_path(), 'a chosen arc, a join, no arrival waiting: short');
+create temporary table jw as select * from pg_temp.start_claimed('t/plain_pick_join');
+insert into noetl.join_arrival (execution_id, step_name, source_command_id)
+values ((select jw.execution_id from jw), 'j', -1);
+select * from pg_temp.finish(
+    (select jw.command_id from jw), (select jw.claim_gen from jw), null, 5, null,
+    '[{"step": "b"}]'
+);
 select ok(
     not pg_temp.took_short_path(),
-    'a chosen arc in a playbook with a join: general path (unchosen arcs may free a join)'
+    'an arrival waiting: general path (an arc not chosen may free its join)'
+);
+select is(
+    (
+        select array_agg(e.event_type order by e.event_id) from noetl.event as e
+        where e.execution_id = (select jw.execution_id from jw)
+    ),
+    array[
+        'playbook.started', 'command.issued', 'command.claimed', 'call.done',
+        'route.applied', 'command.issued'
+    ],
+    'which applies the outcome once'
 );
 update noetl.command set status = 'cancelled'
 where status = 'claimed';
