@@ -67,6 +67,32 @@ begin
 end;
 $$;
 
+-- The same outcome through the general path's functions, as finish_and_claim_v1 calls
+-- them: open_issue_claims, complete_command, close_issue_claims, describe_commands_v1.
+create function pg_temp.finish_general(
+    p_command_id bigint, p_claim integer, p_ctx_set jsonb default null,
+    p_targets jsonb default null
+) returns setof noetl.claimed_command
+language plpgsql
+as $$
+begin
+    perform noetl.open_issue_claims('w1', null, 5);
+    perform noetl.complete_command(
+        p_command_id, 1, '{"k": 1, "x": 2}', p_ctx_set, 'w1', p_targets, p_claim
+    );
+    return query select * from noetl.describe_commands_v1(noetl.close_issue_claims());
+end;
+$$;
+
+-- An execution's event types in order, of one step when `step` is given.
+create function pg_temp.event_types(p_execution_id bigint, p_step text default null)
+returns text[]
+language sql
+as $$
+    select array_agg(e.event_type order by e.event_id) from noetl.event as e
+    where e.execution_id = p_execution_id and (p_step is null or e.node_name = p_step);
+$$;
+
 create function pg_temp.took_short_path() returns boolean
 language sql
 as $$
@@ -109,13 +135,10 @@ select * from pg_temp.finish(
 select ok(pg_temp.took_short_path(), 'a plain step to a plain step takes the short path');
 
 create temporary table y as select * from pg_temp.start_claimed('t/plain');
-select noetl.open_issue_claims('w1', null, 5);
-select count(*) from noetl.complete_command(
-    (select y.command_id from y), 1, '{"k": 1, "x": 2}', '{"seen": true}', 'w1', null,
-    (select y.claim_gen from y)
-);
 create temporary table y_next as
-select * from noetl.describe_commands_v1(noetl.close_issue_claims());
+select * from pg_temp.finish_general(
+    (select y.command_id from y), (select y.claim_gen from y), '{"seen": true}'
+);
 
 select is(
     (select count(*)::integer from x_next), 1, 'it returns the next step, claimed by us'
@@ -216,10 +239,7 @@ select is(
 );
 select ok(not pg_temp.took_short_path(), 'through the general path');
 select is(
-    (
-        select array_agg(e.event_type order by e.event_id) from noetl.event as e
-        where e.execution_id = (select q.execution_id from q) and e.node_name = 'b'
-    ),
+    pg_temp.event_types((select q.execution_id from q), 'b'),
     array['command.issued', 'command.claimed'], 'the next step went through the queue'
 );
 update noetl.command set status = 'cancelled'
@@ -276,10 +296,7 @@ select is(
     '(f,t)', 'finish_plain_step declines a stale claim generation'
 );
 select is(
-    (
-        select array_agg(e.event_type order by e.event_id) from noetl.event as e
-        where e.execution_id = (select d.execution_id from d)
-    ),
+    pg_temp.event_types((select d.execution_id from d)),
     array['playbook.started', 'command.issued', 'command.claimed'],
     'and writes no event'
 );
@@ -342,13 +359,11 @@ select * from pg_temp.finish(
 );
 select ok(pg_temp.took_short_path(), 'one arc the worker chose takes the short path');
 create temporary table py as select * from pg_temp.start_claimed('t/plain_pick');
-select noetl.open_issue_claims('w1', null, 5);
-select count(*) from noetl.complete_command(
-    (select py.command_id from py), 1, '{"k": 1, "x": 2}', '{"seen": 1}', 'w1',
-    '[{"step": "b", "set": {"picked": "b", "seen": 2}}]', (select py.claim_gen from py)
-);
 create temporary table py_next as
-select * from noetl.describe_commands_v1(noetl.close_issue_claims());
+select * from pg_temp.finish_general(
+    (select py.command_id from py), (select py.claim_gen from py), '{"seen": 1}',
+    '[{"step": "b", "set": {"picked": "b", "seen": 2}}]'
+);
 select is(
     (
         select (n.step_name, n.kind, n.attempt, n.input, n.context - 'execution_id')::text
@@ -366,10 +381,7 @@ select is(
     'the same events, in the same order'
 );
 select is(
-    (
-        select array_agg(e.event_type order by e.event_id) from noetl.event as e
-        where e.execution_id = (select px.execution_id from px)
-    ),
+    pg_temp.event_types((select px.execution_id from px)),
     array[
         'playbook.started', 'command.issued', 'command.claimed', 'call.done',
         'route.applied', 'command.issued'
@@ -484,12 +496,9 @@ select is(
     'b', 'a playbook with a join step issues the plain step'
 );
 select ok(pg_temp.took_short_path(), 'on the short path');
-select noetl.open_issue_claims('w1', null, 5);
-select count(*) from noetl.complete_command(
-    (select jy.command_id from jy), 1, '{"k": 1, "x": 2}', null, 'w1', null,
-    (select jy.claim_gen from jy)
+select count(*) from pg_temp.finish_general(
+    (select jy.command_id from jy), (select jy.claim_gen from jy)
 );
-select count(*) from noetl.describe_commands_v1(noetl.close_issue_claims());
 select is(
     pg_temp.events_of((select j.execution_id from j)),
     pg_temp.events_of((select jy.execution_id from jy)),
@@ -530,10 +539,7 @@ select ok(
     'an arrival waiting: general path (an arc not chosen may free its join)'
 );
 select is(
-    (
-        select array_agg(e.event_type order by e.event_id) from noetl.event as e
-        where e.execution_id = (select jw.execution_id from jw)
-    ),
+    pg_temp.event_types((select jw.execution_id from jw)),
     array[
         'playbook.started', 'command.issued', 'command.claimed', 'call.done',
         'route.applied', 'command.issued'
@@ -577,10 +583,7 @@ select is(
     0, 'an arc taken already issues nothing'
 );
 select is(
-    (
-        select array_agg(e.event_type order by e.event_id) from noetl.event as e
-        where e.execution_id = (select t.execution_id from t) and e.node_name = 'b'
-    ),
+    pg_temp.event_types((select t.execution_id from t), 'b'),
     array['command.issued'], 'no second command.issued'
 );
 update noetl.command set status = 'cancelled'
@@ -605,12 +608,9 @@ select is(
 );
 select ok(pg_temp.took_short_path(), 'on the short path');
 create temporary table by_ as select * from pg_temp.start_claimed('t/plain_budget');
-select noetl.open_issue_claims('w1', null, 5);
-select count(*) from noetl.complete_command(
-    (select b.command_id from by_ as b), 1, '{"k": 1, "x": 2}', null, 'w1', null,
-    (select b.claim_gen from by_ as b)
+select count(*) from pg_temp.finish_general(
+    (select b.command_id from by_ as b), (select b.claim_gen from by_ as b)
 );
-select noetl.close_issue_claims();
 select is(
     pg_temp.events_of((select bx.execution_id from bx)),
     pg_temp.events_of((select b.execution_id from by_ as b)),
