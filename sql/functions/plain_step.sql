@@ -120,8 +120,7 @@ begin
         or v_plan.loop_id is not null
         or v_plan.kind in ('route', 'loop', 'cursor')
         or (v_plan.route_mode = 'direct' and cardinality(v_plan.direct_targets) <> 1)
-        or (v_plan.route_mode = 'router' and v_chosen is null)
-        or v_plan.route_mode not in ('direct', 'router')
+        -- No target: a step without arcs, no arc chosen, or one naming no step.
         or (v_plan.target).step_name is null
         or (v_plan.target).is_join
         or (v_plan.target).has_loop
@@ -180,10 +179,7 @@ begin
         set ctx = e.ctx || coalesce(v_ctx_set, '{}'::jsonb) || coalesce(v_arc_set, '{}'::jsonb)
         where e.execution_id = v_cmd.execution_id;
     end if;
-    insert into noetl.step_result (execution_id, step_name, result, command_id)
-    values (v_cmd.execution_id, v_cmd.step_name, v_result, v_id)
-    on conflict (execution_id, step_name) do update
-    set result = excluded.result, command_id = excluded.command_id, updated_at = noetl.now();
+    perform noetl.store_step_result(v_cmd.execution_id, v_cmd.step_name, v_id, v_result);
 
     v_key := (v_plan.target).step_name || '@' || v_id;
     insert into noetl.command (
