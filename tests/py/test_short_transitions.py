@@ -7,7 +7,6 @@ arrival waits while another branch chooses its arc, a sub-playbook's chain)."""
 from __future__ import annotations
 
 from collections import Counter
-from pathlib import Path
 from typing import Any
 
 from engine_harness import Engine
@@ -112,16 +111,8 @@ def _done_counts(engine: Engine, execution_id: int) -> Counter[str]:
                    if event["event_type"] == "call.done")
 
 
-def _write(tmp_path: Path, name: str, text: str) -> Path:
-    path = tmp_path / name
-    path.write_text(text)
-    return path
-
-
-def test_a_when_branch_into_a_join_runs_the_chosen_side_once(
-    engine: Engine, tmp_path: Path,
-) -> None:
-    execution_id = engine.start(engine.register(_write(tmp_path, "b.yaml", BRANCH_INTO_JOIN)))
+def test_a_when_branch_into_a_join_runs_the_chosen_side_once(engine: Engine) -> None:
+    execution_id = engine.start(engine.register(BRANCH_INTO_JOIN))
     row = engine.wait(execution_id)
     assert row["status"] == "COMPLETED", row["error"]
     assert row["result"] == {"v": 31, "side": "left"}
@@ -133,10 +124,8 @@ def test_a_when_branch_into_a_join_runs_the_chosen_side_once(
                       "targets": [{"step": "left", "set": {"side": "left"}}]}]
 
 
-def test_a_choice_while_a_join_arrival_waits_issues_the_join_once(
-    engine: Engine, tmp_path: Path,
-) -> None:
-    execution_id = engine.start(engine.register(_write(tmp_path, "a.yaml", ARRIVAL_WAITS)))
+def test_a_choice_while_a_join_arrival_waits_issues_the_join_once(engine: Engine) -> None:
+    execution_id = engine.start(engine.register(ARRIVAL_WAITS))
     row = engine.wait(execution_id)
     assert row["status"] == "COMPLETED", row["error"]
     assert row["result"] == {"sum": 7}
