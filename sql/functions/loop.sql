@@ -132,6 +132,8 @@ declare
     v_claimed bigint[];
     v_queued integer;
     v_logged integer;
+    -- Every item's input, built once rather than once per row.
+    v_input jsonb := jsonb_build_object('loop_total', p_loop.total);
 begin
     if p_n <= 0 then
         return '{}';
@@ -160,7 +162,7 @@ begin
             v_max_attempts,
             p_loop.loop_id,
             items.iter_index,
-            jsonb_build_object('loop_total', p_loop.total),
+            v_input,
             case when items.iter_index < v_claim_below then 'claimed' else 'queued' end,
             case when items.iter_index < v_claim_below then p_claimer end,
             case when items.iter_index < v_claim_below then noetl.now() end

@@ -118,7 +118,9 @@ $$;
 --     {op: loop,  command_id, attempt, claim, items, loop}            -> start_loop
 --     {op: await_child, command_id, attempt, claim, path, version, payload, return_step,
 --      retry_delay, pipeline}                                -> await_child (child.sql)
---   then up to `n` commands are claimed (the queue is scanned only when open_issue_claims
+--   A plain step's transition (finish_plain_step) and a batch of one loop's iterations
+--   (finish_loop_batch) take short paths when they apply, writing what this path writes.
+--   Then up to `n` commands are claimed (the queue is scanned only when open_issue_claims
 --   found due work of `kinds` queued or the outcomes queued some). Returns (like
 --   claim_commands) the route commands created claimed by this worker while finishing
 --   (only when `kinds` is NULL or has 'route'; otherwise they are queued for a router),
@@ -167,6 +169,7 @@ declare
         when p_kinds is null or 'route' = any(p_kinds) then p_worker_id
     end;
     v_plain record;
+    v_batch record;
 begin
     -- A chain's transition, one plain step done and the next issued to us, takes the
     -- short path (plain_step.sql) when it applies; it writes nothing when it declines.
@@ -181,6 +184,16 @@ begin
             if (v_plain.next_command).command_id is not null then
                 return next v_plain.next_command;
             end if;
+            return;
+        end if;
+    end if;
+    -- A batch of one loop's iterations, done and the next issued to us, takes the short
+    -- path (loop_batch.sql) when it applies; it writes nothing when it declines.
+    if p_n > 0 and v_outcomes -> 0 ->> 'loop_id' is not null then
+        select f.applied, f.claimed into v_batch
+        from noetl.finish_loop_batch(p_worker_id, v_outcomes, p_kinds, p_n) as f;
+        if v_batch.applied then
+            return query select * from unnest(v_batch.claimed);
             return;
         end if;
     end if;
