@@ -91,7 +91,7 @@ begin
         return;
     end if;
     select * into v_loop from noetl.loop as l where l.loop_id = v_head.loop_id for update;
-    if v_loop.status <> 'running' or v_loop.mode = 'cursor' or v_loop.is_fanout
+    if not found or v_loop.status <> 'running' or v_loop.mode = 'cursor' or v_loop.is_fanout
         or v_loop.done + v_loop.failed + v_count >= v_loop.total then
         return;
     end if;
@@ -113,10 +113,13 @@ begin
         return;
     end if;
     applied := true;
-    -- The worker routes (p_router): a closing batch is the general path's, so no route
-    -- command is created here.
+    -- The router as finish_and_claim_v1 names it, though only the batch that closes the
+    -- loop routes, and that one is the general path's.
     select f.handled, f.claimed into v_done
-    from noetl.finish_loop_iterations(p_worker_id, p_outcomes, p_worker_id, p_kinds, p_n) as f;
+    from noetl.finish_loop_iterations(
+        case when p_kinds is null or 'route' = any(p_kinds) then p_worker_id end,
+        p_outcomes, p_worker_id, p_kinds, p_n
+    ) as f;
     if cardinality(v_done.handled) <> v_count then
         raise exception 'loop %: % of % outcomes changed under the execution lock',
             v_loop.loop_id, v_count - cardinality(v_done.handled), v_count

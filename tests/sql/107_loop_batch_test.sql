@@ -5,7 +5,7 @@
 -- Which path ran is told by `noetl.locked_commands`: the general path's first call,
 -- lock_command_rows, sets it; the short path never does.
 begin;
-select plan(39);
+select plan(41);
 set local client_min_messages = warning;
 
 -- `work` loops over noop iterations reading their item, then `after`.
@@ -407,6 +407,41 @@ select ok(
         string_to_array(trim(both '{}' from current_setting('noetl.locked_executions')), ',')
     ),
     'with its parent locked'
+);
+
+-- The fence under the locks: an outcome's command that changes between the check and the
+-- update (here a trigger skips its update, as a writer without the execution's lock
+-- would have changed it) rolls the call back as a serialization failure, to be retried.
+create temporary table fence as select * from pg_temp.loop_claimed('[1, 2, 3, 4]', 2);
+create function pg_temp.skip_one() returns trigger
+language plpgsql
+as $$
+begin
+    if new.iter_index = 1 and new.loop_id = current_setting('test.fence_loop')::bigint then
+        return null;
+    end if;
+    return new;
+end;
+$$;
+do $$
+begin
+    perform set_config('test.fence_loop', (select fence.loop_id::text from fence), true);
+end;
+$$;
+create trigger skip_one before update on noetl.command
+for each row execute function pg_temp.skip_one();
+select throws_ok(
+    format(
+        'select * from pg_temp.finish(%L)',
+        pg_temp.outcomes((select fence.loop_id from fence), '{0,1}')
+    ),
+    '40001', null, 'a command changed under the locks: serialization failure'
+);
+drop trigger skip_one on noetl.command;
+select is(
+    pg_temp.loop_of((select fence.loop_id from fence)),
+    'running 4 2 0 0: 0 pending, 1 pending, 2 pending, 3 pending',
+    'and nothing of the batch is kept'
 );
 
 select * from finish();
