@@ -5,8 +5,9 @@
 -- that path spends ~0.74 ms of a call whatever its batch (~30 us of each iteration's ~85
 -- us at the batch of 25 that a loop of width 50 gives each of two slots) around the one
 -- function that does the work, finish_loop_iterations: locking every outcome's command
--- row, checking each outcome in a loop of its own, the issue claims, the queue scan and
--- describing the claims again with a join per row. Here the same function does the work,
+-- row, checking each outcome in a loop of its own, the issue claims, a queue scan and
+-- describing the claims again with a join per row (here the queue is scanned, and claims
+-- described so, only when due work is queued). Here the same function does the work,
 -- under the execution's and the loop's locks, after one check of all the outcomes; the
 -- claims are read once. The events, rows and claims are those the general path writes for
 -- the same outcomes (tests/sql/107_loop_batch_test.sql compares the two); whatever this
@@ -19,18 +20,20 @@
 --     at its `attempt` and, when given, claim generation `claim`;
 --   - the loop is running, neither a cursor loop nor a fan-out, and these iterations do
 --     not finish it (the last batch closes the loop and routes on: the general path);
---   - its execution is RUNNING;
---   - no due command of `kinds` is queued (the general path would claim it beside the
---     iterations: queued work is older and keeps its turn).
+--   - its execution is RUNNING.
 --   Applied: finish_loop_iterations does the work (each command done with its
 --   `call.done` and its loop item's result, the loop counted once, as many next
 --   iterations issued as its width allows, up to `n` of them created claimed by
---   `worker_id`, the rest queued and workers woken); the claims are returned as
---   describe_commands_v1 describes them (the first carries the context they share).
--- Events: call.done per outcome, command.issued per new iteration.
+--   `worker_id`, the rest queued and workers woken). When they leave room in `n` and due
+--   work of `kinds` is queued, that work is claimed beside them (claim_command_ids, as the
+--   general path's queue scan). The claims are returned as describe_commands_v1
+--   describes them (the first of a step's carries the context they share).
+-- Events: call.done per outcome, command.issued per new iteration, command.claimed per
+--   queued command claimed.
 -- Locks: in the lock order, the execution row (a child's with its ancestors first,
---   lock_executions), the loop row, then the command rows (the fenced update). A declined
---   call may leave the execution and loop rows locked; the general path locks them next.
+--   lock_executions), the loop row, then the command rows (the fenced update), last the
+--   queue rows claimed (SKIP LOCKED). A declined call may leave the execution and loop
+--   rows locked; the general path locks them next.
 -- Failure modes: raises serialization_failure (40001) when an outcome's command changed
 --   between the check and the update (the engine's writers of a claimed command take the
 --   execution's lock first; the fence stays for one that would not): the call rolls back
@@ -58,24 +61,20 @@ declare
     v_checked integer;
     v_done record;
     v_first bigint;
+    v_queued bigint[];
 begin
     applied := false;
     -- Which execution and loop to lock, and the step's plan: columns that never change.
     select
         c.execution_id, c.loop_id, e.parent_execution_id is null as root, e.catalog_id,
-        s.reads, s.loop_reads,
-        exists (
-            select 1 from noetl.command as q
-            where q.status = 'queued' and q.available_at <= noetl.now()
-                and (p_kinds is null or q.kind = any(p_kinds))
-        ) as queue_busy
+        s.reads, s.loop_reads
     into v_head
     from noetl.command as c
     inner join noetl.execution as e on c.execution_id = e.execution_id
     inner join noetl.catalog_step as s
         on e.catalog_id = s.catalog_id and c.step_name = s.step_name
     where c.command_id = (p_outcomes -> 0 ->> 'command_id')::bigint;
-    if not found or v_head.loop_id is null or v_head.queue_busy then
+    if not found or v_head.loop_id is null then
         return;
     end if;
     if v_head.root then
@@ -124,6 +123,23 @@ begin
         raise exception 'loop %: % of % outcomes changed under the execution lock',
             v_loop.loop_id, v_count - cardinality(v_done.handled), v_count
             using errcode = '40001';
+    end if;
+    -- Room left and due work queued: the general path's queue scan, and its description
+    -- of claims of any step.
+    if cardinality(v_done.claimed) < p_n and exists (
+        select 1 from noetl.command as q
+        where q.status = 'queued' and q.available_at <= noetl.now()
+            and (p_kinds is null or q.kind = any(p_kinds))
+    ) then
+        -- A statement of its own: describe_commands_v1 (stable) reads the snapshot of the
+        -- statement that calls it, which would not see the claim made in its arguments.
+        v_queued := noetl.claim_command_ids(
+            p_worker_id, p_kinds, p_n - cardinality(v_done.claimed)
+        );
+        claimed := array(
+            select d from noetl.describe_commands_v1(v_done.claimed || v_queued) as d
+        );
+        return;
     end if;
     v_first := (select min(u.id) from unnest(v_done.claimed) as u (id));
     claimed := array(

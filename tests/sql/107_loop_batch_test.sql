@@ -5,7 +5,7 @@
 -- Which path ran is told by `noetl.locked_commands`: the general path's first call,
 -- lock_command_rows, sets it; the short path never does.
 begin;
-select plan(41);
+select plan(44);
 set local client_min_messages = warning;
 
 -- `work` loops over noop iterations reading their item, then `after`.
@@ -73,7 +73,7 @@ end;
 $$;
 
 -- The same outcomes through the general path's functions, as finish_and_claim_v1 calls
--- them for a batch of iterations.
+-- them for a batch of iterations, its queue scan included.
 create function pg_temp.finish_general(p_outcomes jsonb, p_n integer default 5)
 returns setof noetl.claimed_command
 language plpgsql
@@ -87,9 +87,16 @@ begin
     select f.claimed into v_claimed
     from noetl.finish_loop_iterations('w1', p_outcomes, 'w1', null, p_n) as f;
     perform noetl.open_issue_claims('w1', null, p_n - cardinality(v_claimed));
-    return query select * from noetl.describe_commands_v1(
-        v_claimed || noetl.close_issue_claims()
-    );
+    v_claimed := v_claimed || noetl.close_issue_claims();
+    if p_n - cardinality(v_claimed) > 0 and (
+        current_setting('noetl.issue_queue_empty', true) is distinct from 'on'
+        or current_setting('noetl.notify_pending', true) = 'on'
+    ) then
+        v_claimed := v_claimed || noetl.claim_command_ids(
+            'w1', null, p_n - cardinality(v_claimed)
+        );
+    end if;
+    return query select * from noetl.describe_commands_v1(v_claimed);
 end;
 $$;
 
@@ -321,17 +328,51 @@ select is(
     'the general path counts each loop'
 );
 
--- Declined: due work of our kinds queued keeps its turn, and is claimed beside.
-create temporary table qb as select * from pg_temp.loop_claimed('[1, 2, 3, 4]', 2);
-select noetl.start_execution('t/batch') as queued_execution into temporary table queued;
-create temporary table qb_next as
-select * from pg_temp.finish(pg_temp.outcomes((select qb.loop_id from qb), '{0}'));
-select ok(not pg_temp.took_short_path(), 'due work queued: declined');
+-- Applied with due work of our kinds queued: it is claimed beside the next iteration, as
+-- the general path's queue scan claims it (each side with a queued execution of its own).
+create temporary table qx as select * from pg_temp.loop_claimed('[1, 2, 3, 4]', 2);
+create temporary table qx_queued as
+select noetl.start_execution('t/batch') as execution_id;
+create temporary table qx_next as
+select * from pg_temp.finish(pg_temp.outcomes((select qx.loop_id from qx), '{0}'));
+select ok(pg_temp.took_short_path(), 'due work queued: the short path');
+create temporary table qy as select * from pg_temp.loop_claimed('[1, 2, 3, 4]', 2);
+create temporary table qy_queued as
+select noetl.start_execution('t/batch') as execution_id;
+create temporary table qy_next as
+select * from pg_temp.finish_general(pg_temp.outcomes((select qy.loop_id from qy), '{0}'));
+select is(
+    (select array_agg(n.kind order by n.command_id) from qx_next as n), '{loop,noop}',
+    'claims the queued command beside the next iteration'
+);
 select is(
     (
-        select array_agg(n.kind order by n.command_id) from qb_next as n
+        select
+            string_agg((
+                n.step_name, n.kind, n.attempt, n.iter_index, n.input, n.item,
+                n.context - 'execution_id', n.claim_gen
+            )::text, '; ' order by n.command_id)
+        from qx_next as n
     ),
-    '{loop,noop}', 'the general path claims the queued command beside the next iteration'
+    (
+        select
+            string_agg((
+                n.step_name, n.kind, n.attempt, n.iter_index, n.input, n.item,
+                n.context - 'execution_id', n.claim_gen
+            )::text, '; ' order by n.command_id)
+        from qy_next as n
+    ),
+    'as the general path claims and describes them'
+);
+select is(
+    pg_temp.events_of((select q.execution_id from qx_queued as q)),
+    pg_temp.events_of((select q.execution_id from qy_queued as q)),
+    'the queued execution''s events as the general path writes them'
+);
+select is(
+    pg_temp.events_of((select qx.execution_id from qx)),
+    pg_temp.events_of((select qy.execution_id from qy)),
+    'and the loop''s'
 );
 
 -- Declined: a fan-out loop (its shards have events of their own), a cursor loop.
