@@ -1,5 +1,25 @@
 -- dispatch.sql: putting commands on the queue and claiming them.
 
+-- noetl.due_work_queued(kinds) -> boolean
+-- Contract: whether a due command of `kinds` (NULL: any) is queued: the head of the queue
+--   as a finishing worker reads it before it takes the work its outcomes issue (queued
+--   work is older and keeps its turn: open_issue_claims, finish_plain_step,
+--   finish_loop_batch).
+-- Locks: none.
+create or replace function noetl.due_work_queued(p_kinds text[])
+returns boolean
+language plpgsql
+stable
+as $$
+begin
+    return exists (
+        select 1 from noetl.command as q
+        where q.status = 'queued' and q.available_at <= noetl.now()
+            and (p_kinds is null or q.kind = any(p_kinds))
+    );
+end;
+$$;
+
 -- noetl.open_issue_claims(worker_id, kinds, n) -> void
 -- Contract: for the rest of this transaction, the next `n` commands issue_command creates
 --   without a claimer, of `kinds` (NULL: any), are created claimed by `worker_id`: the
@@ -27,11 +47,7 @@ declare
     v_queue_empty boolean := false;
 begin
     if v_n > 0 then
-        v_queue_empty := not exists (
-            select 1 from noetl.command as c
-            where c.status = 'queued' and c.available_at <= noetl.now()
-                and (p_kinds is null or c.kind = any(p_kinds))
-        );
+        v_queue_empty := not noetl.due_work_queued(p_kinds);
         if not v_queue_empty then
             v_n := 0;
         end if;

@@ -67,6 +67,33 @@ begin
 end;
 $$;
 
+-- noetl.lock_running_execution(execution_id, root) -> boolean
+-- Contract: the first step of the lock order for one execution, and whether it is
+--   RUNNING: a root execution (`root`, the caller's read of parent_execution_id) has no
+--   ancestors to lock before it, and its row is locked here at once with its status, one
+--   statement instead of lock_executions' walk; a child's goes through lock_executions.
+--   The short paths' first lock (finish_plain_step, finish_loop_batch). A root's lock is
+--   not remembered in `noetl.locked_executions`: lock_executions takes it again, free.
+-- Locks: execution rows (step 1 of the order).
+create or replace function noetl.lock_running_execution(p_execution_id bigint, p_root boolean)
+returns boolean
+language plpgsql
+as $$
+declare
+    v_running boolean;
+begin
+    if p_root then
+        select e.status = 'RUNNING' into v_running
+        from noetl.execution as e
+        where e.execution_id = p_execution_id
+        for update;
+        return coalesce(v_running, false);
+    end if;
+    perform noetl.lock_executions(array[p_execution_id]);
+    return noetl.execution_is_running(p_execution_id);
+end;
+$$;
+
 -- noetl.lock_command_rows(command_ids) -> void
 -- Contract: locks, in the lock order, everything a change to these commands may touch:
 --   their executions (with ancestors), their loops, then the command rows themselves.

@@ -6,12 +6,11 @@
 -- its batch, a third of a batch of 25 iterations, around the one function that does the
 -- work, finish_loop_iterations: locking every outcome's command row, checking each
 -- outcome in a loop of its own, the issue claims, a queue scan and describing the claims
--- again with a join per row. Here the same function does the work, under the
--- execution's and the loop's locks, after one check of all the outcomes; the claims are
--- read once (the queue is scanned, and the claims described so, only when due work is
--- queued). The events, rows and claims are those the general path writes for the same
--- outcomes (tests/sql/107_loop_batch_test.sql compares the two); whatever this path does
--- not cover it declines before writing anything, and the general path runs.
+-- again. Here the same function does the work, under the execution's and the loop's
+-- locks, after one check of all the outcomes, and the claims are described once. The
+-- events, rows and claims are those the general path writes for the same outcomes
+-- (tests/sql/107_loop_batch_test.sql compares the two); whatever this path does not
+-- cover it declines before writing anything, and the general path runs.
 
 -- noetl.finish_loop_batch(worker_id, outcomes, kinds, n) -> (applied, claimed)
 -- Contract: applies finish_and_claim_v1's `outcomes` when all of these hold, and declines
@@ -26,8 +25,7 @@
 --   iterations issued as its width allows, up to `n` of them created claimed by
 --   `worker_id`, the rest queued and workers woken). When they leave room in `n` and due
 --   work of `kinds` is queued, that work is claimed beside them (claim_command_ids, as the
---   general path's queue scan). The claims are returned as describe_commands_v1
---   describes them (the first of a step's carries the context they share).
+--   general path's queue scan). The claims are returned by describe_commands_v1.
 -- Events: call.done per outcome, command.issued per new iteration, command.claimed per
 --   queued command claimed.
 -- Locks: in the lock order, the execution row (a child's with its ancestors first,
@@ -56,37 +54,22 @@ as $$
 declare
     v_count integer := jsonb_array_length(p_outcomes);
     v_head record;
-    v_running boolean;
     v_loop noetl.loop;
     v_checked integer;
     v_done record;
-    v_first bigint;
-    v_queued bigint[];
+    v_queued bigint[] := '{}';
 begin
     applied := false;
-    -- Which execution and loop to lock, and the step's plan: columns that never change.
-    select
-        c.execution_id, c.loop_id, e.parent_execution_id is null as root, e.catalog_id,
-        s.reads, s.loop_reads
+    -- Which execution and loop to lock: columns of a command that never change.
+    select c.execution_id, c.loop_id, e.parent_execution_id is null as root
     into v_head
     from noetl.command as c
     inner join noetl.execution as e on c.execution_id = e.execution_id
-    inner join noetl.catalog_step as s
-        on e.catalog_id = s.catalog_id and c.step_name = s.step_name
     where c.command_id = (p_outcomes -> 0 ->> 'command_id')::bigint;
     if not found or v_head.loop_id is null then
         return;
     end if;
-    if v_head.root then
-        select e.status = 'RUNNING' into v_running
-        from noetl.execution as e
-        where e.execution_id = v_head.execution_id
-        for update;
-    else
-        perform noetl.lock_executions(array[v_head.execution_id]);
-        v_running := noetl.execution_is_running(v_head.execution_id);
-    end if;
-    if not v_running then
+    if not noetl.lock_running_execution(v_head.execution_id, v_head.root) then
         return;
     end if;
     select * into v_loop from noetl.loop as l where l.loop_id = v_head.loop_id for update;
@@ -124,39 +107,16 @@ begin
             v_loop.loop_id, v_count - cardinality(v_done.handled), v_count
             using errcode = '40001';
     end if;
-    -- Room left and due work queued: the general path's queue scan, and its description
-    -- of claims of any step.
-    if cardinality(v_done.claimed) < p_n and exists (
-        select 1 from noetl.command as q
-        where q.status = 'queued' and q.available_at <= noetl.now()
-            and (p_kinds is null or q.kind = any(p_kinds))
-    ) then
-        -- A statement of its own: describe_commands_v1 (stable) reads the snapshot of the
-        -- statement that calls it, which would not see the claim made in its arguments.
+    -- Room left and due work queued: the general path's queue scan. In a statement of its
+    -- own: describe_commands_v1 (stable) reads the snapshot of the statement that calls
+    -- it, which would not see a claim made in its arguments.
+    if cardinality(v_done.claimed) < p_n and noetl.due_work_queued(p_kinds) then
         v_queued := noetl.claim_command_ids(
             p_worker_id, p_kinds, p_n - cardinality(v_done.claimed)
         );
-        claimed := array(
-            select d from noetl.describe_commands_v1(v_done.claimed || v_queued) as d
-        );
-        return;
     end if;
-    v_first := (select min(u.id) from unnest(v_done.claimed) as u (id));
     claimed := array(
-        select row(
-            c.command_id, c.execution_id, v_head.catalog_id, c.step_name, c.kind,
-            c.attempt, c.loop_id, c.iter_index, c.input, li.item_value,
-            case when c.command_id = v_first then noetl.command_context(
-                c.execution_id,
-                noetl.command_reads(c.kind, c.step_name, v_head.reads, v_head.loop_reads)
-            ) end,
-            c.claim_gen
-        )::noetl.claimed_command
-        from noetl.command as c
-        left join noetl.loop_item as li
-            on c.loop_id = li.loop_id and c.iter_index = li.iter_index
-        where c.command_id = any(v_done.claimed)
-        order by c.command_id
+        select d from noetl.describe_commands_v1(v_done.claimed || v_queued) as d
     );
 end;
 $$;

@@ -80,7 +80,6 @@ declare
     v_arc_set jsonb;
     v_route_event bigint;
     v_plan record;
-    v_running boolean;
     v_cmd noetl.command;
     v_done_event bigint;
     v_next bigint;
@@ -98,11 +97,7 @@ begin
             select 1 from noetl.catalog_step as j
             where j.catalog_id = e.catalog_id and j.is_join
         ) as has_join,
-        exists (
-            select 1 from noetl.command as q
-            where q.status = 'queued' and q.available_at <= noetl.now()
-                and (p_kinds is null or q.kind = any(p_kinds))
-        ) as queue_busy
+        noetl.due_work_queued(p_kinds) as queue_busy
     into v_plan
     from noetl.command as c
     inner join noetl.execution as e on c.execution_id = e.execution_id
@@ -129,18 +124,7 @@ begin
         return;
     end if;
 
-    -- The lock order's first step: a root execution has no ancestors to lock before it,
-    -- and its row is locked here without lock_executions' walk.
-    if v_plan.root then
-        select e.status = 'RUNNING' into v_running
-        from noetl.execution as e
-        where e.execution_id = v_plan.execution_id
-        for update;
-    else
-        perform noetl.lock_executions(array[v_plan.execution_id]);
-        v_running := noetl.execution_is_running(v_plan.execution_id);
-    end if;
-    if not v_running then
+    if not noetl.lock_running_execution(v_plan.execution_id, v_plan.root) then
         return;
     end if;
     -- Arrivals are written under the execution's lock, so this read holds until commit.

@@ -315,10 +315,8 @@ begin
         );
     end if;
     perform set_config('noetl.defer_notify', 'off', true);
-    if current_setting('noetl.notify_pending', true) = 'on' and exists (
-        select 1 from noetl.command as q
-        where q.status = 'queued' and q.available_at <= noetl.now()
-    ) then
+    if current_setting('noetl.notify_pending', true) = 'on'
+        and noetl.due_work_queued(null) then
         perform noetl.notify_queue();
     end if;
 

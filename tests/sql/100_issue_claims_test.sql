@@ -2,7 +2,7 @@
 -- take_issue_claim, close_issue_claims, issue_command under them, finish_and_claim's use
 -- of them) and lock_executions remembers what it locked.
 begin;
-select plan(23);
+select plan(32);
 set local client_min_messages = warning;
 
 create temporary table spec_fixture as
@@ -23,6 +23,12 @@ select set_config(
 ) as e1;
 
 -- the entry step is queued: due work of a kind keeps its turn in the queue
+select ok(
+    noetl.due_work_queued(array['noop']),
+    'due_work_queued: the queued entry step is due work of its kind'
+);
+select ok(noetl.due_work_queued(null), 'due_work_queued: and of any kind');
+select ok(not noetl.due_work_queued(array['http']), 'due_work_queued: not of another kind');
 select noetl.open_issue_claims('w1', array['noop'], 5);
 select is(
     noetl.take_issue_claim('noop'), null,
@@ -31,6 +37,7 @@ select is(
 select noetl.close_issue_claims();
 create temporary table claim_start as
 select * from noetl.claim_commands_v1('w0', null, 10);
+select ok(not noetl.due_work_queued(null), 'due_work_queued: claimed, it is queued no more');
 
 -- take_issue_claim: nothing is open, then a budget of one for kind noop
 select is(noetl.take_issue_claim('noop'), null, 'no claims are open: nobody takes a command');
@@ -240,6 +247,35 @@ select ok(
     array[current_setting('test.e1')::bigint, current_setting('test.e2')::bigint]
     <@ current_setting('noetl.locked_executions')::bigint[],
     'a child''s lock takes its parent too'
+);
+
+-- lock_running_execution: a child through lock_executions, a root at once
+update noetl.execution as e set status = 'RUNNING'
+where e.execution_id in (current_setting('test.e1')::bigint, current_setting('test.e2')::bigint);
+select set_config('noetl.locked_executions', '', true) as reset_child;
+select ok(
+    noetl.lock_running_execution(current_setting('test.e2')::bigint, false),
+    'lock_running_execution: a running child says so'
+);
+select ok(
+    array[current_setting('test.e1')::bigint, current_setting('test.e2')::bigint]
+    <@ current_setting('noetl.locked_executions')::bigint[],
+    'locked with its parent, by lock_executions'
+);
+select set_config('noetl.locked_executions', '', true) as reset_root;
+select ok(
+    noetl.lock_running_execution(current_setting('test.e1')::bigint, true),
+    'lock_running_execution: a running root says so'
+);
+select is(
+    current_setting('noetl.locked_executions'), '',
+    'its row locked at once, without the walk'
+);
+update noetl.execution as e set status = 'FAILED'
+where e.execution_id = current_setting('test.e1')::bigint;
+select ok(
+    not noetl.lock_running_execution(current_setting('test.e1')::bigint, true),
+    'lock_running_execution: a root no longer running says so'
 );
 
 select * from finish(); -- noqa: AM04
