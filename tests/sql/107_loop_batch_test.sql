@@ -100,6 +100,17 @@ begin
 end;
 $$;
 
+-- Claims as comparable text: ids and the execution named in the context left out.
+create function pg_temp.claims_of(p_claims noetl.claimed_command[]) returns text
+language sql
+as $$
+    select string_agg((
+        n.step_name, n.kind, n.attempt, n.iter_index, n.input, n.item,
+        n.context - 'execution_id', n.claim_gen
+    )::text, '; ' order by n.command_id)
+    from unnest(p_claims) as n;
+$$;
+
 create function pg_temp.took_short_path() returns boolean
 language sql
 as $$
@@ -170,22 +181,8 @@ select is(
     'it returns the next iterations, claimed by us'
 );
 select is(
-    (
-        select
-            string_agg((
-                n.step_name, n.kind, n.attempt, n.iter_index, n.input, n.item,
-                n.context - 'execution_id', n.claim_gen
-            )::text, '; ' order by n.command_id)
-        from x_next as n
-    ),
-    (
-        select
-            string_agg((
-                n.step_name, n.kind, n.attempt, n.iter_index, n.input, n.item,
-                n.context - 'execution_id', n.claim_gen
-            )::text, '; ' order by n.command_id)
-        from y_next as n
-    ),
+    pg_temp.claims_of(array(select row(n.*)::noetl.claimed_command from x_next as n)),
+    pg_temp.claims_of(array(select row(n.*)::noetl.claimed_command from y_next as n)),
     'as the general path describes them'
 );
 select is(
@@ -346,22 +343,8 @@ select is(
     'claims the queued command beside the next iteration'
 );
 select is(
-    (
-        select
-            string_agg((
-                n.step_name, n.kind, n.attempt, n.iter_index, n.input, n.item,
-                n.context - 'execution_id', n.claim_gen
-            )::text, '; ' order by n.command_id)
-        from qx_next as n
-    ),
-    (
-        select
-            string_agg((
-                n.step_name, n.kind, n.attempt, n.iter_index, n.input, n.item,
-                n.context - 'execution_id', n.claim_gen
-            )::text, '; ' order by n.command_id)
-        from qy_next as n
-    ),
+    pg_temp.claims_of(array(select row(n.*)::noetl.claimed_command from qx_next as n)),
+    pg_temp.claims_of(array(select row(n.*)::noetl.claimed_command from qy_next as n)),
     'as the general path claims and describes them'
 );
 select is(
