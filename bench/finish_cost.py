@@ -3,8 +3,9 @@
 A loop of noop iterations is started in SQL (`start_loop`), its first iterations claimed
 by a bench worker id; a PL/pgSQL block then finishes them in batches through
 `noetl.finish_and_claim_v1` (each call's claims are the next batch), committing after
-each call, and times the call and the commit apart with clock_timestamp. The same block
-drives the floor's loop (`floor.sql`: `floor.claim`, `floor.finish_loop_batch`). Runs
+each call, and times the call and the commit apart with clock_timestamp. The same block,
+with the floor's calls in place of the engine's, drives the floor's loop (`floor.sql`:
+`floor.claim`, `floor.finish_loop_batch`). Runs
 alternate engine and floor; medians are reported, and the engine's over the floor's.
 
 There is no round trip, no Python and no projector in these figures: they are the
@@ -46,13 +47,15 @@ workflow:
     tool: {kind: noop, input: {x: "{{ x }}"}}
 """
 
-# Finishes `items` iterations in batches of `batch`, a commit after each call. The pool
-# starts with what the bench worker holds and whatever is queued.
-ENGINE_DRIVE = """
+# The drive both sides share: from a pool of claims, batches of `batch` finished by one
+# timed call each (whose claims join the pool), a commit after each call, until `items`
+# are done or the pool runs short; `start` fills the pool, `outcome` is one claim's
+# outcome (the claim is `c`), `call` the finishing call (its outcomes are `v_outcomes`).
+DRIVE = """
 do $$
 declare
-    v_pool noetl.claimed_command[];
-    v_batch noetl.claimed_command[];
+    v_pool {element}[];
+    v_batch {element}[];
     v_outcomes jsonb;
     v_t0 timestamptz;
     v_t1 timestamptz;
@@ -60,30 +63,15 @@ declare
     v_commit interval := interval '0';
     v_done integer := 0;
 begin
-    v_pool := array(
-        select d from noetl.describe_commands_v1(array(
-            select c.command_id from noetl.command as c
-            where c.claimed_by = '{worker}' and c.status = 'claimed' and c.kind = 'noop'
-            order by c.command_id
-        )) as d
-    ) || array(select c from noetl.claim_commands_v1('{worker}', '{{noop}}', 10000) as c);
+    {start}
     commit;
     while v_done < {items} loop
         v_batch := v_pool[1:{batch}];
         v_pool := v_pool[{batch} + 1:];
         exit when cardinality(v_batch) < {batch};
-        v_outcomes := (
-            select jsonb_agg(jsonb_build_object(
-                'op', 'done', 'command_id', (c).command_id, 'attempt', (c).attempt,
-                'claim', (c).claim_gen, 'result', (c).iter_index, 'loop_id', (c).loop_id
-            ))
-            from unnest(v_batch) as c
-        );
+        v_outcomes := (select jsonb_agg({outcome}) from unnest(v_batch) as c);
         v_t0 := clock_timestamp();
-        v_pool := v_pool || array(
-            select c from noetl.finish_and_claim_v1('{worker}', v_outcomes, '{{noop}}', {batch})
-                as c
-        );
+        v_pool := v_pool || array({call});
         v_t1 := clock_timestamp();
         commit;
         v_call := v_call + (v_t1 - v_t0);
@@ -96,43 +84,40 @@ end;
 $$
 """
 
-FLOOR_DRIVE = """
-do $$
-declare
-    v_ids bigint[];
-    v_results jsonb;
-    v_t0 timestamptz;
-    v_t1 timestamptz;
-    v_call interval := interval '0';
-    v_commit interval := interval '0';
-    v_done integer := 0;
-begin
-    perform floor.start_loop({run}, {items}, {width});
-    commit;
-    v_ids := array(select c.command_id from floor.claim('{worker}', {width}) as c);
-    commit;
-    loop
-        v_results := (
-            select jsonb_agg(jsonb_build_object('command_id', x, 'result', x))
-            from unnest(v_ids[1:{batch}]) as x
-        );
-        exit when v_results is null;
-        v_ids := v_ids[{batch} + 1:];
-        v_t0 := clock_timestamp();
-        v_ids := v_ids || array(
-            select c.command_id from floor.finish_loop_batch('{worker}', {run}, v_results) as c
-        );
-        v_t1 := clock_timestamp();
-        commit;
-        v_call := v_call + (v_t1 - v_t0);
-        v_commit := v_commit + (clock_timestamp() - v_t1);
-        v_done := v_done + jsonb_array_length(v_results);
-    end loop;
-    raise notice 'done % call % commit %', v_done,
-        extract(epoch from v_call), extract(epoch from v_commit);
-end;
-$$
-"""
+# The engine's pool starts with what the bench worker holds and whatever is queued.
+ENGINE = {
+    "element": "noetl.claimed_command",
+    "start": """v_pool := array(
+        select d from noetl.describe_commands_v1(array(
+            select c.command_id from noetl.command as c
+            where c.claimed_by = '{worker}' and c.status = 'claimed' and c.kind = 'noop'
+            order by c.command_id
+        )) as d
+    ) || array(select c from noetl.claim_commands_v1('{worker}', '{{noop}}', 10000) as c);""",
+    "outcome": """jsonb_build_object(
+            'op', 'done', 'command_id', (c).command_id, 'attempt', (c).attempt,
+            'claim', (c).claim_gen, 'result', (c).iter_index, 'loop_id', (c).loop_id
+        )""",
+    "call": "select c from noetl.finish_and_claim_v1("
+            "'{worker}', v_outcomes, '{{noop}}', {batch}) as c",
+}
+
+# The floor's pool: a loop of its own started for the run, its first items claimed.
+FLOOR = {
+    "element": "bigint",
+    "start": """perform floor.start_loop({run}, {items}, {width});
+    v_pool := array(select c.command_id from floor.claim('{worker}', {width}) as c);""",
+    "outcome": "jsonb_build_object('command_id', c, 'result', c)",
+    "call": "select c.command_id from floor.finish_loop_batch('{worker}', {run}, v_outcomes)"
+            " as c",
+}
+
+
+def drive_block(side: dict[str, str], **values: Any) -> str:
+    """The DO block driving one side, its pieces filled in with `values`."""
+    pieces = {key: piece.format(**values) for key, piece in side.items()}
+    return DRIVE.format(items=values["items"], batch=values["batch"], **pieces)
+
 
 NOTICE = re.compile(r"done (\d+) call ([\d.]+) commit ([\d.]+)")
 
@@ -181,11 +166,10 @@ def main(argv: list[str]) -> int:
             engine: list[tuple[float, float]] = []
             floor: list[tuple[float, float]] = []
             for run in range(args.runs):
-                engine.append(drive(conn, ENGINE_DRIVE.format(
-                    worker=WORKER, items=args.items, batch=args.batch)))
-                floor.append(drive(conn, FLOOR_DRIVE.format(
-                    worker=WORKER, run=run + 1, items=args.items, width=width,
-                    batch=args.batch)))
+                values = {"worker": WORKER, "run": run + 1, "items": args.items,
+                          "width": width, "batch": args.batch}
+                engine.append(drive(conn, drive_block(ENGINE, **values)))
+                floor.append(drive(conn, drive_block(FLOOR, **values)))
     finally:
         drop_database(dsn)
     medians = {
