@@ -55,7 +55,8 @@ begin
     set status = 'done', finished_at = noetl.now()
     where
         c.command_id = p_command_id
-        and c.status = 'claimed'
+        -- `is true`: found by key, not through a status index (docs/architecture.md)
+        and (c.status = 'claimed') is true
         and coalesce(c.attempt = p_attempt, true)
         and coalesce(c.claim_gen = p_claim, true)
     returning c.* into v_cmd;

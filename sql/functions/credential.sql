@@ -112,7 +112,8 @@ declare
 begin
     select * into v_cmd from noetl.command as c
     where c.command_id = p_command_id
-        and c.status = 'claimed'
+        -- `is true`: found by key, not through a status index (docs/architecture.md)
+        and (c.status = 'claimed') is true
         and c.claimed_by = p_worker_id
         and c.claim_gen = p_claim_gen;
     if not found then

@@ -131,7 +131,8 @@ begin
     update noetl.command as c
     set status = 'cancelled', finished_at = noetl.now()
     where c.command_id = any(v_ids)
-        and c.status = 'claimed'
+        -- `is true`: found by key, not through a status index (docs/architecture.md)
+        and (c.status = 'claimed') is true
         and not noetl.execution_is_running(c.execution_id);
     return array(
         select u.id from unnest(v_ids) with ordinality as u (id, position)

@@ -309,7 +309,8 @@ begin
         from outcome
         where c.command_id = outcome.command_id
             and c.attempt = outcome.attempt
-            and c.status = 'claimed'
+            -- `is true`: found by key, not through a status index (docs/architecture.md)
+            and (c.status = 'claimed') is true
             and c.loop_id is not null
         returning
             c.command_id, c.execution_id, c.step_name, c.loop_id, c.iter_index, c.attempt,

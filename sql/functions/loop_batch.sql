@@ -85,7 +85,8 @@ begin
         where
             c.command_id = (o.value ->> 'command_id')::bigint
             and c.loop_id = v_loop.loop_id
-            and c.status = 'claimed'
+            -- `is true`: found by key, not through a status index (docs/architecture.md)
+            and (c.status = 'claimed') is true
             and c.attempt = (o.value ->> 'attempt')::integer
             and c.claim_gen = coalesce((o.value ->> 'claim')::integer, c.claim_gen)
         offset 0

@@ -92,7 +92,7 @@ begin
     select
         c.execution_id, c.step_name, c.kind, c.loop_id,
         e.parent_execution_id is null as root, s.successors,
-        e.catalog_id, s.route_mode, s.direct_targets, t as target,
+        e.catalog_id, s.route_mode, s.direct_targets, arc.target,
         exists (
             select 1 from noetl.catalog_step as j
             where j.catalog_id = e.catalog_id and j.is_join
@@ -101,15 +101,23 @@ begin
     into v_plan
     from noetl.command as c
     inner join noetl.execution as e on c.execution_id = e.execution_id
-    inner join noetl.catalog_step as s
-        on e.catalog_id = s.catalog_id and c.step_name = s.step_name
-    left join noetl.catalog_step as t
-        on
-            e.catalog_id = t.catalog_id
+    -- `offset 0`: both plan rows looked up by their whole key (describe_commands_v1's
+    -- reason; joined, a plan made without statistics filtered the playbook's steps).
+    cross join lateral (
+        select s.successors, s.route_mode, s.direct_targets from noetl.catalog_step as s
+        where s.catalog_id = e.catalog_id and s.step_name = c.step_name
+        offset 0
+    ) as s
+    left join lateral (
+        select t from noetl.catalog_step as t
+        where
+            t.catalog_id = e.catalog_id
             and t.step_name = case s.route_mode
                 when 'direct' then s.direct_targets[1]
                 when 'router' then v_chosen
             end
+        offset 0
+    ) as arc (target) on true
     where c.command_id = v_id;
     if not found
         or v_plan.loop_id is not null
@@ -142,7 +150,8 @@ begin
     set status = 'done', finished_at = noetl.now()
     where
         c.command_id = v_id
-        and c.status = 'claimed'
+        -- `is true`: found by key, not through a status index (docs/architecture.md)
+        and (c.status = 'claimed') is true
         and coalesce(c.attempt = v_attempt, true)
         and coalesce(c.claim_gen = v_claim, true)
     returning c.* into v_cmd;

@@ -111,7 +111,8 @@ begin
     perform noetl.lock_command_rows(array[p_command_id]);
     select * into v_cmd from noetl.command as c
     where c.command_id = p_command_id
-        and c.status = 'claimed'
+        -- `is true`: found by key, not through a status index (docs/architecture.md)
+        and (c.status = 'claimed') is true
         and c.claim_gen = coalesce(p_claim_gen, c.claim_gen);
     if not found then
         return false;

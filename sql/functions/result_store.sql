@@ -249,7 +249,8 @@ as $$
             on
                 c.command_id = (o.value ->> 'command_id')::bigint
                 and c.attempt = (o.value ->> 'attempt')::integer
-                and c.status = 'claimed'
+                -- `is true`: found by key, not through a status index (docs/architecture.md)
+                and (c.status = 'claimed') is true
         cross join jsonb_array_elements(o.value -> 'fallbacks') as f (value)
     )
 

@@ -22,12 +22,16 @@ drop function if exists noetl.finish_and_claim(text, jsonb, text[], integer);
 -- Locks: FOR UPDATE SKIP LOCKED on the queue rows (the one place the queue is scanned); it
 --   never waits. With several kinds, up to n rows per kind are locked and only the first
 --   n claimed; the others are released at commit.
+-- Plans: index scans only (enable_seqscan): planned without statistics (a fresh database,
+--   autovacuum off), the claim's update by id read the whole table
+--   (tests/py/test_plan_shapes.py).
 create or replace function noetl.claim_command_ids(
     p_worker_id text,
     p_kinds text[],
     p_n integer
 ) returns bigint[]
 language plpgsql
+set enable_seqscan = off
 as $$
 declare
     v_kind text;
@@ -386,7 +390,8 @@ begin
         where
             c.command_id = any(v_claims)
             and c.claimed_by = p_worker_id
-            and c.status = 'claimed'
+            -- `is true`: found by key, not through a status index (docs/architecture.md)
+            and (c.status = 'claimed') is true
     ));
 end;
 $$;
