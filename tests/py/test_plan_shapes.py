@@ -2,21 +2,24 @@
 
 The engine's PL/pgSQL functions are planned once per session (generic plans), from the
 statistics the tables have then, which on a fresh database or with autovacuum off are
-none, and the plans are kept while the tables grow. Two shapes went wrong that way, each
+none, and the plans are kept while the tables grow. Three shapes went wrong that way, each
 costing a walk over rows the statement did not want on every transition:
 
 - a command looked up by its id with `status = 'claimed'` let the planner scan a whole
   partial index on status (command_active_idx, command_claimed_by_idx), dead entries
   included, filtering by id, instead of probing the primary key;
 - a step's plan row joined by (catalog_id, step_name) was probed by catalog_id alone and
-  the playbook's steps filtered by name.
+  the playbook's steps filtered by name;
+- a claim's update by id read the whole command table (claim_command_ids was planned
+  without `enable_seqscan = off`).
 
 Here a chain and a loop run through `finish_and_claim_v1` (a worker's calls, from one
-session) on a database that was never analyzed, each several times so the tables hold
-more than any one transition reads, and auto_explain reports every nested statement's
-plan with its row counts. A statement walking a status partial index without an index
-condition, or discarding more rows than a transition handles, fails the test with its
-text. The queue's indexes are exempt: reading the queue's head is what they are for.
+session), then the examples, a chain and a loop on a real worker, on databases that were
+never analyzed, each several times so the tables hold more than any one transition
+reads, and auto_explain reports every nested statement's plan with its row counts. A
+statement walking a status partial index without an index condition, or discarding more
+rows than a transition handles, fails the test with its text. The queue's indexes are
+exempt: reading the queue's head is what they are for.
 """
 
 from __future__ import annotations
@@ -25,10 +28,13 @@ import json
 from typing import Any
 
 import psycopg
+import pytest
+from engine_harness import REPO_ROOT, Engine
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
 from noetl_pg.catalog import register_text
+from noetl_pg.worker import slots
 
 CHAIN_STEPS = 40
 LOOP_ITEMS = 150
@@ -56,7 +62,7 @@ LOOP = """
 metadata: {name: plan_loop, path: tests/plan_loop}
 workflow:
   - step: start
-    tool: {kind: noop, input: {xs: "{{ xs }}"}}
+    tool: {kind: python, input: {xs: "{{ xs }}"}, code: "result = {'xs': xs}"}
     next: work
   - step: work
     loop: {in: "{{ start.xs }}", iterator: x, spec: {mode: parallel, max_in_flight: WIDTH}}
@@ -73,23 +79,23 @@ def outcome(claim: dict[str, Any]) -> dict[str, Any]:
 def finish(conn: psycopg.Connection[dict[str, Any]], claims: list[dict[str, Any]],
            room: int) -> list[dict[str, Any]]:
     return conn.execute(
-        "select (c).* from (select c from noetl.finish_and_claim_v1(%s, %s, '{noop}', %s)"
-        " as c) as x", (WORKER, Jsonb([outcome(claim) for claim in claims]), room)).fetchall()
+        "select (c).* from (select c from noetl.finish_and_claim_v1(%s, %s, '{noop,python}',"
+        " %s) as c) as x", (WORKER, Jsonb([outcome(claim) for claim in claims]), room)).fetchall()
 
 
 def claim(conn: psycopg.Connection[dict[str, Any]], room: int) -> list[dict[str, Any]]:
     return conn.execute("select (c).* from (select c from noetl.claim_commands_v1(%s,"
-                        " '{noop,loop}', %s) as c) as x", (WORKER, room)).fetchall()
+                        " '{noop,python,loop}', %s) as c) as x", (WORKER, room)).fetchall()
 
 
 def run_to_end(conn: psycopg.Connection[dict[str, Any]], path: str,
                payload: dict[str, Any]) -> str:
     """Start `path` and finish every claim, a batch at a time, as a worker would."""
     execution_id = conn.execute("select noetl.start_execution(%s, %s) as id",
-                                (path, Jsonb(payload))).fetchone()["id"]  # type: ignore[index]
+                                (path, Jsonb(payload))).fetchone()["id"]
     held = claim(conn, 1)
     while held:
-        loops = [claim for claim in held if claim["kind"] == "loop"]
+        loops = [command for command in held if command["kind"] == "loop"]
         if loops:  # the loop command itself: its collection, as the executor sends it
             conn.execute("select noetl.start_loop(%s, %s, %s, %s, %s)",
                          (loops[0]["command_id"], loops[0]["attempt"],
@@ -107,7 +113,11 @@ def run_to_end(conn: psycopg.Connection[dict[str, Any]], path: str,
         if not held:  # claims the short path did not hand back wait in the queue
             held = claim(conn, LOOP_WIDTH)
     return str(conn.execute("select status from noetl.execution where execution_id = %s",
-                            (execution_id,)).fetchone()["status"])  # type: ignore[index]
+                            (execution_id,)).fetchone()["status"])
+
+
+AUTO_EXPLAIN = ("log_min_duration = 0", "log_nested_statements = on", "log_analyze = on",
+                "log_timing = off", "log_format = json", "log_level = notice")
 
 
 def offenders(node: dict[str, Any], query: str, found: list[str]) -> None:
@@ -137,21 +147,59 @@ def test_hot_path_plans_probe_keys_on_an_unanalyzed_database(fresh_dsn: str) -> 
         loop_path = register_text(conn, LOOP, source="loop").path
         conn.add_notice_handler(lambda notice: plans.append(notice.message_primary or ""))
         conn.execute("load 'auto_explain'")
-        for setting in ("log_min_duration = 0", "log_nested_statements = on",
-                        "log_analyze = on", "log_timing = off", "log_format = json",
-                        "log_level = notice"):
+        for setting in AUTO_EXPLAIN:
             conn.execute(f"set auto_explain.{setting}")
         for _ in range(3):
             assert run_to_end(conn, chain_path, {}) == "COMPLETED"
             assert run_to_end(conn, loop_path, {"xs": list(range(LOOP_ITEMS))}) == "COMPLETED"
         conn.execute("set auto_explain.log_min_duration = -1")
         done = conn.execute("select count(*) as n from noetl.command where status = 'done'"
-                            " and kind = 'noop'").fetchone()
+                            " and kind in ('noop', 'python')").fetchone()
     # Every step and iteration ran once: the plans below are those of the whole runs.
     assert done is not None and done["n"] == 3 * (CHAIN_STEPS + 1 + LOOP_ITEMS)
+    assert_plans_probe_keys(plans)
+
+
+def assert_plans_probe_keys(plans: list[str]) -> None:
     explained = [json.loads(text.split("plan:", 1)[1]) for text in plans if "plan:" in text]
     assert len(explained) > 1000, "auto_explain reported no nested statements"
     found: list[str] = []
     for plan in explained:
         offenders(plan["Plan"], str(plan.get("Query Text", "")), found)
     assert not found, "\n".join(sorted(set(found)))
+
+
+# Examples whose results test_examples.py checks; here only their plans are looked at.
+EXAMPLES = ("hello_world.yaml", "branching.yaml", "fanout_join.yaml", "legacy_case.yaml",
+            "loop_fanout.yaml", "loop_parallel.yaml", "loop_pipeline.yaml")
+
+
+def test_users_playbooks_plans_on_a_worker(fresh_engine: Engine,
+                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """The same on a real worker serving users' shapes: branches (`when`, `case/then`),
+    a join, loops over a step's output and over the workload, a chain, each run three
+    times. Every session of the database loads auto_explain; the slots' notice handler
+    keeps the plans."""
+    database = psycopg.conninfo.conninfo_to_dict(fresh_engine.dsn)["dbname"]
+    fresh_engine.sql(f"alter database {database} set session_preload_libraries"
+                     " = 'auto_explain'")
+    for setting in AUTO_EXPLAIN:
+        name, value = setting.split(" = ")
+        fresh_engine.sql(f"alter database {database} set auto_explain.{name} = '{value}'")
+    plans: list[str] = []
+    log_refusal = slots._log_refusal
+
+    def keep_plans(diagnostic: psycopg.errors.Diagnostic) -> None:
+        plans.append(diagnostic.message_primary or "")
+        log_refusal(diagnostic)
+
+    monkeypatch.setattr(slots, "_log_refusal", keep_plans)
+    playbooks = [REPO_ROOT / "examples" / name for name in EXAMPLES]
+    with fresh_engine.worker(slots=2):
+        for _ in range(3):
+            for playbook in playbooks:
+                assert fresh_engine.run(playbook)["status"] == "COMPLETED", playbook
+            assert fresh_engine.run(chain(CHAIN_STEPS))["status"] == "COMPLETED"
+            row = fresh_engine.run(LOOP, {"xs": list(range(LOOP_ITEMS))})
+            assert row["status"] == "COMPLETED", row["error"]
+    assert_plans_probe_keys(plans)
