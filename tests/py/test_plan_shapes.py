@@ -70,17 +70,18 @@ workflow:
 """.replace("WIDTH", str(LOOP_WIDTH))
 
 
-def outcome(claim: dict[str, Any]) -> dict[str, Any]:
+def outcome(claim: dict[str, Any], items: int) -> dict[str, Any]:
     return {"op": "done", "command_id": claim["command_id"], "attempt": claim["attempt"],
             "claim": claim["claim_gen"], "loop_id": claim["loop_id"],
-            "result": claim["iter_index"] if claim["loop_id"] else {"xs": list(range(LOOP_ITEMS))}}
+            "result": claim["iter_index"] if claim["loop_id"] else {"xs": list(range(items))}}
 
 
 def finish(conn: psycopg.Connection[dict[str, Any]], claims: list[dict[str, Any]],
-           room: int) -> list[dict[str, Any]]:
+           room: int, items: int) -> list[dict[str, Any]]:
+    outcomes = Jsonb([outcome(claim, items) for claim in claims])
     return conn.execute(
         "select (c).* from (select c from noetl.finish_and_claim_v1(%s, %s, '{noop,python}',"
-        " %s) as c) as x", (WORKER, Jsonb([outcome(claim) for claim in claims]), room)).fetchall()
+        " %s) as c) as x", (WORKER, outcomes, room)).fetchall()
 
 
 def claim(conn: psycopg.Connection[dict[str, Any]], room: int) -> list[dict[str, Any]]:
@@ -89,17 +90,18 @@ def claim(conn: psycopg.Connection[dict[str, Any]], room: int) -> list[dict[str,
 
 
 def run_to_end(conn: psycopg.Connection[dict[str, Any]], path: str,
-               payload: dict[str, Any]) -> str:
-    """Start `path` and finish every claim, a batch at a time, as a worker would."""
+               items: int = LOOP_ITEMS) -> str:
+    """Start `path` and finish every claim, a batch at a time, as a worker would; a loop
+    runs over `items` items."""
     execution_id = conn.execute("select noetl.start_execution(%s, %s) as id",
-                                (path, Jsonb(payload))).fetchone()["id"]
+                                (path, Jsonb({"xs": list(range(items))}))).fetchone()["id"]
     held = claim(conn, 1)
     while held:
         loops = [command for command in held if command["kind"] == "loop"]
         if loops:  # the loop command itself: its collection, as the executor sends it
             conn.execute("select noetl.start_loop(%s, %s, %s, %s, %s)",
                          (loops[0]["command_id"], loops[0]["attempt"],
-                          Jsonb(list(range(LOOP_ITEMS))),
+                          Jsonb(list(range(items))),
                           Jsonb({"iterator": "x", "mode": "parallel",
                                  "max_in_flight": LOOP_WIDTH}), WORKER))
             held = conn.execute(  # its first iterations, created claimed by this worker
@@ -109,7 +111,7 @@ def run_to_end(conn: psycopg.Connection[dict[str, Any]], path: str,
                 " as d) as x", (WORKER,)).fetchall() + claim(conn, LOOP_WIDTH)
             continue
         batch, held = held[:BATCH], held[BATCH:]
-        held += finish(conn, batch, BATCH)
+        held += finish(conn, batch, BATCH, items)
         if not held:  # claims the short path did not hand back wait in the queue
             held = claim(conn, LOOP_WIDTH)
     return str(conn.execute("select status from noetl.execution where execution_id = %s",
@@ -150,8 +152,8 @@ def test_hot_path_plans_probe_keys_on_an_unanalyzed_database(fresh_dsn: str) -> 
         for setting in AUTO_EXPLAIN:
             conn.execute(f"set auto_explain.{setting}")
         for _ in range(3):
-            assert run_to_end(conn, chain_path, {}) == "COMPLETED"
-            assert run_to_end(conn, loop_path, {"xs": list(range(LOOP_ITEMS))}) == "COMPLETED"
+            assert run_to_end(conn, chain_path) == "COMPLETED"
+            assert run_to_end(conn, loop_path) == "COMPLETED"
         conn.execute("set auto_explain.log_min_duration = -1")
         done = conn.execute("select count(*) as n from noetl.command where status = 'done'"
                             " and kind in ('noop', 'python')").fetchone()
@@ -203,3 +205,41 @@ def test_users_playbooks_plans_on_a_worker(fresh_engine: Engine,
             row = fresh_engine.run(LOOP, {"xs": list(range(LOOP_ITEMS))})
             assert row["status"] == "COMPLETED", row["error"]
     assert_plans_probe_keys(plans)
+
+
+def buffers_per_transition(conn: psycopg.Connection[dict[str, Any]], playbook: str,
+                           transitions: int, items: int = LOOP_ITEMS) -> float:
+    """Shared buffers the worker's finishing calls touch per transition (a step done or an
+    iteration done) in one run of `playbook` to its end."""
+    plans: list[str] = []
+    conn.add_notice_handler(lambda notice: plans.append(notice.message_primary or ""))
+    path = register_text(conn, playbook, source="playbook").path
+    conn.execute("set auto_explain.log_min_duration = 0")
+    assert run_to_end(conn, path, items) == "COMPLETED"
+    conn.execute("set auto_explain.log_min_duration = -1")
+    explained = [json.loads(text.split("plan:", 1)[1]) for text in plans if "plan:" in text]
+    finishing = [plan["Plan"] for plan in explained
+                 if "finish_and_claim_v1" in str(plan.get("Query Text", ""))]
+    assert finishing, "auto_explain reported no finishing call"
+    return sum(int(node["Shared Hit Blocks"]) + int(node["Shared Read Blocks"])
+               for node in finishing) / transitions
+
+
+def test_database_work_per_transition_does_not_grow_with_the_run(fresh_dsn: str) -> None:
+    """The work itself, counted in buffers rather than timed: a chain twenty times longer
+    and a loop ten times larger, run after the shorter ones on the same never-analyzed
+    database, cost each transition what the shorter ones did (a step's plan read by
+    catalog_id alone grew with the playbook; a walk over a status index with the dead
+    entries of every earlier command)."""
+    with psycopg.connect(fresh_dsn, autocommit=True, row_factory=dict_row) as conn:
+        conn.execute("load 'auto_explain'")
+        for setting in ("log_min_duration = -1", "log_nested_statements = off",
+                        "log_analyze = on", "log_buffers = on", "log_timing = off",
+                        "log_format = json", "log_level = notice"):
+            conn.execute(f"set auto_explain.{setting}")
+        short_chain = buffers_per_transition(conn, chain(30), 30)
+        long_chain = buffers_per_transition(conn, chain(600), 600)
+        small_loop = buffers_per_transition(conn, LOOP, 1 + 200, items=200)
+        big_loop = buffers_per_transition(conn, LOOP, 1 + 2000, items=2000)
+    assert long_chain <= 1.5 * short_chain, (short_chain, long_chain)
+    assert big_loop <= 1.5 * small_loop, (small_loop, big_loop)
