@@ -417,16 +417,13 @@ begin
             ) = 1
                 then noetl.command_context(
                     c.execution_id,
-                    noetl.command_reads(
-                        c.kind, c.step_name,
-                        (
-                            select s.reads from noetl.catalog_step as s
-                            where s.catalog_id = e.catalog_id and s.step_name = c.step_name
-                        ),
-                        (
-                            select s.loop_reads from noetl.catalog_step as s
-                            where s.catalog_id = e.catalog_id and s.step_name = c.step_name
-                        )
+                    -- One row, with NULL reads for a step the plan does not have (as
+                    -- the single command's left join gives).
+                    (
+                        select noetl.command_reads(c.kind, c.step_name, s.reads, s.loop_reads)
+                        from (values (true)) as one (present)
+                        left join noetl.catalog_step as s
+                            on s.catalog_id = e.catalog_id and s.step_name = c.step_name
                     )
                 )
         end,
