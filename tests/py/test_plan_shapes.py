@@ -122,6 +122,18 @@ AUTO_EXPLAIN = ("log_min_duration = 0", "log_nested_statements = on", "log_analy
                 "log_timing = off", "log_format = json", "log_level = notice")
 
 
+def explain_session(conn: psycopg.Connection[dict[str, Any]], settings: tuple[str, ...]) -> None:
+    """auto_explain in this session, its plans sent to the client as notices."""
+    conn.execute("load 'auto_explain'")
+    for setting in settings:
+        conn.execute(f"set auto_explain.{setting}")
+
+
+def explained(notices: list[str]) -> list[dict[str, Any]]:
+    """The plans among auto_explain's notices (JSON after "plan:")."""
+    return [json.loads(text.split("plan:", 1)[1]) for text in notices if "plan:" in text]
+
+
 def offenders(node: dict[str, Any], query: str, found: list[str]) -> None:
     index = str(node.get("Index Name", ""))
     discarded = int(node.get("Rows Removed by Filter", 0)) + int(
@@ -148,9 +160,7 @@ def test_hot_path_plans_probe_keys_on_an_unanalyzed_database(fresh_dsn: str) -> 
         chain_path = register_text(conn, chain(CHAIN_STEPS), source="chain").path
         loop_path = register_text(conn, LOOP, source="loop").path
         conn.add_notice_handler(lambda notice: plans.append(notice.message_primary or ""))
-        conn.execute("load 'auto_explain'")
-        for setting in AUTO_EXPLAIN:
-            conn.execute(f"set auto_explain.{setting}")
+        explain_session(conn, AUTO_EXPLAIN)
         for _ in range(3):
             assert run_to_end(conn, chain_path) == "COMPLETED"
             assert run_to_end(conn, loop_path) == "COMPLETED"
@@ -163,10 +173,10 @@ def test_hot_path_plans_probe_keys_on_an_unanalyzed_database(fresh_dsn: str) -> 
 
 
 def assert_plans_probe_keys(plans: list[str]) -> None:
-    explained = [json.loads(text.split("plan:", 1)[1]) for text in plans if "plan:" in text]
-    assert len(explained) > 1000, "auto_explain reported no nested statements"
+    plans_read = explained(plans)
+    assert len(plans_read) > 1000, "auto_explain reported no nested statements"
     found: list[str] = []
-    for plan in explained:
+    for plan in plans_read:
         offenders(plan["Plan"], str(plan.get("Query Text", "")), found)
     assert not found, "\n".join(sorted(set(found)))
 
@@ -212,13 +222,19 @@ def buffers_per_transition(conn: psycopg.Connection[dict[str, Any]], playbook: s
     """Shared buffers the worker's finishing calls touch per transition (a step done or an
     iteration done) in one run of `playbook` to its end."""
     plans: list[str] = []
-    conn.add_notice_handler(lambda notice: plans.append(notice.message_primary or ""))
+
+    def keep(notice: psycopg.errors.Diagnostic) -> None:
+        plans.append(notice.message_primary or "")
+
     path = register_text(conn, playbook, source="playbook").path
+    conn.add_notice_handler(keep)
     conn.execute("set auto_explain.log_min_duration = 0")
-    assert run_to_end(conn, path, items) == "COMPLETED"
-    conn.execute("set auto_explain.log_min_duration = -1")
-    explained = [json.loads(text.split("plan:", 1)[1]) for text in plans if "plan:" in text]
-    finishing = [plan["Plan"] for plan in explained
+    try:
+        assert run_to_end(conn, path, items) == "COMPLETED"
+    finally:
+        conn.execute("set auto_explain.log_min_duration = -1")
+        conn.remove_notice_handler(keep)
+    finishing = [plan["Plan"] for plan in explained(plans)
                  if "finish_and_claim_v1" in str(plan.get("Query Text", ""))]
     assert finishing, "auto_explain reported no finishing call"
     return sum(int(node["Shared Hit Blocks"]) + int(node["Shared Read Blocks"])
@@ -232,11 +248,9 @@ def test_database_work_per_transition_does_not_grow_with_the_run(fresh_dsn: str)
     catalog_id alone grew with the playbook; a walk over a status index with the dead
     entries of every earlier command)."""
     with psycopg.connect(fresh_dsn, autocommit=True, row_factory=dict_row) as conn:
-        conn.execute("load 'auto_explain'")
-        for setting in ("log_min_duration = -1", "log_nested_statements = off",
-                        "log_analyze = on", "log_buffers = on", "log_timing = off",
-                        "log_format = json", "log_level = notice"):
-            conn.execute(f"set auto_explain.{setting}")
+        explain_session(conn, ("log_min_duration = -1", "log_nested_statements = off",
+                               "log_analyze = on", "log_buffers = on", "log_timing = off",
+                               "log_format = json", "log_level = notice"))
         short_chain = buffers_per_transition(conn, chain(30), 30)
         long_chain = buffers_per_transition(conn, chain(600), 600)
         small_loop = buffers_per_transition(conn, LOOP, 1 + 200, items=200)
